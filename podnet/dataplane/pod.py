@@ -1,0 +1,195 @@
+"""Attach a pod to the node: the veth pair, addresses, routes and sysctls of the seed.
+
+Host side: `cali…` with MAC ee:ee:ee:ee:ee:ee, proxy ARP on with no delay, and
+`<podIP>/32 dev cali… scope link`. Pod side: `eth0` with the IP as /32,
+`169.254.1.1 dev eth0 scope link` and `default via 169.254.1.1`. The pod ARPs
+for 169.254.1.1, the host answers with its own MAC by proxy ARP, and every
+packet of the pod reaches the host's routing table, whatever its destination.
+
+This runs on the CNI hot path: three netlink round trips in all (create the
+pair with the pod end born inside the pod's namespace, host route, pod
+addresses and routes in one batch) and a few sysctl writes.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+
+from podnet.dataplane import rtnl, sysctl
+from podnet.dataplane.netns import entered, open_netns
+from podnet.errors import PodnetError
+
+HOST_MAC = "ee:ee:ee:ee:ee:ee"
+GATEWAY_V4 = "169.254.1.1"
+
+
+class InterfaceExists(PodnetError):
+    pass
+
+
+class AttachError(PodnetError):
+    pass
+
+
+@dataclass(frozen=True)
+class Attachment:
+    host_ifname: str
+    pod_ifname: str
+    pod_mac: str
+    ips: tuple[str, ...]  # with prefix: 10.244.0.5/32
+    mtu: int
+
+
+def _random_mac() -> str:
+    b = bytearray(os.urandom(6))
+    b[0] = (b[0] & 0xFE) | 0x02  # unicast, locally administered
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def _index_in(fd: int, ifname: str) -> int | None:
+    with entered(fd):
+        try:
+            return socket.if_nametoindex(ifname)
+        except OSError:
+            return None
+
+
+def attach(host: rtnl.RtnlSocket, netns: str, pod_ifname: str, host_ifname: str, ipv4: str, mtu: int) -> Attachment:
+    """Create and configure the pair. On any failure the pair is removed again."""
+    fd = open_netns(netns)
+    try:
+        with entered(fd):
+            pod = rtnl.RtnlSocket()  # lives in the pod's namespace from now on
+        try:
+            if _index_in(fd, pod_ifname) is not None:
+                raise InterfaceExists(f"interface {pod_ifname} already exists in {netns}")
+            pod_mac = _random_mac()
+            # Both ends are born down (the kernel refuses IFF_UP on a new pair
+            # whose peer is elsewhere) and brought up in the batches below.
+            create = rtnl.veth_msg(host_ifname, HOST_MAC, mtu, pod_ifname, fd, pod_mac, up=False)
+            code = host.request([create])[0]
+            if code == errno.EEXIST:
+                # A host end left behind by an earlier sandbox of the same pod.
+                host.check([rtnl.link_del_msg(ifname=host_ifname)], f"delete stale {host_ifname}", ignore=(errno.ENODEV,))
+                code = host.request([create])[0]
+            if code:
+                raise rtnl.NetlinkError(code, f"create veth {host_ifname} <-> {pod_ifname}", host.last_details.get(0))
+            try:
+                _configure(host, pod, fd, host_ifname, pod_ifname, ipv4)
+            except BaseException:
+                host.request([rtnl.link_del_msg(ifname=host_ifname)])
+                raise
+            return Attachment(host_ifname, pod_ifname, pod_mac, (f"{ipv4}/32",), mtu)
+        finally:
+            pod.close()
+    finally:
+        os.close(fd)
+
+
+def _configure(host: rtnl.RtnlSocket, pod: rtnl.RtnlSocket, fd: int, host_ifname: str, pod_ifname: str,
+               ipv4: str) -> None:
+    host_index = socket.if_nametoindex(host_ifname)
+    sysctl.write(sysctl.conf_path(4, host_ifname, "proxy_arp"), 1)
+    sysctl.write(sysctl.neigh_path(4, host_ifname, "proxy_delay"), 0)
+    sysctl.write(sysctl.conf_path(4, host_ifname, "forwarding"), 1)
+    codes = host.request([
+        rtnl.link_set_msg(host_index, up=True),
+        rtnl.route_msg(rtnl.RTM_NEWROUTE, f"{ipv4}/32", oif=host_index, scope=rtnl.RT_SCOPE_LINK,
+                       proto=rtnl.RTPROT_BOOT, flags=rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL)
+    ])
+    if codes[0]:
+        raise rtnl.NetlinkError(codes[0], f"set {host_ifname} up", host.last_details.get(0))
+    code = codes[1]
+    if code == errno.EEXIST:
+        raise AttachError(
+            f"a route to {ipv4}/32 already exists on this node",
+            "another interface uses this address; look for a leaked workload (podnet ipam check)",
+        )
+    if code:
+        raise rtnl.NetlinkError(code, f"route {ipv4}/32 dev {host_ifname}", host.last_details.get(1))
+    pod_index = _index_in(fd, pod_ifname)
+    if pod_index is None:
+        raise AttachError(f"{pod_ifname} vanished from the pod's namespace while it was being set up")
+    pod.check([
+        rtnl.link_set_msg(pod_index, up=True),
+        rtnl.addr_msg(rtnl.RTM_NEWADDR, pod_index, ipv4, 32, flags=rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE),
+        rtnl.route_msg(rtnl.RTM_NEWROUTE, f"{GATEWAY_V4}/32", oif=pod_index, scope=rtnl.RT_SCOPE_LINK,
+                       proto=rtnl.RTPROT_BOOT, flags=rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE),
+        rtnl.route_msg(rtnl.RTM_NEWROUTE, "0.0.0.0/0", gateway=GATEWAY_V4, oif=pod_index,
+                       proto=rtnl.RTPROT_BOOT, flags=rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE),
+    ], f"configure {pod_ifname} in the pod")
+
+
+def detach(host: rtnl.RtnlSocket, host_ifname: str, netns: str | None = None, pod_ifname: str | None = None) -> bool:
+    """Remove the pair (its routes go with it). Already gone is success. True if something was removed."""
+    removed = host.request([rtnl.link_del_msg(ifname=host_ifname)])[0] == 0
+    if not removed and netns and pod_ifname:
+        # The host end is gone but the pod may still hold its end (partial ADD).
+        try:
+            fd = open_netns(netns)
+        except PodnetError:
+            return False
+        try:
+            index = _index_in(fd, pod_ifname)
+            if index is not None:
+                with entered(fd):
+                    pod = rtnl.RtnlSocket()
+                try:
+                    removed = pod.request([rtnl.link_del_msg(index)])[0] == 0
+                finally:
+                    pod.close()
+        finally:
+            os.close(fd)
+    return removed
+
+
+def inspect(host: rtnl.RtnlSocket, netns: str, host_ifname: str, pod_ifname: str, ipv4: str) -> list[str]:
+    """Everything about the attachment that differs from what attach() made; [] if all is well."""
+    problems: list[str] = []
+    try:
+        host_index = socket.if_nametoindex(host_ifname)
+    except OSError:
+        return [f"host interface {host_ifname} does not exist"]
+    links = {l["index"]: l for l in (rtnl.parse_link(p) for _, p in host.dump(rtnl.link_dump_msg()))}
+    link = links.get(host_index, {})
+    if link.get("address") != HOST_MAC:
+        problems.append(f"{host_ifname} has MAC {link.get('address')}, not {HOST_MAC}")
+    if not link.get("up"):
+        problems.append(f"{host_ifname} is down")
+    if sysctl.read(sysctl.conf_path(4, host_ifname, "proxy_arp")) != "1":
+        problems.append(f"proxy_arp is off on {host_ifname}")
+    routes = [rtnl.parse_route(p) for _, p in host.dump(rtnl.route_dump_msg(socket.AF_INET))]
+    if not any(r["dst"] == f"{ipv4}/32" and r["oif"] == host_index for r in routes):
+        problems.append(f"host route {ipv4}/32 dev {host_ifname} is missing")
+    try:
+        fd = open_netns(netns)
+    except PodnetError as e:
+        return problems + [str(e)]
+    try:
+        pod_index = _index_in(fd, pod_ifname)
+        if pod_index is None:
+            return problems + [f"interface {pod_ifname} does not exist in {netns}"]
+        with entered(fd):
+            pod = rtnl.RtnlSocket()
+        try:
+            addrs = [rtnl.parse_addr(p) for _, p in pod.dump(rtnl.addr_dump_msg(socket.AF_INET))]
+            if not any(a["index"] == pod_index and a["address"] == ipv4 and a["prefixlen"] == 32 for a in addrs):
+                problems.append(f"{pod_ifname} does not hold {ipv4}/32")
+            proutes = [rtnl.parse_route(p) for _, p in pod.dump(rtnl.route_dump_msg(socket.AF_INET))]
+            if not any(r["dst"] == f"{GATEWAY_V4}/32" and r["oif"] == pod_index for r in proutes):
+                problems.append(f"pod route {GATEWAY_V4} dev {pod_ifname} is missing")
+            if not any(r["dst"] == "0.0.0.0/0" and r["gateway"] == GATEWAY_V4 for r in proutes):
+                problems.append(f"pod default route via {GATEWAY_V4} is missing")
+        finally:
+            pod.close()
+    finally:
+        os.close(fd)
+    return problems
+
+
+def pod_network(ip: str) -> str:
+    return str(ipaddress.ip_network(f"{ip}/32"))

@@ -1,0 +1,65 @@
+"""Datastore layer: an etcd-shaped key-value contract and its backends.
+
+`open_datastore(url)` picks the backend:
+  sqlite:///var/lib/podnet/podnet.db  (or a bare path)  the embedded store, the default
+  etcd://host:2379[,host:2379...]                         etcd v3
+"""
+
+from __future__ import annotations
+
+import os
+
+from podnet.datastore.api import (
+    CompactedError,
+    Datastore,
+    DatastoreError,
+    DatastoreUnavailable,
+    Delete,
+    Event,
+    KeyValue,
+    ModRevisionIs,
+    Put,
+    TxnResult,
+    Watch,
+)
+
+DEFAULT_URL = "sqlite:///var/lib/podnet/podnet.db"
+
+
+def default_url() -> str:
+    return os.environ.get("PODNET_DATASTORE", DEFAULT_URL)
+
+
+def open_datastore(url: str | None = None, **options) -> Datastore:
+    url = url or default_url()
+    if url.startswith("sqlite://"):
+        from podnet.datastore.sqlite import SqliteDatastore
+
+        return SqliteDatastore(url[len("sqlite://"):], **options)
+    if url.startswith(("etcd://", "etcds://", "http://", "https://")):
+        from podnet.datastore.etcd import EtcdDatastore  # noqa: F401  (issue 3)
+
+        return EtcdDatastore.from_url(url, **options)
+    if "://" not in url:
+        from podnet.datastore.sqlite import SqliteDatastore
+
+        return SqliteDatastore(url, **options)
+    raise DatastoreError(f"unknown datastore {url!r}", "use sqlite:///path or etcd://host:2379")
+
+
+__all__ = [
+    "CompactedError",
+    "Datastore",
+    "DatastoreError",
+    "DatastoreUnavailable",
+    "Delete",
+    "Event",
+    "KeyValue",
+    "ModRevisionIs",
+    "Put",
+    "TxnResult",
+    "Watch",
+    "open_datastore",
+    "default_url",
+    "DEFAULT_URL",
+]

@@ -1,0 +1,176 @@
+"""The datastore contract, shaped after etcd v3.
+
+A flat, ordered key space of byte values. Every write transaction bumps one
+global revision; each key remembers the revision that created it and the one
+that last changed it. Writers that must not lose a race compare a key's
+mod_revision in a transaction (0 means "the key must not exist"). Readers list
+a prefix at a revision and then watch the prefix from the next one, so no
+change slips between the two.
+
+Both the embedded SQLite store and the etcd store implement this; code above
+the datastore layer sees nothing else.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from podnet.errors import PodnetError
+
+
+class DatastoreError(PodnetError):
+    """Base of the datastore's errors."""
+
+
+class DatastoreUnavailable(DatastoreError):
+    """The store cannot be reached or is too busy now; the caller may try again later."""
+
+
+class CompactedError(DatastoreError):
+    """A watch asked for a revision the store no longer keeps history for: list again."""
+
+    def __init__(self, requested: int, compacted: int):
+        super().__init__(
+            f"revision {requested} was compacted (history starts after {compacted})",
+            "list the prefix again and watch from the new revision",
+        )
+        self.requested = requested
+        self.compacted = compacted
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "put" or "delete"
+    key: str
+    value: bytes  # empty for deletes
+    mod_revision: int  # the revision of this change
+
+
+# Transaction building blocks ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModRevisionIs:
+    """Compare: the key's mod_revision equals `revision` (0: the key is absent)."""
+
+    key: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    succeeded: bool
+    revision: int  # the store's revision after the transaction
+
+
+Compare = ModRevisionIs
+Op = Put | Delete
+
+
+class Watch(abc.ABC):
+    """A stream of changes under a prefix, starting at a given revision."""
+
+    @abc.abstractmethod
+    def next_events(self, timeout: float | None = None) -> list[Event]:
+        """Block until changes arrive (or timeout: []). Raises CompactedError, DatastoreUnavailable."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        ...
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Datastore(abc.ABC):
+    """An etcd-like store. Implementations must be safe to share between threads."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> KeyValue | None:
+        ...
+
+    @abc.abstractmethod
+    def list(self, prefix: str, keys_only: bool = False) -> tuple[list[KeyValue], int]:
+        """Every key under prefix, in key order, and the revision they were read at."""
+
+    @abc.abstractmethod
+    def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
+        """Atomically: if every compare holds apply `success`, else apply `failure`."""
+
+    @abc.abstractmethod
+    def watch(self, prefix: str, start_revision: int) -> Watch:
+        """Changes under prefix with mod_revision >= start_revision."""
+
+    @abc.abstractmethod
+    def revision(self) -> int:
+        ...
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # Conveniences, all expressed as transactions so every backend gets them.
+
+    def put(self, key: str, value: bytes) -> int:
+        return self.txn((), (Put(key, value),)).revision
+
+    def delete(self, key: str) -> bool:
+        kv = self.get(key)
+        if kv is None:
+            return False
+        return self.txn((ModRevisionIs(key, kv.mod_revision),), (Delete(key),)).succeeded or self.delete(key)
+
+    def create(self, key: str, value: bytes) -> bool:
+        """Write only if the key does not exist."""
+        return self.txn((ModRevisionIs(key, 0),), (Put(key, value),)).succeeded
+
+    def compare_and_swap(self, key: str, value: bytes, mod_revision: int) -> bool:
+        return self.txn((ModRevisionIs(key, mod_revision),), (Put(key, value),)).succeeded
+
+    def compare_and_delete(self, key: str, mod_revision: int) -> bool:
+        return self.txn((ModRevisionIs(key, mod_revision),), (Delete(key),)).succeeded
+
+
+def prefix_end(prefix: str) -> str:
+    """The first key after every key that starts with prefix (etcd's range_end)."""
+    b = bytearray(prefix.encode())
+    while b:
+        if b[-1] < 0xFF:
+            b[-1] += 1
+            return bytes(b).decode("utf-8", "surrogateescape")
+        b.pop()
+    return "\0"
+
+
+def ops_keys(ops: Iterable[Op]) -> list[str]:
+    return [op.key for op in ops]

@@ -1,0 +1,69 @@
+"""Where each resource lives in the key space (Calico's layout, under /podnet)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+ROOT = "/podnet/"
+POOLS = ROOT + "resources/v3/ippools/"
+NODES = ROOT + "resources/v3/nodes/"
+ENDPOINTS = ROOT + "resources/v3/workloadendpoints/"
+CONFIG = ROOT + "config/"
+IPAM = ROOT + "ipam/v2/"
+HANDLES = IPAM + "handle/"
+AFFINITY = IPAM + "host/"
+
+
+def pool(name: str) -> str:
+    return POOLS + name
+
+
+def node(name: str) -> str:
+    return NODES + name
+
+
+def endpoints_of(node_name: str) -> str:
+    return f"{ENDPOINTS}{node_name}/"
+
+
+def endpoint(node_name: str, key_name: str) -> str:
+    return f"{ENDPOINTS}{node_name}/{key_name}"
+
+
+def _cidr_part(cidr: str) -> str:
+    return cidr.replace("/", "-")
+
+
+def cidr_from_part(part: str) -> str:
+    addr, _, plen = part.rpartition("-")
+    return f"{addr}/{plen}"
+
+
+def blocks(version: int) -> str:
+    return f"{IPAM}assignment/ipv{version}/block/"
+
+
+def block(cidr: str) -> str:
+    return blocks(ipaddress.ip_network(cidr).version) + _cidr_part(cidr)
+
+
+def affinities(node_name: str, version: int) -> str:
+    return f"{AFFINITY}{node_name}/ipv{version}/block/"
+
+
+def affinity(node_name: str, cidr: str) -> str:
+    return affinities(node_name, ipaddress.ip_network(cidr).version) + _cidr_part(cidr)
+
+
+def parse_affinity(key: str) -> tuple[str, str] | None:
+    """(node, block cidr) of an affinity key, None for anything else."""
+    if not key.startswith(AFFINITY):
+        return None
+    parts = key[len(AFFINITY):].split("/")
+    if len(parts) != 4 or parts[2] != "block":
+        return None
+    return parts[0], cidr_from_part(parts[3])
+
+
+def handle(handle_id: str) -> str:
+    return HANDLES + handle_id

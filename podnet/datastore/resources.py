@@ -1,0 +1,111 @@
+"""Typed access to the resources in a Datastore: pools, nodes, workload endpoints.
+
+IPAM blocks and handles belong to the IPAM layer, which writes them itself.
+"""
+
+from __future__ import annotations
+
+import json
+
+from podnet.datastore import keys
+from podnet.datastore.api import Datastore, ModRevisionIs, Put, Delete
+from podnet.errors import PodnetError
+from podnet.model import IPPool, Node, WorkloadEndpoint
+from podnet.model.errors import ValidationError
+from podnet.model.ippool import check_pools_disjoint
+
+
+class NotFound(PodnetError):
+    pass
+
+
+def _dump(doc: dict) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+class Resources:
+    def __init__(self, store: Datastore):
+        self.store = store
+
+    # Pools -------------------------------------------------------------
+
+    def pools(self) -> list[IPPool]:
+        kvs, _ = self.store.list(keys.POOLS)
+        return [IPPool.from_manifest(json.loads(kv.value)) for kv in kvs]
+
+    def pool(self, name: str) -> IPPool:
+        kv = self.store.get(keys.pool(name))
+        if kv is None:
+            raise NotFound(f"IPPool {name} does not exist")
+        return IPPool.from_manifest(json.loads(kv.value))
+
+    def apply_pool(self, pool: IPPool) -> str:
+        """Create or update a pool; returns 'created', 'updated' or 'unchanged'."""
+        for _ in range(20):
+            kvs, _ = self.store.list(keys.POOLS)
+            current = {IPPool.from_manifest(json.loads(kv.value)).name: kv for kv in kvs}
+            others = [IPPool.from_manifest(json.loads(kv.value)) for n, kv in current.items() if n != pool.name]
+            check_pools_disjoint(others + [pool])
+            old_kv = current.get(pool.name)
+            if old_kv is not None:
+                old = IPPool.from_manifest(json.loads(old_kv.value))
+                if old.cidr != pool.cidr:
+                    raise ValidationError("spec.cidr", f"cannot change from {old.cidr}: a pool's cidr is immutable")
+                if old.block_size != pool.block_size:
+                    raise ValidationError(
+                        "spec.blockSize", f"cannot change from {old.block_size}: a pool's blockSize is immutable"
+                    )
+                if old == pool:
+                    return "unchanged"
+            # Compare every pool we checked against, so a concurrent apply of an
+            # overlapping pool cannot slip in between check and write.
+            compares = [ModRevisionIs(kv.key, kv.mod_revision) for kv in kvs]
+            if old_kv is None:
+                compares.append(ModRevisionIs(keys.pool(pool.name), 0))
+            if self.store.txn(compares, [Put(keys.pool(pool.name), _dump(pool.to_manifest()))]).succeeded:
+                return "created" if old_kv is None else "updated"
+        raise PodnetError(f"could not apply IPPool {pool.name}: too much concurrent change, try again")
+
+    def delete_pool(self, name: str) -> bool:
+        return self.store.delete(keys.pool(name))
+
+    # Nodes -------------------------------------------------------------
+
+    def nodes(self) -> list[Node]:
+        kvs, _ = self.store.list(keys.NODES)
+        return [Node.from_manifest(json.loads(kv.value)) for kv in kvs]
+
+    def node(self, name: str) -> Node | None:
+        kv = self.store.get(keys.node(name))
+        return Node.from_manifest(json.loads(kv.value)) if kv else None
+
+    def put_node(self, node: Node) -> None:
+        self.store.put(keys.node(node.name), _dump(node.to_manifest()))
+
+    def delete_node(self, name: str) -> bool:
+        return self.store.delete(keys.node(name))
+
+    # Workload endpoints ------------------------------------------------
+
+    def endpoints(self, node: str | None = None) -> list[WorkloadEndpoint]:
+        prefix = keys.endpoints_of(node) if node else keys.ENDPOINTS
+        kvs, _ = self.store.list(prefix)
+        return [WorkloadEndpoint.from_manifest(json.loads(kv.value)) for kv in kvs]
+
+    def endpoint(self, node: str, key_name: str) -> WorkloadEndpoint | None:
+        kv = self.store.get(keys.endpoint(node, key_name))
+        return WorkloadEndpoint.from_manifest(json.loads(kv.value)) if kv else None
+
+    def put_endpoint(self, ep: WorkloadEndpoint) -> None:
+        self.store.put(keys.endpoint(ep.node, ep.key_name), _dump(ep.to_manifest()))
+
+    def delete_endpoint(self, node: str, key_name: str) -> bool:
+        return self.store.delete(keys.endpoint(node, key_name))
+
+
+def decode_node(value: bytes) -> Node:
+    return Node.from_manifest(json.loads(value))
+
+
+def decode_pool(value: bytes) -> IPPool:
+    return IPPool.from_manifest(json.loads(value))

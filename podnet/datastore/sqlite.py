@@ -1,0 +1,269 @@
+"""The embedded datastore: etcd's model on one SQLite file.
+
+One row per key plus a change log keyed by revision, both written in the same
+SQLite transaction, so a watcher that reads the log never misses or reorders a
+change. Many processes may share the file (agents and CNI requests of a lab's
+nodes do); SQLite's write lock serialises their transactions and WAL mode lets
+readers proceed meanwhile. Watchers poll a counter SQLite bumps on every
+commit by another connection, which costs microseconds, and read the log only
+when it moved.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from typing import Sequence
+
+from podnet.datastore.api import (
+    CompactedError,
+    Compare,
+    Datastore,
+    DatastoreUnavailable,
+    Delete,
+    Event,
+    KeyValue,
+    Op,
+    Put,
+    TxnResult,
+    Watch,
+    prefix_end,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY, value BLOB NOT NULL,
+    create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL, version INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log (
+    rev INTEGER NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (rev, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
+"""
+
+WATCH_POLL_SECONDS = 0.01
+
+
+class SqliteDatastore(Datastore):
+    def __init__(
+        self,
+        path: str,
+        busy_timeout: float = 5.0,
+        history: int = 10000,
+        durable: bool = True,
+    ):
+        """`history`: revisions of change log kept for watchers that fall behind.
+        `durable`: fsync every commit (SQLite synchronous=FULL); off trades the
+        last transactions before a power loss for speed."""
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.history = history
+        self.durable = durable
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        conn = self._conn()
+        with _translate_errors(path):
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+
+    def __repr__(self):
+        return f"SqliteDatastore({self.path!r})"
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as e:
+            raise DatastoreUnavailable(f"cannot open the embedded datastore {self.path}: {e}") from None
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def close(self) -> None:
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            try:
+                c.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
+
+    # Reads -------------------------------------------------------------
+
+    def get(self, key: str) -> KeyValue | None:
+        with _translate_errors(self.path):
+            row = self._conn().execute(
+                "SELECT key, value, create_rev, mod_rev, version FROM kv WHERE key = ?", (key,)
+            ).fetchone()
+        return KeyValue(*row) if row else None
+
+    def list(self, prefix: str, keys_only: bool = False) -> tuple[list[KeyValue], int]:
+        cols = "key, x'', create_rev, mod_rev, version" if keys_only else "key, value, create_rev, mod_rev, version"
+        conn = self._conn()
+        with _translate_errors(self.path):
+            # One read transaction so the rows and the revision agree.
+            conn.execute("BEGIN")
+            try:
+                rows = conn.execute(
+                    f"SELECT {cols} FROM kv WHERE key >= ? AND key < ? ORDER BY key",
+                    (prefix, prefix_end(prefix)),
+                ).fetchall()
+                rev = conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
+            finally:
+                conn.execute("COMMIT")
+        return [KeyValue(*r) for r in rows], rev
+
+    def revision(self) -> int:
+        with _translate_errors(self.path):
+            return self._conn().execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
+
+    # Writes ------------------------------------------------------------
+
+    def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
+        conn = self._conn()
+        with _translate_errors(self.path):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rev = conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
+                ok = all(self._mod_rev(conn, c.key) == c.revision for c in compares)
+                changed = self._apply(conn, rev + 1, success if ok else failure)
+                if changed:
+                    rev += 1
+                    conn.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (rev,))
+                    if rev % 1000 == 0:
+                        self._compact(conn, rev - self.history)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return TxnResult(ok, rev)
+
+    @staticmethod
+    def _mod_rev(conn, key: str) -> int:
+        row = conn.execute("SELECT mod_rev FROM kv WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else 0
+
+    @staticmethod
+    def _apply(conn, rev: int, ops: Sequence[Op]) -> bool:
+        seq = 0
+        for op in ops:
+            if isinstance(op, Put):
+                conn.execute(
+                    "INSERT INTO kv VALUES (?, ?, ?, ?, 1) ON CONFLICT(key) DO UPDATE SET "
+                    "value = excluded.value, mod_rev = excluded.mod_rev, version = version + 1",
+                    (op.key, op.value, rev, rev),
+                )
+                conn.execute("INSERT INTO log VALUES (?, ?, 'put', ?, ?)", (rev, seq, op.key, op.value))
+                seq += 1
+            elif isinstance(op, Delete):
+                if conn.execute("DELETE FROM kv WHERE key = ?", (op.key,)).rowcount:
+                    conn.execute("INSERT INTO log VALUES (?, ?, 'delete', ?, x'')", (rev, seq, op.key))
+                    seq += 1
+            else:
+                raise TypeError(f"not a datastore operation: {op!r}")
+        return seq > 0
+
+    def _compact(self, conn, upto: int) -> None:
+        if upto <= 0:
+            return
+        conn.execute("DELETE FROM log WHERE rev <= ?", (upto,))
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'compacted'", (upto,))
+
+    def compact(self, upto: int) -> None:
+        """Drop change history up to and including revision `upto`."""
+        conn = self._conn()
+        with _translate_errors(self.path):
+            conn.execute("BEGIN IMMEDIATE")
+            self._compact(conn, upto)
+            conn.execute("COMMIT")
+
+    # Watches -----------------------------------------------------------
+
+    def watch(self, prefix: str, start_revision: int) -> Watch:
+        return _SqliteWatch(self, prefix, start_revision)
+
+
+class _SqliteWatch(Watch):
+    def __init__(self, store: SqliteDatastore, prefix: str, start_revision: int):
+        self._store = store
+        self._prefix = prefix
+        self._end = prefix_end(prefix)
+        self._next = max(1, start_revision)
+        self._conn = store._connect()
+        self._seen_version = None
+        self._closed = False
+
+    def next_events(self, timeout: float | None = None) -> list[Event]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._closed:
+            with _translate_errors(self._store.path):
+                version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._seen_version:
+                    self._seen_version = version
+                    events = self._read()
+                    if events:
+                        return events
+            if deadline is not None and time.monotonic() >= deadline:
+                return []
+            time.sleep(WATCH_POLL_SECONDS)
+        return []
+
+    def _read(self) -> list[Event]:
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            compacted = conn.execute("SELECT value FROM meta WHERE name = 'compacted'").fetchone()[0]
+            if self._next <= compacted:
+                raise CompactedError(self._next, compacted)
+            rows = conn.execute(
+                "SELECT rev, kind, key, value FROM log WHERE rev >= ? AND key >= ? AND key < ? ORDER BY rev, seq",
+                (self._next, self._prefix, self._end),
+            ).fetchall()
+            head = conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
+        finally:
+            conn.execute("COMMIT")
+        self._next = head + 1
+        return [Event(kind, key, bytes(value), rev) for rev, kind, key, value in rows]
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._conn.close()
+        except sqlite3.Error:
+            pass
+
+
+class _translate_errors:
+    """Turn sqlite3's errors into the datastore's typed ones."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, sqlite3.OperationalError):
+            raise DatastoreUnavailable(
+                f"embedded datastore {self.path}: {exc}",
+                "another process holds it locked for too long, or the file is not writable",
+            ) from None
+        if exc_type is not None and issubclass(exc_type, sqlite3.DatabaseError):
+            raise DatastoreUnavailable(f"embedded datastore {self.path} is unusable: {exc}") from None
+        return False

@@ -1,0 +1,235 @@
+"""Address allocation with per-node block affinity.
+
+A node takes addresses from blocks affine to it; when they are full it claims
+the next unclaimed block of a usable pool. Every write is a transaction that
+compares the mod_revision of each record it read, so two allocators (threads,
+processes, machines) that race never hand out one address twice: the loser
+re-reads and tries again. A block and the handle that indexes its
+allocations are written in the same transaction, so a crash never leaves an
+address that no handle can release.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+
+from podnet.datastore import keys
+from podnet.datastore.api import Datastore, Delete, KeyValue, ModRevisionIs, Put
+from podnet.datastore.resources import Resources
+from podnet.errors import PodnetError
+from podnet.model import Block, IPPool
+
+MAX_CAS_RETRIES = 100
+DEFAULT_MAX_BLOCKS_PER_HOST = 20
+
+
+class IpamError(PodnetError):
+    pass
+
+
+class NoUsablePool(IpamError):
+    """No enabled pool of the family (and of the requested names) exists."""
+
+
+class PoolExhausted(IpamError):
+    """Every usable pool is full for this node."""
+
+
+class IpamConflict(IpamError):
+    """Too many concurrent writers; nothing was allocated. Try again."""
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    block: Block
+    kv: KeyValue
+
+
+class Ipam:
+    def __init__(self, store: Datastore, max_blocks_per_host: int = DEFAULT_MAX_BLOCKS_PER_HOST):
+        self.store = store
+        self.resources = Resources(store)
+        self.max_blocks_per_host = max_blocks_per_host
+
+    # Allocation --------------------------------------------------------
+
+    def usable_pools(self, version: int, names: list[str] | None = None, use: str = "Workload") -> list[IPPool]:
+        pools = [p for p in self.resources.pools() if p.version == version]
+        if names:
+            by_name = {p.name: p for p in pools}
+            by_cidr = {p.cidr: p for p in pools}
+            chosen = []
+            for n in names:
+                p = by_name.get(n) or by_cidr.get(str(_network_or_none(n)))
+                if p is None:
+                    raise NoUsablePool(f"IPv{version} pool {n!r} does not exist")
+                chosen.append(p)
+            pools = chosen
+        usable = [p for p in pools if not p.disabled and use in p.allowed_uses]
+        if not usable:
+            what = f"named {', '.join(names)}" if names else "at all"
+            raise NoUsablePool(
+                f"no enabled IPv{version} pool {what}",
+                "create one with `podnet apply -f pool.yaml` or enable an existing pool",
+            )
+        return usable
+
+    def auto_assign(
+        self,
+        node: str,
+        handle: str,
+        attrs: dict | None = None,
+        version: int = 4,
+        pools: list[str] | None = None,
+        use: str = "Workload",
+    ) -> str:
+        """Allocate one address for `handle` on `node`; returns it without prefix."""
+        candidates = self.usable_pools(version, pools, use)
+        networks = [p.network for p in candidates]
+        for _ in range(MAX_CAS_RETRIES):
+            affine = [c for c in self.node_block_cidrs(node, version) if _within(c, networks)]
+            outcome = self._assign_from(affine, node, handle, attrs or {})
+            if isinstance(outcome, str):
+                return outcome
+            if outcome is _CONFLICT:
+                continue
+            # Every affine block is full: claim another.
+            if len(self.node_block_cidrs(node, version)) >= self.max_blocks_per_host:
+                raise PoolExhausted(
+                    f"node {node} already holds {self.max_blocks_per_host} blocks and they are full",
+                    "raise max blocks per host or add a pool",
+                )
+            cidr = self._free_block(candidates)
+            if cidr is None:
+                raise PoolExhausted(
+                    f"no free block left in IPv{version} pools {', '.join(p.name for p in candidates)}",
+                    "add a pool or release unused addresses (podnet ipam show)",
+                )
+            self._claim(node, cidr)  # a lost race simply means another loop
+        raise IpamConflict(
+            f"gave up allocating for {handle} after {MAX_CAS_RETRIES} conflicting writes", "try again later"
+        )
+
+    def _assign_from(self, cidrs: list[str], node: str, handle: str, attrs: dict):
+        for cidr in cidrs:
+            rec = self.block(cidr)
+            if rec is None or rec.block.node != node or rec.block.free == 0:
+                continue
+            ips = rec.block.assign(handle, attrs)
+            if self._write_block_and_handle(rec, handle):
+                return ips[0]
+            return _CONFLICT
+        return _FULL
+
+    def _write_block_and_handle(self, rec: BlockRecord, handle: str) -> bool:
+        """Write the changed block, and the handle's count of addresses in it, atomically."""
+        hkey = keys.handle(handle)
+        hkv = self.store.get(hkey)
+        doc = json.loads(hkv.value) if hkv else {"handle": handle, "blocks": {}}
+        count = len(rec.block.ips_of(handle))
+        if count > 0:
+            doc["blocks"][rec.block.cidr] = count
+        else:
+            doc["blocks"].pop(rec.block.cidr, None)
+        ops = [Put(keys.block(rec.block.cidr), rec.block.to_json())]
+        ops.append(Put(hkey, json.dumps(doc).encode()) if doc["blocks"] else Delete(hkey))
+        compares = [
+            ModRevisionIs(keys.block(rec.block.cidr), rec.kv.mod_revision),
+            ModRevisionIs(hkey, hkv.mod_revision if hkv else 0),
+        ]
+        return self.store.txn(compares, ops).succeeded
+
+    def _free_block(self, pools: list[IPPool]) -> str | None:
+        taken = set()
+        for version in {p.version for p in pools}:
+            kvs, _ = self.store.list(keys.blocks(version), keys_only=True)
+            taken.update(keys.cidr_from_part(kv.key.rsplit("/", 1)[1]) for kv in kvs)
+        for pool in pools:
+            for net in pool.blocks():
+                if str(net) not in taken:
+                    return str(net)
+        return None
+
+    def _claim(self, node: str, cidr: str) -> bool:
+        """Claim a block for node: the block and its affinity appear together or not at all."""
+        bkey, akey = keys.block(cidr), keys.affinity(node, cidr)
+        return self.store.txn(
+            [ModRevisionIs(bkey, 0), ModRevisionIs(akey, 0)],
+            [Put(bkey, Block.new(cidr, node).to_json()), Put(akey, b'{"state":"confirmed"}')],
+        ).succeeded
+
+    # Release -----------------------------------------------------------
+
+    def release_handle(self, handle: str) -> list[str]:
+        """Release every address of handle; returns them. Releasing nothing is fine."""
+        released: list[str] = []
+        for _ in range(MAX_CAS_RETRIES):
+            hkv = self.store.get(keys.handle(handle))
+            if hkv is None:
+                return released
+            cidrs = list(json.loads(hkv.value)["blocks"])
+            if not cidrs:
+                self.store.compare_and_delete(hkv.key, hkv.mod_revision)
+                continue
+            rec = self.block(cidrs[0])
+            if rec is None:
+                # The block vanished (e.g. deleted by hand): drop it from the handle.
+                doc = json.loads(hkv.value)
+                doc["blocks"].pop(cidrs[0])
+                self.store.compare_and_swap(hkv.key, json.dumps(doc).encode(), hkv.mod_revision)
+                continue
+            ips = rec.block.release_handle(handle)
+            if self._write_block_and_handle(rec, handle):
+                released += ips
+        raise IpamConflict(f"gave up releasing {handle} after {MAX_CAS_RETRIES} conflicting writes", "try again later")
+
+    # Queries -----------------------------------------------------------
+
+    def ips_by_handle(self, handle: str) -> list[str]:
+        hkv = self.store.get(keys.handle(handle))
+        if hkv is None:
+            return []
+        ips = []
+        for cidr in json.loads(hkv.value)["blocks"]:
+            rec = self.block(cidr)
+            if rec:
+                ips += rec.block.ips_of(handle)
+        return ips
+
+    def block(self, cidr: str) -> BlockRecord | None:
+        kv = self.store.get(keys.block(cidr))
+        return BlockRecord(Block.from_json(kv.value), kv) if kv else None
+
+    def blocks(self, version: int | None = None) -> list[Block]:
+        out = []
+        for v in (4, 6) if version is None else (version,):
+            kvs, _ = self.store.list(keys.blocks(v))
+            out += [Block.from_json(kv.value) for kv in kvs]
+        return out
+
+    def node_block_cidrs(self, node: str, version: int) -> list[str]:
+        kvs, _ = self.store.list(keys.affinities(node, version), keys_only=True)
+        cidrs = [keys.cidr_from_part(kv.key.rsplit("/", 1)[1]) for kv in kvs]
+        return sorted(cidrs, key=lambda c: ipaddress.ip_network(c))
+
+    def handles(self) -> dict[str, dict]:
+        kvs, _ = self.store.list(keys.HANDLES)
+        return {kv.key[len(keys.HANDLES):]: json.loads(kv.value) for kv in kvs}
+
+
+_CONFLICT = object()
+_FULL = object()
+
+
+def _network_or_none(text: str):
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        return None
+
+
+def _within(cidr: str, networks) -> bool:
+    net = ipaddress.ip_network(cidr)
+    return any(net.version == n.version and net.subnet_of(n) for n in networks)

@@ -1,0 +1,82 @@
+"""Node: one machine of the cluster and its VTEP (the VXLAN tunnel endpoint)."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+
+from podnet.model import fields
+
+
+def vtep_mac(node_name: str, ipv6: bool = False) -> str:
+    """The node's VTEP MAC: 0x66 then the first 5 bytes of SHA-1 of the name.
+
+    0x66 has the locally administered bit set and the multicast bit clear, so the
+    address never collides with a vendor MAC. Every node derives every other
+    node's MAC the same way, so it need not be stored.
+    """
+    seed = node_name + "-v6" if ipv6 else node_name
+    digest = hashlib.sha1(seed.encode()).digest()
+    return ":".join(f"{b:02x}" for b in bytes([0x66]) + digest[:5])
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    address: str | None = None  # underlay address with prefix, e.g. 172.31.0.2/24
+    interface: str | None = None  # parent interface holding the address
+    vtep_mac: str | None = None  # None: derived from the name
+    tunnel_address: str | None = None  # from the node's own block
+    labels: dict = field(default_factory=dict, hash=False, compare=True)
+
+    def __post_init__(self):
+        fields.name("metadata.name", self.name)
+        if self.address is not None:
+            object.__setattr__(self, "address", str(fields.interface("spec.address", self.address)))
+        if self.interface is not None:
+            fields.ifname("spec.interface", self.interface)
+        if self.vtep_mac is not None:
+            object.__setattr__(self, "vtep_mac", fields.mac("spec.vtepMAC", self.vtep_mac))
+        if self.tunnel_address is not None:
+            object.__setattr__(self, "tunnel_address", str(fields.ip_address("spec.tunnelAddress", self.tunnel_address)))
+        object.__setattr__(self, "labels", fields.labels("metadata.labels", self.labels))
+
+    @property
+    def ip(self) -> str | None:
+        """The underlay IP without its prefix."""
+        return str(ipaddress.ip_interface(self.address).ip) if self.address else None
+
+    @property
+    def effective_vtep_mac(self) -> str:
+        return self.vtep_mac or vtep_mac(self.name)
+
+    def to_manifest(self) -> dict:
+        spec = {}
+        if self.address:
+            spec["address"] = self.address
+        if self.interface:
+            spec["interface"] = self.interface
+        if self.vtep_mac:
+            spec["vtepMAC"] = self.vtep_mac
+        if self.tunnel_address:
+            spec["tunnelAddress"] = self.tunnel_address
+        return {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "Node",
+            "metadata": {"name": self.name, "labels": dict(self.labels)},
+            "spec": spec,
+        }
+
+    @classmethod
+    def from_manifest(cls, doc: dict) -> Node:
+        meta = doc.get("metadata") or {}
+        spec = doc.get("spec") or {}
+        return cls(
+            name=meta.get("name"),
+            address=spec.get("address"),
+            interface=spec.get("interface"),
+            vtep_mac=spec.get("vtepMAC"),
+            tunnel_address=spec.get("tunnelAddress"),
+            labels=meta.get("labels") or {},
+        )
