@@ -124,27 +124,36 @@ def _configure(host: rtnl.RtnlSocket, pod: rtnl.RtnlSocket, fd: int, host_ifname
     ], f"configure {pod_ifname} in the pod")
 
 
-def detach(host: rtnl.RtnlSocket, host_ifname: str, netns: str | None = None, pod_ifname: str | None = None) -> bool:
-    """Remove the pair (its routes go with it). Already gone is success. True if something was removed."""
-    removed = host.request([rtnl.link_del_msg(ifname=host_ifname)])[0] == 0
-    if not removed and netns and pod_ifname:
-        # The host end is gone but the pod may still hold its end (partial ADD).
+def detach(host: rtnl.RtnlSocket, host_ifname: str | None, netns: str | None = None,
+           pod_ifname: str | None = None) -> bool:
+    """Remove the pair (its routes go with it). Already gone is success; True if something was removed.
+
+    The pod's end, found in the pod's namespace, is the safest handle: deleting
+    it deletes the pair, and it cannot belong to another sandbox. The host end
+    is deleted by name only when the caller knows it is this pod's (from the
+    workload endpoint), because a newer sandbox of the same pod reuses the name.
+    """
+    if netns and pod_ifname:
         try:
             fd = open_netns(netns)
         except PodnetError:
-            return False
-        try:
-            index = _index_in(fd, pod_ifname)
-            if index is not None:
-                with entered(fd):
-                    pod = rtnl.RtnlSocket()
-                try:
-                    removed = pod.request([rtnl.link_del_msg(index)])[0] == 0
-                finally:
-                    pod.close()
-        finally:
-            os.close(fd)
-    return removed
+            fd = None
+        if fd is not None:
+            try:
+                index = _index_in(fd, pod_ifname)
+                if index is not None:
+                    with entered(fd):
+                        pod = rtnl.RtnlSocket()
+                    try:
+                        if pod.request([rtnl.link_del_msg(index)])[0] == 0:
+                            return True
+                    finally:
+                        pod.close()
+            finally:
+                os.close(fd)
+    if host_ifname:
+        return host.request([rtnl.link_del_msg(ifname=host_ifname)])[0] == 0
+    return False
 
 
 def inspect(host: rtnl.RtnlSocket, netns: str, host_ifname: str, pod_ifname: str, ipv4: str) -> list[str]:

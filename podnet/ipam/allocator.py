@@ -185,7 +185,31 @@ class Ipam:
                 released += ips
         raise IpamConflict(f"gave up releasing {handle} after {MAX_CAS_RETRIES} conflicting writes", "try again later")
 
+    def release_ip(self, ip: str) -> str | None:
+        """Release one address, whoever holds it; returns its handle (None if it was free)."""
+        for _ in range(MAX_CAS_RETRIES):
+            rec = self.block_of(ip)
+            if rec is None:
+                return None
+            alloc = rec.block.allocations.get(rec.block.ordinal(ip))
+            if alloc is None:
+                return None
+            rec.block.release_ip(ip)
+            if self._write_block_and_handle(rec, alloc.handle):
+                return alloc.handle
+        raise IpamConflict(f"gave up releasing {ip} after {MAX_CAS_RETRIES} conflicting writes", "try again later")
+
     # Queries -----------------------------------------------------------
+
+    def block_of(self, ip: str) -> BlockRecord | None:
+        """The block holding ip, if any block was claimed around it."""
+        addr = ipaddress.ip_address(ip)
+        kvs, _ = self.store.list(keys.blocks(addr.version), keys_only=True)
+        for kv in kvs:
+            cidr = keys.cidr_from_part(kv.key.rsplit("/", 1)[1])
+            if addr in ipaddress.ip_network(cidr):
+                return self.block(cidr)
+        return None
 
     def ips_by_handle(self, handle: str) -> list[str]:
         hkv = self.store.get(keys.handle(handle))
@@ -207,7 +231,7 @@ class Ipam:
         for v in (4, 6) if version is None else (version,):
             kvs, _ = self.store.list(keys.blocks(v))
             out += [Block.from_json(kv.value) for kv in kvs]
-        return out
+        return sorted(out, key=lambda b: (b.network.version, b.network))
 
     def node_block_cidrs(self, node: str, version: int) -> list[str]:
         kvs, _ = self.store.list(keys.affinities(node, version), keys_only=True)

@@ -105,12 +105,18 @@ class IPPool:
         spec = doc.get("spec")
         if not isinstance(spec, dict):
             raise ValidationError("spec", "is missing")
-        known = {"cidr", "blockSize", "vxlanMode", "ipipMode", "natOutgoing", "disabled", "nodeSelector", "allowedUses"}
+        known = {"cidr", "blockSize", "vxlanMode", "ipipMode", "natOutgoing", "disabled", "nodeSelector", "allowedUses",
+                 "assignmentMode", "disableBGPExport"}
         unknown = sorted(set(spec) - known)
         if unknown:
             raise ValidationError(f"spec.{unknown[0]}", "is not a field podnet knows")
         if "cidr" not in spec:
             raise ValidationError("spec.cidr", "is required")
+        # Fields of recent calicoctl output that podnet accepts at their defaults only.
+        if spec.get("assignmentMode", "Automatic") != "Automatic":
+            raise ValidationError("spec.assignmentMode", "podnet supports Automatic only")
+        if not isinstance(spec.get("disableBGPExport", False), bool):
+            raise ValidationError("spec.disableBGPExport", "must be true or false")
         return cls(
             name=_metadata_name(doc),
             cidr=spec["cidr"],

@@ -1,0 +1,64 @@
+"""Learn at once when someone changes what the agent owns, so drift is repaired in milliseconds."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+from typing import Callable
+
+from podnet.dataplane import rtnl
+
+log = logging.getLogger(__name__)
+
+_GROUPS = rtnl.RTMGRP_LINK | rtnl.RTMGRP_NEIGH | rtnl.RTMGRP_IPV4_ROUTE | rtnl.RTMGRP_IPV4_IFADDR
+
+
+class KernelWatcher:
+    """Calls on_change() when a route of ours, or the VXLAN device, its neighbours, FDB or address change."""
+
+    def __init__(self, device: str, on_change: Callable[[], None]):
+        self.device = device
+        self.on_change = on_change
+        self.sock = rtnl.RtnlSocket(groups=_GROUPS)
+        self._thread = threading.Thread(target=self._run, name="kernel events", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _device_index(self) -> int | None:
+        try:
+            return socket.if_nametoindex(self.device)
+        except OSError:
+            return None
+
+    def _relevant(self, kind: int, payload: bytes, dev_index: int | None) -> bool:
+        if kind in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE):
+            return rtnl.parse_route(payload)["proto"] == rtnl.RTPROT_PODNET
+        if kind in (rtnl.RTM_NEWNEIGH, rtnl.RTM_DELNEIGH):
+            return dev_index is not None and rtnl.parse_neigh(payload)["ifindex"] == dev_index
+        if kind in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK):
+            link = rtnl.parse_link(payload)
+            return link["ifname"] == self.device or link["index"] == dev_index
+        if kind in (rtnl.RTM_NEWADDR, rtnl.RTM_DELADDR):
+            return rtnl.parse_addr(payload)["index"] == dev_index
+        return False
+
+    def _run(self) -> None:
+        while True:
+            try:
+                events = self.sock.recv_events()
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:  # we missed events: assume something changed
+                    self.on_change()
+                    continue
+                log.error("kernel event socket failed: %s", e)
+                return
+            dev_index = self._device_index()
+            try:
+                if any(self._relevant(kind, payload, dev_index) for kind, payload in events):
+                    self.on_change()
+            except Exception:  # a message we cannot parse must not stop drift repair
+                log.exception("could not parse a kernel event")
+                self.on_change()

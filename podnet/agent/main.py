@@ -1,0 +1,213 @@
+"""`podnet agent --node NAME`: one per node."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import threading
+import time
+
+from pyroute2 import IPRoute
+
+from podnet.agent.kernel_events import KernelWatcher
+from podnet.agent.reconciler import Reconciler
+from podnet.agent.registration import find_underlay, register
+from podnet.agent.syncer import DatastoreView
+from podnet.calc import VxlanConfig
+from podnet.cni.handler import NodeContext
+from podnet.cni.server import CniServer
+from podnet.cni.wire import DEFAULT_ADDRESS
+from podnet.dataplane import rtnl, sysctl
+from podnet.datastore import default_url, open_datastore
+from podnet.datastore.api import DatastoreError
+from podnet.datastore.resources import Resources
+from podnet.ipam import Ipam
+from podnet.model import IPPool
+
+log = logging.getLogger("podnet.agent")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node", required=True, help="this node's name")
+    p.add_argument("--datastore", default=None, help=f"datastore URL (default $PODNET_DATASTORE or {default_url()})")
+    p.add_argument("--interface", help="underlay interface (default: the one holding --address, else the default route's)")
+    p.add_argument("--address", help="underlay address of this node (default: the interface's first IPv4 address)")
+    p.add_argument("--label", action="append", default=[], metavar="K=V", help="node label (repeatable)")
+    p.add_argument("--vni", type=int, default=4096)
+    p.add_argument("--vxlan-port", type=int, default=4789)
+    p.add_argument("--vxlan-mtu", type=int, default=None, help="default: underlay MTU - 50")
+    p.add_argument("--default-ipv4-pool", default="10.244.0.0/16",
+                   help="pool created when the datastore has none ('' to never create one)")
+    p.add_argument("--resync-interval", type=float, default=30.0, help="seconds between full kernel resyncs")
+    p.add_argument("--cni-socket", default=DEFAULT_ADDRESS, help="where the CNI plugin reaches the agent")
+    p.add_argument("--status-file", help="write readiness and programming status here as JSON")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--etcd-cert-file", dest="etcd_cert_file")
+    p.add_argument("--etcd-key-file", dest="etcd_key_file")
+    p.add_argument("--etcd-ca-cert-file", dest="etcd_ca_cert_file")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record):
+        out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+               "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(fmt: str, level: str, node: str) -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {node} %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def _store_options(args) -> dict:
+    opts = {}
+    for name, key in (("etcd_cert_file", "cert_file"), ("etcd_key_file", "key_file"), ("etcd_ca_cert_file", "ca_file")):
+        if getattr(args, name, None):
+            opts[key] = getattr(args, name)
+    return opts
+
+
+class Agent:
+    def __init__(self, args):
+        self.args = args
+        self.config = VxlanConfig(vni=args.vni, port=args.vxlan_port, mtu=args.vxlan_mtu)
+        self.store = open_datastore(args.datastore, **_store_options(args))
+        self.resources = Resources(self.store)
+        self.ipam = Ipam(self.store)
+        self.ipr = IPRoute()
+        self.host = rtnl.RtnlSocket()
+        self.dirty = threading.Event()
+        self.stop = threading.Event()
+        self.view = DatastoreView(self.store, self.dirty.set)
+        self.reconciler: Reconciler | None = None
+        self.cni_stats: dict = {}
+        self.started = time.time()
+
+    def _retry(self, what: str, fn):
+        delay = 0.2
+        while not self.stop.is_set():
+            try:
+                return fn()
+            except DatastoreError as e:
+                log.warning("%s: %s; retrying in %.1fs", what, e, delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 5)
+        raise SystemExit(0)
+
+    def _ensure_default_pool(self) -> None:
+        cidr = self.args.default_ipv4_pool
+        if cidr and not any(p.version == 4 for p in self.resources.pools()):
+            self.resources.apply_pool(IPPool("default-ipv4-ippool", cidr))
+            log.info("created the default IPv4 pool %s", cidr)
+
+    def run(self) -> int:
+        args = self.args
+        labels = dict(kv.split("=", 1) for kv in args.label)
+        address, interface = find_underlay(self.ipr, args.interface, args.address)
+        sysctl.write("/proc/sys/net/ipv4/ip_forward", 1)
+        self._retry("creating the default pool", self._ensure_default_pool)
+        node = self._retry("registering the node", lambda: register(self.resources, self.ipam, args.node, address,
+                                                                     interface, labels or None))
+        self.reconciler = Reconciler(node, self.view, self.config, self.host, self.ipr)
+        self.view.start()
+        KernelWatcher(self.config.device, self.dirty.set).start()
+        ctx = NodeContext(
+            node=node.name,
+            resources=self.resources,
+            ipam=self.ipam,
+            host=self.host,
+            pod_mtu=self._pod_mtu,
+            ready=self.view.in_sync.is_set,
+            ipam_lock=threading.Lock(),
+            stats=self.cni_stats,
+        )
+        server = CniServer(args.cni_socket, ctx)
+        threading.Thread(target=server.serve_forever, name="cni server", daemon=True).start()
+        log.info("serving CNI requests on %s", args.cni_socket)
+        self._loop()
+        server.shutdown()
+        return 0
+
+    def _pod_mtu(self) -> int:
+        last = self.reconciler.last if self.reconciler else None
+        if last and last.device_mtu:
+            return last.device_mtu
+        from podnet.dataplane import vxlan
+
+        return self.config.device_mtu(vxlan.interface_mtu(self.ipr, self.reconciler.local.interface))
+
+    def _loop(self) -> None:
+        """Reconcile whenever the datastore or the kernel changed, and every resync interval."""
+        backoff = 0.05
+        while not self.stop.is_set():
+            self.dirty.wait(self.args.resync_interval)
+            if self.stop.is_set():
+                break
+            self.dirty.clear()
+            if not self.view.in_sync.is_set():
+                continue  # program nothing until the view is complete
+            try:
+                result = self.reconciler.reconcile()
+                if result.changes:
+                    log.info("reconciled: %d changes in %.1f ms, %d remote nodes", result.changes,
+                             result.seconds * 1e3, len(result.remote_nodes))
+                if result.failures:
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, 5)
+                    self.dirty.set()
+                else:
+                    backoff = 0.05
+            except Exception:
+                log.exception("reconcile failed; retrying")
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 5)
+                self.dirty.set()
+            self._write_status()
+
+    def _write_status(self) -> None:
+        if not self.args.status_file:
+            return
+        last = self.reconciler.last
+        status = {
+            "node": self.args.node,
+            "ready": self.view.in_sync.is_set() and last is not None and not last.failures,
+            "pid": os.getpid(),
+            "tunnel_address": self.reconciler.local.tunnel_address,
+            "remote_nodes": list(last.remote_nodes) if last else [],
+            "device_mtu": last.device_mtu if last else None,
+            "last_reconcile": time.time(),
+            "last_reconcile_ms": round(last.seconds * 1e3, 2) if last else None,
+        }
+        tmp = self.args.status_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(status, f)
+        os.replace(tmp, self.args.status_file)
+
+
+def run(args) -> int:
+    setup_logging(args.log_format, args.log_level, args.node)
+    agent = Agent(args)
+
+    def _stop(signum, frame):
+        agent.stop.set()
+        agent.dirty.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return agent.run()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="podnet agent")
+    add_arguments(p)
+    return run(p.parse_args(argv))

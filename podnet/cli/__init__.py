@@ -1,0 +1,1 @@
+"""`podnet`: admin CLI, agent and lab entry points."""

@@ -1,0 +1,298 @@
+"""`podnet`: the admin CLI. Subcommands import what they need, so each starts fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from podnet.errors import PodnetError
+
+
+def _store(args):
+    from podnet.datastore import open_datastore
+
+    return open_datastore(args.datastore)
+
+
+# get -----------------------------------------------------------------------
+
+
+def cmd_get(args) -> int:
+    from podnet.cli.output import emit, manifest_list, table
+    from podnet.datastore.resources import Resources
+    from podnet.ipam import Ipam
+
+    store = _store(args)
+    res, ipam = Resources(store), Ipam(store)
+    kind = args.kind.rstrip("s") if args.kind != "ippools" else "ippool"
+    if kind in ("node",):
+        items = res.nodes()
+        if args.output != "wide" and args.output != "table":
+            emit(manifest_list([n.to_manifest() for n in items]) if items else {"items": []}, args.output)
+            return 0
+        blocks: dict[str, list[str]] = {}
+        for b in ipam.blocks():
+            if b.node:
+                blocks.setdefault(b.node, []).append(b.cidr)
+        table(["NAME", "ADDRESS", "INTERFACE", "TUNNEL-IP", "VTEP-MAC", "BLOCKS"],
+              [[n.name, n.address, n.interface, n.tunnel_address, n.effective_vtep_mac,
+                ",".join(blocks.get(n.name, []))] for n in items])
+    elif kind == "ippool":
+        items = res.pools()
+        if args.output not in ("wide", "table"):
+            emit(manifest_list([p.to_manifest() for p in items]), args.output)
+            return 0
+        table(["NAME", "CIDR", "BLOCK", "VXLAN", "NAT", "DISABLED", "SELECTOR"],
+              [[p.name, p.cidr, p.block_size, p.vxlan_mode, p.nat_outgoing, p.disabled, p.node_selector]
+               for p in items])
+    elif kind == "block":
+        items = ipam.blocks()
+        if args.output not in ("wide", "table"):
+            emit([{"cidr": b.cidr, "affinity": b.affinity, "allocated": len(b.allocations), "free": b.free,
+                   "allocations": {ip: {"handle": a.handle, **a.attrs} for ip, a in b.in_use().items()}}
+                  for b in items], args.output)
+            return 0
+        table(["CIDR", "AFFINITY", "IN-USE", "FREE"],
+              [[b.cidr, b.affinity, len(b.allocations), b.free] for b in items])
+    elif kind in ("workload", "workloadendpoint"):
+        items = res.endpoints()
+        if args.output not in ("wide", "table"):
+            emit(manifest_list([e.to_manifest() for e in items]), args.output)
+            return 0
+        table(["NODE", "POD", "NAMESPACE", "INTERFACE", "HOST-IF", "IPS", "CONTAINER"],
+              [[e.node, e.pod_name, e.pod_namespace, e.interface, e.host_interface, ",".join(e.ips),
+                e.container_id[:12]] for e in items])
+    else:
+        raise PodnetError(f"unknown resource {args.kind!r}", "use nodes, ippools, blocks or workloads")
+    return 0
+
+
+# apply / delete ---------------------------------------------------------------
+
+
+def _documents(path: str) -> list[dict]:
+    import yaml
+
+    text = sys.stdin.read() if path == "-" else open(path).read()
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d]
+    except yaml.YAMLError as e:
+        raise PodnetError(f"{path} is not valid YAML: {e}") from None
+    out = []
+    for d in docs:
+        if isinstance(d, dict) and str(d.get("kind", "")).endswith("List") and "items" in d:
+            out += d["items"]
+        else:
+            out.append(d)
+    return out
+
+
+def cmd_apply(args) -> int:
+    from podnet.datastore.resources import Resources
+    from podnet.model import IPPool, parse_resource
+
+    res = Resources(_store(args))
+    for doc in _documents(args.filename):
+        resource = parse_resource(doc)
+        if isinstance(resource, IPPool):
+            what = res.apply_pool(resource)
+            print(f"ippool/{resource.name} {what}")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    from podnet.datastore.resources import Resources
+
+    res = Resources(_store(args))
+    if args.kind.rstrip("s") != "ippool":
+        raise PodnetError(f"cannot delete {args.kind}", "podnet delete supports ippool")
+    if not res.delete_pool(args.name):
+        raise PodnetError(f"ippool {args.name} does not exist")
+    print(f"ippool/{args.name} deleted")
+    return 0
+
+
+# ipam ---------------------------------------------------------------------------
+
+
+def cmd_ipam_show(args) -> int:
+    import ipaddress
+
+    from podnet.cli.output import emit, table
+    from podnet.datastore.resources import Resources
+    from podnet.ipam import Ipam
+
+    store = _store(args)
+    res, ipam = Resources(store), Ipam(store)
+    pools, blocks = res.pools(), ipam.blocks()
+    if args.ip:
+        addr = ipaddress.ip_address(args.ip)
+        rec = ipam.block_of(args.ip)
+        alloc = rec.block.allocations.get(rec.block.ordinal(args.ip)) if rec else None
+        if alloc is None:
+            print(f"IP {addr} is not assigned")
+        else:
+            print(f"IP {addr} is in use by handle {alloc.handle} (block {rec.block.cidr}, {rec.block.affinity})")
+            for k, v in sorted(alloc.attrs.items()):
+                print(f"  {k}: {v}")
+        return 0
+    rows, data = [], []
+    for p in pools:
+        inside = [b for b in blocks if b.network.subnet_of(p.network)]
+        used = sum(len(b.allocations) for b in inside)
+        total = p.network.num_addresses
+        rows.append(["IP Pool", p.cidr, total, f"{used} ({100 * used / total:.0f}%)", total - used])
+        data.append({"pool": p.name, "cidr": p.cidr, "size": total, "in_use": used})
+        if args.show_blocks:
+            for b in inside:
+                rows.append(["Block", b.cidr, b.size, f"{len(b.allocations)} ({100 * len(b.allocations) / b.size:.0f}%)",
+                             b.free])
+    if args.output == "json":
+        emit(data, "json")
+    else:
+        table(["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"], rows)
+    return 0
+
+
+# lab -------------------------------------------------------------------------------
+
+
+def _progress(msg: str) -> None:
+    print(f"  {msg}", flush=True)
+
+
+def cmd_lab_up(args) -> int:
+    from podnet.lab.lab import Lab, LabSpec
+
+    spec = LabSpec(nodes=args.nodes, pods_per_node=args.pods_per_node, pool=args.pool)
+    lab = Lab(args.name, progress=_progress)
+    print(f"podnet lab {args.name}: {args.nodes} nodes, {args.pods_per_node} pods per node", flush=True)
+    status = lab.up(spec)
+    print(f"lab {args.name} is up: {len(status['nodes'])} nodes, {len(status['pods'])} pods "
+          f"(`podnet lab status --name {args.name}`)")
+    return 0
+
+
+def cmd_lab_status(args) -> int:
+    from podnet.cli.output import emit, table
+    from podnet.lab.lab import Lab
+
+    status = Lab(args.name).status()
+    if args.output in ("json", "yaml"):
+        emit(status, args.output)
+        return 0
+    table(["NODE", "NETNS", "UNDERLAY-IP", "TUNNEL-IP", "BLOCKS", "AGENT"],
+          [[n["name"], n["netns"], n["underlay_ip"], n["tunnel_ip"], ",".join(n["blocks"]),
+            ("ready" if n["ready"] else "starting") if n["agent_running"] else "stopped"] for n in status["nodes"]])
+    print()
+    table(["POD", "NODE", "NETNS", "IP", "HOST-IF"],
+          [[p["name"], p["node"], p["netns"], p["ip"], p["interface"]] for p in status["pods"]])
+    return 0
+
+
+def cmd_lab_down(args) -> int:
+    from podnet.lab.lab import Lab, all_labs
+
+    names = all_labs() if args.all else [args.name]
+    for name in names:
+        removed = Lab(name).down()
+        print(f"lab {name}: removed {len(removed)} resources" + (f" ({', '.join(removed)})" if args.verbose else ""))
+    return 0
+
+
+# install-cni ---------------------------------------------------------------------
+
+
+def cmd_install_cni(args) -> int:
+    from podnet.cni.install import default_conflist, install_conflist, install_plugin
+
+    plugin = install_plugin(args.bin_dir)
+    print(f"installed {plugin}")
+    if args.conf_dir:
+        extra = {}
+        if args.datastore:
+            extra["datastore"] = args.datastore
+        path = install_conflist(args.conf_dir, default_conflist(extra=extra, chain_portmap=not args.no_portmap))
+        print(f"installed {path}")
+    return 0
+
+
+# parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from podnet.datastore import DEFAULT_URL
+
+    p = argparse.ArgumentParser(prog="podnet", description="Calico-style VXLAN pod networking on the Linux kernel")
+    p.add_argument("--datastore", default=None, help=f"datastore URL (default $PODNET_DATASTORE or {DEFAULT_URL})")
+    p.add_argument("--version", action="version", version="podnet " + __import__("podnet").__version__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    from podnet.agent import main as agent_main
+
+    a = sub.add_parser("agent", help="run the per-node agent")
+    agent_main.add_arguments(a)
+    a.set_defaults(func=lambda args: agent_main.run(args))
+
+    g = sub.add_parser("get", help="list resources")
+    g.add_argument("kind", help="nodes | ippools | blocks | workloads")
+    g.add_argument("-o", "--output", choices=("table", "wide", "json", "yaml"), default="table")
+    g.set_defaults(func=cmd_get)
+
+    ap = sub.add_parser("apply", help="create or update resources from calicoctl-style YAML")
+    ap.add_argument("-f", "--filename", required=True)
+    ap.set_defaults(func=cmd_apply)
+
+    d = sub.add_parser("delete", help="delete a resource")
+    d.add_argument("kind")
+    d.add_argument("name")
+    d.set_defaults(func=cmd_delete)
+
+    ipam = sub.add_parser("ipam", help="IP address management")
+    ipam_sub = ipam.add_subparsers(dest="ipam_command", required=True)
+    show = ipam_sub.add_parser("show", help="pool and block usage")
+    show.add_argument("--ip")
+    show.add_argument("--show-blocks", action="store_true")
+    show.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    show.set_defaults(func=cmd_ipam_show)
+
+    lab = sub.add_parser("lab", help="a cluster of network namespaces on this machine")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True)
+    up = lab_sub.add_parser("up", help="build the lab")
+    up.add_argument("--name", default="podnet")
+    up.add_argument("--nodes", type=int, default=2)
+    up.add_argument("--pods-per-node", type=int, default=1)
+    up.add_argument("--pool", default="10.244.0.0/16")
+    up.set_defaults(func=cmd_lab_up)
+    st = lab_sub.add_parser("status", help="nodes and pods of the lab")
+    st.add_argument("--name", default="podnet")
+    st.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    st.set_defaults(func=cmd_lab_status)
+    dn = lab_sub.add_parser("down", help="remove everything the lab created")
+    dn.add_argument("--name", default="podnet")
+    dn.add_argument("--all", action="store_true", help="every lab on this machine")
+    dn.add_argument("-v", "--verbose", action="store_true")
+    dn.set_defaults(func=cmd_lab_down)
+
+    ic = sub.add_parser("install-cni", help="install the CNI plugin and a conflist")
+    ic.add_argument("--bin-dir", default="/opt/cni/bin")
+    ic.add_argument("--conf-dir", default=None)
+    ic.add_argument("--no-portmap", action="store_true")
+    ic.set_defaults(func=cmd_install_cni)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except PodnetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+"""`podnet lab up | status | down`.
+
+Every resource is written to the lab's state file *before* it is created, so
+`lab down` can remove everything even after `lab up` was killed halfway; it
+also sweeps namespaces carrying the lab's prefix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+from podnet.cni.install import install_plugin
+from podnet.dataplane import topology
+from podnet.datastore import open_datastore
+from podnet.datastore.resources import Resources
+from podnet.errors import PodnetError
+from podnet.ipam import Ipam
+from podnet.lab import processes
+from podnet.model import IPPool
+
+LAB_ROOT = os.environ.get("PODNET_LAB_ROOT", "/run/podnet/labs")
+NETWORK_NAME = "k8s-pod-network"
+
+
+class LabError(PodnetError):
+    pass
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    nodes: int = 2
+    pods_per_node: int = 1
+    underlay: str = "172.31.0.0/24"
+    pool: str = "10.244.0.0/16"
+    block_size: int = 26
+    mtu: int = 1500
+    datastore: str = "sqlite"
+
+    def node_address(self, i: int) -> str:
+        net = ipaddress.ip_network(self.underlay)
+        return f"{net.network_address + 10 + i}/{net.prefixlen}"
+
+    def gateway(self) -> str:
+        return str(ipaddress.ip_network(self.underlay).network_address + 1)
+
+
+class Lab:
+    def __init__(self, name: str = "podnet", progress=None):
+        if not name.replace("-", "").isalnum() or len(name) > 20:
+            raise LabError(f"lab name {name!r} must be letters, digits and '-', at most 20 characters")
+        self.name = name
+        self.root = os.path.join(LAB_ROOT, name)
+        self.state_path = os.path.join(self.root, "state.json")
+        self.bin_dir = os.path.join(self.root, "bin")
+        self.progress = progress or (lambda msg: None)
+        self.state: dict = {}
+
+    # Names ---------------------------------------------------------------
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.name}-"
+
+    def node_netns(self, node: str) -> str:
+        return f"{self.prefix}{node}"
+
+    def pod_netns(self, pod: str) -> str:
+        return f"{self.prefix}pod-{pod}" if not pod.startswith("pod-") else f"{self.prefix}{pod}"
+
+    @property
+    def underlay_netns(self) -> str:
+        return f"{self.prefix}underlay"
+
+    @property
+    def datastore_url(self) -> str:
+        return self.state.get("datastore") or f"sqlite://{os.path.join(self.root, 'podnet.db')}"
+
+    def log_path(self, node: str) -> str:
+        return os.path.join(self.root, f"{node}.log")
+
+    def status_path(self, node: str) -> str:
+        return os.path.join(self.root, f"{node}.status.json")
+
+    # State file ------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return os.path.exists(self.state_path)
+
+    def load(self) -> dict:
+        try:
+            with open(self.state_path) as f:
+                self.state = json.load(f)
+        except FileNotFoundError:
+            raise LabError(f"no lab named {self.name} is up", "start one with `podnet lab up`") from None
+        except ValueError:
+            self.state = {"name": self.name, "netns": [], "nodes": [], "pods": [], "corrupt": True}
+        return self.state
+
+    def _save(self) -> None:
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.state, f, indent=1)
+        os.replace(tmp, self.state_path)
+
+    def _intend_netns(self, name: str) -> None:
+        self.state.setdefault("netns", []).append(name)
+        self._save()
+        topology.create_netns(name)
+
+    # Up --------------------------------------------------------------------
+
+    def up(self, spec: LabSpec, pod_names: list[str] | None = None, datastore_url: str | None = None) -> dict:
+        if self.exists():
+            raise LabError(f"lab {self.name} is already up", f"run `podnet lab down --name {self.name}` first")
+        leftovers = [n for n in topology.list_netns() if n.startswith(self.prefix)]
+        if leftovers:
+            raise LabError(f"namespaces of an earlier lab {self.name} remain: {', '.join(leftovers)}",
+                           f"run `podnet lab down --name {self.name}`")
+        os.makedirs(self.root, exist_ok=True)
+        self.state = {"name": self.name, "created": time.time(), "spec": spec.__dict__, "netns": [],
+                      "nodes": [], "pods": [], "complete": False, "datastore": datastore_url}
+        self._save()
+        try:
+            self._build(spec, pod_names)
+        except BaseException:
+            self.progress("lab up failed; removing what it created")
+            self.down()
+            raise
+        self.state["complete"] = True
+        self._save()
+        return self.status()
+
+    def _build(self, spec: LabSpec, pod_names: list[str] | None) -> None:
+        plugin = install_plugin(self.bin_dir)
+        self.state["plugin"] = plugin
+        self._save()
+        self.progress(f"underlay: namespace {self.underlay_netns}, bridge br0 {spec.gateway()}/"
+                      f"{ipaddress.ip_network(spec.underlay).prefixlen}")
+        self._intend_netns(self.underlay_netns)
+        topology.add_bridge(self.underlay_netns, "br0",
+                            f"{spec.gateway()}/{ipaddress.ip_network(spec.underlay).prefixlen}", spec.mtu)
+
+        store = open_datastore(self.datastore_url)
+        try:
+            Resources(store).apply_pool(IPPool("default-ipv4-ippool", spec.pool, block_size=spec.block_size))
+        finally:
+            store.close()
+
+        for i in range(1, spec.nodes + 1):
+            self.add_node(f"node-{i}", spec.node_address(i), spec, wait=False)
+        self.wait_converged()
+        names = list(pod_names or [])
+        for i in range(1, spec.nodes + 1):
+            for k in range(1, spec.pods_per_node + 1):
+                name = names.pop(0) if names else f"pod-{i}-{k}"
+                self.add_pod(f"node-{i}", name)
+
+    def add_node(self, node: str, address: str, spec: LabSpec | None = None, wait: bool = True,
+                 extra_args: list[str] | None = None) -> dict:
+        spec = spec or LabSpec(**self.state.get("spec", {}))
+        ns = self.node_netns(node)
+        idx = len(self.state["nodes"]) + 1
+        self.progress(f"{node}: namespace {ns}, eth0 {address}, agent")
+        self._intend_netns(ns)
+        topology.add_veth_between(ns, "eth0", self.underlay_netns, f"veth-{node}"[:15], spec.mtu, master_b="br0")
+        topology.configure_host(ns, "eth0", address, spec.gateway())
+        entry = {"name": node, "netns": ns, "address": address, "interface": "eth0", "index": idx}
+        self.state["nodes"].append(entry)
+        self._save()
+        self._start_agent(entry, extra_args or [])
+        if wait:
+            self.wait_converged()
+        return entry
+
+    def _start_agent(self, entry: dict, extra_args: list[str]) -> None:
+        node = entry["name"]
+        for path in (self.status_path(node),):
+            if os.path.exists(path):
+                os.unlink(path)
+        cmd = ["ip", "netns", "exec", entry["netns"], sys.executable, "-m", "podnet", "agent",
+               "--node", node, "--datastore", self.datastore_url, "--interface", entry["interface"],
+               "--status-file", self.status_path(node), "--default-ipv4-pool", "", "--resync-interval", "30",
+               *extra_args]
+        log = open(self.log_path(node), "ab")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        entry["pid"] = proc.pid
+        entry["pid_start"] = processes.start_time(proc.pid)
+        entry["agent_cmd"] = cmd
+        self._save()
+
+    def stop_agent(self, node: str, kill: bool = False) -> None:
+        entry = self._node(node)
+        if kill:
+            if processes.alive(entry["pid"], entry.get("pid_start")):
+                os.kill(entry["pid"], 9)
+                for _ in range(100):
+                    processes._reap(entry["pid"])
+                    if not processes.alive(entry["pid"], entry.get("pid_start")):
+                        break
+                    time.sleep(0.01)
+        else:
+            processes.stop(entry["pid"], entry.get("pid_start"))
+
+    def restart_agent(self, node: str, extra_args: list[str] | None = None) -> None:
+        entry = self._node(node)
+        self.stop_agent(node)
+        self._start_agent(entry, extra_args or [])
+
+    def remove_node(self, node: str) -> None:
+        """Stop the node's agent, delete its namespace and its record: as a node leaving the cluster."""
+        entry = self._node(node)
+        self.stop_agent(node)
+        for pod in [p for p in self.state["pods"] if p["node"] == node]:
+            topology.delete_netns(pod["netns"])
+            self.state["pods"].remove(pod)
+        topology.delete_netns(entry["netns"])
+        self.state["nodes"].remove(entry)
+        self._save()
+        store = open_datastore(self.datastore_url)
+        try:
+            Resources(store).delete_node(node)
+        finally:
+            store.close()
+
+    def _node(self, node: str) -> dict:
+        for entry in self.state["nodes"]:
+            if entry["name"] == node:
+                return entry
+        raise LabError(f"lab {self.name} has no node {node}")
+
+    def agent_status(self, node: str) -> dict | None:
+        try:
+            with open(self.status_path(node)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def wait_converged(self, timeout: float = 60.0) -> None:
+        """Until every agent is ready and has programmed every other node."""
+        deadline = time.monotonic() + timeout
+        names = [n["name"] for n in self.state["nodes"]]
+        while time.monotonic() < deadline:
+            pending = []
+            for entry in self.state["nodes"]:
+                st = self.agent_status(entry["name"])
+                others = sorted(set(names) - {entry["name"]})
+                if not processes.alive(entry["pid"], entry.get("pid_start")):
+                    raise LabError(f"the agent of {entry['name']} exited", self._log_tail(entry["name"]))
+                if not st or not st.get("ready") or sorted(st.get("remote_nodes", [])) != others:
+                    pending.append(entry["name"])
+            if not pending:
+                return
+            time.sleep(0.05)
+        raise LabError(f"agents did not converge within {timeout:.0f}s: {', '.join(pending)}",
+                       self._log_tail(pending[0]))
+
+    def _log_tail(self, node: str, lines: int = 15) -> str:
+        try:
+            with open(self.log_path(node), errors="replace") as f:
+                return "agent log:\n" + "".join(f.readlines()[-lines:])
+        except OSError:
+            return "no agent log"
+
+    # Pods ------------------------------------------------------------------
+
+    def network_config(self, version: str = "1.0.0") -> dict:
+        return {"cniVersion": version, "name": NETWORK_NAME, "type": "podnet", "ipam": {"type": "podnet-ipam"}}
+
+    def cni(self, node: str, command: str, container_id: str, netns: str, pod: str = "", namespace: str = "default",
+            ifname: str = "eth0", config: dict | None = None, timeout: float = 60.0) -> tuple[int, dict | None, str]:
+        """Run the plugin inside the node's namespace exactly as a runtime does: env + config on stdin."""
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": container_id,
+            "CNI_NETNS": netns,
+            "CNI_IFNAME": ifname,
+            "CNI_PATH": self.bin_dir,
+            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod}" if pod else "",
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        }
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.node_netns(node), os.path.join(self.bin_dir, "podnet")],
+            input=json.dumps(config or self.network_config()).encode(), env=env, capture_output=True, timeout=timeout,
+        )
+        out = proc.stdout.decode()
+        try:
+            parsed = json.loads(out) if out.strip() else None
+        except ValueError:
+            parsed = None
+        return proc.returncode, parsed, out + proc.stderr.decode()
+
+    def add_pod(self, node: str, pod: str, namespace: str = "default") -> dict:
+        ns = self.pod_netns(pod)
+        container_id = uuid.uuid4().hex
+        self.progress(f"{pod}: namespace {ns} on {node}, CNI ADD")
+        self._intend_netns(ns)
+        with topology.ipr_in(ns) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        entry = {"name": pod, "node": node, "netns": ns, "namespace": namespace, "container_id": container_id,
+                 "ifname": "eth0"}
+        self.state["pods"].append(entry)
+        self._save()
+        code, result, raw = self.cni(node, "ADD", container_id, f"/run/netns/{ns}", pod, namespace)
+        if code != 0:
+            raise LabError(f"CNI ADD for {pod} on {node} failed", raw.strip())
+        entry["ip"] = result["ips"][0]["address"].split("/")[0]
+        entry["host_interface"] = result["interfaces"][0]["name"]
+        self._save()
+        return entry
+
+    def delete_pod(self, pod: str) -> None:
+        entry = self._pod(pod)
+        self.cni(entry["node"], "DEL", entry["container_id"], f"/run/netns/{entry['netns']}", pod, entry["namespace"])
+        topology.delete_netns(entry["netns"])
+        self.state["pods"].remove(entry)
+        self._save()
+
+    def _pod(self, pod: str) -> dict:
+        for entry in self.state["pods"]:
+            if entry["name"] == pod:
+                return entry
+        raise LabError(f"lab {self.name} has no pod {pod}")
+
+    def exec(self, netns: str, *cmd: str, timeout: float = 30.0, check: bool = False) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["ip", "netns", "exec", netns, *cmd], capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise LabError(f"`{' '.join(cmd)}` in {netns} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
+
+    # Status ----------------------------------------------------------------
+
+    def status(self) -> dict:
+        if not self.state:
+            self.load()
+        store = open_datastore(self.datastore_url)
+        try:
+            res, ipam = Resources(store), Ipam(store)
+            records = {n.name: n for n in res.nodes()}
+            blocks: dict[str, list[str]] = {}
+            for b in ipam.blocks():
+                if b.node:
+                    blocks.setdefault(b.node, []).append(b.cidr)
+        finally:
+            store.close()
+        nodes = []
+        for entry in self.state.get("nodes", []):
+            rec = records.get(entry["name"])
+            st = self.agent_status(entry["name"]) or {}
+            nodes.append({
+                "name": entry["name"],
+                "netns": entry["netns"],
+                "underlay_interface": entry["interface"],
+                "underlay_ip": entry["address"].split("/")[0],
+                "tunnel_ip": rec.tunnel_address if rec else None,
+                "vtep_mac": rec.effective_vtep_mac if rec else None,
+                "blocks": blocks.get(entry["name"], []),
+                "agent_pid": entry.get("pid"),
+                "agent_running": processes.alive(entry.get("pid", 0), entry.get("pid_start")),
+                "ready": bool(st.get("ready")),
+            })
+        pods = [{"name": p["name"], "node": p["node"], "netns": p["netns"], "ip": p.get("ip"),
+                 "interface": p.get("host_interface"), "container_id": p["container_id"]}
+                for p in self.state.get("pods", [])]
+        return {"name": self.name, "datastore": self.datastore_url, "underlay_netns": self.underlay_netns,
+                "complete": self.state.get("complete", False), "nodes": nodes, "pods": pods}
+
+    # Down ------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Remove every namespace, process and file of the lab. Safe after a crash, safe to repeat."""
+        removed: list[str] = []
+        if not self.state:
+            try:
+                self.load()
+            except LabError:
+                self.state = {"netns": [], "nodes": [], "pods": []}
+        for entry in self.state.get("nodes", []):
+            if entry.get("pid") and processes.stop(entry["pid"], entry.get("pid_start")):
+                removed.append(f"agent {entry['name']} (pid {entry['pid']})")
+        for extra in self.state.get("processes", []):
+            if processes.stop(extra["pid"], extra.get("pid_start")):
+                removed.append(f"{extra.get('what', 'process')} (pid {extra['pid']})")
+        names = set(self.state.get("netns", [])) | {n for n in topology.list_netns() if n.startswith(self.prefix)}
+        # Pods first, the underlay last: nothing is left dangling between them.
+        for ns in sorted(names, key=lambda n: (n == self.underlay_netns, not n.startswith(self.prefix + "pod-"), n)):
+            if topology.delete_netns(ns):
+                removed.append(f"netns {ns}")
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.state = {}
+        return removed
+
+
+def all_labs() -> list[str]:
+    try:
+        return sorted(os.listdir(LAB_ROOT))
+    except FileNotFoundError:
+        return []
