@@ -44,6 +44,13 @@ class LabSpec:
     mtu: int = 1500
     datastore: str = "sqlite"
 
+    def __post_init__(self):
+        net = ipaddress.ip_network(self.underlay)
+        if net.num_addresses < 10 + self.nodes + 2:
+            raise LabError(f"underlay {self.underlay} is too small for {self.nodes} nodes (they start at .11)")
+        if self.nodes < 1 or self.pods_per_node < 0:
+            raise LabError("a lab needs at least one node and a non-negative number of pods per node")
+
     def node_address(self, i: int) -> str:
         net = ipaddress.ip_network(self.underlay)
         return f"{net.network_address + 10 + i}/{net.prefixlen}"

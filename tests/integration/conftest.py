@@ -1,0 +1,57 @@
+"""Fixtures for tests that build real namespaces, devices and agents. They need root."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from podnet.lab.lab import Lab, LabSpec
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.root)
+
+
+@pytest.fixture(autouse=True)
+def _need_root():
+    if os.geteuid() != 0:
+        # Not a skip: CI runs as root, and a silent skip would hide a broken suite.
+        pytest.fail("integration tests need root (network namespaces and kernel devices)")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:6]}"
+
+
+class LabFixture:
+    """Build a lab and always tear it down, also when the test or the build fails."""
+
+    def __init__(self, prefix: str):
+        self.name = unique(prefix)
+        self.lab = Lab(self.name)
+
+    def up(self, **spec) -> Lab:
+        pod_names = spec.pop("pod_names", None)
+        self.lab.up(LabSpec(**spec), pod_names=pod_names)
+        return self.lab
+
+    def down(self) -> None:
+        self.lab.down()
+
+
+@pytest.fixture
+def lab_factory():
+    made: list[LabFixture] = []
+
+    def make(prefix: str = "pnt-", **spec) -> Lab:
+        fx = LabFixture(prefix)
+        made.append(fx)
+        return fx.up(**spec)
+
+    yield make
+    for fx in made:
+        fx.down()

@@ -1,0 +1,97 @@
+"""`lab down` leaves nothing behind: no namespace, no process, no file; also after `lab up` was killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from podnet.lab.lab import LAB_ROOT, Lab, LabSpec
+from podnet.lab import processes
+from tests.integration import kernel
+from tests.integration.conftest import unique
+
+
+def podnet_cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "podnet", *args], capture_output=True, text=True, **kw)
+
+
+def agent_pids(name: str) -> list[int]:
+    """Processes whose command line names this lab: its agents (whatever state file says)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "podnet" in cmd and " agent " in cmd and f"/{name}/" in cmd and processes._state(int(entry)) != "Z":
+                pids.append(int(entry))
+    return pids
+
+
+def test_up_status_down_through_the_cli():
+    name = unique("pnt-l")
+    try:
+        up = podnet_cli("lab", "up", "--name", name, "--nodes", "2", "--pods-per-node", "1", timeout=120)
+        assert up.returncode == 0, up.stderr
+        status = json.loads(podnet_cli("lab", "status", "--name", name, "-o", "json").stdout)
+        assert [n["name"] for n in status["nodes"]] == ["node-1", "node-2"]
+        for n in status["nodes"]:
+            assert n["netns"] == f"{name}-{n['name']}" and n["underlay_interface"] == "eth0"
+            assert n["tunnel_ip"] and n["blocks"] and n["underlay_ip"].startswith("172.31.0.")
+        assert len(status["pods"]) == 2 and all(p["ip"] and p["netns"] and p["node"] for p in status["pods"])
+        assert len(agent_pids(name)) == 2
+        a, b = status["pods"]
+        assert kernel.ping(a["netns"], b["ip"]).returncode == 0
+    finally:
+        down = podnet_cli("lab", "down", "--name", name, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert not [n for n in kernel.netns_list() if n.startswith(name)]
+    assert agent_pids(name) == []
+    assert not os.path.exists(os.path.join(LAB_ROOT, name))
+    # Down twice is fine.
+    assert podnet_cli("lab", "down", "--name", name).returncode == 0
+
+
+def test_down_after_up_was_killed_halfway():
+    name = unique("pnt-k")
+    proc = subprocess.Popen([sys.executable, "-m", "podnet", "lab", "up", "--name", name, "--nodes", "4",
+                             "--pods-per-node", "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # Kill it once it is mid-build: namespaces exist and at least one agent runs.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not agent_pids(name):
+            time.sleep(0.01)
+        assert agent_pids(name), "lab up never got as far as starting an agent"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert [n for n in kernel.netns_list() if n.startswith(name)], "nothing was left to clean up"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        down = podnet_cli("lab", "down", "--name", name, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert not [n for n in kernel.netns_list() if n.startswith(name)]
+    assert agent_pids(name) == []
+    assert not os.path.exists(os.path.join(LAB_ROOT, name))
+
+
+def test_a_failed_up_cleans_up_after_itself():
+    name = unique("pnt-f")
+    lab = Lab(name)
+    try:
+        # A pool of a single block: the second node's agent finds no block for its tunnel address and exits.
+        lab.up(LabSpec(nodes=2, pods_per_node=0, pool="10.99.0.0/30", block_size=30))
+    except Exception:
+        pass
+    else:
+        lab.down()
+        raise AssertionError("lab up should have failed")
+    assert not [n for n in kernel.netns_list() if n.startswith(name)]
+    assert agent_pids(name) == []
