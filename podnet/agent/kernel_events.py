@@ -18,9 +18,13 @@ _GROUPS = rtnl.RTMGRP_LINK | rtnl.RTMGRP_NEIGH | rtnl.RTMGRP_IPV4_ROUTE | rtnl.R
 class KernelWatcher:
     """Calls on_change() when a route of ours, or the VXLAN device, its neighbours, FDB or address change."""
 
-    def __init__(self, device: str, on_change: Callable[[], None]):
+    def __init__(self, device: str, on_change: Callable[[], None],
+                 on_address_change: Callable[[], None] | None = None):
+        """on_address_change: an IPv4 address was added or removed on any interface
+        (the node's underlay address may have moved)."""
         self.device = device
         self.on_change = on_change
+        self.on_address_change = on_address_change
         self.sock = rtnl.RtnlSocket(groups=_GROUPS)
         self._thread = threading.Thread(target=self._run, name="kernel events", daemon=True)
 
@@ -56,6 +60,8 @@ class KernelWatcher:
                 log.error("kernel event socket failed: %s", e)
                 return
             dev_index = self._device_index()
+            if self.on_address_change and any(k in (rtnl.RTM_NEWADDR, rtnl.RTM_DELADDR) for k, _ in events):
+                self.on_address_change()
             try:
                 if any(self._relevant(kind, payload, dev_index) for kind, payload in events):
                     self.on_change()

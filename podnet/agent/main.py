@@ -92,6 +92,7 @@ class Agent:
         self.reconciler: Reconciler | None = None
         self.cni_stats: dict = {}
         self.started = time.time()
+        self.underlay_changed = threading.Event()
 
     def _retry(self, what: str, fn):
         delay = 0.2
@@ -120,7 +121,7 @@ class Agent:
                                                                      interface, labels or None))
         self.reconciler = Reconciler(node, self.view, self.config, self.host, self.ipr)
         self.view.start()
-        KernelWatcher(self.config.device, self.dirty.set).start()
+        KernelWatcher(self.config.device, self.dirty.set, self._on_address_change).start()
         ctx = NodeContext(
             node=node.name,
             resources=self.resources,
@@ -137,6 +138,26 @@ class Agent:
         self._loop()
         server.shutdown()
         return 0
+
+    def _on_address_change(self) -> None:
+        self.underlay_changed.set()
+        self.dirty.set()
+
+    def _follow_underlay(self) -> None:
+        """If the node's underlay address moved, register the new one: every other node's FDB follows."""
+        self.underlay_changed.clear()
+        args = self.args
+        try:
+            address, interface = find_underlay(self.ipr, args.interface, None if args.interface else args.address)
+        except Exception as e:
+            log.warning("cannot determine the underlay address now: %s", e)
+            return
+        local = self.reconciler.local
+        if (address, interface) != (local.address, local.interface):
+            log.info("underlay address changed from %s on %s to %s on %s", local.address, local.interface,
+                     address, interface)
+            self.reconciler.local = register(self.resources, self.ipam, args.node, address, interface,
+                                             dict(local.labels))
 
     def _pod_mtu(self) -> int:
         last = self.reconciler.last if self.reconciler else None
@@ -157,6 +178,8 @@ class Agent:
             if not self.view.in_sync.is_set():
                 continue  # program nothing until the view is complete
             try:
+                if self.underlay_changed.is_set():
+                    self._follow_underlay()
                 result = self.reconciler.reconcile()
                 if result.changes:
                     log.info("reconciled: %d changes in %.1f ms, %d remote nodes", result.changes,
