@@ -29,7 +29,8 @@ def cmd_get(args) -> int:
     if kind in ("node",):
         items = res.nodes()
         if args.output != "wide" and args.output != "table":
-            emit(manifest_list([n.to_manifest() for n in items]) if items else {"items": []}, args.output)
+            emit(manifest_list([n.to_manifest() for n in items]) if items else
+                 {"apiVersion": "projectcalico.org/v3", "kind": "NodeList", "items": []}, args.output)
             return 0
         blocks: dict[str, list[str]] = {}
         for b in ipam.blocks():
@@ -74,7 +75,10 @@ def cmd_get(args) -> int:
 def _documents(path: str) -> list[dict]:
     import yaml
 
-    text = sys.stdin.read() if path == "-" else open(path).read()
+    try:
+        text = sys.stdin.read() if path == "-" else open(path).read()
+    except OSError as e:
+        raise PodnetError(f"cannot read {path}: {e.strerror}") from None
     try:
         docs = [d for d in yaml.safe_load_all(text) if d]
     except yaml.YAMLError as e:
@@ -127,7 +131,10 @@ def cmd_ipam_show(args) -> int:
     res, ipam = Resources(store), Ipam(store)
     pools, blocks = res.pools(), ipam.blocks()
     if args.ip:
-        addr = ipaddress.ip_address(args.ip)
+        try:
+            addr = ipaddress.ip_address(args.ip)
+        except ValueError:
+            raise PodnetError(f"{args.ip!r} is not an IP address") from None
         rec = ipam.block_of(args.ip)
         alloc = rec.block.allocations.get(rec.block.ordinal(args.ip)) if rec else None
         if alloc is None:
@@ -139,7 +146,7 @@ def cmd_ipam_show(args) -> int:
         return 0
     rows, data = [], []
     for p in pools:
-        inside = [b for b in blocks if b.network.subnet_of(p.network)]
+        inside = [b for b in blocks if b.network.version == p.version and b.network.subnet_of(p.network)]
         used = sum(len(b.allocations) for b in inside)
         total = p.network.num_addresses
         rows.append(["IP Pool", p.cidr, total, f"{used} ({100 * used / total:.0f}%)", total - used])
