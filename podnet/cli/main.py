@@ -287,7 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     ic.add_argument("--conf-dir", default=None)
     ic.add_argument("--no-portmap", action="store_true")
     ic.set_defaults(func=cmd_install_cni)
+
+    # Further commands live in their own modules, each with register(subparsers).
+    import importlib
+
+    for module in EXTRA_COMMANDS:
+        importlib.import_module(module).register(sub)
     return p
+
+
+# Modules that add subcommands (each defines `register(subparsers)`); imported only to build the parser.
+EXTRA_COMMANDS: list[str] = []
 
 
 def main(argv=None) -> int:
