@@ -171,7 +171,7 @@ class Agent:
         """Reconcile whenever the datastore or the kernel changed, and every resync interval."""
         backoff = 0.05
         while not self.stop.is_set():
-            self.dirty.wait(self.args.resync_interval)
+            woken = self.dirty.wait(self.args.resync_interval)
             if self.stop.is_set():
                 break
             self.dirty.clear()
@@ -180,7 +180,7 @@ class Agent:
             try:
                 if self.underlay_changed.is_set():
                     self._follow_underlay()
-                result = self.reconciler.reconcile()
+                result = self.reconciler.reconcile(full=not woken)
                 if result.changes:
                     log.info("reconciled: %d changes in %.1f ms, %d remote nodes", result.changes,
                              result.seconds * 1e3, len(result.remote_nodes))

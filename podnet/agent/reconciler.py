@@ -14,9 +14,13 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute
 
 from podnet.agent.syncer import DatastoreView
+import socket
+
 from podnet.calc import VxlanConfig, compute_desired, diff_state
+from podnet.calc.nat import nat_ruleset
 from podnet.calc.state import DesiredState
 from podnet.dataplane import rtnl, vxlan
+from podnet.dataplane.nat import NatTable
 from podnet.dataplane.tables import KernelTables
 from podnet.model import Node
 
@@ -41,19 +45,28 @@ class Reconciler:
         self.ipr = ipr
         self.last: ReconcileResult | None = None
         self.desired: DesiredState | None = None
+        self.nat = NatTable()
 
-    def reconcile(self) -> ReconcileResult:
+    def reconcile(self, full: bool = False) -> ReconcileResult:
+        """`full`: also verify state that is cheap to trust but costly to read (the NAT table)."""
         start = time.perf_counter()
-        nodes, affinities = self.view.snapshot()
+        snap = self.view.snapshot()
+        nodes = snap.nodes
         # Our own record as the datastore has it (labels may change), else as registered.
         local = next((n for n in nodes if n.name == self.local.name), self.local)
         if not local.tunnel_address:
             local = self.local
         underlay_mtu = vxlan.interface_mtu(self.ipr, local.interface) if local.interface else None
-        desired = compute_desired(local, nodes, affinities, self.config, underlay_mtu)
+        desired = compute_desired(local, nodes, snap.affinities, self.config, underlay_mtu, snap.pools, snap.borrowed)
         ifindex = vxlan.ensure_device(self.ipr, desired.device) if desired.device else None
         dev = self.config.device
-        routes, neighbours, fdb = self.tables.read(dev, ifindex, {ifindex: dev} if ifindex else {})
+        ifindexes = {dev: ifindex} if ifindex else {}
+        if local.interface:
+            try:  # direct (CrossSubnet) routes leave by the parent interface
+                ifindexes[local.interface] = socket.if_nametoindex(local.interface)
+            except OSError:
+                pass
+        routes, neighbours, fdb = self.tables.read(dev, ifindex, {i: n for n, i in ifindexes.items()})
         changes = diff_state(desired.routes, routes, desired.neighbours, neighbours, desired.fdb, fdb)
         failures = []
         if not changes.empty:
@@ -61,12 +74,21 @@ class Reconciler:
                 log.info("%s", line)
             if changes.size > 20:
                 log.info("... and %d more changes", changes.size - 20)
-            failures = self.tables.apply(changes, {dev: ifindex} if ifindex else {})
+            failures = self.tables.apply(changes, ifindexes)
             for what, err in failures:
                 log.error("could not apply %s: %s", what, err)
+        try:
+            if self.nat.ensure(nat_ruleset(snap.pools, dev), verify=full):
+                changes_nat = 1
+            else:
+                changes_nat = 0
+        except Exception as e:  # NAT trouble must not stop routing
+            failures.append(("nat table", e))
+            log.error("could not apply the masquerade table: %s", e)
+            changes_nat = 0
         self.desired = desired
         self.last = ReconcileResult(
-            changes=changes.size,
+            changes=changes.size + changes_nat,
             failures=failures,
             seconds=time.perf_counter() - start,
             remote_nodes=desired.remote_nodes,

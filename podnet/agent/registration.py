@@ -74,7 +74,7 @@ def register(resources: Resources, ipam: Ipam, name: str, address: str, interfac
     owned = ipam.ips_by_handle(handle)
     if node.tunnel_address not in owned:
         tunnel = owned[0] if owned else ipam.auto_assign(
-            name, handle, {"type": "vxlanTunnelAddress", "node": name}, version=4, use="Tunnel"
+            name, handle, {"type": "vxlanTunnelAddress", "node": name}, version=4, use="Tunnel", labels=node.labels
         )
         node = Node(node.name, node.address, node.interface, node.vtep_mac, tunnel, node.labels)
         log.info("tunnel address of %s is %s", name, tunnel)

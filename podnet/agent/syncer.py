@@ -1,24 +1,55 @@
 """A live, in-memory view of the datastore facts the agent programs from.
 
-List, then watch from the next revision: no change is missed between the two.
-When the watch falls too far behind (compaction) or the store goes away, the
-view keeps its last known content, so the kernel state is left as it is, and
-lists again once the store answers.
+Each followed prefix is listed, then watched from the next revision, so no
+change slips between the two. When a watch falls too far behind (compaction)
+or the store goes away, the view keeps its last known content, so the kernel
+state is left as it is, and lists again once the store answers.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 from podnet.datastore import keys
 from podnet.datastore.api import CompactedError, Datastore, DatastoreError
-from podnet.datastore.resources import decode_node
-from podnet.model import Node
+from podnet.datastore.resources import decode_node, decode_pool
+from podnet.model import Block, IPPool, Node
 
 log = logging.getLogger(__name__)
+
+
+def _decode_affinity(key: str, value: bytes):
+    return keys.parse_affinity(key)
+
+
+def _decode_borrowed(key: str, value: bytes):
+    """Addresses of a block in use by a node other than the block's owner."""
+    block = Block.from_json(value)
+    out = []
+    for ip, alloc in block.in_use().items():
+        user = alloc.attrs.get("node")
+        if user and user != block.node:
+            out.append((ip, user))
+    return tuple(out)
+
+
+FOLLOWED = {
+    "nodes": (keys.NODES, lambda k, v: decode_node(v)),
+    "pools": (keys.POOLS, lambda k, v: decode_pool(v)),
+    "affinities": (keys.AFFINITY, _decode_affinity),
+    "blocks": (keys.IPAM + "assignment/", _decode_borrowed),
+}
+
+
+@dataclass
+class Snapshot:
+    nodes: list[Node] = field(default_factory=list)
+    pools: list[IPPool] = field(default_factory=list)
+    affinities: list[tuple[str, str]] = field(default_factory=list)
+    borrowed: list[tuple[str, str]] = field(default_factory=list)  # (ip, node using it)
 
 
 class DatastoreView:
@@ -26,37 +57,53 @@ class DatastoreView:
         self.store = store
         self.on_change = on_change
         self._lock = threading.Lock()
-        self.nodes: dict[str, Node] = {}
-        self.affinities: set[tuple[str, str]] = set()
+        self._data: dict[str, dict[str, object]] = {name: {} for name in FOLLOWED}
+        self._synced: set[str] = set()
         self.in_sync = threading.Event()
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
 
-    def snapshot(self) -> tuple[list[Node], list[tuple[str, str]]]:
+    def snapshot(self) -> Snapshot:
         with self._lock:
-            return list(self.nodes.values()), sorted(self.affinities)
+            d = self._data
+            return Snapshot(
+                nodes=list(d["nodes"].values()),
+                pools=list(d["pools"].values()),
+                affinities=sorted(a for a in d["affinities"].values() if a),
+                borrowed=sorted(b for group in d["blocks"].values() for b in group),
+            )
 
     def start(self) -> None:
-        for prefix, apply in ((keys.NODES, self._apply_node), (keys.AFFINITY, self._apply_affinity)):
-            t = threading.Thread(target=self._follow, args=(prefix, apply), name=f"watch {prefix}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        for name in FOLLOWED:
+            threading.Thread(target=self._follow, args=(name,), name=f"watch {name}", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
 
-    # Each followed prefix: list, then watch; on trouble, list again.
+    def _put(self, name: str, key: str, value: bytes | None) -> None:
+        _, decode = FOLLOWED[name]
+        table = self._data[name]
+        if value is None:
+            table.pop(key, None)
+            return
+        try:
+            table[key] = decode(key, value)
+        except Exception as e:  # one bad record must not stop the others being programmed
+            log.error("ignoring unreadable record %s: %s", key, e)
+            table.pop(key, None)
 
-    def _follow(self, prefix: str, apply: Callable) -> None:
+    def _follow(self, name: str) -> None:
+        prefix, _ = FOLLOWED[name]
         backoff = 0.1
-        synced_once = False
         while not self._stop.is_set():
             try:
                 kvs, rev = self.store.list(prefix)
                 with self._lock:
-                    apply(None, None, reset=[(kv.key, kv.value) for kv in kvs])
-                self._mark_synced(prefix)
-                synced_once = True
+                    self._data[name] = {}
+                    for kv in kvs:
+                        self._put(name, kv.key, kv.value)
+                    self._synced.add(name)
+                    if len(self._synced) == len(FOLLOWED):
+                        self.in_sync.set()
                 self.on_change()
                 backoff = 0.1
                 with self.store.watch(prefix, rev + 1) as watch:
@@ -65,63 +112,14 @@ class DatastoreView:
                         if events:
                             with self._lock:
                                 for ev in events:
-                                    apply(ev.key, ev.value if ev.kind == "put" else None)
+                                    self._put(name, ev.key, ev.value if ev.kind == "put" else None)
                             self.on_change()
             except CompactedError as e:
                 log.warning("watch of %s fell behind (%s); listing again", prefix, e)
             except DatastoreError as e:
-                log.warning("datastore unavailable while following %s: %s; kernel state kept as is%s",
-                            prefix, e, "" if synced_once else " (not yet in sync)")
+                log.warning("datastore unavailable while following %s: %s; kernel state kept as is", prefix, e)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception:  # never let a watcher thread die silently
                 log.exception("unexpected error following %s", prefix)
                 self._stop.wait(1.0)
-
-    _synced: set
-
-    def _mark_synced(self, prefix: str) -> None:
-        with self._lock:
-            synced = getattr(self, "_synced", set())
-            synced.add(prefix)
-            self._synced = synced
-            if len(synced) == 2:
-                self.in_sync.set()
-
-    def _apply_node(self, key, value, reset=None) -> None:
-        if reset is not None:
-            self.nodes = {}
-            for k, v in reset:
-                self._apply_node(k, v)
-            return
-        name = key[len(keys.NODES):]
-        if value is None:
-            self.nodes.pop(name, None)
-            return
-        try:
-            self.nodes[name] = decode_node(value)
-        except Exception as e:  # one bad record must not stop the others being programmed
-            log.error("ignoring unreadable node record %s: %s", key, e)
-
-    def _apply_affinity(self, key, value, reset=None) -> None:
-        if reset is not None:
-            self.affinities = set()
-            for k, v in reset:
-                self._apply_affinity(k, v)
-            return
-        parsed = keys.parse_affinity(key)
-        if parsed is None:
-            return
-        if value is None:
-            self.affinities.discard(parsed)
-        else:
-            self.affinities.add(parsed)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

@@ -172,7 +172,8 @@ def _progress(msg: str) -> None:
 def cmd_lab_up(args) -> int:
     from podnet.lab.lab import Lab, LabSpec
 
-    spec = LabSpec(nodes=args.nodes, pods_per_node=args.pods_per_node, pool=args.pool)
+    spec = LabSpec(nodes=args.nodes, pods_per_node=args.pods_per_node, pool=args.pool, subnets=args.subnets,
+                   vxlan_mode=args.vxlan_mode, nat_outgoing=args.nat_outgoing)
     lab = Lab(args.name, progress=_progress)
     print(f"podnet lab {args.name}: {args.nodes} nodes, {args.pods_per_node} pods per node", flush=True)
     status = lab.up(spec)
@@ -271,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nodes", type=int, default=2)
     up.add_argument("--pods-per-node", type=int, default=1)
     up.add_argument("--pool", default="10.244.0.0/16")
+    up.add_argument("--subnets", type=int, default=1, help="underlay subnets joined by a router (CrossSubnet labs)")
+    up.add_argument("--vxlan-mode", choices=("Always", "CrossSubnet", "Never"), default="Always")
+    up.add_argument("--nat-outgoing", action="store_true", help="masquerade pod traffic leaving the pools")
     up.set_defaults(func=cmd_lab_up)
     st = lab_sub.add_parser("status", help="nodes and pods of the lab")
     st.add_argument("--name", default="podnet")

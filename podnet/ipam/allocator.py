@@ -55,7 +55,10 @@ class Ipam:
 
     # Allocation --------------------------------------------------------
 
-    def usable_pools(self, version: int, names: list[str] | None = None, use: str = "Workload") -> list[IPPool]:
+    def usable_pools(self, version: int, names: list[str] | None = None, use: str = "Workload",
+                     node: str | None = None, labels: dict | None = None) -> list[IPPool]:
+        """Enabled pools of the family for this use; without explicit names, only pools whose
+        nodeSelector matches the node's labels (explicitly named pools are the pod's choice)."""
         pools = [p for p in self.resources.pools() if p.version == version]
         if names:
             by_name = {p.name: p for p in pools}
@@ -68,8 +71,13 @@ class Ipam:
                 chosen.append(p)
             pools = chosen
         usable = [p for p in pools if not p.disabled and use in p.allowed_uses]
+        if node is not None and not names:
+            if labels is None:
+                record = self.resources.node(node)
+                labels = record.labels if record else {}
+            usable = [p for p in usable if p.selects(labels)]
         if not usable:
-            what = f"named {', '.join(names)}" if names else "at all"
+            what = f"named {', '.join(names)}" if names else ("for node " + node if node else "at all")
             raise NoUsablePool(
                 f"no enabled IPv{version} pool {what}",
                 "create one with `podnet apply -f pool.yaml` or enable an existing pool",
@@ -84,9 +92,11 @@ class Ipam:
         version: int = 4,
         pools: list[str] | None = None,
         use: str = "Workload",
+        labels: dict | None = None,
     ) -> str:
-        """Allocate one address for `handle` on `node`; returns it without prefix."""
-        candidates = self.usable_pools(version, pools, use)
+        """Allocate one address for `handle` on `node`; returns it without prefix.
+        `labels`: the node's labels when its record is not written yet (else read from it)."""
+        candidates = self.usable_pools(version, pools, use, node, labels)
         networks = [p.network for p in candidates]
         for _ in range(MAX_CAS_RETRIES):
             affine = [c for c in self.node_block_cidrs(node, version) if _within(c, networks)]

@@ -43,6 +43,9 @@ class LabSpec:
     block_size: int = 26
     mtu: int = 1500
     datastore: str = "sqlite"
+    subnets: int = 1  # underlay subnets, joined by the underlay namespace acting as a router
+    vxlan_mode: str = "Always"
+    nat_outgoing: bool = False
 
     def __post_init__(self):
         net = ipaddress.ip_network(self.underlay)
@@ -50,13 +53,26 @@ class LabSpec:
             raise LabError(f"underlay {self.underlay} is too small for {self.nodes} nodes (they start at .11)")
         if self.nodes < 1 or self.pods_per_node < 0:
             raise LabError("a lab needs at least one node and a non-negative number of pods per node")
+        if not 1 <= self.subnets <= 8:
+            raise LabError("a lab has 1 to 8 underlay subnets")
+
+    def subnet(self, s: int) -> ipaddress.IPv4Network:
+        """Subnet s: the underlay network shifted by s times its own size (172.31.0.0/24, 172.31.1.0/24, ...)."""
+        net = ipaddress.ip_network(self.underlay)
+        return ipaddress.ip_network(f"{net.network_address + s * net.num_addresses}/{net.prefixlen}")
+
+    def subnet_of_node(self, i: int) -> int:
+        return (i - 1) % self.subnets
 
     def node_address(self, i: int) -> str:
-        net = ipaddress.ip_network(self.underlay)
+        net = self.subnet(self.subnet_of_node(i))
         return f"{net.network_address + 10 + i}/{net.prefixlen}"
 
-    def gateway(self) -> str:
-        return str(ipaddress.ip_network(self.underlay).network_address + 1)
+    def gateway(self, s: int = 0) -> str:
+        return str(self.subnet(s).network_address + 1)
+
+    def bridge(self, s: int) -> str:
+        return f"br{s}"
 
 
 class Lab:
@@ -149,15 +165,19 @@ class Lab:
         plugin = install_plugin(self.bin_dir)
         self.state["plugin"] = plugin
         self._save()
-        self.progress(f"underlay: namespace {self.underlay_netns}, bridge br0 {spec.gateway()}/"
-                      f"{ipaddress.ip_network(spec.underlay).prefixlen}")
         self._intend_netns(self.underlay_netns)
-        topology.add_bridge(self.underlay_netns, "br0",
-                            f"{spec.gateway()}/{ipaddress.ip_network(spec.underlay).prefixlen}", spec.mtu)
+        for s in range(spec.subnets):
+            net = spec.subnet(s)
+            self.progress(f"underlay: namespace {self.underlay_netns}, bridge {spec.bridge(s)} "
+                          f"{spec.gateway(s)}/{net.prefixlen}" + (" (router between subnets)" if s else ""))
+            topology.add_bridge(self.underlay_netns, spec.bridge(s), f"{spec.gateway(s)}/{net.prefixlen}", spec.mtu)
+        if spec.subnets > 1:
+            topology.set_forwarding(self.underlay_netns, True)
 
         store = open_datastore(self.datastore_url)
         try:
-            Resources(store).apply_pool(IPPool("default-ipv4-ippool", spec.pool, block_size=spec.block_size))
+            Resources(store).apply_pool(IPPool("default-ipv4-ippool", spec.pool, block_size=spec.block_size,
+                                               vxlan_mode=spec.vxlan_mode, nat_outgoing=spec.nat_outgoing))
         finally:
             store.close()
 
@@ -175,11 +195,14 @@ class Lab:
         spec = spec or LabSpec(**self.state.get("spec", {}))
         ns = self.node_netns(node)
         idx = len(self.state["nodes"]) + 1
+        subnet = next((s for s in range(spec.subnets)
+                       if ipaddress.ip_interface(address).ip in spec.subnet(s)), 0)
         self.progress(f"{node}: namespace {ns}, eth0 {address}, agent")
         self._intend_netns(ns)
-        topology.add_veth_between(ns, "eth0", self.underlay_netns, f"veth-{node}"[:15], spec.mtu, master_b="br0")
-        topology.configure_host(ns, "eth0", address, spec.gateway())
-        entry = {"name": node, "netns": ns, "address": address, "interface": "eth0", "index": idx}
+        topology.add_veth_between(ns, "eth0", self.underlay_netns, f"veth-{node}"[:15], spec.mtu,
+                                  master_b=spec.bridge(subnet))
+        topology.configure_host(ns, "eth0", address, spec.gateway(subnet))
+        entry = {"name": node, "netns": ns, "address": address, "interface": "eth0", "index": idx, "subnet": subnet}
         self.state["nodes"].append(entry)
         self._save()
         self._start_agent(entry, extra_args or [])
@@ -277,6 +300,26 @@ class Lab:
         except OSError:
             return "no agent log"
 
+    EXTERNAL_SUBNET = "198.18.0.0/24"  # benchmarking range (RFC 2544): never a real host
+
+    def add_external_host(self) -> dict:
+        """A host outside the cluster, behind the underlay router: what natOutgoing traffic reaches."""
+        ns = f"{self.prefix}external"
+        net = ipaddress.ip_network(self.EXTERNAL_SUBNET)
+        gw, host = f"{net.network_address + 1}/{net.prefixlen}", f"{net.network_address + 2}/{net.prefixlen}"
+        self.progress(f"external host: namespace {ns}, {host}")
+        self._intend_netns(ns)
+        topology.add_veth_between(ns, "eth0", self.underlay_netns, "veth-external")
+        topology.configure_host(ns, "eth0", host, gw.split("/")[0])
+        with topology.ipr_in(self.underlay_netns) as ipr:
+            idx = ipr.link_lookup(ifname="veth-external")[0]
+            ipr.addr("add", index=idx, address=gw.split("/")[0], prefixlen=net.prefixlen)
+        topology.set_forwarding(self.underlay_netns, True)
+        entry = {"netns": ns, "ip": host.split("/")[0]}
+        self.state["external"] = entry
+        self._save()
+        return entry
+
     # Pods ------------------------------------------------------------------
 
     def network_config(self, version: str = "1.0.0") -> dict:
@@ -367,6 +410,7 @@ class Lab:
                 "netns": entry["netns"],
                 "underlay_interface": entry["interface"],
                 "underlay_ip": entry["address"].split("/")[0],
+                "underlay_subnet": str(ipaddress.ip_interface(entry["address"]).network),
                 "tunnel_ip": rec.tunnel_address if rec else None,
                 "vtep_mac": rec.effective_vtep_mac if rec else None,
                 "blocks": blocks.get(entry["name"], []),
@@ -378,7 +422,8 @@ class Lab:
                  "interface": p.get("host_interface"), "container_id": p["container_id"]}
                 for p in self.state.get("pods", [])]
         return {"name": self.name, "datastore": self.datastore_url, "underlay_netns": self.underlay_netns,
-                "complete": self.state.get("complete", False), "nodes": nodes, "pods": pods}
+                "complete": self.state.get("complete", False), "nodes": nodes, "pods": pods,
+                "external": self.state.get("external")}
 
     # Down ------------------------------------------------------------------
 

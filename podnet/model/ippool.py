@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from podnet.model import fields
+from podnet.model import fields, selector
 from podnet.model.errors import ValidationError
 
 API_VERSION = "projectcalico.org/v3"
@@ -62,8 +62,7 @@ class IPPool:
             raise ValidationError("spec.ipipMode", "podnet implements VXLAN only; ipipMode must be Never")
         fields.boolean("spec.natOutgoing", self.nat_outgoing)
         fields.boolean("spec.disabled", self.disabled)
-        if not isinstance(self.node_selector, str) or not self.node_selector.strip():
-            raise ValidationError("spec.nodeSelector", "must be a selector such as all()")
+        selector.parse(self.node_selector, "spec.nodeSelector")
         uses = tuple(self.allowed_uses)
         for use in uses:
             if use not in ALLOWED_USES:
@@ -77,6 +76,10 @@ class IPPool:
     @property
     def version(self) -> int:
         return self.network.version
+
+    def selects(self, labels: dict) -> bool:
+        """Whether the pool serves a node with these labels (its nodeSelector)."""
+        return selector.parse(self.node_selector).matches(labels)
 
     def blocks(self):
         """Every block of this pool, in address order."""
