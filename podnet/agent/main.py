@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resync-interval", type=float, default=30.0, help="seconds between full kernel resyncs")
     p.add_argument("--cni-socket", default=DEFAULT_ADDRESS, help="where the CNI plugin reaches the agent")
     p.add_argument("--status-file", help="write readiness and programming status here as JSON")
+    p.add_argument("--ipam-gc-grace", type=float, default=900.0,
+                   help="seconds before a pod address without a workload endpoint is released (0: no GC)")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", default="info")
     p.add_argument("--etcd-cert-file", dest="etcd_cert_file")
@@ -93,6 +95,7 @@ class Agent:
         self.cni_stats: dict = {}
         self.started = time.time()
         self.underlay_changed = threading.Event()
+        self.gc = None
 
     def _retry(self, what: str, fn):
         delay = 0.2
@@ -120,6 +123,10 @@ class Agent:
         node = self._retry("registering the node", lambda: register(self.resources, self.ipam, args.node, address,
                                                                      interface, labels or None))
         self.reconciler = Reconciler(node, self.view, self.config, self.host, self.ipr)
+        if args.ipam_gc_grace > 0:
+            from podnet.ipam.maintenance import NodeGc
+
+            self.gc = NodeGc(node.name, args.ipam_gc_grace)
         self.view.start()
         KernelWatcher(self.config.device, self.dirty.set, self._on_address_change).start()
         ctx = NodeContext(
@@ -195,7 +202,19 @@ class Agent:
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 5)
                 self.dirty.set()
+            if not woken and self.gc is not None:
+                self._collect_garbage()
             self._write_status()
+
+    def _collect_garbage(self) -> None:
+        try:
+            done = self.gc.run(self.ipam, self.resources)
+        except DatastoreError as e:
+            log.warning("IPAM garbage collection skipped: %s", e)
+            return
+        if done["released"] or done["blocks_released"]:
+            log.info("IPAM garbage collection released addresses %s and empty blocks %s",
+                     done["released"], done["blocks_released"])
 
     def _write_status(self) -> None:
         if not self.args.status_file:

@@ -117,51 +117,6 @@ def cmd_delete(args) -> int:
     return 0
 
 
-# ipam ---------------------------------------------------------------------------
-
-
-def cmd_ipam_show(args) -> int:
-    import ipaddress
-
-    from podnet.cli.output import emit, table
-    from podnet.datastore.resources import Resources
-    from podnet.ipam import Ipam
-
-    store = _store(args)
-    res, ipam = Resources(store), Ipam(store)
-    pools, blocks = res.pools(), ipam.blocks()
-    if args.ip:
-        try:
-            addr = ipaddress.ip_address(args.ip)
-        except ValueError:
-            raise PodnetError(f"{args.ip!r} is not an IP address") from None
-        rec = ipam.block_of(args.ip)
-        alloc = rec.block.allocations.get(rec.block.ordinal(args.ip)) if rec else None
-        if alloc is None:
-            print(f"IP {addr} is not assigned")
-        else:
-            print(f"IP {addr} is in use by handle {alloc.handle} (block {rec.block.cidr}, {rec.block.affinity})")
-            for k, v in sorted(alloc.attrs.items()):
-                print(f"  {k}: {v}")
-        return 0
-    rows, data = [], []
-    for p in pools:
-        inside = [b for b in blocks if b.network.version == p.version and b.network.subnet_of(p.network)]
-        used = sum(len(b.allocations) for b in inside)
-        total = p.network.num_addresses
-        rows.append(["IP Pool", p.cidr, total, f"{used} ({100 * used / total:.0f}%)", total - used])
-        data.append({"pool": p.name, "cidr": p.cidr, "size": total, "in_use": used})
-        if args.show_blocks:
-            for b in inside:
-                rows.append(["Block", b.cidr, b.size, f"{len(b.allocations)} ({100 * len(b.allocations) / b.size:.0f}%)",
-                             b.free])
-    if args.output == "json":
-        emit(data, "json")
-    else:
-        table(["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"], rows)
-    return 0
-
-
 # lab -------------------------------------------------------------------------------
 
 
@@ -257,14 +212,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name")
     d.set_defaults(func=cmd_delete)
 
-    ipam = sub.add_parser("ipam", help="IP address management")
-    ipam_sub = ipam.add_subparsers(dest="ipam_command", required=True)
-    show = ipam_sub.add_parser("show", help="pool and block usage")
-    show.add_argument("--ip")
-    show.add_argument("--show-blocks", action="store_true")
-    show.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    show.set_defaults(func=cmd_ipam_show)
-
     lab = sub.add_parser("lab", help="a cluster of network namespaces on this machine")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True)
     up = lab_sub.add_parser("up", help="build the lab")
@@ -301,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add subcommands (each defines `register(subparsers)`); imported only to build the parser.
-EXTRA_COMMANDS: list[str] = []
+EXTRA_COMMANDS: list[str] = ["podnet.cli.cmd_ipam"]
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,7 @@ ENDPOINTS = ROOT + "resources/v3/workloadendpoints/"
 CONFIG = ROOT + "config/"
 IPAM = ROOT + "ipam/v2/"
 HANDLES = IPAM + "handle/"
+IPAM_CONFIG = IPAM + "config"
 AFFINITY = IPAM + "host/"
 
 

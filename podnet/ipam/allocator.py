@@ -42,16 +42,47 @@ class IpamConflict(IpamError):
 
 
 @dataclass(frozen=True)
+class IpamConfig:
+    """Cluster-wide IPAM settings (calicoctl ipam configure)."""
+
+    strict_affinity: bool = False  # never borrow from another node's block
+    max_blocks_per_host: int = DEFAULT_MAX_BLOCKS_PER_HOST  # 0: no limit
+
+    def to_json(self) -> bytes:
+        return json.dumps({"strictAffinity": self.strict_affinity, "maxBlocksPerHost": self.max_blocks_per_host}).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> IpamConfig:
+        d = json.loads(raw)
+        return cls(bool(d.get("strictAffinity", False)), int(d.get("maxBlocksPerHost", DEFAULT_MAX_BLOCKS_PER_HOST)))
+
+
+@dataclass(frozen=True)
 class BlockRecord:
     block: Block
     kv: KeyValue
 
 
 class Ipam:
-    def __init__(self, store: Datastore, max_blocks_per_host: int = DEFAULT_MAX_BLOCKS_PER_HOST):
+    def __init__(self, store: Datastore, max_blocks_per_host: int | None = None):
+        """`max_blocks_per_host`: overrides the stored IPAM config (tests, benchmarks)."""
         self.store = store
         self.resources = Resources(store)
-        self.max_blocks_per_host = max_blocks_per_host
+        self._max_blocks_override = max_blocks_per_host
+
+    def config(self) -> IpamConfig:
+        kv = self.store.get(keys.IPAM_CONFIG)
+        config = IpamConfig.from_json(kv.value) if kv else IpamConfig()
+        if self._max_blocks_override is not None:
+            config = IpamConfig(config.strict_affinity, self._max_blocks_override)
+        return config
+
+    def set_config(self, config: IpamConfig) -> None:
+        self.store.put(keys.IPAM_CONFIG, config.to_json())
+
+    @property
+    def max_blocks_per_host(self) -> int:
+        return self.config().max_blocks_per_host
 
     # Allocation --------------------------------------------------------
 
@@ -98,26 +129,39 @@ class Ipam:
         `labels`: the node's labels when its record is not written yet (else read from it)."""
         candidates = self.usable_pools(version, pools, use, node, labels)
         networks = [p.network for p in candidates]
+        config = self.config()
+        attrs = dict(attrs or {}, node=node)  # who uses the address, also when it is borrowed
         for _ in range(MAX_CAS_RETRIES):
             affine = [c for c in self.node_block_cidrs(node, version) if _within(c, networks)]
-            outcome = self._assign_from(affine, node, handle, attrs or {})
+            outcome = self._assign_from(affine, node, handle, attrs)
             if isinstance(outcome, str):
                 return outcome
             if outcome is _CONFLICT:
                 continue
-            # Every affine block is full: claim another.
-            if len(self.node_block_cidrs(node, version)) >= self.max_blocks_per_host:
+            # Every affine block is full: claim another, unless the node may hold no more.
+            limit = config.max_blocks_per_host
+            at_limit = limit and len(self.node_block_cidrs(node, version)) >= limit
+            cidr = None if at_limit else self._free_block(candidates)
+            if cidr is not None:
+                self._claim(node, cidr)  # a lost race simply means another loop
+                continue
+            # No block to claim: borrow a free address from another node's block.
+            if not config.strict_affinity:
+                outcome = self._borrow(candidates, node, handle, attrs)
+                if isinstance(outcome, str):
+                    return outcome
+                if outcome is _CONFLICT:
+                    continue
+            if at_limit:
                 raise PoolExhausted(
-                    f"node {node} already holds {self.max_blocks_per_host} blocks and they are full",
-                    "raise max blocks per host or add a pool",
+                    f"node {node} already holds {limit} blocks and they are full",
+                    "raise max blocks per host (podnet ipam configure) or add a pool",
                 )
-            cidr = self._free_block(candidates)
-            if cidr is None:
-                raise PoolExhausted(
-                    f"no free block left in IPv{version} pools {', '.join(p.name for p in candidates)}",
-                    "add a pool or release unused addresses (podnet ipam show)",
-                )
-            self._claim(node, cidr)  # a lost race simply means another loop
+            raise PoolExhausted(
+                f"no free address left in IPv{version} pools {', '.join(p.name for p in candidates)}"
+                + (" (strict affinity: no borrowing)" if config.strict_affinity else ""),
+                "add a pool or release unused addresses (podnet ipam check)",
+            )
         raise IpamConflict(
             f"gave up allocating for {handle} after {MAX_CAS_RETRIES} conflicting writes", "try again later"
         )
@@ -131,6 +175,19 @@ class Ipam:
             if self._write_block_and_handle(rec, handle):
                 return ips[0]
             return _CONFLICT
+        return _FULL
+
+    def _borrow(self, pools: list[IPPool], node: str, handle: str, attrs: dict):
+        networks = [p.network for p in pools]
+        for block in self.blocks(pools[0].version):
+            if block.free and block.node != node and _within(block.cidr, networks):
+                rec = self.block(block.cidr)
+                if rec is None or rec.block.free == 0:
+                    continue
+                ip = rec.block.assign(handle, attrs)[0]
+                if self._write_block_and_handle(rec, handle):
+                    return ip
+                return _CONFLICT
         return _FULL
 
     def _write_block_and_handle(self, rec: BlockRecord, handle: str) -> bool:
@@ -208,6 +265,18 @@ class Ipam:
             if self._write_block_and_handle(rec, alloc.handle):
                 return alloc.handle
         raise IpamConflict(f"gave up releasing {ip} after {MAX_CAS_RETRIES} conflicting writes", "try again later")
+
+    def release_block(self, cidr: str) -> bool:
+        """Give an empty block back to its pool (block and affinity go together). False if not empty."""
+        rec = self.block(cidr)
+        if rec is None:
+            return True
+        if not rec.block.empty:
+            return False
+        ops = [Delete(keys.block(cidr))]
+        if rec.block.node:
+            ops.append(Delete(keys.affinity(rec.block.node, cidr)))
+        return self.store.txn([ModRevisionIs(rec.kv.key, rec.kv.mod_revision)], ops).succeeded
 
     # Queries -----------------------------------------------------------
 

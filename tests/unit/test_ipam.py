@@ -79,7 +79,8 @@ def test_first_allocation_claims_the_nodes_first_block(store, ipam):
     [block] = ipam.blocks()
     assert (block.cidr, block.affinity) == ("10.244.0.0/26", "host:node-1")
     assert block.in_use()[ip].handle == "k8s-pod-network.c1"
-    assert block.in_use()[ip].attrs == {"pod": "pod-a", "namespace": "default"}
+    # The allocator records which node uses the address (it may be borrowed from another node's block).
+    assert block.in_use()[ip].attrs == {"pod": "pod-a", "namespace": "default", "node": "node-1"}
     assert ipam.ips_by_handle("k8s-pod-network.c1") == [ip]
     assert store.get(keys.affinity("node-1", "10.244.0.0/26")) is not None
     assert_consistent(ipam)
@@ -259,15 +260,50 @@ def test_pool_exhausted_when_every_block_is_full(store, ipam):
     assert_consistent(ipam)
 
 
-def test_pool_exhausted_when_other_nodes_hold_every_block(store, ipam):
+def test_a_node_without_a_free_block_borrows(store, ipam):
     add_pool(store, name="tiny", cidr="10.9.0.0/28", block_size=30)
     for n in range(4):
         ipam.auto_assign(f"node-{n}", f"h{n}")
     assert len(ipam.blocks()) == 4
-    with pytest.raises(PoolExhausted):
+    ip = ipam.auto_assign("node-4", "h4")
+    rec = ipam.block_of(ip)
+    assert rec.block.node != "node-4"
+    assert rec.block.in_use()[ip].attrs["node"] == "node-4"
+    assert ipam.node_block_cidrs("node-4", 4) == []
+    assert_consistent(ipam)
+
+
+def test_strict_affinity_never_borrows(store, ipam):
+    from podnet.ipam.allocator import IpamConfig
+
+    add_pool(store, name="tiny", cidr="10.9.0.0/28", block_size=30)
+    ipam.set_config(IpamConfig(strict_affinity=True))
+    for n in range(4):
+        ipam.auto_assign(f"node-{n}", f"h{n}")
+    with pytest.raises(PoolExhausted, match="strict affinity"):
         ipam.auto_assign("node-4", "h4")
     assert ipam.node_block_cidrs("node-4", 4) == []
     assert_consistent(ipam)
+
+
+def test_pool_exhausted_when_every_address_is_taken(store, ipam):
+    add_pool(store, name="tiny", cidr="10.9.0.0/29", block_size=30)
+    for i in range(8):
+        ipam.auto_assign(f"node-{i % 3}", f"h{i}")
+    with pytest.raises(PoolExhausted, match="no free address"):
+        ipam.auto_assign("node-9", "h9")
+    assert_consistent(ipam)
+
+
+def test_empty_block_is_released_with_its_affinity(store, ipam):
+    add_pool(store)
+    ip = ipam.auto_assign("node-1", "h1")
+    cidr = ipam.node_block_cidrs("node-1", 4)[0]
+    assert ipam.release_block(cidr) is False  # still in use
+    ipam.release_handle("h1")
+    assert ipam.release_block(cidr) is True
+    assert ipam.node_block_cidrs("node-1", 4) == [] and ipam.blocks() == []
+    assert ipam.block_of(ip) is None
 
 
 def test_pool_exhausted_at_max_blocks_per_host(store):

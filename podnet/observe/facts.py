@@ -1,0 +1,602 @@
+"""What the cluster looks like, read once: the facts `podnet trace` and `podnet doctor` judge.
+
+Two halves. The model (plain dataclasses, no I/O) holds what the datastore
+says (nodes, blocks, pods) and what each kernel holds (links, addresses,
+routes, VXLAN neighbours and FDB entries, sysctls, offload features, firewall
+rules). The collector fills it in: the datastore through Resources and Ipam,
+each node's kernel through podnet.dataplane, inside the node's namespace.
+
+`NodeAccess` says where a node's kernel can be read: in a lab every node is a
+namespace on this machine; on a real host only the node this runs on (the
+current namespace, None) is readable, and the others are known from the
+datastore alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import glob
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Mapping
+
+from podnet.calc.config import VxlanConfig
+from podnet.dataplane import rtnl, sysctl
+from podnet.dataplane import netns as _netns
+from podnet.errors import PodnetError
+
+# --- the model ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VxlanInfo:
+    vni: int | None
+    port: int | None
+    local: str | None
+    parent: int | None  # ifindex of the underlay interface
+    learning: bool | None
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str | None
+    mtu: int | None
+    mac: str | None
+    up: bool
+    peer: int | None = None  # IFLA_LINK: a veth's peer ifindex (in the peer's namespace)
+    vxlan: VxlanInfo | None = None
+
+
+@dataclass(frozen=True)
+class Address:
+    ifname: str
+    ip: str
+    prefixlen: int
+
+
+ROUTE_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
+
+
+@dataclass(frozen=True)
+class RouteFact:
+    dst: str  # CIDR
+    gateway: str | None = None
+    dev: str | None = None
+    onlink: bool = False
+    type: str = "unicast"
+    scope: int = 0
+    proto: int = 0
+    metric: int = 0
+
+    def __str__(self) -> str:
+        """As `ip route` prints it."""
+        net = ipaddress.ip_network(self.dst)
+        dst = "default" if net.prefixlen == 0 else (str(net.network_address) if net.prefixlen == 32 else self.dst)
+        text = dst if self.type == "unicast" else f"{self.type} {dst}"
+        if self.gateway:
+            text += f" via {self.gateway}"
+        if self.dev:
+            text += f" dev {self.dev}"
+        if self.proto == rtnl.RTPROT_PODNET:
+            text += " proto 80"
+        if self.scope == rtnl.RT_SCOPE_LINK:
+            text += " scope link"
+        if self.onlink:
+            text += " onlink"
+        return text
+
+
+NUD_STATES = [(0x80, "PERMANENT"), (0x40, "NOARP"), (0x20, "FAILED"), (0x10, "PROBE"), (0x08, "DELAY"),
+              (0x04, "STALE"), (0x02, "REACHABLE"), (0x01, "INCOMPLETE")]
+
+
+def nud_name(state: int) -> str:
+    return next((name for bit, name in NUD_STATES if state & bit), "NONE")
+
+
+@dataclass(frozen=True)
+class NeighFact:
+    ip: str
+    mac: str | None
+    dev: str
+    state: str  # PERMANENT, REACHABLE, FAILED, ...
+
+    def __str__(self) -> str:
+        mac = f" lladdr {self.mac}" if self.mac else ""
+        return f"{self.ip} dev {self.dev}{mac} {self.state}"
+
+
+@dataclass(frozen=True)
+class FdbFact:
+    mac: str
+    dst: str | None
+    dev: str
+    permanent: bool
+
+    def __str__(self) -> str:
+        dst = f" dst {self.dst}" if self.dst else ""
+        return f"{self.mac} dev {self.dev}{dst} self" + (" permanent" if self.permanent else "")
+
+
+@dataclass(frozen=True)
+class FirewallRule:
+    """A firewall rule that drops or rejects UDP to some destination ports."""
+
+    family: str
+    table: str
+    chain: str
+    hook: str | None  # the base chain's hook; None for a chain reached by jump
+    handle: int
+    ports: tuple[tuple[int, int], ...]  # inclusive ranges
+    verdict: str  # drop | reject
+
+    def matches(self, port: int) -> bool:
+        return any(lo <= port <= hi for lo, hi in self.ports)
+
+    def __str__(self) -> str:
+        ports = ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in self.ports)
+        return f"table {self.family} {self.table} chain {self.chain}: udp dport {{ {ports} }} {self.verdict}"
+
+
+@dataclass
+class KernelFacts:
+    """One network namespace as its kernel sees it."""
+
+    links: dict[str, Link] = field(default_factory=dict)
+    addresses: list[Address] = field(default_factory=list)
+    routes: list[RouteFact] = field(default_factory=list)  # IPv4, main table
+    neighbours: list[NeighFact] = field(default_factory=list)
+    fdb: list[FdbFact] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)  # below /proc/sys/net/ipv4: "ip_forward", "conf/eth0/rp_filter"
+    features: dict[str, dict[str, bool]] = field(default_factory=dict)  # ifname -> ethtool feature -> active
+    firewall: list[FirewallRule] | None = None  # None: not read (nft missing or failed)
+    notes: list[str] = field(default_factory=list)  # what could not be read
+
+    def link_by_index(self, index: int | None) -> Link | None:
+        return next((l for l in self.links.values() if l.index == index), None)
+
+    def addresses_of(self, ifname: str) -> list[Address]:
+        return [a for a in self.addresses if a.ifname == ifname]
+
+    def lookup(self, ip: str) -> RouteFact | None:
+        """The route the kernel picks for `ip` in the main table: longest prefix, then lowest metric."""
+        addr = ipaddress.ip_address(ip)
+        best = None
+        for r in self.routes:
+            net = ipaddress.ip_network(r.dst)
+            if net.version == addr.version and addr in net:
+                key = (net.prefixlen, -r.metric)
+                if best is None or key > best[0]:
+                    best = (key, r)
+        return best[1] if best else None
+
+    def default_route(self) -> RouteFact | None:
+        return next((r for r in self.routes if r.dst == "0.0.0.0/0" and r.type == "unicast"), None)
+
+    def rp_filter(self, ifname: str) -> int | None:
+        """The value the kernel applies on an interface: the larger of conf/all and conf/<if>."""
+        values = [self.sysctls.get(f"conf/{n}/rp_filter") for n in ("all", ifname)]
+        known = [int(v) for v in values if v is not None and v.isdigit()]
+        return max(known) if known else None
+
+
+@dataclass
+class NodeFacts:
+    name: str
+    netns: str | None  # where its kernel was read; None: this host's own namespace
+    address: str | None  # underlay address with prefix, from the node record
+    interface: str | None
+    tunnel_ip: str | None
+    vtep_mac: str
+    blocks: list[str] = field(default_factory=list)
+    kernel: KernelFacts | None = None  # None: not read (see `unreadable`)
+    host: dict | None = None  # this host only: {"networkmanager": {...}}
+    unreadable: str | None = None  # why the kernel was not read
+
+    @property
+    def ip(self) -> str | None:
+        return str(ipaddress.ip_interface(self.address).ip) if self.address else None
+
+    @property
+    def readable(self) -> bool:
+        return self.kernel is not None
+
+
+@dataclass
+class PodFacts:
+    name: str
+    namespace: str
+    node: str
+    ip: str
+    host_interface: str
+    interface: str  # inside the pod
+    netns: str  # the namespace path the CNI plugin was given
+    container_id: str
+    kernel: KernelFacts | None = None
+    unreadable: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.container_id[:12]
+
+
+@dataclass
+class ClusterFacts:
+    nodes: dict[str, NodeFacts]
+    pods: list[PodFacts]
+    config: VxlanConfig = field(default_factory=VxlanConfig)
+    access: str = ""  # where the facts were read: "lab obsx", "this host (node-1)"
+
+    def block_owner(self, ip: str) -> tuple[str, str] | None:
+        """(node, block CIDR) of the block holding `ip`."""
+        addr = ipaddress.ip_address(ip)
+        for node in self.nodes.values():
+            for cidr in node.blocks:
+                if addr in ipaddress.ip_network(cidr):
+                    return node.name, cidr
+        return None
+
+    def find_pod(self, ref: str) -> PodFacts | None:
+        """A pod by IP, name, namespace/name or container id."""
+        for p in self.pods:
+            if ref in (p.ip, p.name, f"{p.namespace}/{p.name}", p.container_id) or \
+                    (len(ref) >= 12 and p.container_id.startswith(ref)):
+                return p
+        return None
+
+    def to_dict(self) -> dict:
+        return {"access": self.access, "config": asdict(self.config),
+                "nodes": {n: asdict(f) for n, f in self.nodes.items()}, "pods": [asdict(p) for p in self.pods]}
+
+
+# --- where each node's kernel is --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeAccess:
+    """The nodes whose kernel this process can read, and the namespace each lives in.
+
+    A node maps to a namespace name or path, or to None: the namespace this
+    process runs in (a real host reading itself). Nodes not in the map are
+    known from the datastore only.
+    """
+
+    netns: Mapping[str, str | None]
+    label: str = ""
+
+    def readable(self, node: str) -> bool:
+        return node in self.netns
+
+    @classmethod
+    def for_lab(cls, status: dict) -> NodeAccess:
+        """From `Lab.status()`: every node is a namespace on this machine."""
+        return cls({n["name"]: n["netns"] for n in status["nodes"]}, f"lab {status['name']}")
+
+    @classmethod
+    def this_host(cls, node: str) -> NodeAccess:
+        return cls({node: None}, f"this host ({node})")
+
+
+def local_node(nodes: Iterable, hostname: str | None = None) -> str | None:
+    """Which node record is this host: the one whose underlay IP is configured here, else the hostname."""
+    here = set()
+    try:
+        with rtnl.RtnlSocket() as sock:
+            here = {rtnl.parse_addr(p)["address"] for _, p in sock.dump(rtnl.addr_dump_msg(socket.AF_INET))}
+    except (OSError, PodnetError):
+        pass
+    nodes = list(nodes)
+    for n in nodes:
+        if n.address and str(ipaddress.ip_interface(n.address).ip) in here:
+            return n.name
+    hostname = hostname or socket.gethostname()
+    return next((n.name for n in nodes if n.name in (hostname, hostname.split(".")[0])), None)
+
+
+# --- the collector -------------------------------------------------------------------------
+
+
+def collect(store, access: NodeAccess, nodes: Iterable[str] | None = None, pods: Iterable[str] | None = None,
+            config: VxlanConfig | None = None) -> ClusterFacts:
+    """Read the datastore, then the kernel of each readable node in `nodes` (default: all) and its pods.
+
+    `pods`: container ids whose namespaces to read (default: every pod on a node read).
+    """
+    from podnet.datastore.resources import Resources
+    from podnet.ipam import Ipam
+
+    config = config or VxlanConfig()
+    res, ipam = Resources(store), Ipam(store)
+    blocks: dict[str, list[str]] = {}
+    for b in ipam.blocks(version=4):
+        if b.node:
+            blocks.setdefault(b.node, []).append(b.cidr)
+    node_facts = {
+        n.name: NodeFacts(n.name, access.netns.get(n.name), n.address, n.interface, n.tunnel_address,
+                          n.effective_vtep_mac, sorted(blocks.get(n.name, [])))
+        for n in res.nodes()
+    }
+    pod_facts = []
+    for ep in res.endpoints():
+        ip = next((str(ipaddress.ip_interface(c).ip) for c in ep.ips if ipaddress.ip_interface(c).version == 4), None)
+        if ip:
+            pod_facts.append(PodFacts(ep.pod_name, ep.pod_namespace, ep.node, ip, ep.host_interface, ep.interface,
+                                      ep.netns, ep.container_id))
+
+    wanted = set(node_facts) if nodes is None else set(nodes)
+    wanted_pods = None if pods is None else set(pods)
+    for node in node_facts.values():
+        if not access.readable(node.name):
+            node.unreadable = f"{node.name} is not readable from {access.label or 'here'}"
+        elif node.name in wanted:
+            try:
+                node.kernel = read_node(node.netns, config.device, node.interface)
+            except _netns.NamespaceNotFound as e:
+                node.unreadable = e.message
+            if node.netns is None:
+                node.host = {"networkmanager": read_networkmanager()}
+    for pod in pod_facts:
+        node = node_facts.get(pod.node)
+        if node is None or node.kernel is None:
+            pod.unreadable = f"its node {pod.node} is not readable from here"
+        elif wanted_pods is None or pod.container_id in wanted_pods:
+            try:
+                pod.kernel = read_pod(pod.netns)
+            except _netns.NamespaceNotFound as e:
+                pod.unreadable = e.message
+    return ClusterFacts(node_facts, pod_facts, config, access.label)
+
+
+def _read(what: str, notes: list[str], fn, default=None):
+    """Run one read; a failure becomes a note instead of aborting the whole collection."""
+    try:
+        return fn()
+    except (OSError, PodnetError, ValueError) as e:
+        notes.append(f"cannot read {what}: {e}")
+        return default
+
+
+def read_node(netns: str | None, device: str, underlay: str | None) -> KernelFacts:
+    """A node's kernel; raises NamespaceNotFound when its namespace is gone."""
+    facts = KernelFacts()
+    with rtnl.RtnlSocket(netns) as sock:
+        _read_tables(sock, facts)
+        vx = facts.links.get(device)
+        if vx is not None:
+            names = {vx.index: device}
+            facts.neighbours = _read(f"neighbours of {device}", facts.notes, lambda: [
+                NeighFact(n["dst"], n["lladdr"], device, nud_name(n["state"]))
+                for n in _dump(sock, rtnl.neigh_dump_msg(socket.AF_INET, vx.index), rtnl.parse_neigh)
+                if n["ifindex"] == vx.index and n["dst"]], [])
+            facts.fdb = _read(f"FDB of {device}", facts.notes, lambda: [
+                FdbFact(n["lladdr"], n["dst"], names[n["ifindex"]], bool(n["state"] & rtnl.NUD_PERMANENT))
+                for n in _dump(sock, rtnl.neigh_dump_msg(rtnl.AF_BRIDGE, vx.index), rtnl.parse_neigh)
+                if n["ifindex"] == vx.index and n["lladdr"]], [])
+            facts.features[device] = _read(f"offload features of {device}", facts.notes,
+                                           lambda: ethtool_features(netns, device, WANTED_FEATURES), {})
+    keys = ["ip_forward"] + [f"conf/{n}/rp_filter" for n in ("all", "default", underlay, device) if n]
+    for link in facts.links.values():
+        if link.name.startswith("cali"):
+            keys += [f"conf/{link.name}/proxy_arp", f"conf/{link.name}/forwarding"]
+    facts.sysctls = _read("sysctls", facts.notes, lambda: read_sysctls(netns, keys), {})
+    facts.firewall = _read("the firewall", facts.notes, lambda: read_firewall(netns))
+    return facts
+
+
+def read_pod(netns: str) -> KernelFacts:
+    """A pod's namespace; raises NamespaceNotFound when it is gone."""
+    facts = KernelFacts()
+    with rtnl.RtnlSocket(netns) as sock:
+        _read_tables(sock, facts)
+        names = {l.index: l.name for l in facts.links.values()}
+        facts.neighbours = _read("neighbours", facts.notes, lambda: [
+            NeighFact(n["dst"], n["lladdr"], names.get(n["ifindex"], str(n["ifindex"])), nud_name(n["state"]))
+            for n in _dump(sock, rtnl.neigh_dump_msg(socket.AF_INET), rtnl.parse_neigh) if n["dst"]], [])
+    return facts
+
+
+def _dump(sock: rtnl.RtnlSocket, message: bytes, parse) -> list[dict]:
+    return [parse(payload) for _, payload in sock.dump(message)]
+
+
+def _read_tables(sock: rtnl.RtnlSocket, facts: KernelFacts) -> None:
+    links = _read("links", facts.notes, lambda: [_link(p) for _, p in sock.dump(rtnl.link_dump_msg())], [])
+    facts.links = {l.name: l for l in links}
+    names = {l.index: l.name for l in links}
+    facts.addresses = _read("addresses", facts.notes, lambda: [
+        Address(names.get(a["index"], str(a["index"])), a["address"], a["prefixlen"])
+        for a in _dump(sock, rtnl.addr_dump_msg(socket.AF_INET), rtnl.parse_addr)], [])
+    facts.routes = _read("routes", facts.notes, lambda: [
+        RouteFact(r["dst"], r["gateway"], names.get(r["oif"]) if r["oif"] else None, r["onlink"],
+                  ROUTE_TYPES.get(r["type"], str(r["type"])), r["scope"], r["proto"], r["metric"])
+        for r in _dump(sock, rtnl.route_dump_msg(socket.AF_INET), rtnl.parse_route)
+        if r["table"] == rtnl.RT_TABLE_MAIN], [])
+
+
+# IFLA_VXLAN_* attribute numbers (linux/if_link.h).
+_VXLAN_ID, _VXLAN_LINK, _VXLAN_LOCAL, _VXLAN_LEARNING, _VXLAN_PORT = 1, 3, 4, 7, 15
+
+
+def _link(payload: bytes) -> Link:
+    """rtnl.parse_link, plus a VXLAN device's identity from IFLA_INFO_DATA."""
+    link = rtnl.parse_link(payload)
+    vxlan = None
+    if link["kind"] == "vxlan":
+        info = rtnl.parse_attrs(rtnl.parse_attrs(payload, 16).get(rtnl.IFLA_LINKINFO, b""), 0)
+        data = rtnl.parse_attrs(info.get(rtnl.IFLA_INFO_DATA, b""), 0)
+        u32 = lambda k: struct.unpack("=I", data[k][:4])[0] if k in data else None  # noqa: E731
+        vxlan = VxlanInfo(
+            vni=u32(_VXLAN_ID),
+            port=struct.unpack("!H", data[_VXLAN_PORT][:2])[0] if _VXLAN_PORT in data else None,
+            local=str(ipaddress.IPv4Address(data[_VXLAN_LOCAL][:4])) if _VXLAN_LOCAL in data else None,
+            parent=u32(_VXLAN_LINK),
+            learning=bool(data[_VXLAN_LEARNING][0]) if _VXLAN_LEARNING in data else None,
+        )
+    return Link(link["index"], link["ifname"], link["kind"], link["mtu"], link["address"], link["up"],
+                link["link"], vxlan)
+
+
+@contextlib.contextmanager
+def _inside(netns: str | None):
+    """This thread inside `netns` (None: stay where it is)."""
+    if netns is None:
+        yield
+    else:
+        with _netns.entered(netns):
+            yield
+
+
+def read_sysctls(netns: str | None, keys: Iterable[str]) -> dict[str, str]:
+    """Values below /proc/sys/net/ipv4 of the namespace; keys that do not exist are left out."""
+    out = {}
+    with _inside(netns):  # /proc/sys/net resolves to the namespace of the thread that opens it
+        for key in keys:
+            try:
+                out[key] = sysctl.read(f"/proc/sys/net/ipv4/{key}")
+            except FileNotFoundError:
+                pass
+    return out
+
+
+# --- ethtool: offload features through the SIOCETHTOOL ioctl --------------------------------
+
+WANTED_FEATURES = ("tx-checksum-ip-generic", "tx-checksum-ipv4", "rx-checksum")
+_SIOCETHTOOL = 0x8946
+_ETHTOOL_GSTRINGS, _ETHTOOL_GSSET_INFO, _ETHTOOL_GFEATURES = 0x1B, 0x37, 0x3A
+_ETH_SS_FEATURES, _ETH_GSTRING_LEN = 4, 32
+
+
+def _ethtool(sock: socket.socket, ifname: str, buf) -> None:
+    ifreq = struct.pack("16sP", ifname.encode(), ctypes.addressof(buf)).ljust(40, b"\0")
+    fcntl.ioctl(sock.fileno(), _SIOCETHTOOL, ifreq)
+
+
+def ethtool_features(netns: str | None, ifname: str, wanted: Iterable[str] | None = None) -> dict[str, bool]:
+    """What `ethtool -k` shows: feature name -> active, for the named features (default: all)."""
+    sock = _netns.socket_in(netns, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        info = ctypes.create_string_buffer(struct.pack("=IIQI", _ETHTOOL_GSSET_INFO, 0, 1 << _ETH_SS_FEATURES, 0))
+        _ethtool(sock, ifname, info)
+        count = struct.unpack_from("=IIQI", info.raw)[3]
+        strings = ctypes.create_string_buffer(struct.pack("=III", _ETHTOOL_GSTRINGS, _ETH_SS_FEATURES, 0)
+                                              + bytes(_ETH_GSTRING_LEN * count))
+        _ethtool(sock, ifname, strings)
+        names = [strings.raw[12 + _ETH_GSTRING_LEN * i:12 + _ETH_GSTRING_LEN * (i + 1)].split(b"\0")[0].decode()
+                 for i in range(count)]
+        blocks = (count + 31) // 32
+        feats = ctypes.create_string_buffer(struct.pack("=II", _ETHTOOL_GFEATURES, blocks) + bytes(16 * blocks))
+        _ethtool(sock, ifname, feats)
+    finally:
+        sock.close()
+    wanted = set(wanted) if wanted is not None else None
+    out = {}
+    for i, name in enumerate(names):
+        if wanted is None or name in wanted:
+            _available, _requested, active, _never = struct.unpack_from("=IIII", feats.raw, 8 + 16 * (i // 32))
+            out[name] = bool(active >> (i % 32) & 1)
+    return out
+
+
+# --- the firewall: nftables (iptables-nft rules show up there too) ---------------------------
+
+
+def read_firewall(netns: str | None) -> list[FirewallRule] | None:
+    """Rules in the namespace's ruleset that drop or reject UDP by destination port; None if nft is missing."""
+    nft = shutil.which("nft")
+    if nft is None:
+        return None
+    with _inside(netns):  # a child process starts in the namespace of the thread that forks it
+        proc = subprocess.run([nft, "-j", "list", "ruleset"], capture_output=True, text=True, timeout=10)
+    if proc.returncode != 0:
+        raise PodnetError(f"nft list ruleset failed: {proc.stderr.strip()}")
+    return udp_drop_rules(json.loads(proc.stdout or "{}"))
+
+
+def udp_drop_rules(ruleset: dict) -> list[FirewallRule]:
+    """From `nft -j list ruleset`: the drop/reject rules that match UDP destination ports."""
+    hooks = {}
+    rules = []
+    for item in ruleset.get("nftables", []):
+        if "chain" in item:
+            c = item["chain"]
+            hooks[(c["family"], c["table"], c["name"])] = c.get("hook")
+        elif "rule" in item:
+            rules.append(item["rule"])
+    out = []
+    for r in rules:
+        exprs = r.get("expr", [])
+        verdict = next((v for e in exprs for v in ("drop", "reject") if v in e), None)
+        if verdict is None:
+            continue
+        ports: list[tuple[int, int]] = []
+        for e in exprs:
+            m = e.get("match")
+            if not m or m.get("op", "==") not in ("==", "in"):
+                continue
+            payload = m.get("left", {}).get("payload", {}) if isinstance(m.get("left"), dict) else {}
+            if payload.get("protocol") in ("udp", "th") and payload.get("field") == "dport":
+                ports += _port_ranges(m.get("right"))
+        if ports:
+            out.append(FirewallRule(r["family"], r["table"], r["chain"], hooks.get((r["family"], r["table"], r["chain"])),
+                                    r.get("handle", 0), tuple(ports), verdict))
+    return out
+
+
+def _port_ranges(right) -> list[tuple[int, int]]:
+    if isinstance(right, int):
+        return [(right, right)]
+    if isinstance(right, dict):
+        if "range" in right:
+            lo, hi = right["range"]
+            return [(int(lo), int(hi))] if isinstance(lo, int) and isinstance(hi, int) else []
+        if "set" in right:
+            return [r for item in right["set"] for r in _port_ranges(item)]
+    if isinstance(right, list):
+        return [r for item in right for r in _port_ranges(item)]
+    return []
+
+
+# --- NetworkManager (this host only) -----------------------------------------------------------
+
+NM_CONF = "/etc/NetworkManager/NetworkManager.conf"
+NM_CONF_DIRS = ("/etc/NetworkManager/conf.d", "/usr/lib/NetworkManager/conf.d", "/run/NetworkManager/conf.d")
+
+
+def read_networkmanager() -> dict:
+    """Is NetworkManager running, and which unmanaged-devices specs do its config files hold?"""
+    running = False
+    for comm in glob.glob("/proc/[0-9]*/comm"):
+        try:
+            with open(comm) as f:
+                if f.read().strip() == "NetworkManager":
+                    running = True
+                    break
+        except OSError:
+            continue
+    files = [NM_CONF] + sorted(p for d in NM_CONF_DIRS for p in glob.glob(os.path.join(d, "*.conf")))
+    specs, read = [], []
+    for path in files:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                read.append(f"{path}: {e.strerror}")
+            continue
+        read.append(path)
+        for line in text.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "unmanaged-devices":
+                specs += [s.strip() for s in value.split(";") if s.strip()]
+    return {"running": running, "unmanaged_devices": specs, "config_files": read}
