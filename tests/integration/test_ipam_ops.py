@@ -1,0 +1,125 @@
+"""IPAM operations on a live lab: borrowing with /32 routes, node delete, check and release, GC."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+from podnet.datastore import open_datastore
+from podnet.datastore.resources import Resources
+from podnet.ipam import Ipam
+from podnet.ipam.allocator import IpamConfig
+from tests.integration import kernel
+
+
+def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def cli(lab, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "podnet", "--datastore", lab.datastore_url, *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def clients(lab):
+    store = open_datastore(lab.datastore_url)
+    return store, Resources(store), Ipam(store)
+
+
+def test_borrowed_address_gets_a_host_route_on_every_other_node(lab_factory):
+    # Blocks of 16 and one block per node: node-1's 16th pod must borrow from another block.
+    lab = lab_factory("pnt-b", nodes=2, pods_per_node=0, pool="10.99.0.0/26", block_size=28)
+    store, res, ipam = clients(lab)
+    try:
+        ipam.set_config(IpamConfig(max_blocks_per_host=1))
+        pods = [lab.add_pod("node-1", f"b{i}") for i in range(16)]
+        borrowed = [p for p in pods if ipam.block_of(p["ip"]).block.node != "node-1"]
+        assert len(borrowed) == 1
+        ip = borrowed[0]["ip"]
+        node1_tunnel = res.node("node-1").tunnel_address
+        route = lambda: next((r for r in kernel.routes(lab.node_netns("node-2")) if r["dst"] == ip), None)  # noqa
+        assert wait_for(lambda: route() is not None)
+        assert route()["gateway"] == node1_tunnel and route()["dev"] == "vxlan.calico"
+        out = cli(lab, "ipam", "show", "--show-borrowed")
+        assert ip in out.stdout and "node-1" in out.stdout
+        other = lab.add_pod("node-2", "peer")
+        assert kernel.ping(other["netns"], ip).returncode == 0
+        lab.delete_pod(borrowed[0]["name"])
+        assert wait_for(lambda: route() is None)
+    finally:
+        store.close()
+
+
+def test_node_delete_removes_it_everywhere(lab_factory):
+    lab = lab_factory("pnt-d", nodes=3, pods_per_node=1)
+    status = lab.status()
+    gone = status["nodes"][2]
+    lab.stop_agent(gone["name"])  # the node is down; an admin removes it
+    out = cli(lab, "node", "delete", gone["name"])
+    assert out.returncode == 0, out.stderr
+    assert "released 2 addresses" in out.stdout  # its tunnel address and its pod's
+    store, res, ipam = clients(lab)
+    try:
+        assert res.node(gone["name"]) is None
+        assert ipam.node_block_cidrs(gone["name"], 4) == []
+        assert not any(b.node == gone["name"] for b in ipam.blocks())
+        assert res.endpoints(gone["name"]) == []
+    finally:
+        store.close()
+    for node in status["nodes"][:2]:
+        ns = node["netns"]
+        assert wait_for(lambda: not any(r.get("gateway") == gone["tunnel_ip"] for r in kernel.routes(ns)))
+        assert wait_for(lambda: gone["tunnel_ip"] not in {n["dst"] for n in kernel.neighbours(ns)})
+        assert wait_for(lambda: gone["underlay_ip"] not in {f.get("dst") for f in kernel.fdb(ns)})
+    assert cli(lab, "node", "delete", "no-such-node").returncode == 1
+
+
+def test_check_finds_leaks_and_release_fixes_them(lab_factory, tmp_path):
+    lab = lab_factory("pnt-k", nodes=1, pods_per_node=1)
+    assert cli(lab, "ipam", "check").returncode == 0
+    store, res, ipam = clients(lab)
+    try:
+        leaked = ipam.auto_assign("node-1", f"k8s-pod-network.{uuid.uuid4().hex}", {"pod": "ghost"})
+        ep = res.endpoints("node-1")[0]
+        ipam.release_handle(ep.handle)  # an endpoint whose address vanished
+    finally:
+        store.close()
+    report = tmp_path / "report.json"
+    out = cli(lab, "ipam", "check", "-o", str(report))
+    assert out.returncode == 1
+    assert "1 leaked addresses, 1 endpoints without addresses, 0 blocks" in out.stdout
+    data = json.loads(report.read_text())
+    assert [x["ip"] for x in data["leaked"]] == [leaked]
+    assert data["endpoints_without_ips"][0]["endpoint"] == ep.key_name
+    out = cli(lab, "ipam", "release", "--from-report", str(report))
+    assert out.returncode == 0 and "released 1 of 1" in out.stdout
+    assert "is not assigned" in cli(lab, "ipam", "show", "--ip", leaked).stdout
+
+
+def test_agent_collects_leaked_addresses_and_empty_blocks(lab_factory):
+    lab = lab_factory("pnt-g", nodes=1, pods_per_node=0)
+    store, res, ipam = clients(lab)
+    try:
+        old = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+        stale = ipam.auto_assign("node-1", f"k8s-pod-network.{uuid.uuid4().hex}", {"timestamp": old})
+        fresh = ipam.auto_assign("node-1", f"k8s-pod-network.{uuid.uuid4().hex}",
+                                 {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        spare = "10.244.255.192/26"
+        assert ipam._claim("node-1", spare)
+        lab.restart_agent("node-1", ["--resync-interval", "0.2", "--ipam-gc-grace", "600"])
+        assert wait_for(lambda: ipam.block_of(stale).block.allocations.get(ipam.block_of(stale).block.ordinal(stale))
+                        is None)
+        assert wait_for(lambda: spare not in ipam.node_block_cidrs("node-1", 4))
+        rec = ipam.block_of(fresh)
+        assert rec.block.allocations.get(rec.block.ordinal(fresh)) is not None  # within the grace period
+        assert res.node("node-1").tunnel_address in ipam.ips_by_handle("vxlan-tunnel-addr-node-1")
+    finally:
+        store.close()
