@@ -16,10 +16,13 @@ from pyroute2 import IPRoute
 from podnet.agent.syncer import DatastoreView
 import socket
 
+import re
+
 from podnet.calc import VxlanConfig, compute_desired, diff_state
+from podnet.calc.config import effective_config
 from podnet.calc.nat import nat_ruleset
 from podnet.calc.state import DesiredState
-from podnet.dataplane import rtnl, vxlan
+from podnet.dataplane import ethtool, rtnl, vxlan
 from podnet.dataplane.nat import NatTable
 from podnet.dataplane.tables import KernelTables
 from podnet.model import Node
@@ -47,6 +50,16 @@ class Reconciler:
         self.desired: DesiredState | None = None
         self.nat = NatTable()
 
+    def _host_mtu(self, config: VxlanConfig, local: Node) -> int | None:
+        """The smallest MTU of the interfaces matching the pattern, else the parent's (Calico's rule)."""
+        if config.mtu_iface_pattern:
+            pattern = re.compile(config.mtu_iface_pattern)
+            mtus = [l.get_attr("IFLA_MTU") for l in self.ipr.get_links()
+                    if pattern.match(l.get_attr("IFLA_IFNAME") or "") and l.get_attr("IFLA_IFNAME") != config.device]
+            if mtus:
+                return min(mtus)
+        return vxlan.interface_mtu(self.ipr, local.interface) if local.interface else None
+
     def reconcile(self, full: bool = False) -> ReconcileResult:
         """`full`: also verify state that is cheap to trust but costly to read (the NAT table)."""
         start = time.perf_counter()
@@ -56,10 +69,14 @@ class Reconciler:
         local = next((n for n in nodes if n.name == self.local.name), self.local)
         if not local.tunnel_address:
             local = self.local
-        underlay_mtu = vxlan.interface_mtu(self.ipr, local.interface) if local.interface else None
-        desired = compute_desired(local, nodes, snap.affinities, self.config, underlay_mtu, snap.pools, snap.borrowed)
+        config = effective_config(self.config, snap.configs, local.name)
+        desired = compute_desired(local, nodes, snap.affinities, config, self._host_mtu(config, local), snap.pools,
+                                  snap.borrowed)
         ifindex = vxlan.ensure_device(self.ipr, desired.device) if desired.device else None
-        dev = self.config.device
+        dev = config.device
+        if ifindex and ethtool.tx_checksum(dev) != config.tx_checksum_offload:
+            ethtool.set_tx_checksum(dev, config.tx_checksum_offload)
+            log.info("turned TX checksum offload %s on %s", "on" if config.tx_checksum_offload else "off", dev)
         ifindexes = {dev: ifindex} if ifindex else {}
         if local.interface:
             try:  # direct (CrossSubnet) routes leave by the parent interface

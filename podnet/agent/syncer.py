@@ -15,7 +15,7 @@ from typing import Callable
 
 from podnet.datastore import keys
 from podnet.datastore.api import CompactedError, Datastore, DatastoreError
-from podnet.datastore.resources import decode_node, decode_pool
+from podnet.datastore.resources import decode_agent_config, decode_node, decode_pool
 from podnet.model import Block, IPPool, Node
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ FOLLOWED = {
     "pools": (keys.POOLS, lambda k, v: decode_pool(v)),
     "affinities": (keys.AFFINITY, _decode_affinity),
     "blocks": (keys.IPAM + "assignment/", _decode_borrowed),
+    "configs": (keys.AGENT_CONFIGS, lambda k, v: decode_agent_config(v)),
 }
 
 
@@ -50,6 +51,7 @@ class Snapshot:
     pools: list[IPPool] = field(default_factory=list)
     affinities: list[tuple[str, str]] = field(default_factory=list)
     borrowed: list[tuple[str, str]] = field(default_factory=list)  # (ip, node using it)
+    configs: list = field(default_factory=list)  # AgentConfiguration resources
 
 
 class DatastoreView:
@@ -70,6 +72,7 @@ class DatastoreView:
                 pools=list(d["pools"].values()),
                 affinities=sorted(a for a in d["affinities"].values() if a),
                 borrowed=sorted(b for group in d["blocks"].values() for b in group),
+                configs=list(d["configs"].values()),
             )
 
     def start(self) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Iterable
 
 VXLAN_OVERHEAD_V4 = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 DEFAULT_HOST_MTU = 1460  # Calico's fallback when no interface tells
@@ -14,6 +15,8 @@ class VxlanConfig:
     port: int = 4789
     mtu: int | None = None  # None: the underlay MTU minus the encapsulation overhead
     device: str = "vxlan.calico"
+    mtu_iface_pattern: str | None = None  # None: the parent interface's MTU is the host MTU
+    tx_checksum_offload: bool = True  # False: turned off on the device (kernel checksum bugs)
 
     def __post_init__(self):
         if not 1 <= self.vni <= 0xFFFFFF:
@@ -27,3 +30,18 @@ class VxlanConfig:
         if self.mtu is not None:
             return self.mtu
         return (underlay_mtu or DEFAULT_HOST_MTU) - VXLAN_OVERHEAD_V4
+
+
+def effective_config(base: VxlanConfig, configs: Iterable, node: str) -> VxlanConfig:
+    """The node's settings: the agent's flags, then the cluster's `default` configuration,
+    then the node's own `node.<name>`, each overriding what it sets."""
+    by_name = {c.name: c for c in configs}
+    out = base
+    for name in ("default", f"node.{node}"):
+        c = by_name.get(name)
+        if c is None:
+            continue
+        changes = {k: getattr(c, k) for k in ("vni", "port", "mtu", "mtu_iface_pattern", "tx_checksum_offload")
+                   if getattr(c, k) is not None}
+        out = replace(out, **changes)
+    return out

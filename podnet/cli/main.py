@@ -56,6 +56,13 @@ def cmd_get(args) -> int:
             return 0
         table(["CIDR", "AFFINITY", "IN-USE", "FREE"],
               [[b.cidr, b.affinity, len(b.allocations), b.free] for b in items])
+    elif kind in ("agentconfiguration", "felixconfiguration"):
+        items = res.agent_configs()
+        if args.output not in ("wide", "table"):
+            emit(manifest_list([c.to_manifest() for c in items]), args.output)
+            return 0
+        table(["NAME", "VNI", "PORT", "MTU", "MTU-IFACE-PATTERN", "TX-CHECKSUM"],
+              [[c.name, c.vni, c.port, c.mtu, c.mtu_iface_pattern, c.tx_checksum_offload] for c in items])
     elif kind in ("workload", "workloadendpoint"):
         items = res.endpoints()
         if args.output not in ("wide", "table"):
@@ -65,7 +72,8 @@ def cmd_get(args) -> int:
               [[e.node, e.pod_name, e.pod_namespace, e.interface, e.host_interface, ",".join(e.ips),
                 e.container_id[:12]] for e in items])
     else:
-        raise PodnetError(f"unknown resource {args.kind!r}", "use nodes, ippools, blocks or workloads")
+        raise PodnetError(f"unknown resource {args.kind!r}",
+                          "use nodes, ippools, blocks, workloads or agentconfigurations")
     return 0
 
 
@@ -95,13 +103,16 @@ def _documents(path: str) -> list[dict]:
 def cmd_apply(args) -> int:
     from podnet.datastore.resources import Resources
     from podnet.model import IPPool, parse_resource
+    from podnet.model.agentconfig import AgentConfiguration
 
     res = Resources(_store(args))
-    for doc in _documents(args.filename):
-        resource = parse_resource(doc)
+    # Validate every document before writing any, so a bad file changes nothing.
+    resources = [parse_resource(doc) for doc in _documents(args.filename)]
+    for resource in resources:
         if isinstance(resource, IPPool):
-            what = res.apply_pool(resource)
-            print(f"ippool/{resource.name} {what}")
+            print(f"ippool/{resource.name} {res.apply_pool(resource)}")
+        elif isinstance(resource, AgentConfiguration):
+            print(f"agentconfiguration/{resource.name} {res.apply_agent_config(resource)}")
     return 0
 
 
@@ -109,8 +120,14 @@ def cmd_delete(args) -> int:
     from podnet.datastore.resources import Resources
 
     res = Resources(_store(args))
-    if args.kind.rstrip("s") != "ippool":
-        raise PodnetError(f"cannot delete {args.kind}", "podnet delete supports ippool")
+    kind = args.kind.rstrip("s")
+    if kind in ("agentconfiguration", "felixconfiguration"):
+        if not res.delete_agent_config(args.name):
+            raise PodnetError(f"agentconfiguration {args.name} does not exist")
+        print(f"agentconfiguration/{args.name} deleted")
+        return 0
+    if kind != "ippool":
+        raise PodnetError(f"cannot delete {args.kind}", "podnet delete supports ippool and agentconfiguration")
     if not res.delete_pool(args.name):
         raise PodnetError(f"ippool {args.name} does not exist")
     print(f"ippool/{args.name} deleted")

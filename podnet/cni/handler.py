@@ -1,8 +1,9 @@
-"""CNI ADD, DEL and CHECK as the agent runs them for the plugin executable.
+"""CNI ADD, DEL, CHECK, GC and STATUS as the agent runs them for the plugin executable.
 
 Every failure becomes the spec's error JSON with a code that tells the runtime
 what to do: 11 (try again later) when the datastore is busy or away, 3 when
-the container's namespace is gone, 4/6/7 for bad input, 100+ for podnet's own.
+the container's namespace is gone, 4/6/7 for bad input, 50 when STATUS finds
+the node cannot serve ADD, 100+ for podnet's own (codes: protocol.py).
 Whatever ADD took (an address, a veth pair, an endpoint record) is given back
 when a later step fails.
 """
@@ -19,8 +20,8 @@ from typing import Callable
 from podnet.cni import protocol as p
 from podnet.cni.protocol import CniError, Request
 from podnet.dataplane import pod, rtnl
-from podnet.dataplane.netns import NamespaceNotFound, open_netns
-from podnet.datastore.api import DatastoreUnavailable
+from podnet.dataplane.netns import NamespaceError, NamespaceNotFound, open_netns
+from podnet.datastore.api import DatastoreError, DatastoreUnavailable
 from podnet.datastore.resources import Resources
 from podnet.errors import PodnetError
 from podnet.ipam import Ipam, IpamConflict, NoUsablePool, PoolExhausted
@@ -28,6 +29,8 @@ from podnet.model import WorkloadEndpoint, host_veth_name
 from podnet.model.endpoint import ipam_handle
 
 log = logging.getLogger(__name__)
+
+POD_HANDLE_PREFIX = ipam_handle("")  # "k8s-pod-network.": GC never looks at other handles (tunnel addresses)
 
 
 @dataclass
@@ -45,18 +48,15 @@ class NodeContext:
 
 
 def handle(ctx: NodeContext, env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
-    """Run one CNI request; returns (exit code, stdout)."""
+    """Run one CNI request; returns (exit code, stdout). Never raises."""
     started = time.perf_counter()
     command = env.get("CNI_COMMAND", "?")
     try:
         req = p.parse_request(env, stdin)
         out = _dispatch(ctx, req)
         code, body = 0, (json.dumps(out).encode() if out is not None else b"")
-    except CniError as e:
-        code, body = 1, json.dumps(e.to_json(p.version_of(stdin))).encode()
-        log.warning("CNI %s %s failed: %s", command, env.get("CNI_CONTAINERID", ""), e)
     except Exception as e:
-        err = _as_cni_error(e)
+        err = e if isinstance(e, CniError) else _as_cni_error(e)
         code, body = 1, json.dumps(err.to_json(p.version_of(stdin))).encode()
         if err.code == p.INTERNAL:
             log.exception("CNI %s %s failed unexpectedly", command, env.get("CNI_CONTAINERID", ""))
@@ -65,7 +65,8 @@ def handle(ctx: NodeContext, env: dict[str, str], stdin: bytes) -> tuple[int, by
     if ctx.stats is not None:
         key = (command, "ok" if code == 0 else "error")
         ctx.stats[key] = ctx.stats.get(key, 0) + 1
-    log.debug("CNI %s %s took %.1f ms", command, env.get("CNI_CONTAINERID", ""), (time.perf_counter() - started) * 1e3)
+    log.debug("CNI %s %s took %.1f ms", command, env.get("CNI_CONTAINERID", ""),
+              (time.perf_counter() - started) * 1e3)
     return code, body
 
 
@@ -78,7 +79,7 @@ def _as_cni_error(e: Exception) -> CniError:
         return CniError(p.CONTAINER_UNKNOWN, e.message)
     if isinstance(e, pod.InterfaceExists):
         return CniError(p.INTERFACE_EXISTS, e.message)
-    if isinstance(e, (rtnl.NetlinkError, pod.AttachError)):
+    if isinstance(e, (rtnl.NetlinkError, pod.AttachError, NamespaceError)):
         return CniError(p.DATAPLANE_FAILURE, str(e))
     if isinstance(e, PodnetError):
         return CniError(p.INTERNAL, str(e))
@@ -87,22 +88,21 @@ def _as_cni_error(e: Exception) -> CniError:
 
 def _dispatch(ctx: NodeContext, req: Request):
     if req.command == "VERSION":
-        return p.version_result(req.config.get("cniVersion") or p.SUPPORTED_VERSIONS[-1])
+        return p.version_result(req.config.get("cniVersion") or p.LATEST)
     if req.command == "ADD":
         return add(ctx, req)
     if req.command == "DEL":
         delete(ctx, req)
-        return None
-    if req.command == "CHECK":
+    elif req.command == "CHECK":
         check(ctx, req)
-        return None
-    raise CniError(p.INVALID_ENVIRONMENT, f"{req.command} is not implemented yet")
+    elif req.command == "GC":
+        gc(ctx, req)
+    elif req.command == "STATUS":
+        status(ctx, req)
+    return None
 
 
-def _pools(req: Request, key: str, arg: str) -> list[str] | None:
-    if req.args.get(arg):
-        return [x.strip() for x in req.args[arg].split(",") if x.strip()]
-    return req.config.get("ipam", {}).get(key) or None
+# ADD --------------------------------------------------------------------------------------------------
 
 
 def add(ctx: NodeContext, req: Request) -> dict:
@@ -121,10 +121,11 @@ def add(ctx: NodeContext, req: Request) -> dict:
         "pod": req.pod_name,
         "container": req.container_id,
         "interface": req.ifname,
+        "network": req.network,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     with ctx.ipam_lock:  # one allocator per node at a time; CAS still guards other processes
-        ip = ctx.ipam.auto_assign(ctx.node, handle, attrs, 4, _pools(req, "ipv4_pools", "IPV4POOLS"))
+        ip = ctx.ipam.auto_assign(ctx.node, handle, attrs, 4, req.ipv4_pools())
     attached = None
     try:
         attached = pod.attach(ctx.host, req.netns, req.ifname, host_ifname, ip, mtu)
@@ -138,7 +139,7 @@ def add(ctx: NodeContext, req: Request) -> dict:
             netns=req.netns,
             pod_namespace=req.pod_namespace,
             pod_name=req.pod_name,
-            network=req.config["name"],
+            network=req.network,
         ))
     except BaseException:
         # Give back what this ADD took, whatever failed.
@@ -167,15 +168,18 @@ def _release_quietly(ctx: NodeContext, ip: str) -> None:
         log.exception("could not release %s after a failed ADD; `podnet ipam check` will find it", ip)
 
 
+# DEL --------------------------------------------------------------------------------------------------
+
+
 def delete(ctx: NodeContext, req: Request) -> None:
-    """Undo ADD. Idempotent: what is already gone is success."""
+    """Undo ADD. Idempotent: what is already gone is success. prevResult is not needed."""
     key = f"{req.container_id}-{req.ifname}"
     ep = ctx.resources.endpoint(ctx.node, key)
     netns = req.netns
     if netns:
         try:
             open_netns(netns).__index__()
-        except NamespaceNotFound:
+        except (NamespaceNotFound, NamespaceError):
             netns = ""
     pod.detach(ctx.host, ep.host_interface if ep else None, netns or None, req.ifname)
     ctx.ipam.release_handle(ipam_handle(req.container_id))
@@ -183,16 +187,127 @@ def delete(ctx: NodeContext, req: Request) -> None:
         ctx.resources.delete_endpoint(ctx.node, key)
 
 
+# CHECK ------------------------------------------------------------------------------------------------
+
+
 def check(ctx: NodeContext, req: Request) -> None:
-    prev = req.config.get("prevResult")
-    if not isinstance(prev, dict):
-        raise CniError(p.INVALID_CONFIG, "CHECK needs prevResult in the network configuration")
+    """Compare the attachment with prevResult (the chain's final result) and with what ADD programmed."""
+    prev = req.prev_result
     ep = ctx.resources.endpoint(ctx.node, f"{req.container_id}-{req.ifname}")
     if ep is None:
         raise CniError(p.CHECK_FAILED, f"podnet has no endpoint for container {req.container_id} {req.ifname}")
-    prev_ips = sorted(ip.get("address") for ip in prev.get("ips", []) if isinstance(ip, dict))
+    prev_ips = sorted(ip["address"] for ip in prev.get("ips", []))
     if prev_ips and prev_ips != sorted(ep.ips):
         raise CniError(p.CHECK_FAILED, f"prevResult has {prev_ips} but the endpoint holds {sorted(ep.ips)}")
+    names = {i["name"] for i in prev.get("interfaces", [])}
+    missing = [n for n in (ep.host_interface, req.ifname) if names and n not in names]
+    if missing:
+        raise CniError(p.CHECK_FAILED, f"prevResult does not list interface {', '.join(missing)}")
+    if not ctx.ipam.ips_by_handle(ep.handle):
+        raise CniError(p.CHECK_FAILED, f"the address of {req.container_id} is no longer reserved in IPAM",
+                       "it was released behind the runtime's back; recreate the pod")
     problems = pod.inspect(ctx.host, req.netns, ep.host_interface, req.ifname, ep.ips[0].split("/")[0])
     if problems:
         raise CniError(p.CHECK_FAILED, "; ".join(problems))
+
+
+# STATUS -----------------------------------------------------------------------------------------------
+
+
+def status(ctx: NodeContext, req: Request) -> None:
+    """Ready when the agent is in sync, the datastore answers and a pool this network uses has room."""
+    if not ctx.ready():
+        raise CniError(p.STATUS_NOT_READY, "the podnet agent on this node is still starting",
+                       "it has not finished reading the datastore")
+    try:
+        pools = ctx.ipam.usable_pools(4, req.ipv4_pools())
+        if not _has_room(ctx, pools):
+            raise CniError(p.STATUS_NOT_READY,
+                           f"no IPv4 address left for node {ctx.node} in pools {', '.join(x.name for x in pools)}",
+                           "add a pool or release unused addresses (podnet ipam show)")
+    except NoUsablePool as e:
+        raise CniError(p.STATUS_NOT_READY, e.message, e.hint or "") from None
+    except DatastoreError as e:
+        raise CniError(p.STATUS_NOT_READY, "the datastore does not answer", str(e)) from None
+
+
+def _has_room(ctx: NodeContext, pools) -> bool:
+    """Whether ADD could get an address: a free one in the node's blocks, or a block it may still claim."""
+    networks = [pool.network for pool in pools]
+    blocks = ctx.ipam.blocks(4)
+    mine = [b for b in blocks if b.node == ctx.node]
+    if any(b.free and any(b.network.subnet_of(n) for n in networks) for b in mine):
+        return True
+    if len(mine) >= ctx.ipam.max_blocks_per_host:
+        return False
+    claimed = {b.cidr for b in blocks}
+    return any(str(net) not in claimed for pool in pools for net in pool.blocks())
+
+
+# GC ---------------------------------------------------------------------------------------------------
+
+
+def gc(ctx: NodeContext, req: Request) -> None:
+    """Remove this node's attachments of this network that the runtime no longer holds.
+
+    For each stale workload endpoint (this node, endpoint.network == the config's name, not in
+    cni.dev/valid-attachments): its veth pair, its addresses, its record. Then reservations with a pod
+    handle (k8s-pod-network.<id>) on this node that no endpoint explains (an ADD that died halfway).
+    Other handles, such as the node's tunnel address, are never touched. The spec guarantees no ADD or
+    DEL runs while the runtime calls GC. Errors do not stop the sweep; they are reported at the end.
+    """
+    valid = req.valid_attachments
+    valid_ids = {cid for cid, _ in valid}
+    endpoints = ctx.resources.endpoints(ctx.node)
+    stale = [ep for ep in endpoints if ep.network == req.network and (ep.container_id, ep.interface) not in valid]
+    keep = [ep for ep in endpoints if ep not in stale]
+    kept_ifs = {ep.host_interface for ep in keep}
+    kept_ids = {ep.container_id for ep in keep}
+    failures: list[tuple[str, Exception]] = []
+    removed = 0
+    for ep in stale:
+        try:
+            # A newer sandbox of the same pod reuses the host veth name: leave that one alone.
+            pod.detach(ctx.host, None if ep.host_interface in kept_ifs else ep.host_interface,
+                       ep.netns or None, ep.interface)
+            if ep.container_id in kept_ids:  # another interface of the container stays: release only ours
+                for cidr in ep.ips:
+                    ctx.ipam.release_ip(cidr.split("/")[0])
+            else:
+                ctx.ipam.release_handle(ep.handle)
+            ctx.resources.delete_endpoint(ctx.node, ep.key_name)
+            removed += 1
+            log.info("GC removed %s (%s, %s)", ep.key_name, ep.host_interface, ", ".join(ep.ips))
+        except Exception as e:
+            failures.append((ep.key_name, e))
+    explained = {ep.container_id for ep in endpoints}
+    try:
+        orphans = _orphan_handles(ctx, req.network, explained | valid_ids)
+    except Exception as e:
+        orphans = []
+        failures.append(("IPAM scan", e))
+    for handle in orphans:
+        try:
+            ips = ctx.ipam.release_handle(handle)
+            log.info("GC released %s of %s, which no endpoint explains", ", ".join(ips), handle)
+        except Exception as e:
+            failures.append((handle, e))
+    if failures:
+        first = failures[0][1]
+        err = first if isinstance(first, CniError) else _as_cni_error(first)
+        raise CniError(err.code, f"GC could not remove {len(failures)} stale resources "
+                                 f"(removed {removed} attachments)",
+                       "; ".join(f"{what}: {e}" for what, e in failures))
+
+
+def _orphan_handles(ctx: NodeContext, network: str, explained_ids: set[str]) -> list[str]:
+    """Pod handles of this node (and this network, when the allocation recorded one) that nothing explains."""
+    handles = set()
+    for block in ctx.ipam.blocks(4):
+        for alloc in block.in_use().values():
+            if (alloc.handle.startswith(POD_HANDLE_PREFIX)
+                    and alloc.attrs.get("node", block.node) == ctx.node
+                    and alloc.attrs.get("network", network) == network
+                    and alloc.handle[len(POD_HANDLE_PREFIX):] not in explained_ids):
+                handles.add(alloc.handle)
+    return sorted(handles)

@@ -1,4 +1,12 @@
-"""Put the plugin where a runtime finds it, as a DaemonSet's init container would."""
+"""Put the plugin where a runtime finds it, as a DaemonSet's init container would (deploy/podnet.yaml).
+
+The plugin is a copy of shim.py behind a `#!<python3> -IS` line. The runtime runs it on the host, so the
+interpreter must exist on the host: from an init container set PODNET_CNI_INTERPRETER (e.g. /usr/bin/python3)
+rather than letting the container's own interpreter be picked.
+
+The conflist is cniVersion 1.0.0 by default, not 1.1.0: containerd 1.6/1.7's libcni and the reference
+plugins of Debian 12 (1.1.1) stop at 1.0.0 and refuse a list they cannot speak. podnet answers 0.3.0-1.1.0.
+"""
 
 from __future__ import annotations
 
@@ -26,8 +34,14 @@ def fastest_interpreter() -> str:
     return sys.executable
 
 
+INTERPRETER_ENV = "PODNET_CNI_INTERPRETER"
+
+
 def install_plugin(bin_dir: str, interpreter: str | None = None, name: str = PLUGIN_NAME) -> str:
-    """Write the plugin executable atomically; returns its path."""
+    """Write the plugin executable atomically; returns its path.
+
+    The interpreter: the argument, else $PODNET_CNI_INTERPRETER, else the fastest one found here."""
+    interpreter = interpreter or os.environ.get(INTERPRETER_ENV) or None
     source = os.path.join(os.path.dirname(__file__), "shim.py")
     with open(source) as f:
         body = f.read()
@@ -43,12 +57,16 @@ def install_plugin(bin_dir: str, interpreter: str | None = None, name: str = PLU
 
 
 def default_conflist(name: str = "k8s-pod-network", cni_version: str = "1.0.0", chain_portmap: bool = True,
-                     extra: dict | None = None) -> dict:
+                     extra: dict | None = None, chain: list[dict] | None = None) -> dict:
+    """podnet first (it creates the interface), then portmap for hostPort, as Calico's stock manifest does.
+
+    `chain`: further plugin entries appended after those (e.g. bandwidth, tuning)."""
     plugin = {"type": PLUGIN_NAME, "ipam": {"type": "podnet-ipam"}}
     plugin.update(extra or {})
     plugins = [plugin]
     if chain_portmap:
         plugins.append({"type": "portmap", "snat": True, "capabilities": {"portMappings": True}})
+    plugins += list(chain or [])
     return {"cniVersion": cni_version, "name": name, "plugins": plugins}
 
 

@@ -1,4 +1,11 @@
-"""The CNI contract: versions, error codes, the request as the runtime sends it, results."""
+"""The CNI contract (spec 0.3.0 - 1.1.0): versions, error codes, the request as the runtime sends it, results.
+
+Everything here is pure: it parses what the runtime sent (environment and the
+network configuration on stdin) into a `Request`, or raises `CniError` with the
+spec's code and a message that names the offending variable or field. The
+agent-side handler does the work; the shim (kept separate and tiny) only
+repeats the few codes it can produce itself (see shim.py).
+"""
 
 from __future__ import annotations
 
@@ -9,28 +16,52 @@ from dataclasses import dataclass, field
 from podnet.errors import PodnetError
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-CHECK_SINCE = "0.4.0"
+LATEST = SUPPORTED_VERSIONS[-1]
+CHECK_SINCE = "0.4.0"  # CHECK arrived in 0.4.0
+GC_SINCE = "1.1.0"  # GC and STATUS arrived in 1.1.0
+STATUS_SINCE = "1.1.0"
+COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 
-# Error codes of the CNI specification, and podnet's own (100 and up).
-INCOMPATIBLE_VERSION = 1
-UNSUPPORTED_FIELD = 2
-CONTAINER_UNKNOWN = 3
-INVALID_ENVIRONMENT = 4
+# Error codes: the CNI specification's (0-99) and podnet's own (100 and up). The one place they are defined.
+INCOMPATIBLE_VERSION = 1  # the config's cniVersion is unknown, or too old for the command
+UNSUPPORTED_FIELD = 2  # a field podnet understands but does not implement (message names key and value)
+CONTAINER_UNKNOWN = 3  # the sandbox (CNI_NETNS) is gone: nothing to clean up
+INVALID_ENVIRONMENT = 4  # a CNI_* variable is missing or invalid (message names it)
 IO_FAILURE = 5
-DECODE_FAILURE = 6
-INVALID_CONFIG = 7
-TRY_AGAIN_LATER = 11
-STATUS_NOT_READY = 50
-STATUS_NOT_READY_PERSISTENT = 51
-INTERNAL = 100
-INTERFACE_EXISTS = 101
-IPAM_EXHAUSTED = 102
-DATAPLANE_FAILURE = 103
-CHECK_FAILED = 104
+DECODE_FAILURE = 6  # stdin is not a JSON object
+INVALID_CONFIG = 7  # the network configuration fails validation (message names the field)
+TRY_AGAIN_LATER = 11  # the agent is starting, the datastore is away or busy: retry
+STATUS_NOT_READY = 50  # STATUS: cannot serve ADD now
+STATUS_NOT_READY_PERSISTENT = 51  # STATUS: and existing pods may have limited connectivity
+INTERNAL = 100  # a bug: see the agent's log
+INTERFACE_EXISTS = 101  # CNI_IFNAME already exists in the pod
+IPAM_EXHAUSTED = 102  # no usable pool, or the pools are full for this node
+DATAPLANE_FAILURE = 103  # the kernel refused part of the attachment
+CHECK_FAILED = 104  # CHECK found the attachment differs from what ADD made
+
+SPEC_CODES = frozenset({INCOMPATIBLE_VERSION, UNSUPPORTED_FIELD, CONTAINER_UNKNOWN, INVALID_ENVIRONMENT, IO_FAILURE,
+                        DECODE_FAILURE, INVALID_CONFIG, TRY_AGAIN_LATER, STATUS_NOT_READY,
+                        STATUS_NOT_READY_PERSISTENT})
+PODNET_CODES = frozenset({INTERNAL, INTERFACE_EXISTS, IPAM_EXHAUSTED, DATAPLANE_FAILURE, CHECK_FAILED})
+
+# Environment variables each command needs (as the reference plugins' skel requires them; CNI_PATH is not
+# required for DEL, which must succeed as best it can).
+REQUIRED_ENV = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
+    "GC": ("CNI_PATH",),
+    "STATUS": (),
+    "VERSION": (),
+}
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NETWORK_NAME = _CONTAINER_ID  # the spec words both the same way
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 KNOWN_ARGS = {"IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID",
-              "IP", "IPV4POOLS", "IPV6POOLS"}
+              "IPV4POOLS"}
+_BOOLS = {"1": True, "true": True, "0": False, "false": False}  # as libcni's UnmarshallableBool reads them
 
 
 class CniError(PodnetError):
@@ -43,10 +74,46 @@ class CniError(PodnetError):
         self.details = details
 
     def to_json(self, version: str) -> dict:
-        out = {"cniVersion": version, "code": self.code, "msg": self.msg}
-        if self.details:
-            out["details"] = self.details
-        return out
+        return error_json(self.code, self.msg, self.details, version)
+
+
+def error_json(code: int, msg: str, details: str = "", version: str = LATEST) -> dict:
+    out = {"cniVersion": version, "code": code, "msg": msg}
+    if details:
+        out["details"] = details
+    return out
+
+
+# Versions ---------------------------------------------------------------------------------------------
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split("."))
+
+
+def at_least(version: str, since: str) -> bool:
+    return version_tuple(version) >= version_tuple(since)
+
+
+def _older(a: str, b: str) -> bool:
+    return not at_least(a, b)
+
+
+def version_of(raw: bytes) -> str:
+    """Best effort: the cniVersion to answer an error in, even for a config we cannot use."""
+    try:
+        v = json.loads(raw).get("cniVersion")
+    except Exception:
+        return LATEST
+    return v if v in SUPPORTED_VERSIONS else LATEST
+
+
+def version_result(version: str) -> dict:
+    return {"cniVersion": version if version in SUPPORTED_VERSIONS else LATEST,
+            "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+# The request ------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -62,7 +129,11 @@ class Request:
 
     @property
     def version(self) -> str:
-        return self.config.get("cniVersion", "1.0.0")
+        return self.config.get("cniVersion", LATEST)
+
+    @property
+    def network(self) -> str:
+        return self.config.get("name", "")
 
     @property
     def pod_namespace(self) -> str:
@@ -72,32 +143,35 @@ class Request:
     def pod_name(self) -> str:
         return self.args.get("K8S_POD_NAME", "")
 
+    @property
+    def prev_result(self) -> dict | None:
+        return self.config.get("prevResult")
 
-def version_of(raw: bytes) -> str:
-    """Best effort: the cniVersion to answer an error in, even for a config we cannot use."""
-    try:
-        v = json.loads(raw).get("cniVersion")
-        return v if v in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1]
-    except Exception:
-        return SUPPORTED_VERSIONS[-1]
+    @property
+    def valid_attachments(self) -> set[tuple[str, str]]:
+        """GC: the (containerID, ifname) pairs the runtime still holds."""
+        return {(a["containerID"], a["ifname"]) for a in self.config.get(VALID_ATTACHMENTS, [])}
+
+    def ipv4_pools(self) -> list[str] | None:
+        """Pools to allocate from: CNI_ARGS IPV4POOLS wins over ipam.ipv4_pools; None means every usable pool."""
+        if self.args.get("IPV4POOLS"):
+            return [x.strip() for x in self.args["IPV4POOLS"].split(",") if x.strip()]
+        return self.config.get("ipam", {}).get("ipv4_pools") or None
 
 
 def parse_request(env: dict[str, str], stdin: bytes) -> Request:
     command = env.get("CNI_COMMAND", "")
     if not command:
-        raise CniError(INVALID_ENVIRONMENT, "CNI_COMMAND is not set", "set it to ADD, DEL, CHECK, VERSION, GC or STATUS")
-    if command not in ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS"):
-        raise CniError(INVALID_ENVIRONMENT, f"unknown CNI_COMMAND {command!r}")
-    config = parse_config(stdin) if command != "VERSION" else _version_input(stdin)
-    need = {
-        "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
-        "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
-        "DEL": ("CNI_CONTAINERID", "CNI_IFNAME"),
-        "GC": ("CNI_PATH",),
-        "STATUS": (),
-        "VERSION": (),
-    }[command]
-    for var in need:
+        raise CniError(INVALID_ENVIRONMENT, "CNI_COMMAND is not set",
+                       "set it to ADD, DEL, CHECK, VERSION, GC or STATUS")
+    if command not in COMMANDS:
+        raise CniError(INVALID_ENVIRONMENT, f"unknown CNI_COMMAND {command!r}",
+                       "one of ADD, DEL, CHECK, VERSION, GC, STATUS")
+    if command == "VERSION":
+        return Request(command, "", "", "", {}, env.get("CNI_PATH", ""), _version_input(stdin), stdin)
+    config = parse_config(stdin)
+    version = config["cniVersion"]
+    for var in REQUIRED_ENV[command]:
         if not env.get(var):
             raise CniError(INVALID_ENVIRONMENT, f"{var} is required for {command} but is not set")
     cid = env.get("CNI_CONTAINERID", "")
@@ -105,22 +179,52 @@ def parse_request(env: dict[str, str], stdin: bytes) -> Request:
         raise CniError(INVALID_ENVIRONMENT, f"CNI_CONTAINERID {cid!r} is not a valid container id",
                        "letters, digits, '_', '.' and '-', starting with a letter or digit")
     ifname = env.get("CNI_IFNAME", "")
-    if ifname and (len(ifname) > 15 or "/" in ifname or ":" in ifname or any(c.isspace() for c in ifname)
-                   or ifname in (".", "..")):
-        raise CniError(INVALID_ENVIRONMENT, f"CNI_IFNAME {ifname!r} is not a valid interface name",
-                       "at most 15 characters, no '/', ':' or spaces")
+    if ifname:
+        check_ifname(ifname)
+    netns = env.get("CNI_NETNS", "")
+    if netns and command in ("ADD", "CHECK") and not netns.startswith("/"):
+        raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS {netns!r} is not an absolute path",
+                       "give the path of the network namespace, e.g. /run/netns/<name>")
     args = parse_args(env.get("CNI_ARGS", ""))
-    if command == "CHECK" and _older(config.get("cniVersion", "1.0.0"), CHECK_SINCE):
-        raise CniError(INCOMPATIBLE_VERSION, f"CHECK is not supported by cniVersion {config.get('cniVersion')}")
-    return Request(command, cid, env.get("CNI_NETNS", ""), ifname, args, env.get("CNI_PATH", ""), config, stdin)
+    infra = args.get("K8S_POD_INFRA_CONTAINER_ID")
+    if infra and cid and infra != cid and command in ("ADD", "CHECK"):
+        raise CniError(INVALID_ENVIRONMENT,
+                       f"CNI_ARGS K8S_POD_INFRA_CONTAINER_ID={infra} conflicts with CNI_CONTAINERID={cid}",
+                       "both name the pod sandbox and must be equal")
+
+    if command == "CHECK" and _older(version, CHECK_SINCE):
+        raise CniError(INCOMPATIBLE_VERSION, f"CHECK is not supported by cniVersion {version}",
+                       f"CHECK needs cniVersion {CHECK_SINCE} or later")
+    if command in ("GC", "STATUS") and _older(version, GC_SINCE):
+        raise CniError(INCOMPATIBLE_VERSION, f"{command} is not supported by cniVersion {version}",
+                       f"{command} needs cniVersion {GC_SINCE} or later")
+    if command == "ADD" and "prevResult" in config:
+        raise CniError(INVALID_CONFIG, "podnet must be the first plugin of the chain, but ADD came with a prevResult",
+                       "podnet creates the pod's interface and address; put it first in the conflist's plugins")
+    if command == "CHECK":
+        check_prev_result(config.get("prevResult"))
+    if command == "GC":
+        _check_attachments(config.get(VALID_ATTACHMENTS))
+    return Request(command, cid, netns, ifname, args, env.get("CNI_PATH", ""), config, stdin)
+
+
+def check_ifname(ifname: str) -> None:
+    """As the kernel (and libcni's ValidateInterfaceName) accepts interface names."""
+    if (len(ifname) > 15 or ifname in (".", "..") or "/" in ifname or ":" in ifname
+            or any(c.isspace() for c in ifname)):
+        raise CniError(INVALID_ENVIRONMENT, f"CNI_IFNAME {ifname!r} is not a valid interface name",
+                       "at most 15 characters, no '/', ':' or spaces, not '.' or '..'")
 
 
 def _version_input(stdin: bytes) -> dict:
     try:
         d = json.loads(stdin) if stdin.strip() else {}
-        return d if isinstance(d, dict) else {}
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         return {}
+    return d if isinstance(d, dict) else {}
+
+
+# The network configuration ----------------------------------------------------------------------------
 
 
 def parse_config(raw: bytes) -> dict:
@@ -128,44 +232,117 @@ def parse_config(raw: bytes) -> dict:
         config = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise CniError(DECODE_FAILURE, "the network configuration is not valid JSON", str(e)) from None
+    except RecursionError:
+        raise CniError(DECODE_FAILURE, "the network configuration is nested too deeply") from None
     if not isinstance(config, dict):
         raise CniError(DECODE_FAILURE, "the network configuration must be a JSON object")
-    version = config.get("cniVersion")
-    if not isinstance(version, str) or not version:
+    if "cniVersion" not in config:
         raise CniError(INVALID_CONFIG, "cniVersion is missing from the network configuration")
+    version = config["cniVersion"]
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise CniError(INVALID_CONFIG, f"cniVersion must be a version string such as \"1.0.0\", not {version!r}")
     if version not in SUPPORTED_VERSIONS:
         raise CniError(INCOMPATIBLE_VERSION, f"cniVersion {version} is not supported",
                        f"podnet supports {', '.join(SUPPORTED_VERSIONS)}")
+    if "plugins" in config and "type" not in config:
+        raise CniError(INVALID_CONFIG, "got a network configuration list (conflist), not one plugin's configuration",
+                       "the runtime must pass each plugin its own entry of \"plugins\", with name and cniVersion")
     for key in ("name", "type"):
         if not isinstance(config.get(key), str) or not config[key]:
             raise CniError(INVALID_CONFIG, f"network configuration field {key!r} must be a non-empty string")
+    if not _NETWORK_NAME.match(config["name"]):
+        raise CniError(INVALID_CONFIG, f"network name {config['name']!r} is not valid",
+                       "letters, digits, '_', '.' and '-', starting with a letter or digit")
     _check_types(config)
     return config
 
 
+_TYPED = {"mtu": int, "nodename": str, "datastore_type": str, "datastore": str, "log_level": str,
+          "log_file_path": str, "agent_socket": str, "etcd_endpoints": str, "ipam": dict, "dns": dict,
+          "args": dict, "runtimeConfig": dict, "prevResult": dict, "capabilities": dict,
+          VALID_ATTACHMENTS: list}
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", int: "a number", bool: "a boolean",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
 def _check_types(config: dict) -> None:
-    typed = {"mtu": int, "nodename": str, "datastore_type": str, "log_level": str, "log_file_path": str,
-             "agent_socket": str, "etcd_endpoints": str, "ipam": dict, "dns": dict, "args": dict,
-             "runtimeConfig": dict, "prevResult": dict, "capabilities": dict}
-    for key, kind in typed.items():
-        if key in config and (not isinstance(config[key], kind) or isinstance(config[key], bool) and kind is int):
-            raise CniError(INVALID_CONFIG, f"network configuration field {key!r} must be a {kind.__name__}")
+    for key, kind in _TYPED.items():
+        if key in config and (not isinstance(config[key], kind) or (kind is int and isinstance(config[key], bool))):
+            want = {int: "a whole number", str: "a string", dict: "an object", list: "a list"}[kind]
+            raise CniError(INVALID_CONFIG, f"network configuration field {key!r} must be {want}, "
+                                           f"not {_kind(config[key])}")
     if "mtu" in config and not 68 <= config["mtu"] <= 65535:
         raise CniError(INVALID_CONFIG, f"mtu {config['mtu']} is outside 68-65535")
-    ipam = config.get("ipam", {})
-    for key in ("ipv4_pools", "ipv6_pools"):
-        if key in ipam and not (isinstance(ipam[key], list) and all(isinstance(p, str) for p in ipam[key])):
-            raise CniError(INVALID_CONFIG, f"ipam.{key} must be a list of pool names or CIDRs")
-    for key in ("assign_ipv4", "assign_ipv6"):
-        if key in ipam and ipam[key] not in ("true", "false", True, False):
-            raise CniError(INVALID_CONFIG, f"ipam.{key} must be \"true\" or \"false\"")
+    _check_ipam(config.get("ipam", {}))
+    _check_dns(config.get("dns", {}))
+
+
+def _check_ipam(ipam: dict) -> None:
     if ipam.get("type") not in (None, "podnet-ipam", "calico-ipam", "podnet"):
         raise CniError(INVALID_CONFIG, f"ipam type {ipam.get('type')!r} is not supported",
                        "podnet allocates addresses itself; use \"podnet-ipam\" or leave ipam out")
+    for key in ("ipv4_pools", "ipv6_pools"):
+        if key in ipam and not (isinstance(ipam[key], list) and all(isinstance(p, str) and p for p in ipam[key])):
+            raise CniError(INVALID_CONFIG, f"ipam.{key} must be a list of pool names or CIDRs")
+    for pool in ipam.get("ipv4_pools", []):
+        if ":" in pool:
+            raise CniError(INVALID_CONFIG, f"ipam.ipv4_pools names an IPv6 network {pool!r}")
+    flags = {}
+    for key in ("assign_ipv4", "assign_ipv6"):
+        if key in ipam:
+            value = ipam[key]
+            if value not in ("true", "false", True, False):
+                raise CniError(INVALID_CONFIG, f"ipam.{key} must be \"true\" or \"false\", not {value!r}")
+            flags[key] = value in ("true", True)
+    if flags.get("assign_ipv6"):
+        raise CniError(UNSUPPORTED_FIELD, f"unsupported field ipam.assign_ipv6 = {ipam['assign_ipv6']!r}",
+                       "podnet assigns IPv4 addresses only")
+    if flags.get("assign_ipv4") is False:
+        raise CniError(INVALID_CONFIG, "ipam.assign_ipv4 is \"false\", which leaves no address to assign",
+                       "podnet assigns IPv4 addresses only; remove assign_ipv4 or set it to \"true\"")
+    if ipam.get("ipv6_pools"):
+        raise CniError(UNSUPPORTED_FIELD, f"unsupported field ipam.ipv6_pools = {ipam['ipv6_pools']!r}",
+                       "podnet assigns IPv4 addresses only")
+
+
+def _check_dns(dns: dict) -> None:
+    for key in ("nameservers", "search", "options"):
+        if key in dns and not (isinstance(dns[key], list) and all(isinstance(x, str) for x in dns[key])):
+            raise CniError(INVALID_CONFIG, f"dns.{key} must be a list of strings")
+    if "domain" in dns and not isinstance(dns["domain"], str):
+        raise CniError(INVALID_CONFIG, "dns.domain must be a string")
+
+
+def check_prev_result(prev) -> None:
+    """CHECK needs the result of the ADD it checks, in a shape we can read."""
+    if prev is None:
+        raise CniError(INVALID_CONFIG, "CHECK needs prevResult in the network configuration",
+                       "the runtime passes the cached result of ADD as prevResult")
+    ips, interfaces = prev.get("ips", []), prev.get("interfaces", [])
+    if not isinstance(ips, list) or not all(isinstance(ip, dict) and isinstance(ip.get("address"), str)
+                                            for ip in ips):
+        raise CniError(INVALID_CONFIG, "prevResult.ips must be a list of objects with an \"address\"")
+    if not isinstance(interfaces, list) or not all(isinstance(i, dict) and isinstance(i.get("name"), str)
+                                                   for i in interfaces):
+        raise CniError(INVALID_CONFIG, "prevResult.interfaces must be a list of objects with a \"name\"")
+
+
+def _check_attachments(items) -> None:
+    if items is None:
+        raise CniError(INVALID_CONFIG, f"GC needs {VALID_ATTACHMENTS} in the network configuration",
+                       "an empty list means no attachment of this network is valid any more")
+    for item in items:
+        if not (isinstance(item, dict) and isinstance(item.get("containerID"), str) and item["containerID"]
+                and isinstance(item.get("ifname"), str) and item["ifname"]):
+            raise CniError(INVALID_CONFIG, f"every entry of {VALID_ATTACHMENTS} needs a containerID and an ifname",
+                           f"got {item!r}")
 
 
 def parse_args(text: str) -> dict:
-    """CNI_ARGS: 'K=V;K2=V2'. Unknown keys are an error unless IgnoreUnknown is set."""
+    """CNI_ARGS: 'K=V;K2=V2'. Unknown keys are an error unless IgnoreUnknown is true."""
     args: dict[str, str] = {}
     if not text:
         return args
@@ -176,7 +353,16 @@ def parse_args(text: str) -> dict:
         if not sep or not key:
             raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS entry {part!r} is not KEY=VALUE")
         args[key] = value
-    ignore = args.get("IgnoreUnknown", "").lower() in ("1", "true")
+    ignore = False
+    if "IgnoreUnknown" in args:
+        ignore = _BOOLS.get(args["IgnoreUnknown"].lower())
+        if ignore is None:
+            raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS IgnoreUnknown={args['IgnoreUnknown']!r} is not a boolean",
+                           "use 1, true, 0 or false")
+    if "IP" in args:
+        # Known to users of Calico and podman (--ip); ignoring it would hand out another address silently.
+        raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS IP={args['IP']} asks for a fixed address, which podnet "
+                                            "does not support", "let podnet choose the address")
     unknown = sorted(set(args) - KNOWN_ARGS)
     if unknown and not ignore:
         raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS has unknown keys: {', '.join(unknown)}",
@@ -184,13 +370,16 @@ def parse_args(text: str) -> dict:
     return args
 
 
-def _older(a: str, b: str) -> bool:
-    return tuple(int(x) for x in a.split(".")) < tuple(int(x) for x in b.split("."))
+# Results ----------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Result:
-    """What ADD reports, rendered in the config's cniVersion."""
+    """What ADD reports, rendered in the config's cniVersion.
+
+    interfaces[0] is the host end of the veth, interfaces[1] the pod's (ips[].interface points at it).
+    0.3.x and 0.4.0 carry ips[].version; 1.1.0 adds interfaces[].mtu.
+    """
 
     host_ifname: str
     host_mac: str
@@ -205,8 +394,10 @@ class Result:
 
     def to_json(self, version: str) -> dict:
         legacy = _older(version, "1.0.0")
+        host_if = {"name": self.host_ifname, "mac": self.host_mac}
         pod_if = {"name": self.pod_ifname, "mac": self.pod_mac, "sandbox": self.sandbox}
-        if not _older(version, "1.1.0"):
+        if at_least(version, "1.1.0"):
+            host_if["mtu"] = self.mtu
             pod_if["mtu"] = self.mtu
         ips = []
         for cidr in self.ips:
@@ -218,12 +409,8 @@ class Result:
             ips.append(entry)
         return {
             "cniVersion": version,
-            "interfaces": [{"name": self.host_ifname, "mac": self.host_mac}, pod_if],
+            "interfaces": [host_if, pod_if],
             "ips": ips,
             "routes": self.routes,
             "dns": self.dns,
         }
-
-
-def version_result(version: str) -> dict:
-    return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}

@@ -9,6 +9,10 @@ answered here, without the agent.
 This file is self-contained on purpose: `podnet install-cni` copies it into
 the runtime's CNI bin directory with a shebang to the system interpreter,
 run with -I -S (isolated, no site), which is what makes it start in ~7 ms.
+
+The only error codes decided here (the rest live in podnet/cni/protocol.py):
+11 (try again later) when the agent cannot be reached, and for STATUS 50
+(plugin not available), as the spec asks of a plugin whose daemon is away.
 """
 
 import os
@@ -18,6 +22,9 @@ SUPPORTED = '["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]'
 LATEST = "1.1.0"
 DEFAULT_ADDRESS = "@podnet/cni"
 TIMEOUT = 120.0
+INVALID_ENVIRONMENT = 4  # = protocol.INVALID_ENVIRONMENT
+TRY_AGAIN_LATER = 11  # = protocol.TRY_AGAIN_LATER
+STATUS_NOT_READY = 50  # = protocol.STATUS_NOT_READY
 
 
 def _version_of(data):
@@ -28,7 +35,7 @@ def _version_of(data):
         k = data.find(b'"', j + 1)
         if 0 <= j < k and k - j < 12:
             v = data[j + 1:k].decode("ascii", "replace")
-            if v in SUPPORTED:
+            if '"%s"' % v in SUPPORTED:
                 return v
     return LATEST
 
@@ -41,6 +48,14 @@ def _fail(data, code, msg, details):
     return 1
 
 
+def _utf8(text):
+    try:
+        text.encode()
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _address(data):
     address = os.environ.get("PODNET_AGENT_SOCKET", "")
     if not address and b'"agent_socket"' in data:
@@ -48,8 +63,10 @@ def _address(data):
 
         try:
             address = json.loads(data).get("agent_socket") or ""
-        except ValueError:
+        except Exception:
             pass  # the agent reports the decode error properly
+        if not isinstance(address, str):
+            address = ""  # the agent reports the type error properly
     address = address or DEFAULT_ADDRESS
     return "\0" + address[1:] if address.startswith("@") else address
 
@@ -62,7 +79,13 @@ def main():
         return 0
     import _socket
 
-    env = "\0".join(k + "=" + v for k, v in os.environ.items() if k.startswith("CNI_")).encode()
+    unavailable = STATUS_NOT_READY if command == "STATUS" else TRY_AGAIN_LATER
+
+    try:
+        env = "\0".join(k + "=" + v for k, v in os.environ.items() if k.startswith("CNI_")).encode()
+    except UnicodeEncodeError:
+        return _fail(data, INVALID_ENVIRONMENT, "a CNI_* environment variable is not valid UTF-8",
+                     " ".join(k for k, v in os.environ.items() if k.startswith("CNI_") and not _utf8(k + v)))
     address = _address(data)
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     s.settimeout(TIMEOUT)
@@ -75,15 +98,16 @@ def main():
             if not chunk:
                 break
             chunks.append(chunk)
-    except OSError as e:
-        return _fail(data, 11, "the podnet agent on this node is not reachable",
-                     "%s at %s; is `podnet agent` running on this node?" % (e.strerror or e, address.replace("\0", "@")))
+    except (OSError, ValueError) as e:  # ValueError: an address that cannot be encoded
+        why = getattr(e, "strerror", None) or e
+        return _fail(data, unavailable, "the podnet agent on this node is not reachable",
+                     "%s at %s; is `podnet agent` running on this node?" % (why, address.replace("\0", "@")))
     finally:
         s.close()
     reply = b"".join(chunks)
     head, _, out = reply.partition(b"\n")
     if not head.isdigit():
-        return _fail(data, 11, "the podnet agent closed the connection without an answer",
+        return _fail(data, unavailable, "the podnet agent closed the connection without an answer",
                      "it may be restarting; see its log")
     sys.stdout.buffer.write(out)
     sys.stdout.flush()

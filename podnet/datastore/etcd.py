@@ -50,7 +50,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, List, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from podnet.datastore.api import (
@@ -505,7 +505,7 @@ class EtcdDatastore(Datastore):
         kvs = doc.get("kvs") or []
         return _kv(kvs[0]) if kvs else None
 
-    def list(self, prefix: str, keys_only: bool = False) -> tuple[list[KeyValue], int]:
+    def list(self, prefix: str, keys_only: bool = False) -> tuple[List[KeyValue], int]:
         end = _b64key(prefix_end(prefix))
         while True:
             try:
@@ -514,8 +514,8 @@ class EtcdDatastore(Datastore):
                 if not e.compacted:  # else the pinned revision was compacted between pages: start over
                     raise DatastoreError(f"etcd refused to list {prefix!r}: {e}") from None
 
-    def _list_pages(self, start: str, end: str, keys_only: bool) -> tuple[list[KeyValue], int]:
-        out: list[KeyValue] = []
+    def _list_pages(self, start: str, end: str, keys_only: bool) -> tuple[List[KeyValue], int]:
+        out: List[KeyValue] = []
         revision = 0
         key = _b64key(start)
         while True:
@@ -583,9 +583,13 @@ class EtcdDatastore(Datastore):
         before it was sent). So: if every compare still holds, it was not
         applied. Otherwise read that change from the key's history: if it wrote
         exactly our value, it was ours; if not, our compare has failed for good.
-        Two writers racing to write byte-identical values from the same base
-        cannot be told apart; podnet's records carry what makes them unique
-        (handles, sequence numbers)."""
+
+        Limits: two writers racing to write byte-identical values from the same
+        base cannot be told apart (podnet's records carry what makes them
+        unique: handles, sequence numbers). The reads are linearizable, so an
+        answer lost to a dead member or a leader change is decided by the time
+        they return; a proposal still queued in a live but overloaded leader
+        could apply after them, which no etcd client can see."""
 
         def unknown(reason: str) -> TxnOutcomeUnknown:
             return TxnOutcomeUnknown(
@@ -611,39 +615,38 @@ class EtcdDatastore(Datastore):
                      None)
         if probe is None:
             raise unknown("its writes leave no trace on the keys it compares")
-        op = written[probe.key]
-        now = current[probe.key]
         applied_as: int | None = None
         if mod(probe.key) != probe.revision:  # else the key our success branch writes never changed
-            if probe.revision:
-                start, until = probe.revision + 1, None
-            elif now is not None and now.create_revision > floor:
-                start, until = floor + 1, now.create_revision
-            else:
-                start = until = None  # the key existed throughout: our create-if-absent lost
-            if start is not None:
-                try:
-                    history = self._key_history(probe.key, start, until, deadline)
-                except CompactedError:
-                    raise unknown("the key's history was compacted") from None
-                except DatastoreUnavailable as e:
-                    raise unknown(f"reading the key's history failed: {e.message}") from None
-                if probe.revision:
-                    candidates = [ev for ev, _ in history[:1]]
-                else:
-                    candidates = [ev for ev, created in history if ev.kind == "put" and created == ev.mod_revision]
-                for ev in candidates:
-                    if (ev.kind == "put" and isinstance(op, Put) and ev.value == op.value) or (
-                        ev.kind == "delete" and isinstance(op, Delete)
-                    ):
-                        applied_as = ev.mod_revision
-                        break
+            try:
+                applied_as = self._find_our_write(probe, written[probe.key], current[probe.key], floor, deadline)
+            except CompactedError:
+                raise unknown("the key's history was compacted") from None
+            except DatastoreUnavailable as e:
+                raise unknown(f"reading the key's history failed: {e.message}") from None
         if applied_as is not None:
             return TxnResult(True, applied_as)
         # Our success branch did not apply, and never will: a compare now fails.
         if not failure:
             return TxnResult(False, self._seen_revision)
         return None  # sending it again applies the failure branch (its writes are idempotent)
+
+    def _find_our_write(self, probe: Compare, op: Op, now: KeyValue | None, floor: int, deadline: float) -> int | None:
+        """The revision at which `op` (guarded by `probe`) was applied, None if it was not."""
+        if probe.revision:
+            # Only the first change after the compared revision can be ours.
+            candidates = [ev for ev, _ in self._key_history(probe.key, probe.revision + 1, None, deadline)[:1]]
+        else:
+            if now is None or now.create_revision <= floor:
+                return None  # the key existed throughout: our create-if-absent lost
+            # Any creation of the key since `floor` may be ours.
+            history = self._key_history(probe.key, floor + 1, now.create_revision, deadline)
+            candidates = [ev for ev, created in history if ev.kind == "put" and created == ev.mod_revision]
+        for ev in candidates:
+            if isinstance(op, Put) and ev.kind == "put" and ev.value == op.value:
+                return ev.mod_revision
+            if isinstance(op, Delete) and ev.kind == "delete":
+                return ev.mod_revision
+        return None
 
     def _get_for_settle(self, key: str, deadline: float) -> KeyValue | None:
         try:
@@ -653,7 +656,7 @@ class EtcdDatastore(Datastore):
         kvs = doc.get("kvs") or []
         return _kv(kvs[0]) if kvs else None
 
-    def _key_history(self, key: str, start: int, until: int | None, deadline: float) -> list[tuple[Event, int]]:
+    def _key_history(self, key: str, start: int, until: int | None, deadline: float) -> List[tuple[Event, int]]:
         """Changes of one key from `start`: the first one (until=None) or all up to revision `until`."""
         errors: dict[str, str] = {}
         for index in self._transport.order() * 2:
@@ -667,7 +670,7 @@ class EtcdDatastore(Datastore):
             except (_NotSent, _NoAnswer) as e:
                 errors[ep] = str(e)
                 continue
-            out: list[tuple[Event, int]] = []
+            out: List[tuple[Event, int]] = []
             try:
                 for msg in stream.messages():
                     result = msg.get("result") or {}
@@ -803,7 +806,8 @@ class _EtcdWatch(Watch):
                 transport.demote(index)
                 down_since = down_since or time.monotonic()
                 if time.monotonic() - down_since >= self._store.timeout:
-                    raise self._store._unavailable(errors, f"lost the watch of {self._prefix!r} and did not take it back")
+                    what = f"lost the watch of {self._prefix!r} and could not resume it"
+                    raise self._store._unavailable(errors, what) from None
                 failures += 1
                 if failures % n == 0:
                     self._closed.wait(delay * random.uniform(0.5, 1.0))

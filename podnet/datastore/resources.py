@@ -11,6 +11,7 @@ from podnet.datastore import keys
 from podnet.datastore.api import Datastore, ModRevisionIs, Put, Delete
 from podnet.errors import PodnetError
 from podnet.model import IPPool, Node, WorkloadEndpoint
+from podnet.model.agentconfig import AgentConfiguration
 from podnet.model.errors import ValidationError
 from podnet.model.ippool import check_pools_disjoint
 
@@ -69,6 +70,23 @@ class Resources:
     def delete_pool(self, name: str) -> bool:
         return self.store.delete(keys.pool(name))
 
+    # Agent configuration -----------------------------------------------
+
+    def agent_configs(self) -> list[AgentConfiguration]:
+        kvs, _ = self.store.list(keys.AGENT_CONFIGS)
+        return [AgentConfiguration.from_manifest(json.loads(kv.value)) for kv in kvs]
+
+    def apply_agent_config(self, config: AgentConfiguration) -> str:
+        key = keys.AGENT_CONFIGS + config.name
+        old = self.store.get(key)
+        if old is not None and AgentConfiguration.from_manifest(json.loads(old.value)) == config:
+            return "unchanged"
+        self.store.put(key, _dump(config.to_manifest()))
+        return "updated" if old else "created"
+
+    def delete_agent_config(self, name: str) -> bool:
+        return self.store.delete(keys.AGENT_CONFIGS + name)
+
     # Nodes -------------------------------------------------------------
 
     def nodes(self) -> list[Node]:
@@ -109,3 +127,7 @@ def decode_node(value: bytes) -> Node:
 
 def decode_pool(value: bytes) -> IPPool:
     return IPPool.from_manifest(json.loads(value))
+
+
+def decode_agent_config(value: bytes) -> AgentConfiguration:
+    return AgentConfiguration.from_manifest(json.loads(value))

@@ -164,4 +164,10 @@ def parse_resource(doc: dict):
     kind = doc.get("kind") if isinstance(doc, dict) else None
     if kind == "IPPool":
         return IPPool.from_manifest(doc)
-    raise ValidationError("kind", f"{kind!r} is not a resource podnet can apply (supported: IPPool)")
+    from podnet.model.agentconfig import KINDS, AgentConfiguration
+
+    if kind in KINDS:
+        if doc.get("apiVersion") != API_VERSION:
+            raise ValidationError("apiVersion", f"must be {API_VERSION}, not {doc.get('apiVersion')!r}")
+        return AgentConfiguration.from_manifest(doc)
+    raise ValidationError("kind", f"{kind!r} is not a resource podnet can apply (IPPool, AgentConfiguration)")

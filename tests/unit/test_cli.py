@@ -482,4 +482,4 @@ def test_get_unknown_kind_fails_with_an_error_on_stderr(cli, kind):
     assert code == 1
     assert out == ""
     assert err.startswith("error: ") and repr(kind) in err
-    assert "nodes, ippools, blocks or workloads" in err
+    assert "nodes, ippools, blocks, workloads or agentconfigurations" in err

@@ -1,0 +1,69 @@
+"""AgentConfiguration: the agent's settings in the datastore, Calico's FelixConfiguration for podnet.
+
+`metadata.name: default` applies to every node; `node.<name>` overrides it for one node.
+Accepted as kind FelixConfiguration too, so calicoctl users can apply what they know.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from podnet.model import fields
+from podnet.model.errors import ValidationError
+
+KINDS = ("AgentConfiguration", "FelixConfiguration")
+_SPEC = {
+    "vxlanVNI": "vni",
+    "vxlanPort": "port",
+    "vxlanMTU": "mtu",
+    "mtuIfacePattern": "mtu_iface_pattern",
+    "vxlanTxChecksumOffload": "tx_checksum_offload",
+}
+
+
+@dataclass(frozen=True)
+class AgentConfiguration:
+    name: str = "default"
+    vni: int | None = None
+    port: int | None = None
+    mtu: int | None = None
+    mtu_iface_pattern: str | None = None  # regex: the host MTU is the smallest MTU of matching interfaces
+    tx_checksum_offload: bool | None = None  # False: turn it off on the VXLAN device (calico issues 3145, 11435)
+
+    def __post_init__(self):
+        if self.name != "default" and not self.name.startswith("node."):
+            raise ValidationError("metadata.name", "must be 'default' or 'node.<node name>'")
+        fields.name("metadata.name", self.name)
+        for attr, field, low, high in (("vni", "spec.vxlanVNI", 1, 0xFFFFFF), ("port", "spec.vxlanPort", 1, 65535),
+                                       ("mtu", "spec.vxlanMTU", 68, 65535)):
+            v = getattr(self, attr)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high):
+                raise ValidationError(field, f"{v!r} is outside {low}-{high}")
+        if self.mtu_iface_pattern is not None:
+            try:
+                re.compile(self.mtu_iface_pattern)
+            except (re.error, TypeError) as e:
+                raise ValidationError("spec.mtuIfacePattern", f"is not a regular expression: {e}") from None
+        if self.tx_checksum_offload is not None:
+            fields.boolean("spec.vxlanTxChecksumOffload", self.tx_checksum_offload)
+
+    @property
+    def node(self) -> str | None:
+        return self.name[5:] if self.name.startswith("node.") else None
+
+    def to_manifest(self) -> dict:
+        spec = {k: getattr(self, a) for k, a in _SPEC.items() if getattr(self, a) is not None}
+        return {"apiVersion": "projectcalico.org/v3", "kind": "AgentConfiguration", "metadata": {"name": self.name},
+                "spec": spec}
+
+    @classmethod
+    def from_manifest(cls, doc: dict) -> AgentConfiguration:
+        if doc.get("kind") not in KINDS:
+            raise ValidationError("kind", f"must be one of {', '.join(KINDS)}")
+        spec = doc.get("spec") or {}
+        unknown = sorted(set(spec) - set(_SPEC))
+        if unknown:
+            raise ValidationError(f"spec.{unknown[0]}", f"is not a setting podnet knows ({', '.join(_SPEC)})")
+        meta = doc.get("metadata") or {}
+        return cls(name=meta.get("name", "default"), **{a: spec[k] for k, a in _SPEC.items() if k in spec})

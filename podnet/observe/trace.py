@@ -1,0 +1,658 @@
+"""`podnet trace`: the path of a packet from one pod to another, hop by hop, checked against the kernel.
+
+Pure: `trace(facts, src, dst)` takes the facts the collector read
+(podnet.observe.facts) and returns the hops the seed article walks through,
+each with what the kernel holds, whether that is what it must be, and when it
+is not, what was expected and the command that fixes it:
+
+  pod route -> proxy ARP for 169.254.1.1 -> the node's route to the remote block
+  -> vxlan.calico -> permanent neighbour (remote VTEP MAC) -> FDB (remote node IP)
+  -> the encapsulated packet on the wire -> the underlay route -> the remote
+  vxlan.calico decapsulates -> the remote /32 route -> the cali veth -> the pod
+
+Pods on the same node skip the tunnel: pod -> /32 route -> the other cali veth.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass, field
+
+from podnet.calc.config import VXLAN_OVERHEAD_V4
+from podnet.dataplane.pod import GATEWAY_V4
+from podnet.errors import PodnetError
+from podnet.observe.facts import ClusterFacts, KernelFacts, Link, NodeFacts, PodFacts
+
+OK, BROKEN, WARNING, UNKNOWN = "ok", "broken", "warning", "unknown"
+RTPROT_PODNET = 80
+
+
+class TraceError(PodnetError):
+    pass
+
+
+@dataclass
+class Hop:
+    id: str  # stable name: pod-route, gateway, host-route, ...
+    where: str  # the pod or node whose kernel this hop is about
+    title: str
+    status: str  # ok | broken | warning | unknown
+    found: str  # what the kernel holds, as `ip` prints it
+    explain: str = ""  # what happens to the packet here
+    expected: str | None = None
+    fix: str | None = None  # a command that repairs it
+    hint: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+
+@dataclass
+class Endpoint:
+    ip: str
+    node: str
+    pod: str | None = None  # None: an address no pod holds
+    host_interface: str | None = None
+    netns: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.pod} ({self.ip})" if self.pod else self.ip
+
+
+@dataclass
+class Trace:
+    src: Endpoint
+    dst: Endpoint
+    kind: str  # cross-node | same-node
+    hops: list[Hop]
+    wire: dict | None = None  # the encapsulated packet, for a cross-node path
+    nodes: dict = field(default_factory=dict)  # node name -> {ip, interface, tunnel_ip, vtep_mac, netns, devices}
+    access: str = ""
+
+    @property
+    def first_broken(self) -> Hop | None:
+        return next((h for h in self.hops if h.status == BROKEN), None)
+
+    @property
+    def ok(self) -> bool:
+        return self.first_broken is None
+
+    def to_dict(self) -> dict:
+        broken = self.first_broken
+        return {
+            "src": asdict(self.src), "dst": asdict(self.dst), "kind": self.kind, "ok": self.ok,
+            "first_broken": broken.id if broken else None, "access": self.access,
+            "hops": [asdict(h) for h in self.hops], "wire": self.wire, "nodes": self.nodes,
+        }
+
+
+# --- commands that fix things ---------------------------------------------------------------
+
+
+def in_netns(netns: str | None, command: str) -> str:
+    """`command` as run inside a namespace: `ip -n X ...`, `ip netns exec X ...`, or as is (this host)."""
+    if netns is None:
+        return command
+    name = netns
+    for run_dir in ("/run/netns/", "/var/run/netns/"):
+        if name.startswith(run_dir):
+            name = name[len(run_dir):]
+    if "/" in name:
+        return f"nsenter --net={netns} {command}"
+    tool, _, rest = command.partition(" ")
+    if tool in ("ip", "bridge"):
+        return f"{tool} -n {name} {rest}"
+    return f"ip netns exec {name} {command}"
+
+
+def sysctl_cmd(netns: str | None, key: str, value) -> str:
+    """`sysctl -w` for a key below net/ipv4; slashes, since interface names may hold dots."""
+    name = f"net/ipv4/{key}" if "." in key else "net.ipv4." + key.replace("/", ".")
+    return in_netns(netns, f"sysctl -w {name}={value}")
+
+
+def agent_hint(node: str) -> str:
+    return (f"the podnet agent on {node} keeps this entry: if it is wrong for long, the agent is not running "
+            f"or the datastore is stale (`podnet lab status` / the agent's log)")
+
+
+# --- the trace ---------------------------------------------------------------------------------
+
+
+def resolve(facts: ClusterFacts, src: str, dst: str) -> tuple[PodFacts, Endpoint, PodFacts | None]:
+    src_pod = facts.find_pod(src)
+    if src_pod is None:
+        raise TraceError(f"no pod is known as {src!r}",
+                         "the source must be a pod podnet attached: its name, namespace/name or IP "
+                         "(`podnet get workloads`)")
+    if src_pod.node not in facts.nodes:
+        raise TraceError(f"pod {src_pod.label} runs on {src_pod.node}, which has no node record")
+    dst_pod = facts.find_pod(dst)
+    if dst_pod is not None:
+        return src_pod, Endpoint(dst_pod.ip, dst_pod.node, dst_pod.label, dst_pod.host_interface, dst_pod.netns), dst_pod
+    try:
+        ip = str(ipaddress.ip_address(dst))
+    except ValueError:
+        raise TraceError(f"no pod is known as {dst!r}", "give a pod's name, namespace/name or IP") from None
+    owner = facts.block_owner(ip)
+    if owner is None:
+        raise TraceError(f"{ip} is in no node's block", "podnet trace follows paths between pod addresses")
+    return src_pod, Endpoint(ip, owner[0]), None
+
+
+def trace(facts: ClusterFacts, src: str, dst: str) -> Trace:
+    """The hops from pod `src` to pod (or pod address) `dst`."""
+    src_pod, dst_ep, dst_pod = resolve(facts, src, dst)
+    a = facts.nodes[src_pod.node]
+    b = facts.nodes.get(dst_ep.node)
+    if b is None:
+        raise TraceError(f"{dst_ep.label} is on {dst_ep.node}, which has no node record")
+    t = _Tracer(facts, src_pod, dst_ep, dst_pod, a, b)
+    src_ep = Endpoint(src_pod.ip, src_pod.node, src_pod.label, src_pod.host_interface, src_pod.netns)
+    kind = "same-node" if a.name == b.name else "cross-node"
+    hops = [t.pod_interface(), t.pod_route(), t.gateway()]
+    if kind == "same-node":
+        hops.append(t.final_route(a, first=True))
+    else:
+        hops += [t.host_route(), t.vxlan_device(), t.neighbour(), t.fdb(), t.encapsulation(), t.underlay_route(),
+                 t.decapsulation(), t.final_route(b, first=False)]
+    if dst_pod is not None:
+        hops += [t.dst_veth(), t.dst_pod()]
+    nodes = {n.name: _node_summary(n, facts.config.device) for n in ([a] if a is b else [a, b])}
+    return Trace(src_ep, dst_ep, kind, hops, t.wire if kind == "cross-node" else None, nodes, facts.access)
+
+
+def _node_summary(n: NodeFacts, device: str) -> dict:
+    k = n.kernel
+    vx = k.links.get(device) if k else None
+    under = k.links.get(n.interface) if k and n.interface else None
+    return {"ip": n.ip, "interface": n.interface, "tunnel_ip": n.tunnel_ip, "vtep_mac": n.vtep_mac,
+            "netns": n.netns, "readable": k is not None, "blocks": n.blocks,
+            "vxlan_mtu": vx.mtu if vx else None, "underlay_mtu": under.mtu if under else None}
+
+
+def _unknown(hop_id: str, where: str, title: str, why: str | None, explain: str = "") -> Hop:
+    return Hop(hop_id, where, title, UNKNOWN, f"not inspected: {why or 'its kernel was not read'}", explain,
+               hint="run podnet trace on that node to inspect it")
+
+
+def _link_text(link: Link) -> str:
+    text = f"{link.name} {'UP' if link.up else 'DOWN'} mtu {link.mtu}"
+    return text + (f" {link.mac}" if link.mac else "")
+
+
+def _is_peer(pod_link: Link | None, host_link: Link | None) -> bool | None:
+    """Are these the two ends of one veth? None when a side is unknown."""
+    if pod_link is None or host_link is None:
+        return None
+    return pod_link.peer == host_link.index and host_link.peer == pod_link.index
+
+
+class _Tracer:
+    """One hop per method; each judges one piece of kernel state against what the datastore implies."""
+
+    def __init__(self, facts: ClusterFacts, src: PodFacts, dst: Endpoint, dst_pod: PodFacts | None,
+                 a: NodeFacts, b: NodeFacts):
+        self.facts, self.src, self.dst, self.dpod, self.a, self.b = facts, src, dst, dst_pod, a, b
+        self.dev = facts.config.device
+        owner = facts.block_owner(dst.ip)
+        self.block = owner[1] if owner else None
+        self.wire: dict = {}
+
+    # --- the source pod ---
+
+    def pod_interface(self) -> Hop:
+        p, k = self.src, self.src.kernel
+        title, explain = f"{p.interface} in the pod", f"the packet starts in {p.label} with source {p.ip}"
+        if k is None:
+            return _unknown("pod-interface", p.label, title, p.unreadable, explain)
+        link = k.links.get(p.interface)
+        want = f"{p.interface} UP holding {p.ip}/32"
+        if link is None:
+            return Hop("pod-interface", p.label, title, BROKEN, f"no {p.interface} in {p.netns}", explain, want,
+                       f"delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
+        found = _link_text(link) + ", " + (", ".join(f"{a.ip}/{a.prefixlen}" for a in k.addresses_of(link.name))
+                                            or "no address")
+        if not link.up:
+            return Hop("pod-interface", p.label, title, BROKEN, found, explain, want,
+                       in_netns(p.netns, f"ip link set {link.name} up"))
+        if not any(a.ip == p.ip and a.prefixlen == 32 for a in k.addresses_of(link.name)):
+            return Hop("pod-interface", p.label, title, BROKEN, found, explain, want,
+                       in_netns(p.netns, f"ip addr add {p.ip}/32 dev {link.name}"))
+        return Hop("pod-interface", p.label, title, OK, found, explain)
+
+    def pod_route(self) -> Hop:
+        p, k = self.src, self.src.kernel
+        title = "pod route"
+        explain = (f"whatever the destination, the pod's only way out is its default route via {GATEWAY_V4}, "
+                   f"a link-local address no one holds")
+        if k is None:
+            return _unknown("pod-route", p.label, title, p.unreadable, explain)
+        gw = next((r for r in k.routes if r.dst == f"{GATEWAY_V4}/32" and r.dev == p.interface), None)
+        chosen = k.lookup(self.dst.ip)
+        found = "; ".join(str(r) for r in (chosen, gw) if r) or "no route"
+        want = f"default via {GATEWAY_V4} dev {p.interface}; {GATEWAY_V4} dev {p.interface} scope link"
+        if gw is None:
+            return Hop("pod-route", p.label, title, BROKEN, found, explain, want,
+                       in_netns(p.netns, f"ip route replace {GATEWAY_V4} dev {p.interface} scope link"))
+        if chosen is None or chosen.gateway != GATEWAY_V4 or chosen.dev != p.interface:
+            return Hop("pod-route", p.label, title, BROKEN, found, explain, want,
+                       in_netns(p.netns, f"ip route replace default via {GATEWAY_V4} dev {p.interface}"))
+        return Hop("pod-route", p.label, title, OK, found, explain)
+
+    def gateway(self) -> Hop:
+        p, n, k = self.src, self.a, self.a.kernel
+        title = f"proxy ARP for {GATEWAY_V4}"
+        cali = p.host_interface
+        explain = (f"the pod ARPs for {GATEWAY_V4}; the node answers on {cali}, the host end of the pod's veth, "
+                   f"by proxy ARP with its own MAC, so the frame enters {n.name}'s routing")
+        if k is None:
+            return _unknown("gateway", n.name, title, n.unreadable, explain)
+        link = k.links.get(cali)
+        want = (f"{cali} UP, peer of the pod's {p.interface}, proxy_arp=1, and a route to {GATEWAY_V4} "
+                f"on {n.name} (its default route)")
+        if link is None:
+            return Hop("gateway", n.name, title, BROKEN, f"no interface {cali} on {n.name}", explain, want,
+                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
+        proxy = k.sysctls.get(f"conf/{cali}/proxy_arp")
+        route = k.lookup(GATEWAY_V4)
+        arp = next((x for x in (p.kernel.neighbours if p.kernel else []) if x.ip == GATEWAY_V4), None)
+        parts = [_link_text(link), f"proxy_arp={proxy}", f"route to {GATEWAY_V4}: {route or 'none'}"]
+        if arp:
+            parts.append(f"pod's ARP entry: {arp}")
+        found = "; ".join(parts)
+        pod_link = p.kernel.links.get(p.interface) if p.kernel else None
+        if _is_peer(pod_link, link) is False:
+            return Hop("gateway", n.name, title, BROKEN, found + f"; {cali} is not the peer of the pod's "
+                       f"{p.interface} (peer index {pod_link.peer}, {cali} is {link.index})", explain, want,
+                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
+        if not link.up:
+            return Hop("gateway", n.name, title, BROKEN, found, explain, want, in_netns(n.netns, f"ip link set {cali} up"))
+        if proxy != "1":
+            return Hop("gateway", n.name, title, BROKEN, found, explain, want,
+                       sysctl_cmd(n.netns, f"conf/{cali}/proxy_arp", 1))
+        if route is None or route.dev == cali or route.type != "unicast":
+            gw = _guess_router(n)
+            return Hop("gateway", n.name, title, BROKEN, found, explain, want,
+                       in_netns(n.netns, f"ip route add default via {gw} dev {n.interface or 'eth0'}"),
+                       f"proxy ARP answers only for addresses the node can route; {gw} stands for the "
+                       f"underlay's router")
+        return Hop("gateway", n.name, title, OK, found, explain)
+
+    # --- the source node ---
+
+    def _forwarding(self, n: NodeFacts) -> str | None:
+        return n.kernel.sysctls.get("ip_forward") if n.kernel else None
+
+    def host_route(self) -> Hop:
+        n, b, k = self.a, self.b, self.a.kernel
+        title = f"route to {b.name}'s block"
+        explain = (f"{n.name} routes {self.dst.ip} by {b.name}'s block {self.block}: via {b.name}'s tunnel address "
+                   f"{b.tunnel_ip} on {self.dev}, onlink (no ARP for the gateway on the wire)")
+        if k is None:
+            return _unknown("host-route", n.name, title, n.unreadable, explain)
+        want = f"{self.block} via {b.tunnel_ip} dev {self.dev} proto 80 onlink"
+        fix = in_netns(n.netns, f"ip route replace {self.block} via {b.tunnel_ip} dev {self.dev} onlink proto 80")
+        r = k.lookup(self.dst.ip)
+        found = str(r) if r else f"no route to {self.dst.ip}"
+        if self._forwarding(n) != "1":
+            return Hop("host-route", n.name, title, BROKEN, f"ip_forward={self._forwarding(n)}; {found}", explain,
+                       "ip_forward=1 (the node forwards between the veth and vxlan.calico)",
+                       sysctl_cmd(n.netns, "ip_forward", 1))
+        if not b.tunnel_ip or not self.block:
+            return Hop("host-route", n.name, title, BROKEN, found, explain,
+                       f"{b.name} has a tunnel address and a block", None,
+                       f"{b.name}'s node record has no tunnel address: is its agent running?")
+        if r is None or r.type != "unicast" or r.dev != self.dev or r.gateway != b.tunnel_ip:
+            why = ""
+            if r is not None and ipaddress.ip_network(r.dst).prefixlen < ipaddress.ip_network(self.block).prefixlen:
+                why = " (the block route is missing: the packet would follow this route unencapsulated)"
+            return Hop("host-route", n.name, title, BROKEN, found + why, explain, want, fix, agent_hint(n.name))
+        return Hop("host-route", n.name, title, OK, found, explain)
+
+    def vxlan_device(self) -> Hop:
+        n, k = self.a, self.a.kernel
+        title = f"{self.dev} on {n.name}"
+        explain = (f"{self.dev} takes the frame and will wrap it in UDP; its MTU leaves room for the "
+                   f"{VXLAN_OVERHEAD_V4} bytes of outer headers")
+        if k is None:
+            return _unknown("vxlan-device", n.name, title, n.unreadable, explain)
+        cfg = self.facts.config
+        link = k.links.get(self.dev)
+        want = (f"{self.dev} UP, vxlan id {cfg.vni} local {n.ip} dev {n.interface} dstport {cfg.port} nolearning, "
+                f"holding {n.tunnel_ip}/32")
+        if link is None or link.vxlan is None:
+            return Hop("vxlan-device", n.name, title, BROKEN, f"no VXLAN device {self.dev} on {n.name}", explain, want,
+                       f"restart the podnet agent on {n.name}: it creates {self.dev}")
+        found = _vxlan_text(link, k)
+        if not link.up:
+            return Hop("vxlan-device", n.name, title, BROKEN, found, explain, want,
+                       in_netns(n.netns, f"ip link set {self.dev} up"))
+        parent = k.links.get(n.interface) if n.interface else None
+        if link.vxlan.local != n.ip or (parent and link.vxlan.parent != parent.index):
+            return Hop("vxlan-device", n.name, title, BROKEN, found, explain, want,
+                       f"restart the podnet agent on {n.name}: it recreates {self.dev} with the node's address",
+                       f"the outer source must be {n.name}'s underlay address {n.ip}")
+        if link.vxlan.learning:
+            return Hop("vxlan-device", n.name, title, WARNING, found, explain, want,
+                       f"restart the podnet agent on {n.name} (it recreates the device with nolearning)",
+                       "learning lets the device add FDB entries from received packets; podnet programs them all")
+        return Hop("vxlan-device", n.name, title, OK, found, explain)
+
+    def _remote_mac(self) -> str:
+        """The remote VTEP's MAC: its device's as read from its kernel, else its node record's."""
+        k = self.b.kernel
+        link = k.links.get(self.dev) if k else None
+        return link.mac if link and link.mac else self.b.vtep_mac
+
+    def neighbour(self) -> Hop:
+        n, b, k = self.a, self.b, self.a.kernel
+        title = "permanent ARP entry"
+        mac = self._remote_mac()
+        explain = (f"the next hop {b.tunnel_ip} is {b.name}'s VTEP: a permanent neighbour entry gives its MAC {mac} "
+                   f"(the inner destination MAC) without any ARP")
+        if k is None:
+            return _unknown("neighbour", n.name, title, n.unreadable, explain)
+        want = f"{b.tunnel_ip} dev {self.dev} lladdr {mac} PERMANENT"
+        fix = in_netns(n.netns, f"ip neigh replace {b.tunnel_ip} dev {self.dev} lladdr {mac} nud permanent")
+        entry = next((x for x in k.neighbours if x.ip == b.tunnel_ip and x.dev == self.dev), None)
+        if entry is None:
+            return Hop("neighbour", n.name, title, BROKEN, f"no neighbour entry for {b.tunnel_ip} on {self.dev}",
+                       explain, want, fix, agent_hint(n.name))
+        self.wire["inner_dst_mac"] = entry.mac
+        if entry.mac != mac:
+            return Hop("neighbour", n.name, title, BROKEN, str(entry), explain, want, fix,
+                       f"{mac} is {b.name}'s VTEP MAC; frames to {entry.mac} are dropped or sent to the wrong node")
+        if entry.state != "PERMANENT":
+            return Hop("neighbour", n.name, title, WARNING, str(entry), explain, want, fix, agent_hint(n.name))
+        return Hop("neighbour", n.name, title, OK, str(entry), explain)
+
+    def fdb(self) -> Hop:
+        n, b, k = self.a, self.b, self.a.kernel
+        title = "permanent FDB entry"
+        mac = self._remote_mac()
+        explain = (f"the FDB entry for {mac} tells {self.dev} which node owns that MAC: {b.ip}, "
+                   f"the outer destination IP")
+        if k is None:
+            return _unknown("fdb", n.name, title, n.unreadable, explain)
+        want = f"{mac} dev {self.dev} dst {b.ip} self permanent"
+        entries = [e for e in k.fdb if e.mac == mac and e.dev == self.dev]
+        found = "; ".join(str(e) for e in entries) or f"no FDB entry for {mac} on {self.dev}"
+        if not any(e.dst == b.ip for e in entries):
+            fix = in_netns(n.netns, f"bridge fdb {'replace' if entries else 'append'} {mac} dev {self.dev} "
+                                    f"dst {b.ip} self permanent")
+            return Hop("fdb", n.name, title, BROKEN, found, explain, want, fix, agent_hint(n.name))
+        self.wire["outer_dst"] = b.ip
+        wrong = [e for e in entries if e.dst != b.ip]
+        if wrong:
+            return Hop("fdb", n.name, title, WARNING, found, explain, want,
+                       in_netns(n.netns, f"bridge fdb del {mac} dev {self.dev} dst {wrong[0].dst} self"),
+                       "with several destinations for one MAC the device sends a copy to each")
+        return Hop("fdb", n.name, title, OK, found, explain)
+
+    def encapsulation(self) -> Hop:
+        n, b, k = self.a, self.b, self.a.kernel
+        title = "on the wire"
+        cfg = self.facts.config
+        link = k.links.get(self.dev) if k else None
+        vx = link.vxlan if link else None
+        under = k.links.get(n.interface) if k and n.interface else None
+        remote_under = b.kernel.links.get(b.interface) if b.kernel and b.interface else None
+        pod_link = self.src.kernel.links.get(self.src.interface) if self.src.kernel else None
+        w = self.wire
+        w.update({
+            "vni": vx.vni if vx else cfg.vni, "port": vx.port if vx else cfg.port,
+            "outer_src": (vx.local if vx and vx.local else n.ip), "outer_dst": w.get("outer_dst", b.ip),
+            "underlay_interface": n.interface, "inner_src_mac": link.mac if link else n.vtep_mac,
+            "inner_dst_mac": w.get("inner_dst_mac", self._remote_mac()), "inner_src": self.src.ip,
+            "inner_dst": self.dst.ip, "pod_mtu": pod_link.mtu if pod_link else None,
+            "vxlan_mtu": link.mtu if link else None,
+            "underlay_mtu": min([m.mtu for m in (under, remote_under) if m and m.mtu] or [0]) or None,
+        })
+        explain = (f"{self.dev} wraps the pod's frame: outer Ethernet / IPv4 {w['outer_src']} -> {w['outer_dst']} / "
+                   f"UDP {w['port']} / VXLAN VNI {w['vni']} / inner Ethernet {w['inner_src_mac']} -> "
+                   f"{w['inner_dst_mac']} / IPv4 {self.src.ip} -> {self.dst.ip}")
+        found = (f"VNI {w['vni']}, UDP {w['port']}, outer {w['outer_src']} -> {w['outer_dst']}; "
+                 f"MTU: pod {w['pod_mtu'] or '?'}, {self.dev} {w['vxlan_mtu'] or '?'}, underlay {w['underlay_mtu'] or '?'}")
+        if k is None:
+            return _unknown("encapsulation", n.name, title, n.unreadable, explain)
+        pod_mtu, vx_mtu, ul_mtu = w["pod_mtu"], w["vxlan_mtu"], w["underlay_mtu"]
+        budget = (ul_mtu - VXLAN_OVERHEAD_V4) if ul_mtu else None
+        if budget and vx_mtu and vx_mtu > budget:
+            return Hop("encapsulation", n.name, title, BROKEN, found, explain,
+                       f"{self.dev} MTU <= underlay MTU {ul_mtu} - {VXLAN_OVERHEAD_V4} = {budget}",
+                       in_netns(n.netns, f"ip link set {self.dev} mtu {budget}"),
+                       "encapsulated packets bigger than the underlay MTU are dropped")
+        if budget and pod_mtu and pod_mtu > budget:
+            return Hop("encapsulation", n.name, title, BROKEN, found, explain,
+                       f"pod MTU + {VXLAN_OVERHEAD_V4} <= underlay MTU {ul_mtu} (pod MTU <= {budget})",
+                       in_netns(self.src.netns, f"ip link set {self.src.interface} mtu {budget}"),
+                       "large packets are dropped silently; set the CNI config's mtu so new pods get it")
+        if pod_mtu and vx_mtu and pod_mtu > vx_mtu:
+            return Hop("encapsulation", n.name, title, BROKEN, found, explain,
+                       f"pod MTU <= {self.dev} MTU {vx_mtu}",
+                       in_netns(self.src.netns, f"ip link set {self.src.interface} mtu {vx_mtu}"),
+                       "large packets are dropped silently; set the CNI config's mtu so new pods get it")
+        return Hop("encapsulation", n.name, title, OK, found, explain)
+
+    def underlay_route(self) -> Hop:
+        n, b, k = self.a, self.b, self.a.kernel
+        title = f"underlay route to {b.ip}"
+        explain = f"the UDP packet leaves {n.name} on {n.interface} towards {b.name} ({b.ip}) like any host traffic"
+        if k is None:
+            return _unknown("underlay-route", n.name, title, n.unreadable, explain)
+        port = self.wire.get("port", self.facts.config.port)
+        r = k.lookup(b.ip) if b.ip else None
+        found = str(r) if r else f"no route to {b.ip}"
+        want = f"a route to {b.ip} dev {n.interface}"
+        if r is None or r.type != "unicast":
+            return Hop("underlay-route", n.name, title, BROKEN, found, explain, want,
+                       in_netns(n.netns, f"ip route add {b.ip} via {_guess_router(n)} dev {n.interface}"))
+        if r.dev == self.dev:
+            return Hop("underlay-route", n.name, title, BROKEN, found, explain, want,
+                       in_netns(n.netns, f"ip route del {r.dst} dev {self.dev}"),
+                       f"a route to the node address through {self.dev} would loop")
+        blocked = _blocking_rules(n.kernel, port, ("output", "postrouting"))
+        if blocked:
+            return Hop("underlay-route", n.name, title, BROKEN, f"{found}; firewall: {blocked[0]}", explain,
+                       f"UDP {port} leaves {n.name}", _nft_delete(n.netns, blocked[0]))
+        if n.interface and r.dev != n.interface:
+            return Hop("underlay-route", n.name, title, WARNING, found, explain, want, None,
+                       f"the outer packet leaves on {r.dev}, not on the VXLAN parent {n.interface}")
+        return Hop("underlay-route", n.name, title, OK, found, explain)
+
+    # --- the destination node ---
+
+    def decapsulation(self) -> Hop:
+        a, b, k = self.a, self.b, self.b.kernel
+        title = f"{self.dev} on {b.name} decapsulates"
+        port, vni = self.wire.get("port", self.facts.config.port), self.wire.get("vni", self.facts.config.vni)
+        mac = self.wire.get("inner_dst_mac", b.vtep_mac)
+        explain = (f"{b.name} receives UDP {port} on {b.ip}; its {self.dev} with VNI {vni} strips the outer "
+                   f"headers and takes the inner frame addressed to its MAC")
+        if k is None:
+            return _unknown("decapsulation", b.name, title, b.unreadable, explain)
+        link = k.links.get(self.dev)
+        want = f"{self.dev} UP, vxlan id {vni} dstport {port}, MAC {mac}, and {b.ip} on {b.interface}"
+        if link is None or link.vxlan is None:
+            return Hop("decapsulation", b.name, title, BROKEN, f"no VXLAN device {self.dev} on {b.name}", explain,
+                       want, f"restart the podnet agent on {b.name}: it creates {self.dev}")
+        found = _vxlan_text(link, k)
+        if not link.up:
+            return Hop("decapsulation", b.name, title, BROKEN, found, explain, want,
+                       in_netns(b.netns, f"ip link set {self.dev} up"))
+        if link.vxlan.vni != vni or link.vxlan.port != port:
+            return Hop("decapsulation", b.name, title, BROKEN, found, explain, want,
+                       f"run every node's agent with the same --vni and --vxlan-port",
+                       f"{a.name} sends VNI {vni} to port {port}: {b.name} must listen there with that VNI")
+        if link.mac != mac:
+            return Hop("decapsulation", b.name, title, BROKEN, found, explain, want,
+                       f"restart the podnet agent on {b.name} (it sets the device MAC from the node record)",
+                       f"inner frames arrive for {mac}; a device with MAC {link.mac} drops them")
+        if b.ip and not any(x.ip == b.ip for x in k.addresses):
+            return Hop("decapsulation", b.name, title, BROKEN, found + f"; {b.ip} is not configured on {b.name}",
+                       explain, want, f"restart the podnet agent on {b.name}: it registers its current address",
+                       f"{b.name}'s record says {b.ip}, but no interface holds it (calico issue 6920)")
+        blocked = _blocking_rules(k, port, ("input", "prerouting"))
+        if blocked:
+            return Hop("decapsulation", b.name, title, BROKEN, f"{found}; firewall: {blocked[0]}", explain,
+                       f"UDP {port} from {a.ip} accepted", _nft_delete(b.netns, blocked[0]))
+        return Hop("decapsulation", b.name, title, OK, found, explain)
+
+    def final_route(self, n: NodeFacts, first: bool) -> Hop:
+        """The /32 host route to the destination pod's veth (same node: the first routing decision)."""
+        k, d = n.kernel, self.dst
+        hop_id = "host-route" if first else "remote-route"
+        title = f"route to {d.ip}"
+        if d.pod:
+            explain = f"{n.name} routes {d.ip} by the pod's /32 host route into {d.host_interface}, the veth of {d.pod}"
+        else:
+            explain = f"{n.name} owns {d.ip}'s block; only a pod holding the address has a /32 route"
+        if k is None:
+            return _unknown(hop_id, n.name, title, n.unreadable, explain)
+        r = k.lookup(d.ip)
+        found = str(r) if r else f"no route to {d.ip}"
+        if self._forwarding(n) != "1":
+            return Hop(hop_id, n.name, title, BROKEN, f"ip_forward={self._forwarding(n)}; {found}", explain,
+                       "ip_forward=1", sysctl_cmd(n.netns, "ip_forward", 1))
+        if d.pod is None:
+            return Hop(hop_id, n.name, title, BROKEN, found, explain, f"a pod holding {d.ip}", None,
+                       f"no pod holds {d.ip}: the packet ends in {n.name}'s blackhole route for the block")
+        want = f"{d.ip} dev {d.host_interface} scope link"
+        if r is None or r.dev != d.host_interface or r.type != "unicast" or r.gateway:
+            return Hop(hop_id, n.name, title, BROKEN, found, explain, want,
+                       in_netns(n.netns, f"ip route replace {d.ip}/32 dev {d.host_interface} scope link"),
+                       "CNI ADD creates this route with the veth; it goes away with the veth")
+        return Hop(hop_id, n.name, title, OK, found, explain)
+
+    # --- the destination pod ---
+
+    def dst_veth(self) -> Hop:
+        n, k, p = self.b, self.b.kernel, self.dpod
+        cali = p.host_interface
+        title = f"veth {cali}"
+        explain = f"{cali} and the pod's {p.interface} are the two ends of one veth: what enters one leaves the other"
+        if k is None:
+            return _unknown("dst-veth", n.name, title, n.unreadable, explain)
+        link = k.links.get(cali)
+        want = f"{cali} UP, peer of {p.label}'s {p.interface}"
+        if link is None:
+            return Hop("dst-veth", n.name, title, BROKEN, f"no interface {cali} on {n.name}", explain, want,
+                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
+        found = _link_text(link)
+        pod_link = p.kernel.links.get(p.interface) if p.kernel else None
+        if _is_peer(pod_link, link) is False:
+            return Hop("dst-veth", n.name, title, BROKEN, found + f"; its peer is index {link.peer}, the pod's "
+                       f"{p.interface} is index {pod_link.index}", explain, want,
+                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
+        if not link.up:
+            return Hop("dst-veth", n.name, title, BROKEN, found, explain, want, in_netns(n.netns, f"ip link set {cali} up"))
+        return Hop("dst-veth", n.name, title, OK, found + f", peer {p.interface} in {p.label}"
+                   if pod_link else found, explain)
+
+    def dst_pod(self) -> Hop:
+        p, k = self.dpod, self.dpod.kernel
+        title = f"{p.interface} in {p.label}"
+        explain = f"{p.label} receives the packet on {p.interface}; its reply goes back via {GATEWAY_V4}"
+        if k is None:
+            return _unknown("dst-pod", p.label, title, p.unreadable, explain)
+        link = k.links.get(p.interface)
+        want = f"{p.interface} UP holding {p.ip}/32, a route back to {self.src.ip} via {GATEWAY_V4}"
+        if link is None:
+            return Hop("dst-pod", p.label, title, BROKEN, f"no {p.interface} in {p.netns}", explain, want,
+                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
+        back = k.lookup(self.src.ip)
+        found = (_link_text(link) + ", " + (", ".join(f"{a.ip}/{a.prefixlen}" for a in k.addresses_of(link.name))
+                                            or "no address") + f"; reply route: {back or 'none'}")
+        if not link.up:
+            return Hop("dst-pod", p.label, title, BROKEN, found, explain, want, in_netns(p.netns, f"ip link set {link.name} up"))
+        if not any(a.ip == p.ip and a.prefixlen == 32 for a in k.addresses_of(link.name)):
+            return Hop("dst-pod", p.label, title, BROKEN, found, explain, want,
+                       in_netns(p.netns, f"ip addr add {p.ip}/32 dev {link.name}"))
+        if back is None or back.gateway != GATEWAY_V4 or back.dev != p.interface:
+            return Hop("dst-pod", p.label, title, BROKEN, found, explain, want,
+                       in_netns(p.netns, f"ip route replace default via {GATEWAY_V4} dev {p.interface}"),
+                       "the request arrives but the reply has no way out")
+        return Hop("dst-pod", p.label, title, OK, found, explain)
+
+
+def _vxlan_text(link: Link, k: KernelFacts) -> str:
+    vx = link.vxlan
+    parent = k.link_by_index(vx.parent)
+    addrs = ", ".join(f"{a.ip}/{a.prefixlen}" for a in k.addresses_of(link.name))
+    return (f"{_link_text(link)} vxlan id {vx.vni} local {vx.local} dev {parent.name if parent else vx.parent} "
+            f"dstport {vx.port}{' nolearning' if not vx.learning else ' learning'}" + (f", {addrs}" if addrs else ""))
+
+
+def _guess_router(n: NodeFacts) -> str:
+    """The first host of the node's underlay subnet: a stand-in for its router in fix commands."""
+    if not n.address:
+        return "<router>"
+    net = ipaddress.ip_interface(n.address).network
+    return str(net.network_address + 1) if net.prefixlen < 31 else "<router>"
+
+
+def _blocking_rules(k: KernelFacts | None, port: int, hooks: tuple[str, ...]):
+    """Firewall rules that drop UDP to `port` in chains on these hooks (or reached by jump)."""
+    if k is None or not k.firewall:
+        return []
+    return [r for r in k.firewall if r.matches(port) and (r.hook is None or r.hook in hooks)]
+
+
+def _nft_delete(netns: str | None, rule) -> str:
+    return in_netns(netns, f"nft delete rule {rule.family} {rule.table} {rule.chain} handle {rule.handle}")
+
+
+# --- text for people ---------------------------------------------------------------------------
+
+_MARK = {OK: "ok", BROKEN: "BROKEN", WARNING: "warning", UNKNOWN: "?"}
+
+
+def format_trace(t: Trace, explain: bool = True) -> str:
+    how = "across nodes, through the VXLAN tunnel" if t.kind == "cross-node" else "on one node, no tunnel"
+    lines = [f"{t.src.label} on {t.src.node} -> {t.dst.label} on {t.dst.node}: {how}"]
+    if t.access:
+        lines.append(f"kernel state read from {t.access}")
+    lines.append("")
+    width = max(len(h.where) for h in t.hops)
+    for i, h in enumerate(t.hops, 1):
+        lines.append(f"{i:>2}. {_MARK[h.status]:<7} {h.where:<{width}}  {h.title}")
+        pad = " " * 4
+        if explain and h.explain:
+            lines.append(f"{pad}{h.explain}")
+        lines.append(f"{pad}found:    {h.found}")
+        if h.expected and h.status != OK:
+            lines.append(f"{pad}expected: {h.expected}")
+        if h.fix and h.status != OK:
+            lines.append(f"{pad}fix:      {h.fix}")
+        if h.hint and h.status != OK:
+            lines.append(f"{pad}note:     {h.hint}")
+    if t.wire:
+        w = t.wire
+        lines += ["", f"On the wire ({t.src.node} {w['underlay_interface']} -> {t.dst.node}):",
+                  f"  outer IPv4 {w['outer_src']} -> {w['outer_dst']} / UDP dport {w['port']} / VXLAN VNI {w['vni']}",
+                  f"  inner Ethernet {w['inner_src_mac']} -> {w['inner_dst_mac']} / IPv4 {w['inner_src']} -> "
+                  f"{w['inner_dst']}"]
+        if w.get("pod_mtu") and w.get("underlay_mtu"):
+            total = w["pod_mtu"] + VXLAN_OVERHEAD_V4
+            lines.append(f"  MTU budget: pod {w['pod_mtu']} + {VXLAN_OVERHEAD_V4} = {total} "
+                         f"{'<=' if total <= w['underlay_mtu'] else '>'} underlay {w['underlay_mtu']}")
+    lines.append("")
+    broken = t.first_broken
+    if broken:
+        n = t.hops.index(broken) + 1
+        lines.append(f"BROKEN at hop {n} ({broken.title}, {broken.where}): expected {broken.expected}")
+        if broken.fix:
+            lines.append(f"fix: {broken.fix}")
+    else:
+        unknown = [h for h in t.hops if h.status == UNKNOWN]
+        warn = [h for h in t.hops if h.status == WARNING]
+        verdict = "the path is intact" + (" where it could be inspected" if unknown else "")
+        if warn:
+            verdict += f" ({len(warn)} warning{'s' if len(warn) > 1 else ''})"
+        if t.kind == "cross-node" and not unknown:
+            verdict += ": a ping shows ttl=62 (two routers: both nodes)"
+        lines.append(verdict)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,92 @@
+"""AgentConfiguration (Calico's FelixConfiguration) changes apply live, without restarting the agent."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+from podnet.datastore import open_datastore
+from podnet.datastore.resources import Resources
+from podnet.model.agentconfig import AgentConfiguration
+from tests.integration import kernel
+
+
+def wait_for(predicate, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def apply(lab, config: AgentConfiguration) -> None:
+    store = open_datastore(lab.datastore_url)
+    try:
+        Resources(store).apply_agent_config(config)
+    finally:
+        store.close()
+
+
+def mtu(lab, node: str) -> int:
+    return kernel.link(lab.node_netns(node), "vxlan.calico")["mtu"]
+
+
+def tx_checksum(lab, node: str) -> str:
+    out = subprocess.run(["ip", "netns", "exec", lab.node_netns(node), "ethtool", "-k", "vxlan.calico"],
+                         capture_output=True, text=True, check=True).stdout
+    return re.search(r"tx-checksum-ip-generic: (\w+)", out).group(1)
+
+
+class Pinger:
+    """ping at 100 per second from one pod to another for the length of a with-block."""
+
+    def __init__(self, src_netns: str, dst_ip: str):
+        self.cmd = ["ip", "netns", "exec", src_netns, "ping", "-i", "0.01", "-W", "1", dst_ip]
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(0.3)
+        self.proc.send_signal(2)  # SIGINT: ping prints its summary
+        out, _ = self.proc.communicate(timeout=10)
+        m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+        self.sent, self.received = int(m.group(1)), int(m.group(2))
+
+
+def test_mtu_checksum_and_per_node_overrides_apply_live_without_loss(lab_factory):
+    lab = lab_factory("pnt-a", nodes=2, pods_per_node=1)
+    a, b = lab.status()["pods"]
+    assert mtu(lab, "node-1") == 1450 and tx_checksum(lab, "node-1") == "on"
+    with Pinger(a["netns"], b["ip"]) as ping:
+        apply(lab, AgentConfiguration("default", mtu=1400, tx_checksum_offload=False))
+        assert wait_for(lambda: mtu(lab, "node-1") == 1400 and mtu(lab, "node-2") == 1400)
+        assert wait_for(lambda: tx_checksum(lab, "node-1") == "off" and tx_checksum(lab, "node-2") == "off")
+        apply(lab, AgentConfiguration("node.node-2", mtu=1300))
+        assert wait_for(lambda: mtu(lab, "node-2") == 1300)
+        assert mtu(lab, "node-1") == 1400
+        apply(lab, AgentConfiguration("default", mtu_iface_pattern="^eth[0-9]+$", tx_checksum_offload=True))
+        assert wait_for(lambda: mtu(lab, "node-1") == 1450 and tx_checksum(lab, "node-1") == "on")
+    assert ping.sent > 20 and ping.received == ping.sent, f"{ping.sent - ping.received} of {ping.sent} lost"
+    # A new pod gets the tunnel's current MTU.
+    late = lab.add_pod("node-2", "late")
+    assert kernel.link(late["netns"], "eth0")["mtu"] == 1300
+
+
+def test_vni_and_port_change_reprograms_every_node(lab_factory):
+    lab = lab_factory("pnt-v", nodes=2, pods_per_node=1)
+    a, b = lab.status()["pods"]
+    apply(lab, AgentConfiguration("default", vni=5000, port=8472))
+
+    def changed(node):
+        info = kernel.link(lab.node_netns(node), "vxlan.calico")["linkinfo"]["info_data"]
+        return info["id"] == 5000 and info["port"] == 8472
+
+    assert wait_for(lambda: changed("node-1") and changed("node-2"))
+    # The recreated device got its routes, neighbour and FDB entries back.
+    assert wait_for(lambda: kernel.ping(a["netns"], b["ip"]).returncode == 0)
+    assert any(r.get("dev") == "vxlan.calico" for r in kernel.routes(lab.node_netns("node-1")))
