@@ -83,8 +83,9 @@ def test_vni_and_port_change_reprograms_every_node(lab_factory):
     apply(lab, AgentConfiguration("default", vni=5000, port=8472))
 
     def changed(node):
-        info = kernel.link(lab.node_netns(node), "vxlan.calico")["linkinfo"]["info_data"]
-        return info["id"] == 5000 and info["port"] == 8472
+        link = kernel.link(lab.node_netns(node), "vxlan.calico")  # None while it is being recreated
+        info = link["linkinfo"]["info_data"] if link else {}
+        return info.get("id") == 5000 and info.get("port") == 8472
 
     assert wait_for(lambda: changed("node-1") and changed("node-2"))
     # The recreated device got its routes, neighbour and FDB entries back.
