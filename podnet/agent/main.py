@@ -14,7 +14,7 @@ from pyroute2 import IPRoute
 
 from podnet.agent.kernel_events import KernelWatcher
 from podnet.agent.reconciler import Reconciler
-from podnet.agent.registration import find_underlay, register
+from podnet.agent.registration import find_underlay, find_underlay6, register
 from podnet.agent.syncer import DatastoreView
 from podnet.calc import VxlanConfig
 from podnet.cni.handler import NodeContext
@@ -118,10 +118,13 @@ class Agent:
         args = self.args
         labels = dict(kv.split("=", 1) for kv in args.label)
         address, interface = find_underlay(self.ipr, args.interface, args.address)
+        address6 = find_underlay6(self.ipr, interface)
         sysctl.write("/proc/sys/net/ipv4/ip_forward", 1)
+        if address6:
+            sysctl.write("/proc/sys/net/ipv6/conf/all/forwarding", 1)
         self._retry("creating the default pool", self._ensure_default_pool)
         node = self._retry("registering the node", lambda: register(self.resources, self.ipam, args.node, address,
-                                                                     interface, labels or None))
+                                                                     interface, labels or None, address6))
         self.reconciler = Reconciler(node, self.view, self.config, self.host, self.ipr)
         if args.ipam_gc_grace > 0:
             from podnet.ipam.maintenance import NodeGc
@@ -159,12 +162,13 @@ class Agent:
         except Exception as e:
             log.warning("cannot determine the underlay address now: %s", e)
             return
+        address6 = find_underlay6(self.ipr, interface)
         local = self.reconciler.local
-        if (address, interface) != (local.address, local.interface):
-            log.info("underlay address changed from %s on %s to %s on %s", local.address, local.interface,
-                     address, interface)
+        if (address, interface, address6) != (local.address, local.interface, local.address6):
+            log.info("underlay address changed from %s %s on %s to %s %s on %s", local.address, local.address6 or "",
+                     local.interface, address, address6 or "", interface)
             self.reconciler.local = register(self.resources, self.ipam, args.node, address, interface,
-                                             dict(local.labels))
+                                             dict(local.labels), address6)
 
     def _pod_mtu(self) -> int:
         last = self.reconciler.last if self.reconciler else None

@@ -72,18 +72,22 @@ class Reconciler:
         config = effective_config(self.config, snap.configs, local.name)
         desired = compute_desired(local, nodes, snap.affinities, config, self._host_mtu(config, local), snap.pools,
                                   snap.borrowed)
-        ifindex = vxlan.ensure_device(self.ipr, desired.device) if desired.device else None
+        devices = {d.name: vxlan.ensure_device(self.ipr, d) for d in desired.devices}
+        for name in {config.device, config.device6} - set(devices):
+            if vxlan.delete_device(self.ipr, name):  # e.g. the node lost its IPv6 underlay
+                log.info("removed %s: this node no longer needs it", name)
+        for name in devices:
+            if ethtool.tx_checksum(name) != config.tx_checksum_offload:
+                ethtool.set_tx_checksum(name, config.tx_checksum_offload)
+                log.info("turned TX checksum offload %s on %s", "on" if config.tx_checksum_offload else "off", name)
         dev = config.device
-        if ifindex and ethtool.tx_checksum(dev) != config.tx_checksum_offload:
-            ethtool.set_tx_checksum(dev, config.tx_checksum_offload)
-            log.info("turned TX checksum offload %s on %s", "on" if config.tx_checksum_offload else "off", dev)
-        ifindexes = {dev: ifindex} if ifindex else {}
+        ifindexes = dict(devices)
         if local.interface:
             try:  # direct (CrossSubnet) routes leave by the parent interface
                 ifindexes[local.interface] = socket.if_nametoindex(local.interface)
             except OSError:
                 pass
-        routes, neighbours, fdb = self.tables.read(dev, ifindex, {i: n for n, i in ifindexes.items()})
+        routes, neighbours, fdb = self.tables.read(devices, {i: n for n, i in ifindexes.items()})
         changes = diff_state(desired.routes, routes, desired.neighbours, neighbours, desired.fdb, fdb)
         failures = []
         if not changes.empty:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 
@@ -9,9 +10,9 @@ from pyroute2 import IPRoute
 
 from podnet.datastore.resources import Resources
 from podnet.errors import PodnetError
-from podnet.ipam import Ipam
+from podnet.ipam import Ipam, NoUsablePool
 from podnet.model import Node, vtep_mac
-from podnet.model.endpoint import tunnel_handle
+from podnet.model.endpoint import tunnel_handle, tunnel_handle6
 
 log = logging.getLogger(__name__)
 
@@ -58,26 +59,51 @@ def find_underlay(ipr: IPRoute, interface: str | None, address: str | None) -> t
     )
 
 
+def find_underlay6(ipr: IPRoute, interface: str) -> str | None:
+    """The interface's first global IPv6 address with its prefix, if it has one."""
+    for msg in ipr.get_addr(family=10):
+        if msg["scope"] != 0:
+            continue
+        if ipr.link("get", index=msg["index"])[0].get_attr("IFLA_IFNAME") == interface:
+            return f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"
+    return None
+
+
+def _tunnel_address(ipam: Ipam, node: Node, version: int, current: str | None) -> str | None:
+    """The node's tunnel address of one family: kept if IPAM still has it, else allocated.
+    None when the cluster has no usable pool of that family (IPv6 is optional)."""
+    handle = tunnel_handle(node.name) if version == 4 else tunnel_handle6(node.name)
+    owned = ipam.ips_by_handle(handle)
+    if current in owned:
+        return current
+    if owned:
+        return owned[0]
+    attrs = {"type": "vxlanTunnelAddress" if version == 4 else "vxlanV6TunnelAddress", "node": node.name}
+    try:
+        address = ipam.auto_assign(node.name, handle, attrs, version=version, use="Tunnel", labels=node.labels)
+    except NoUsablePool:
+        if version == 4:
+            raise
+        return None
+    log.info("IPv%d tunnel address of %s is %s", version, node.name, address)
+    return address
+
+
 def register(resources: Resources, ipam: Ipam, name: str, address: str, interface: str,
-             labels: dict | None = None) -> Node:
-    """Create or refresh the node record and make sure it has a tunnel address."""
+             labels: dict | None = None, address6: str | None = None) -> Node:
+    """Create or refresh the node record and make sure it has its tunnel addresses."""
     existing = resources.node(name)
     node = Node(
         name=name,
         address=address,
         interface=interface,
         vtep_mac=vtep_mac(name),
-        tunnel_address=existing.tunnel_address if existing else None,
         labels=labels if labels is not None else (existing.labels if existing else {}),
+        address6=address6,
     )
-    handle = tunnel_handle(name)
-    owned = ipam.ips_by_handle(handle)
-    if node.tunnel_address not in owned:
-        tunnel = owned[0] if owned else ipam.auto_assign(
-            name, handle, {"type": "vxlanTunnelAddress", "node": name}, version=4, use="Tunnel", labels=node.labels
-        )
-        node = Node(node.name, node.address, node.interface, node.vtep_mac, tunnel, node.labels)
-        log.info("tunnel address of %s is %s", name, tunnel)
+    tunnel = _tunnel_address(ipam, node, 4, existing.tunnel_address if existing else None)
+    tunnel6 = _tunnel_address(ipam, node, 6, existing.tunnel_address6 if existing else None) if address6 else None
+    node = dataclasses.replace(node, tunnel_address=tunnel, tunnel_address6=tunnel6)
     if node != existing:
         resources.put_node(node)
         log.info("registered node %s: %s on %s, VTEP %s", name, address, interface, node.vtep_mac)

@@ -4,6 +4,7 @@ from dataclasses import dataclass, replace
 from typing import Iterable
 
 VXLAN_OVERHEAD_V4 = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+VXLAN_OVERHEAD_V6 = 70  # the outer IPv6 header is 20 bytes longer
 DEFAULT_HOST_MTU = 1460  # Calico's fallback when no interface tells
 
 
@@ -17,6 +18,8 @@ class VxlanConfig:
     device: str = "vxlan.calico"
     mtu_iface_pattern: str | None = None  # None: the parent interface's MTU is the host MTU
     tx_checksum_offload: bool = True  # False: turned off on the device (kernel checksum bugs)
+    device6: str = "vxlan-v6.calico"
+    mtu6: int | None = None  # None: the underlay MTU minus the IPv6 encapsulation overhead
 
     def __post_init__(self):
         if not 1 <= self.vni <= 0xFFFFFF:
@@ -26,10 +29,15 @@ class VxlanConfig:
         if self.mtu is not None and not 68 <= self.mtu <= 65535:
             raise ValueError(f"VXLAN MTU {self.mtu} is outside 68-65535")
 
-    def device_mtu(self, underlay_mtu: int | None) -> int:
-        if self.mtu is not None:
-            return self.mtu
-        return (underlay_mtu or DEFAULT_HOST_MTU) - VXLAN_OVERHEAD_V4
+    def device_mtu(self, underlay_mtu: int | None, family: int = 4) -> int:
+        configured = self.mtu if family == 4 else self.mtu6
+        if configured is not None:
+            return configured
+        overhead = VXLAN_OVERHEAD_V4 if family == 4 else VXLAN_OVERHEAD_V6
+        return (underlay_mtu or DEFAULT_HOST_MTU) - overhead
+
+    def device_name(self, family: int) -> str:
+        return self.device if family == 4 else self.device6
 
 
 def effective_config(base: VxlanConfig, configs: Iterable, node: str) -> VxlanConfig:

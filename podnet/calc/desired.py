@@ -8,19 +8,56 @@ and per remote block, by the vxlanMode of the pool holding it:
   CrossSubnet  like Always, but a remote node in our own underlay subnet is
                reached directly: <block> via <remote node IP> dev <parent> onlink
   Never        only the direct routes (another mechanism must route the rest)
-An address borrowed from another node's block gets a /32 the same way,
+An address borrowed from another node's block gets a host route the same way,
 towards the node that uses it. The node's own blocks get a blackhole route,
 so traffic to an unused address of the block dies here instead of looping.
+
+IPv4 uses vxlan.calico over the IPv4 underlay; IPv6 the same entries on
+vxlan-v6.calico over the IPv6 underlay (VTEP MAC from the name + "-v6").
 """
 
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import Iterable
 
 from podnet.calc.config import VxlanConfig
 from podnet.calc.state import DesiredState, FdbEntry, Neighbour, Route, VxlanDevice
 from podnet.model import IPPool, Node
+
+
+@dataclass(frozen=True)
+class _Family:
+    """How one address family reads a node: its underlay, tunnel address and VTEP MAC."""
+
+    version: int
+
+    def address(self, n: Node) -> str | None:
+        return n.address if self.version == 4 else n.address6
+
+    def ip(self, n: Node) -> str | None:
+        return n.ip if self.version == 4 else n.ip6
+
+    def tunnel(self, n: Node) -> str | None:
+        return n.tunnel_address if self.version == 4 else n.tunnel_address6
+
+    def mac(self, n: Node) -> str:
+        return n.effective_vtep_mac if self.version == 4 else n.vtep_mac6
+
+    def ready(self, n: Node) -> bool:
+        addr, tunnel = self.address(n), self.tunnel(n)
+        return bool(addr and tunnel and ipaddress.ip_interface(addr).version == self.version
+                    and ipaddress.ip_address(tunnel).version == self.version)
+
+
+@dataclass
+class _FamilyState:
+    device: VxlanDevice | None
+    routes: set
+    neighbours: set
+    fdb: set
+    ready: tuple[str, ...]
 
 
 def compute_desired(
@@ -34,44 +71,58 @@ def compute_desired(
 ) -> DesiredState:
     """`affinities`: (node, block CIDR) of every claimed block; `borrowed`: (address, node using it)
     for addresses in use outside their block's node. A block in no pool is treated as vxlanMode Always."""
-    dev = config.device
+    nodes, affinities, pools, borrowed = list(nodes), list(affinities), list(pools), list(borrowed)
+    v4 = _family_state(_Family(4), local, nodes, affinities, config, underlay_mtu, pools, borrowed)
+    v6 = _family_state(_Family(6), local, nodes, affinities, config, underlay_mtu, pools, borrowed)
+    return DesiredState(
+        device=v4.device,
+        routes=frozenset(v4.routes | v6.routes),
+        neighbours=frozenset(v4.neighbours | v6.neighbours),
+        fdb=frozenset(v4.fdb | v6.fdb),
+        remote_nodes=tuple(sorted(set(v4.ready) | set(v6.ready))),
+        device6=v6.device,
+    )
+
+
+def _family_state(fam: _Family, local: Node, nodes, affinities, config: VxlanConfig, underlay_mtu,
+                  pools, borrowed) -> _FamilyState:
+    dev = config.device_name(fam.version)
     device = None
-    if local.ip and local.interface:
+    if fam.ip(local) and local.interface and (fam.version == 4 or fam.tunnel(local)):
         device = VxlanDevice(
             name=dev,
             vni=config.vni,
             port=config.port,
-            local_ip=local.ip,
+            local_ip=fam.ip(local),
             parent=local.interface,
-            mac=local.effective_vtep_mac,
-            mtu=config.device_mtu(underlay_mtu),
-            address=local.tunnel_address,
+            mac=fam.mac(local),
+            mtu=config.device_mtu(underlay_mtu, fam.version),
+            address=fam.tunnel(local),
         )
 
-    ready = {n.name: n for n in nodes if n.name != local.name and _is_ready_v4(n)}
-    v4_pools = [p for p in pools if p.version == 4]
-    local_subnet = ipaddress.ip_interface(local.address).network if local.address else None
+    ready = {n.name: n for n in nodes if n.name != local.name and fam.ready(n)}
+    family_pools = [p for p in pools if p.version == fam.version]
+    local_subnet = ipaddress.ip_interface(fam.address(local)).network if fam.address(local) else None
     routes: set[Route] = set()
     neighbours: set[Neighbour] = set()
     fdb: set[FdbEntry] = set()
 
     for node in ready.values():
-        mac = node.effective_vtep_mac
-        neighbours.add(Neighbour(node.tunnel_address, mac, dev))
-        fdb.add(FdbEntry(mac, node.ip, dev))
+        neighbours.add(Neighbour(fam.tunnel(node), fam.mac(node), dev))
+        fdb.add(FdbEntry(fam.mac(node), fam.ip(node), dev))
 
     def route_to(dst: str, owner: str) -> Route | None:
         node = ready[owner]
-        mode = _mode_of(dst, v4_pools)
-        same_subnet = local_subnet is not None and ipaddress.ip_address(node.ip) in local_subnet
+        mode = _mode_of(dst, family_pools)
+        same_subnet = local_subnet is not None and ipaddress.ip_address(fam.ip(node)) in local_subnet
         if mode in ("CrossSubnet", "Never") and same_subnet:
-            return Route(dst, gateway=node.ip, ifname=local.interface, onlink=True)
+            return Route(dst, gateway=fam.ip(node), ifname=local.interface, onlink=True)
         if mode == "Never":
             return None
-        return Route(dst, gateway=node.tunnel_address, ifname=dev, onlink=True)
+        return Route(dst, gateway=fam.tunnel(node), ifname=dev, onlink=True)
 
     for owner, cidr in affinities:
-        if ipaddress.ip_network(cidr).version != 4:
+        if ipaddress.ip_network(cidr).version != fam.version:
             continue
         if owner == local.name:
             routes.add(Route(cidr, blackhole=True))
@@ -80,9 +131,10 @@ def compute_desired(
             if r:
                 routes.add(r)
 
+    host_len = 32 if fam.version == 4 else 128
     for ip, user in borrowed:
-        if ipaddress.ip_address(ip).version == 4 and user in ready:
-            r = route_to(f"{ip}/32", user)
+        if ipaddress.ip_address(ip).version == fam.version and user in ready:
+            r = route_to(f"{ip}/{host_len}", user)
             if r:
                 routes.add(r)
 
@@ -90,14 +142,7 @@ def compute_desired(
         # Without our own VTEP nothing can be encapsulated: keep only what needs no tunnel.
         routes = {r for r in routes if r.blackhole or r.ifname != dev}
         neighbours, fdb = set(), set()
-
-    return DesiredState(
-        device=device,
-        routes=frozenset(routes),
-        neighbours=frozenset(neighbours),
-        fdb=frozenset(fdb),
-        remote_nodes=tuple(sorted(ready)) if device else (),
-    )
+    return _FamilyState(device, routes, neighbours, fdb, tuple(ready) if device else ())
 
 
 def _mode_of(cidr: str, pools: list[IPPool]) -> str:
@@ -106,12 +151,3 @@ def _mode_of(cidr: str, pools: list[IPPool]) -> str:
         if net.subnet_of(p.network):
             return p.vxlan_mode
     return "Always"
-
-
-def _is_ready_v4(node: Node) -> bool:
-    return bool(
-        node.address
-        and node.tunnel_address
-        and ipaddress.ip_interface(node.address).version == 4
-        and ipaddress.ip_address(node.tunnel_address).version == 4
-    )

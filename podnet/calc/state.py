@@ -69,3 +69,8 @@ class DesiredState:
     neighbours: frozenset[Neighbour] = field(default_factory=frozenset)
     fdb: frozenset[FdbEntry] = field(default_factory=frozenset)
     remote_nodes: tuple[str, ...] = ()  # the nodes programmed, for status and metrics
+    device6: VxlanDevice | None = None  # vxlan-v6.calico, when the node has an IPv6 underlay
+
+    @property
+    def devices(self) -> tuple[VxlanDevice, ...]:
+        return tuple(d for d in (self.device, self.device6) if d)

@@ -23,23 +23,28 @@ class KernelTables:
     def __init__(self, sock: rtnl.RtnlSocket):
         self.sock = sock
 
-    def read(self, device: str, ifindex: int | None, names: dict[int, str]) -> tuple[set, set, set]:
-        """(routes, neighbours, fdb) podnet owns, as calc value objects."""
+    def read(self, devices: dict[str, int], names: dict[int, str]) -> tuple[set, set, set]:
+        """(routes, neighbours, fdb) podnet owns, as calc value objects.
+
+        `devices`: the VXLAN devices (name -> ifindex) whose neighbour and FDB
+        entries are ours; `names`: ifindex -> name for reading routes back."""
         routes = set()
-        for _, payload in self.sock.dump(rtnl.route_dump_msg(socket.AF_INET, proto=rtnl.RTPROT_PODNET)):
-            r = rtnl.parse_route(payload)
-            if r["proto"] != rtnl.RTPROT_PODNET or r["table"] != rtnl.RT_TABLE_MAIN:
-                continue
-            if r["type"] == rtnl.RTN_BLACKHOLE:
-                routes.add(Route(r["dst"], blackhole=True))
-            else:
-                routes.add(Route(r["dst"], r["gateway"], names.get(r["oif"], str(r["oif"])), r["onlink"]))
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for _, payload in self.sock.dump(rtnl.route_dump_msg(family, proto=rtnl.RTPROT_PODNET)):
+                r = rtnl.parse_route(payload)
+                if r["proto"] != rtnl.RTPROT_PODNET or r["table"] != rtnl.RT_TABLE_MAIN:
+                    continue
+                if r["type"] == rtnl.RTN_BLACKHOLE:
+                    routes.add(Route(r["dst"], blackhole=True))
+                else:
+                    routes.add(Route(r["dst"], r["gateway"], names.get(r["oif"], str(r["oif"])), r["onlink"]))
         neighbours, fdb = set(), set()
-        if ifindex:
-            for _, payload in self.sock.dump(rtnl.neigh_dump_msg(socket.AF_INET, ifindex)):
-                n = rtnl.parse_neigh(payload)
-                if n["ifindex"] == ifindex and n["dst"] and n["lladdr"] and n["state"] & rtnl.NUD_PERMANENT:
-                    neighbours.add(Neighbour(n["dst"], n["lladdr"], device))
+        for device, ifindex in devices.items():
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for _, payload in self.sock.dump(rtnl.neigh_dump_msg(family, ifindex)):
+                    n = rtnl.parse_neigh(payload)
+                    if n["ifindex"] == ifindex and n["dst"] and n["lladdr"] and n["state"] & rtnl.NUD_PERMANENT:
+                        neighbours.add(Neighbour(n["dst"], n["lladdr"], device))
             for _, payload in self.sock.dump(rtnl.neigh_dump_msg(rtnl.AF_BRIDGE, ifindex)):
                 n = rtnl.parse_neigh(payload)
                 if n["ifindex"] == ifindex and n["dst"] and n["lladdr"] and n["state"] & rtnl.NUD_PERMANENT:

@@ -99,9 +99,22 @@ def configure_host(ns: str, ifname: str, address: str, gateway: str | None = Non
             ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
 
 
-def set_forwarding(ns: str, on: bool = True) -> None:
+def add_address6(ns: str, ifname: str, address: str, gateway: str | None = None) -> None:
+    """An IPv6 address usable at once (duplicate address detection off: these links are ours alone)."""
+    with entered(ns):
+        sysctl.write(f"/proc/sys/net/ipv6/conf/{ifname}/accept_dad", 0)
+    with ipr_in(ns) as ipr:
+        ip, plen = address.split("/")
+        ipr.addr("add", index=_index(ipr, ifname), address=ip, prefixlen=int(plen))
+        if gateway:
+            ipr.route("add", dst="::/0", gateway=gateway, family=10)
+
+
+def set_forwarding(ns: str, on: bool = True, ipv6: bool = False) -> None:
     with entered(ns):
         sysctl.write("/proc/sys/net/ipv4/ip_forward", 1 if on else 0)
+        if ipv6:
+            sysctl.write("/proc/sys/net/ipv6/conf/all/forwarding", 1 if on else 0)
 
 
 def links(ns: str) -> list[str]:

@@ -36,9 +36,10 @@ def _mismatch(link, want: VxlanDevice, parent_index: int) -> str | None:
     data = _info_data(link)
     if not data:
         return "it is not a VXLAN device"
+    local_attr = "IFLA_VXLAN_LOCAL6" if ":" in want.local_ip else "IFLA_VXLAN_LOCAL"
     checks = [
         ("VNI", data.get("IFLA_VXLAN_ID"), want.vni),
-        ("local IP", data.get("IFLA_VXLAN_LOCAL"), want.local_ip),
+        ("local IP", data.get(local_attr), want.local_ip),
         ("parent", data.get("IFLA_VXLAN_LINK"), parent_index),
         ("port", data.get("IFLA_VXLAN_PORT"), want.port),
         ("learning", data.get("IFLA_VXLAN_LEARNING"), 0),
@@ -68,13 +69,14 @@ def ensure_device(ipr: IPRoute, want: VxlanDevice) -> int:
             existing = []
     try:
         if not existing:
+            local = {"vxlan_local6" if ":" in want.local_ip else "vxlan_local": want.local_ip}
             ipr.link(
                 "add",
                 ifname=want.name,
                 kind="vxlan",
                 vxlan_id=want.vni,
-                vxlan_local=want.local_ip,
                 vxlan_link=parent,
+                **local,
                 vxlan_port=want.port,
                 vxlan_learning=0,
                 address=want.mac,

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 
 from podnet.datastore.resources import Resources
 from podnet.ipam.allocator import Ipam
-from podnet.model.endpoint import tunnel_handle
+from podnet.model.endpoint import tunnel_handle, tunnel_handle6
 
 POD_HANDLE_PREFIX = "k8s-pod-network."
-TUNNEL_HANDLE_PREFIX = "vxlan-tunnel-addr-"
+TUNNEL_HANDLE_PREFIXES = ("vxlan-tunnel-addr-", "vxlan-v6-tunnel-addr-")
 DEFAULT_GRACE_SECONDS = 15 * 60
 
 
@@ -67,8 +67,9 @@ def check(ipam: Ipam, resources: Resources) -> IpamReport:
 def _leak_reason(handle: str, containers: set[str], nodes: set[str]) -> str | None:
     if handle.startswith(POD_HANDLE_PREFIX) and handle[len(POD_HANDLE_PREFIX):] not in containers:
         return "no workload endpoint holds it"
-    if handle.startswith(TUNNEL_HANDLE_PREFIX) and handle[len(TUNNEL_HANDLE_PREFIX):] not in nodes:
-        return "its node no longer exists"
+    for prefix in TUNNEL_HANDLE_PREFIXES:
+        if handle.startswith(prefix) and handle[len(prefix):] not in nodes:
+            return "its node no longer exists"
     return None
 
 
@@ -127,7 +128,7 @@ def delete_node(ipam: Ipam, resources: Resources, name: str) -> dict:
     Every other agent then removes its route, neighbour and FDB entries."""
     existed = resources.delete_node(name)
     endpoints = resources.endpoints(name)
-    released = ipam.release_handle(tunnel_handle(name))
+    released = ipam.release_handle(tunnel_handle(name)) + ipam.release_handle(tunnel_handle6(name))
     for ep in endpoints:
         released += ipam.release_handle(ep.handle)
         resources.delete_endpoint(name, ep.key_name)

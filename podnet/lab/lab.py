@@ -46,6 +46,9 @@ class LabSpec:
     subnets: int = 1  # underlay subnets, joined by the underlay namespace acting as a router
     vxlan_mode: str = "Always"
     nat_outgoing: bool = False
+    ipv6: bool = False  # dual stack: an IPv6 underlay, an IPv6 pool, pods with one address of each family
+    underlay6: str = "fd31::/64"
+    pool6: str = "fd00:10:244::/48"
 
     def __post_init__(self):
         net = ipaddress.ip_network(self.underlay)
@@ -70,6 +73,17 @@ class LabSpec:
 
     def gateway(self, s: int = 0) -> str:
         return str(self.subnet(s).network_address + 1)
+
+    def subnet6(self, s: int) -> ipaddress.IPv6Network:
+        net = ipaddress.ip_network(self.underlay6)
+        return ipaddress.ip_network(f"{net.network_address + (s << (128 - net.prefixlen))}/{net.prefixlen}")
+
+    def node_address6(self, i: int) -> str:
+        net = self.subnet6(self.subnet_of_node(i))
+        return f"{net.network_address + 0x10 + i}/{net.prefixlen}"
+
+    def gateway6(self, s: int = 0) -> str:
+        return str(self.subnet6(s).network_address + 1)
 
     def bridge(self, s: int) -> str:
         return f"br{s}"
@@ -171,13 +185,18 @@ class Lab:
             self.progress(f"underlay: namespace {self.underlay_netns}, bridge {spec.bridge(s)} "
                           f"{spec.gateway(s)}/{net.prefixlen}" + (" (router between subnets)" if s else ""))
             topology.add_bridge(self.underlay_netns, spec.bridge(s), f"{spec.gateway(s)}/{net.prefixlen}", spec.mtu)
+            if spec.ipv6:
+                topology.add_address6(self.underlay_netns, spec.bridge(s),
+                                      f"{spec.gateway6(s)}/{spec.subnet6(s).prefixlen}")
         if spec.subnets > 1:
-            topology.set_forwarding(self.underlay_netns, True)
+            topology.set_forwarding(self.underlay_netns, True, ipv6=spec.ipv6)
 
         store = open_datastore(self.datastore_url)
         try:
             Resources(store).apply_pool(IPPool("default-ipv4-ippool", spec.pool, block_size=spec.block_size,
                                                vxlan_mode=spec.vxlan_mode, nat_outgoing=spec.nat_outgoing))
+            if spec.ipv6:
+                Resources(store).apply_pool(IPPool("default-ipv6-ippool", spec.pool6, vxlan_mode=spec.vxlan_mode))
         finally:
             store.close()
 
@@ -202,6 +221,8 @@ class Lab:
         topology.add_veth_between(ns, "eth0", self.underlay_netns, f"veth-{node}"[:15], spec.mtu,
                                   master_b=spec.bridge(subnet))
         topology.configure_host(ns, "eth0", address, spec.gateway(subnet))
+        if spec.ipv6:
+            topology.add_address6(ns, "eth0", spec.node_address6(idx), spec.gateway6(subnet))
         entry = {"name": node, "netns": ns, "address": address, "interface": "eth0", "index": idx, "subnet": subnet}
         self.state["nodes"].append(entry)
         self._save()
@@ -323,7 +344,10 @@ class Lab:
     # Pods ------------------------------------------------------------------
 
     def network_config(self, version: str = "1.0.0") -> dict:
-        return {"cniVersion": version, "name": NETWORK_NAME, "type": "podnet", "ipam": {"type": "podnet-ipam"}}
+        ipam = {"type": "podnet-ipam"}
+        if self.state.get("spec", {}).get("ipv6"):
+            ipam["assign_ipv6"] = "true"
+        return {"cniVersion": version, "name": NETWORK_NAME, "type": "podnet", "ipam": ipam}
 
     def cni(self, node: str, command: str, container_id: str, netns: str, pod: str = "", namespace: str = "default",
             ifname: str = "eth0", config: dict | None = None, timeout: float = 60.0) -> tuple[int, dict | None, str]:
@@ -363,6 +387,7 @@ class Lab:
         if code != 0:
             raise LabError(f"CNI ADD for {pod} on {node} failed", raw.strip())
         entry["ip"] = result["ips"][0]["address"].split("/")[0]
+        entry["ips"] = [ip["address"].split("/")[0] for ip in result["ips"]]
         entry["host_interface"] = result["interfaces"][0]["name"]
         self._save()
         return entry
@@ -418,7 +443,7 @@ class Lab:
                 "agent_running": processes.alive(entry.get("pid", 0), entry.get("pid_start")),
                 "ready": bool(st.get("ready")),
             })
-        pods = [{"name": p["name"], "node": p["node"], "netns": p["netns"], "ip": p.get("ip"),
+        pods = [{"name": p["name"], "node": p["node"], "netns": p["netns"], "ip": p.get("ip"), "ips": p.get("ips", []),
                  "interface": p.get("host_interface"), "container_id": p["container_id"]}
                 for p in self.state.get("pods", [])]
         return {"name": self.name, "datastore": self.datastore_url, "underlay_netns": self.underlay_netns,

@@ -83,3 +83,8 @@ def ipam_handle(container_id: str) -> str:
 def tunnel_handle(node: str) -> str:
     """The IPAM handle of a node's VXLAN tunnel address."""
     return f"vxlan-tunnel-addr-{node}"
+
+
+def tunnel_handle6(node: str) -> str:
+    """The IPAM handle of a node's IPv6 VXLAN tunnel address."""
+    return f"vxlan-v6-tunnel-addr-{node}"

@@ -7,6 +7,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from podnet.model import fields
+from podnet.model.errors import ValidationError
 
 
 def vtep_mac(node_name: str, ipv6: bool = False) -> str:
@@ -29,6 +30,8 @@ class Node:
     vtep_mac: str | None = None  # None: derived from the name
     tunnel_address: str | None = None  # from the node's own block
     labels: dict = field(default_factory=dict, hash=False, compare=True)
+    address6: str | None = None  # IPv6 underlay address with prefix, for vxlan-v6.calico
+    tunnel_address6: str | None = None
 
     def __post_init__(self):
         fields.name("metadata.name", self.name)
@@ -41,6 +44,14 @@ class Node:
         if self.tunnel_address is not None:
             object.__setattr__(self, "tunnel_address", str(fields.ip_address("spec.tunnelAddress", self.tunnel_address)))
         object.__setattr__(self, "labels", fields.labels("metadata.labels", self.labels))
+        if self.address6 is not None:
+            a6 = fields.interface("spec.address6", self.address6)
+            if a6.version != 6:
+                raise ValidationError("spec.address6", f"{self.address6} is not an IPv6 address")
+            object.__setattr__(self, "address6", str(a6))
+        if self.tunnel_address6 is not None:
+            object.__setattr__(self, "tunnel_address6",
+                               str(fields.ip_address("spec.tunnelAddress6", self.tunnel_address6)))
 
     @property
     def ip(self) -> str | None:
@@ -50,6 +61,14 @@ class Node:
     @property
     def effective_vtep_mac(self) -> str:
         return self.vtep_mac or vtep_mac(self.name)
+
+    @property
+    def ip6(self) -> str | None:
+        return str(ipaddress.ip_interface(self.address6).ip) if self.address6 else None
+
+    @property
+    def vtep_mac6(self) -> str:
+        return vtep_mac(self.name, ipv6=True)
 
     def to_manifest(self) -> dict:
         spec = {}
@@ -61,6 +80,10 @@ class Node:
             spec["vtepMAC"] = self.vtep_mac
         if self.tunnel_address:
             spec["tunnelAddress"] = self.tunnel_address
+        if self.address6:
+            spec["address6"] = self.address6
+        if self.tunnel_address6:
+            spec["tunnelAddress6"] = self.tunnel_address6
         return {
             "apiVersion": "projectcalico.org/v3",
             "kind": "Node",
@@ -79,4 +102,6 @@ class Node:
             vtep_mac=spec.get("vtepMAC"),
             tunnel_address=spec.get("tunnelAddress"),
             labels=meta.get("labels") or {},
+            address6=spec.get("address6"),
+            tunnel_address6=spec.get("tunnelAddress6"),
         )

@@ -257,14 +257,38 @@ def test_local_node_not_ready_gets_no_device_and_no_remote_entries(local):
     assert state.routes == frozenset({Route("100.79.126.192/26", blackhole=True)})
 
 
-def test_ipv6_blocks_are_ignored_by_the_v4_calculation():
+def test_ipv6_blocks_without_an_ipv6_underlay():
+    """Nodes with no IPv6 underlay get no vxlan-v6.calico and no IPv6 tunnel entries; the node's own
+    IPv6 blocks are still black-holed (its pods' /128 routes are more specific)."""
     affinities = AFFINITIES + [
         ("node-a", "fd00:10:244::/122"),
         ("node-c", "fd00:10:244::40/122"),
     ]
     state = desired(affinities=affinities)
-    assert state == desired()
-    assert all(":" not in r.dst for r in state.routes)
+    v4_only = desired()
+    assert state.device == v4_only.device and state.device6 is None
+    assert state.neighbours == v4_only.neighbours and state.fdb == v4_only.fdb
+    assert state.routes - v4_only.routes == {Route("fd00:10:244::/122", blackhole=True)}
+
+
+def test_dual_stack_programs_vxlan_v6_with_the_v6_vtep():
+    from podnet.model import vtep_mac
+
+    local = Node("node-a", address="172.31.0.11/24", interface="eth0", tunnel_address="10.244.0.0",
+                 address6="fd31::11/64", tunnel_address6="fd00:10:244::")
+    remote = Node("node-b", address="172.31.0.12/24", interface="eth0", tunnel_address="10.244.0.64",
+                  address6="fd31::12/64", tunnel_address6="fd00:10:244::40")
+    affinities = [("node-a", "10.244.0.0/26"), ("node-b", "10.244.0.64/26"),
+                  ("node-a", "fd00:10:244::/122"), ("node-b", "fd00:10:244::40/122")]
+    state = compute_desired(local, [local, remote], affinities, VxlanConfig(), 1500)
+    dev6 = state.device6
+    assert (dev6.name, dev6.mtu, dev6.local_ip, dev6.mac, dev6.address) == \
+        ("vxlan-v6.calico", 1430, "fd31::11", vtep_mac("node-a", ipv6=True), "fd00:10:244::")
+    assert Route("fd00:10:244::40/122", "fd00:10:244::40", "vxlan-v6.calico", True) in state.routes
+    assert Neighbour("fd00:10:244::40", vtep_mac("node-b", ipv6=True), "vxlan-v6.calico") in state.neighbours
+    assert FdbEntry(vtep_mac("node-b", ipv6=True), "fd31::12", "vxlan-v6.calico") in state.fdb
+    assert Route("fd00:10:244::/122", blackhole=True) in state.routes
+    assert len(state.fdb) == 2 and state.remote_nodes == ("node-b",)
 
 
 def test_result_is_independent_of_input_order():
