@@ -25,6 +25,9 @@ from podnet.errors import PodnetError
 
 HOST_MAC = "ee:ee:ee:ee:ee:ee"
 GATEWAY_V4 = "169.254.1.1"
+# The host end's IPv6 link-local address, from HOST_MAC by EUI-64: the pod's IPv6 gateway.
+GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
+IFA_F_NODAD = 0x02
 
 
 class InterfaceExists(PodnetError):
@@ -58,8 +61,9 @@ def _index_in(fd: int, ifname: str) -> int | None:
             return None
 
 
-def attach(host: rtnl.RtnlSocket, netns: str, pod_ifname: str, host_ifname: str, ipv4: str, mtu: int) -> Attachment:
-    """Create and configure the pair. On any failure the pair is removed again."""
+def attach(host: rtnl.RtnlSocket, netns: str, pod_ifname: str, host_ifname: str, ipv4: str | None, mtu: int,
+           ipv6: str | None = None) -> Attachment:
+    """Create and configure the pair (IPv4, IPv6 or both). On any failure the pair is removed again."""
     fd = open_netns(netns)
     try:
         with entered(fd):
@@ -79,11 +83,12 @@ def attach(host: rtnl.RtnlSocket, netns: str, pod_ifname: str, host_ifname: str,
             if code:
                 raise rtnl.NetlinkError(code, f"create veth {host_ifname} <-> {pod_ifname}", host.last_details.get(0))
             try:
-                _configure(host, pod, fd, host_ifname, pod_ifname, ipv4)
+                _configure(host, pod, fd, host_ifname, pod_ifname, ipv4, ipv6)
             except BaseException:
                 host.request([rtnl.link_del_msg(ifname=host_ifname)])
                 raise
-            return Attachment(host_ifname, pod_ifname, pod_mac, (f"{ipv4}/32",), mtu)
+            ips = ((f"{ipv4}/32",) if ipv4 else ()) + ((f"{ipv6}/128",) if ipv6 else ())
+            return Attachment(host_ifname, pod_ifname, pod_mac, ips, mtu)
         finally:
             pod.close()
     finally:
@@ -91,37 +96,56 @@ def attach(host: rtnl.RtnlSocket, netns: str, pod_ifname: str, host_ifname: str,
 
 
 def _configure(host: rtnl.RtnlSocket, pod: rtnl.RtnlSocket, fd: int, host_ifname: str, pod_ifname: str,
-               ipv4: str) -> None:
+               ipv4: str | None, ipv6: str | None = None) -> None:
     host_index = socket.if_nametoindex(host_ifname)
-    sysctl.write(sysctl.conf_path(4, host_ifname, "proxy_arp"), 1)
-    sysctl.write(sysctl.neigh_path(4, host_ifname, "proxy_delay"), 0)
-    sysctl.write(sysctl.conf_path(4, host_ifname, "forwarding"), 1)
-    codes = host.request([
-        rtnl.link_set_msg(host_index, up=True),
-        rtnl.route_msg(rtnl.RTM_NEWROUTE, f"{ipv4}/32", oif=host_index, scope=rtnl.RT_SCOPE_LINK,
-                       proto=rtnl.RTPROT_BOOT, flags=rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL)
-    ])
+    if ipv4:
+        sysctl.write(sysctl.conf_path(4, host_ifname, "proxy_arp"), 1)
+        sysctl.write(sysctl.neigh_path(4, host_ifname, "proxy_delay"), 0)
+        sysctl.write(sysctl.conf_path(4, host_ifname, "forwarding"), 1)
+    if ipv6:
+        # Set before the link comes up: its link-local address (the pod's gateway) is then usable at once.
+        for key, value in (("accept_dad", 0), ("accept_ra", 0), ("proxy_ndp", 1), ("forwarding", 1)):
+            sysctl.write(sysctl.conf_path(6, host_ifname, key), value)
+    host_msgs = [rtnl.link_set_msg(host_index, up=True)]
+    host_routes = [ip for ip in (ipv4, ipv6) if ip]
+    for ip in host_routes:
+        plen = 32 if ":" not in ip else 128
+        host_msgs.append(rtnl.route_msg(rtnl.RTM_NEWROUTE, f"{ip}/{plen}", oif=host_index, scope=rtnl.RT_SCOPE_LINK,
+                                        proto=rtnl.RTPROT_BOOT, flags=rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL))
+    codes = host.request(host_msgs)
     if codes[0]:
         raise rtnl.NetlinkError(codes[0], f"set {host_ifname} up", host.last_details.get(0))
-    code = codes[1]
-    if code == errno.EEXIST:
-        raise AttachError(
-            f"a route to {ipv4}/32 already exists on this node",
-            "another interface uses this address; look for a leaked workload (podnet ipam check)",
-        )
-    if code:
-        raise rtnl.NetlinkError(code, f"route {ipv4}/32 dev {host_ifname}", host.last_details.get(1))
+    for n, ip in enumerate(host_routes, start=1):
+        if codes[n] == errno.EEXIST:
+            raise AttachError(
+                f"a route to {ip} already exists on this node",
+                "another interface uses this address; look for a leaked workload (podnet ipam check)",
+            )
+        if codes[n]:
+            raise rtnl.NetlinkError(codes[n], f"route {ip} dev {host_ifname}", host.last_details.get(n))
     pod_index = _index_in(fd, pod_ifname)
     if pod_index is None:
         raise AttachError(f"{pod_ifname} vanished from the pod's namespace while it was being set up")
-    pod.check([
-        rtnl.link_set_msg(pod_index, up=True),
-        rtnl.addr_msg(rtnl.RTM_NEWADDR, pod_index, ipv4, 32, flags=rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE),
-        rtnl.route_msg(rtnl.RTM_NEWROUTE, f"{GATEWAY_V4}/32", oif=pod_index, scope=rtnl.RT_SCOPE_LINK,
-                       proto=rtnl.RTPROT_BOOT, flags=rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE),
-        rtnl.route_msg(rtnl.RTM_NEWROUTE, "0.0.0.0/0", gateway=GATEWAY_V4, oif=pod_index,
-                       proto=rtnl.RTPROT_BOOT, flags=rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE),
-    ], f"configure {pod_ifname} in the pod")
+    if ipv6:
+        with entered(fd):
+            sysctl.write(sysctl.conf_path(6, pod_ifname, "accept_dad"), 0)
+    set_ = rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE
+    msgs = [rtnl.link_set_msg(pod_index, up=True)]
+    if ipv4:
+        msgs += [
+            rtnl.addr_msg(rtnl.RTM_NEWADDR, pod_index, ipv4, 32, flags=set_),
+            rtnl.route_msg(rtnl.RTM_NEWROUTE, f"{GATEWAY_V4}/32", oif=pod_index, scope=rtnl.RT_SCOPE_LINK,
+                           proto=rtnl.RTPROT_BOOT, flags=set_),
+            rtnl.route_msg(rtnl.RTM_NEWROUTE, "0.0.0.0/0", gateway=GATEWAY_V4, oif=pod_index,
+                           proto=rtnl.RTPROT_BOOT, flags=set_),
+        ]
+    if ipv6:
+        msgs += [
+            rtnl.addr_msg(rtnl.RTM_NEWADDR, pod_index, ipv6, 128, flags=set_, ifa_flags=IFA_F_NODAD),
+            rtnl.route_msg(rtnl.RTM_NEWROUTE, "::/0", gateway=GATEWAY_V6, oif=pod_index,
+                           proto=rtnl.RTPROT_BOOT, flags=set_),
+        ]
+    pod.check(msgs, f"configure {pod_ifname} in the pod")
 
 
 def detach(host: rtnl.RtnlSocket, host_ifname: str | None, netns: str | None = None,

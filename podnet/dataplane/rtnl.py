@@ -155,9 +155,9 @@ def fdb_msg(kind: int, ifindex: int, mac: str, dst: str, flags: int = 0) -> byte
 
 
 def addr_msg(kind: int, ifindex: int, address: str, prefixlen: int, scope: int = RT_SCOPE_UNIVERSE,
-             flags: int = 0) -> bytes:
+             flags: int = 0, ifa_flags: int = 0) -> bytes:
     family, packed = _ip(address)
-    body = _IFADDRMSG.pack(family, prefixlen, 0, scope, ifindex)
+    body = _IFADDRMSG.pack(family, prefixlen, ifa_flags, scope, ifindex)
     body += _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed)
     return _msg(kind, flags, body)
 
