@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add subcommands (each defines `register(subparsers)`); imported only to build the parser.
-EXTRA_COMMANDS: list[str] = ["podnet.cli.cmd_ipam", "podnet.cli.cmd_describe"]
+EXTRA_COMMANDS: list[str] = ["podnet.cli.cmd_ipam", "podnet.cli.cmd_describe", "podnet.cli.cmd_observe"]
 
 
 def main(argv=None) -> int:

@@ -26,10 +26,10 @@ import shutil
 import socket
 import struct
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from podnet.calc.config import VxlanConfig
+from podnet.calc.config import VxlanConfig, effective_config
 from podnet.dataplane import rtnl, sysctl
 from podnet.dataplane import netns as _netns
 from podnet.errors import PodnetError
@@ -158,9 +158,10 @@ class KernelFacts:
     routes: list[RouteFact] = field(default_factory=list)  # IPv4, main table
     neighbours: list[NeighFact] = field(default_factory=list)
     fdb: list[FdbFact] = field(default_factory=list)
-    sysctls: dict[str, str] = field(default_factory=dict)  # below /proc/sys/net/ipv4: "ip_forward", "conf/eth0/rp_filter"
+    sysctls: dict[str, str] = field(default_factory=dict)  # below /proc/sys/net/ipv4: "conf/eth0/rp_filter"
     features: dict[str, dict[str, bool]] = field(default_factory=dict)  # ifname -> ethtool feature -> active
     firewall: list[FirewallRule] | None = None  # None: not read (nft missing or failed)
+    release: str = ""  # the kernel's version (uname -r)
     notes: list[str] = field(default_factory=list)  # what could not be read
 
     def link_by_index(self, index: int | None) -> Link | None:
@@ -184,12 +185,6 @@ class KernelFacts:
     def default_route(self) -> RouteFact | None:
         return next((r for r in self.routes if r.dst == "0.0.0.0/0" and r.type == "unicast"), None)
 
-    def rp_filter(self, ifname: str) -> int | None:
-        """The value the kernel applies on an interface: the larger of conf/all and conf/<if>."""
-        values = [self.sysctls.get(f"conf/{n}/rp_filter") for n in ("all", ifname)]
-        known = [int(v) for v in values if v is not None and v.isdigit()]
-        return max(known) if known else None
-
 
 @dataclass
 class NodeFacts:
@@ -200,6 +195,7 @@ class NodeFacts:
     tunnel_ip: str | None
     vtep_mac: str
     blocks: list[str] = field(default_factory=list)
+    config: VxlanConfig = field(default_factory=VxlanConfig)  # the agent's settings for this node
     kernel: KernelFacts | None = None  # None: not read (see `unreadable`)
     host: dict | None = None  # this host only: {"networkmanager": {...}}
     unreadable: str | None = None  # why the kernel was not read
@@ -235,8 +231,10 @@ class PodFacts:
 class ClusterFacts:
     nodes: dict[str, NodeFacts]
     pods: list[PodFacts]
-    config: VxlanConfig = field(default_factory=VxlanConfig)
+    config: VxlanConfig = field(default_factory=VxlanConfig)  # the cluster-wide settings
     access: str = ""  # where the facts were read: "lab obsx", "this host (node-1)"
+    pools: list = field(default_factory=list)  # IPPool
+    borrowed: list[tuple[str, str]] = field(default_factory=list)  # (address, node using it) outside its block's node
 
     def block_owner(self, ip: str) -> tuple[str, str] | None:
         """(node, block CIDR) of the block holding `ip`."""
@@ -255,9 +253,9 @@ class ClusterFacts:
                 return p
         return None
 
-    def to_dict(self) -> dict:
-        return {"access": self.access, "config": asdict(self.config),
-                "nodes": {n: asdict(f) for n, f in self.nodes.items()}, "pods": [asdict(p) for p in self.pods]}
+    @property
+    def affinities(self) -> list[tuple[str, str]]:
+        return [(n.name, cidr) for n in self.nodes.values() for cidr in n.blocks]
 
 
 # --- where each node's kernel is --------------------------------------------------------
@@ -288,14 +286,18 @@ class NodeAccess:
         return cls({node: None}, f"this host ({node})")
 
 
-def local_node(nodes: Iterable, hostname: str | None = None) -> str | None:
-    """Which node record is this host: the one whose underlay IP is configured here, else the hostname."""
-    here = set()
+def local_addresses() -> set[str]:
+    """The IPv4 addresses configured in this process's network namespace."""
     try:
         with rtnl.RtnlSocket() as sock:
-            here = {rtnl.parse_addr(p)["address"] for _, p in sock.dump(rtnl.addr_dump_msg(socket.AF_INET))}
+            return {rtnl.parse_addr(p)["address"] for _, p in sock.dump(rtnl.addr_dump_msg(socket.AF_INET))}
     except (OSError, PodnetError):
-        pass
+        return set()
+
+
+def local_node(nodes: Iterable, hostname: str | None = None) -> str | None:
+    """Which node record is this host: the one whose underlay IP is configured here, else the hostname."""
+    here = local_addresses()
     nodes = list(nodes)
     for n in nodes:
         if n.address and str(ipaddress.ip_interface(n.address).ip) in here:
@@ -309,53 +311,70 @@ def local_node(nodes: Iterable, hostname: str | None = None) -> str | None:
 
 def collect(store, access: NodeAccess, nodes: Iterable[str] | None = None, pods: Iterable[str] | None = None,
             config: VxlanConfig | None = None) -> ClusterFacts:
-    """Read the datastore, then the kernel of each readable node in `nodes` (default: all) and its pods.
+    """The datastore's view, then the kernel of each readable node in `nodes` (default: all) and its pods.
 
-    `pods`: container ids whose namespaces to read (default: every pod on a node read).
+    `pods`: container ids whose namespaces to read (default: every pod on a node that is read).
     """
+    facts = from_datastore(store, access, config)
+    read_kernels(facts, access, nodes, pods)
+    return facts
+
+
+def from_datastore(store, access: NodeAccess, config: VxlanConfig | None = None) -> ClusterFacts:
+    """Nodes, their blocks and the pods, as the datastore has them; no kernel read yet."""
     from podnet.datastore.resources import Resources
     from podnet.ipam import Ipam
 
-    config = config or VxlanConfig()
     res, ipam = Resources(store), Ipam(store)
+    config = config or VxlanConfig()
+    agent_configs = res.agent_configs()
     blocks: dict[str, list[str]] = {}
+    borrowed = []
     for b in ipam.blocks(version=4):
         if b.node:
             blocks.setdefault(b.node, []).append(b.cidr)
-    node_facts = {
+        borrowed += [(ip, a.attrs["node"]) for ip, a in b.in_use().items() if a.attrs.get("node") not in (None, b.node)]
+    nodes = {
         n.name: NodeFacts(n.name, access.netns.get(n.name), n.address, n.interface, n.tunnel_address,
-                          n.effective_vtep_mac, sorted(blocks.get(n.name, [])))
+                          n.effective_vtep_mac, sorted(blocks.get(n.name, [])),
+                          effective_config(config, agent_configs, n.name))
         for n in res.nodes()
     }
-    pod_facts = []
+    pods = []
     for ep in res.endpoints():
         ip = next((str(ipaddress.ip_interface(c).ip) for c in ep.ips if ipaddress.ip_interface(c).version == 4), None)
         if ip:
-            pod_facts.append(PodFacts(ep.pod_name, ep.pod_namespace, ep.node, ip, ep.host_interface, ep.interface,
-                                      ep.netns, ep.container_id))
+            pods.append(PodFacts(ep.pod_name, ep.pod_namespace, ep.node, ip, ep.host_interface, ep.interface,
+                                 ep.netns, ep.container_id))
+    return ClusterFacts(nodes, pods, effective_config(config, agent_configs, ""), access.label, res.pools(),
+                        sorted(borrowed))
 
-    wanted = set(node_facts) if nodes is None else set(nodes)
+
+def read_kernels(facts: ClusterFacts, access: NodeAccess, nodes: Iterable[str] | None = None,
+                 pods: Iterable[str] | None = None) -> None:
+    """Fill in the kernel facts of the named nodes (default: all readable) and of their pods."""
+    wanted = set(facts.nodes) if nodes is None else set(nodes)
     wanted_pods = None if pods is None else set(pods)
-    for node in node_facts.values():
+    for node in facts.nodes.values():
         if not access.readable(node.name):
             node.unreadable = f"{node.name} is not readable from {access.label or 'here'}"
-        elif node.name in wanted:
+        elif node.name in wanted and node.kernel is None:
             try:
-                node.kernel = read_node(node.netns, config.device, node.interface)
+                node.kernel = read_node(node.netns, node.config.device, node.interface)
             except _netns.NamespaceNotFound as e:
                 node.unreadable = e.message
+                continue
             if node.netns is None:
                 node.host = {"networkmanager": read_networkmanager()}
-    for pod in pod_facts:
-        node = node_facts.get(pod.node)
+    for pod in facts.pods:
+        node = facts.nodes.get(pod.node)
         if node is None or node.kernel is None:
-            pod.unreadable = f"its node {pod.node} is not readable from here"
-        elif wanted_pods is None or pod.container_id in wanted_pods:
+            pod.unreadable = (node.unreadable if node and node.unreadable else f"its node {pod.node} was not read")
+        elif pod.kernel is None and (wanted_pods is None or pod.container_id in wanted_pods):
             try:
                 pod.kernel = read_pod(pod.netns)
             except _netns.NamespaceNotFound as e:
                 pod.unreadable = e.message
-    return ClusterFacts(node_facts, pod_facts, config, access.label)
 
 
 def _read(what: str, notes: list[str], fn, default=None):
@@ -369,7 +388,7 @@ def _read(what: str, notes: list[str], fn, default=None):
 
 def read_node(netns: str | None, device: str, underlay: str | None) -> KernelFacts:
     """A node's kernel; raises NamespaceNotFound when its namespace is gone."""
-    facts = KernelFacts()
+    facts = KernelFacts(release=os.uname().release)  # namespaces share the kernel of the machine
     with rtnl.RtnlSocket(netns) as sock:
         _read_tables(sock, facts)
         vx = facts.links.get(device)
@@ -548,8 +567,8 @@ def udp_drop_rules(ruleset: dict) -> list[FirewallRule]:
             if payload.get("protocol") in ("udp", "th") and payload.get("field") == "dport":
                 ports += _port_ranges(m.get("right"))
         if ports:
-            out.append(FirewallRule(r["family"], r["table"], r["chain"], hooks.get((r["family"], r["table"], r["chain"])),
-                                    r.get("handle", 0), tuple(ports), verdict))
+            chain = (r["family"], r["table"], r["chain"])
+            out.append(FirewallRule(*chain, hooks.get(chain), r.get("handle", 0), tuple(ports), verdict))
     return out
 
 

@@ -68,7 +68,8 @@ class _Canvas:
 def _defs() -> str:
     markers = "".join(
         f'<marker id="arrow-{s}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="14" markerHeight="14" '
-        f'markerUnits="userSpaceOnUse" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{c}"/></marker>' for s, c in _STROKE.items())
+        f'markerUnits="userSpaceOnUse" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{c}"/>'
+        "</marker>" for s, c in _STROKE.items())
     return f"<defs>{markers}</defs>"
 
 
@@ -114,6 +115,7 @@ def _cross_node(c: _Canvas) -> int:
     ax, bx = MARGIN, MARGIN + NODE_W + GAP
     a, b = t.nodes.get(t.src.node, {}), t.nodes.get(t.dst.node, {})
     w = t.wire or {}
+    direct = t.kind == "cross-node-direct"  # CrossSubnet inside one subnet: no VXLAN devices on the way
     _node_box(c, ax, t.src.node, a)
     _node_box(c, bx, t.dst.node, b)
 
@@ -126,6 +128,19 @@ def _cross_node(c: _Canvas) -> int:
     c.badge(ex + 14, 190, "pod-route")
     _route(c, ax, "host-route")
     c.arrow([(ex, 246), (ex, 276)], c.state("gateway"))
+    if direct:
+        _device(c, ax + 80, 460, 160, 32, [f"{a.get('interface') or 'eth0'} {a.get('ip') or ''}"], ("host-route",),
+                numbered=False)
+        c.arrow([(ex, 308), (ex, 458)], c.state("host-route"))
+    else:
+        _vxlan_source(c, ax, ex, a, b, w)
+    _destination(c, bx, b, direct)
+    _underlay(c, ex, bx + 160, w, direct)
+    return 2 * NODE_W + GAP + 2 * MARGIN
+
+
+def _vxlan_source(c: _Canvas, ax: int, ex: int, a: dict, b: dict, w: dict) -> None:
+    """vxlan.calico, its neighbour and FDB entries, and the underlay NIC of the sending node."""
     _device(c, ax + 80, 340, 160, 64, ["vxlan.calico", a.get("tunnel_ip") or "", a.get("vtep_mac") or ""],
             ("vxlan-device",))
     c.arrow([(ex, 308), (ex, 338)], c.state("host-route"))
@@ -139,7 +154,8 @@ def _cross_node(c: _Canvas) -> int:
                 first, second = f"{first} MISSING", second
             else:
                 first, second = _short(found, 34), "  " + _short(found[34:], 32)
-        c.text(ax + 270, 356 + 29 * i, first, size=10, color=_STROKE[c.state(hop_id)] if hop_id in c.status else "#212121")
+        color = _STROKE[c.state(hop_id)] if hop_id in c.status else "#212121"
+        c.text(ax + 270, 356 + 29 * i, first, size=10, color=color)
         c.text(ax + 270, 369 + 29 * i, second, size=10)
     c.badge(ax + 262, 340, "neighbour")
     c.badge(ax + 486, 340, "fdb")
@@ -147,16 +163,23 @@ def _cross_node(c: _Canvas) -> int:
     c.arrow([(ex, 404), (ex, 458)], c.state("vxlan-device", "neighbour", "fdb"))
     c.text(ex + 10, 436, f"encapsulate: VNI {w.get('vni', '?')}, UDP {w.get('port', '?')}", size=10)
 
-    # Destination side, bottom to top.
+
+def _destination(c: _Canvas, bx: int, b: dict, direct: bool) -> None:
+    """The receiving node, bottom to top: NIC, vxlan.calico (unless direct), route, veth, pod."""
+    t = c.t
     dx = bx + 120 + 40
-    _device(c, bx + 80, 460, 160, 32, [f"{b.get('interface') or 'eth0'} {b.get('ip') or ''}"], ("decapsulation",),
+    first = "remote-route" if direct else "decapsulation"
+    _device(c, bx + 80, 460, 160, 32, [f"{b.get('interface') or 'eth0'} {b.get('ip') or ''}"], (first,),
             numbered=False)
-    _device(c, bx + 80, 340, 160, 64, ["vxlan.calico", b.get("tunnel_ip") or "", b.get("vtep_mac") or ""],
-            ("decapsulation",))
-    c.arrow([(dx, 460), (dx, 406)], c.state("decapsulation"))
-    c.text(dx + 10, 436, "decapsulate", size=10)
+    if direct:
+        c.arrow([(dx, 460), (dx, 310)], c.state("remote-route"))
+    else:
+        _device(c, bx + 80, 340, 160, 64, ["vxlan.calico", b.get("tunnel_ip") or "", b.get("vtep_mac") or ""],
+                ("decapsulation",))
+        c.arrow([(dx, 460), (dx, 406)], c.state("decapsulation"))
+        c.text(dx + 10, 436, "decapsulate", size=10)
+        c.arrow([(dx, 340), (dx, 310)], c.state("remote-route"))
     _route(c, bx, "remote-route")
-    c.arrow([(dx, 340), (dx, 310)], c.state("remote-route"))
     if t.dst.pod:
         _device(c, bx + 80, 214, 160, 32, [t.dst.host_interface or "cali?"], ("dst-veth",))
         c.arrow([(dx, 278), (dx, 248)], c.state("dst-veth"))
@@ -165,17 +188,23 @@ def _cross_node(c: _Canvas) -> int:
     else:
         c.text(bx + 40, 200, f"no pod holds {t.dst.ip}", size=12, color=_STROKE[BROKEN])
 
-    # The underlay and the tunnel over it.
+
+def _underlay(c: _Canvas, ex: int, dx: int, w: dict, direct: bool) -> None:
+    """The underlay network and, over it, the VXLAN tunnel (or the plain packet, when direct)."""
     band_y = 590
     c.rect(MARGIN, band_y - 14, 2 * NODE_W + GAP, 44, None, rx=6, fill="#eceff1")
     c.text(MARGIN + 10, band_y + 26, "underlay network", size=10, color="#546e7a")
-    tunnel = c.state("encapsulation", "underlay-route", "decapsulation")
-    c.arrow([(ex, 492), (ex, band_y + 4), (dx, band_y + 4), (dx, 494)], tunnel, width=6, dash=True)
-    c.badge(ex - 14, band_y - 30, "encapsulation")
-    c.text(MARGIN + NODE_W + GAP / 2, band_y - 2,
-           f"VXLAN VNI {w.get('vni', '?')} / UDP {w.get('port', '?')}: {w.get('outer_src', '?')} -> "
-           f"{w.get('outer_dst', '?')}", size=11, anchor="middle", bold=True)
-    return 2 * NODE_W + GAP + 2 * MARGIN
+    if direct:
+        label = f"direct, no encapsulation (CrossSubnet): {c.t.src.ip} -> {c.t.dst.ip}"
+        c.arrow([(ex, 492), (ex, band_y + 4), (dx, band_y + 4), (dx, 494)], c.state("host-route", "remote-route"),
+                width=4)
+    else:
+        label = (f"VXLAN VNI {w.get('vni', '?')} / UDP {w.get('port', '?')}: {w.get('outer_src', '?')} -> "
+                 f"{w.get('outer_dst', '?')}")
+        tunnel = c.state("encapsulation", "underlay-route", "decapsulation")
+        c.arrow([(ex, 492), (ex, band_y + 4), (dx, band_y + 4), (dx, 494)], tunnel, width=6, dash=True)
+        c.badge(ex - 14, band_y - 30, "encapsulation")
+    c.text(MARGIN + NODE_W + GAP / 2, band_y - 2, label, size=11, anchor="middle", bold=True)
 
 
 def _same_node(c: _Canvas) -> int:
@@ -183,14 +212,17 @@ def _same_node(c: _Canvas) -> int:
     width = 2 * NODE_W + GAP
     info = t.nodes.get(t.src.node, {})
     c.rect(MARGIN, 40, width, 330, None, rx=10, fill="#fafafa")
-    c.text(MARGIN + 14, 62, f"{t.src.node}  {info.get('ip') or '?'}", size=13, bold=True)
+    where = f"  (netns {info['netns']})" if info.get("netns") else ""
+    c.text(MARGIN + 14, 62, f"{t.src.node}  {info.get('ip') or '?'}{where}", size=13, bold=True)
     sx, dx = MARGIN + 60, MARGIN + width - 300
     ex, ey = _pod(c, sx, t.src.label, t.src.ip, "pod-interface")
     _device(c, sx + 40, 214, 160, 32, [t.src.host_interface or "cali?"], ("gateway",))
     c.arrow([(ex, ey), (ex, 212)], c.state("pod-route"))
     c.badge(ex + 14, 190, "pod-route")
     mid = MARGIN + width / 2
-    _device(c, mid - 230, 290, 460, 30, [c.hop_text("host-route", "route")], ("host-route",), size=11)
+    _device(c, mid - 230, 290, 460, 30, [c.hop_text("host-route", "route")], ("host-route",), numbered=False,
+            size=11)
+    c.badge(mid, 280, "host-route")
     c.arrow([(ex, 246), (ex, 305), (mid - 232, 305)], c.state("gateway"))
     if t.dst.pod:
         px, py = _pod(c, dx, t.dst.label, t.dst.ip, "dst-pod")
@@ -202,20 +234,22 @@ def _same_node(c: _Canvas) -> int:
 
 def render_svg(trace: Trace) -> str:
     c = _Canvas(trace)
-    width = _cross_node(c) if trace.kind == "cross-node" else _same_node(c)
-    top = 650 if trace.kind == "cross-node" else 400
+    across = trace.kind != "same-node"
+    width = _cross_node(c) if across else _same_node(c)
+    top = 650 if across else 400
     c.text(MARGIN, 26, f"podnet trace: {trace.src.label} -> {trace.dst.label}", size=15, bold=True)
     for i, (status, label) in enumerate(_LEGEND):
         x = MARGIN + i * 160
         c.rect(x, top, 14, 14, status, rx=2)
         c.text(x + 20, top + 12, label, size=11)
     broken = trace.first_broken
+    room = int((width - 2 * MARGIN) / 7.4)  # characters of 12px monospace that fit
     if broken:
         verdict = f"broken at hop {trace.hops.index(broken) + 1} ({broken.title}, {broken.where})"
-        c.text(MARGIN, top + 36, _short(f"{verdict}: expected {broken.expected}", 150), size=12,
+        c.text(MARGIN, top + 36, _short(f"{verdict}: expected {broken.expected}", room), size=12,
                color=_STROKE[BROKEN], bold=True)
         if broken.fix:
-            c.text(MARGIN, top + 54, _short(f"fix: {broken.fix}", 150), size=11)
+            c.text(MARGIN, top + 54, _short(f"fix: {broken.fix}", room), size=11)
     else:
         c.text(MARGIN, top + 36, "every inspected hop is as it must be", size=12, color=_STROKE[OK], bold=True)
     height = top + 70

@@ -18,9 +18,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import asdict, dataclass, field
 
+from podnet.calc import compute_desired
 from podnet.calc.config import VXLAN_OVERHEAD_V4
+from podnet.calc.state import DesiredState, Route
 from podnet.dataplane.pod import GATEWAY_V4
 from podnet.errors import PodnetError
+from podnet.model import Node
 from podnet.observe.facts import ClusterFacts, KernelFacts, Link, NodeFacts, PodFacts
 
 OK, BROKEN, WARNING, UNKNOWN = "ok", "broken", "warning", "unknown"
@@ -131,7 +134,8 @@ def resolve(facts: ClusterFacts, src: str, dst: str) -> tuple[PodFacts, Endpoint
         raise TraceError(f"pod {src_pod.label} runs on {src_pod.node}, which has no node record")
     dst_pod = facts.find_pod(dst)
     if dst_pod is not None:
-        return src_pod, Endpoint(dst_pod.ip, dst_pod.node, dst_pod.label, dst_pod.host_interface, dst_pod.netns), dst_pod
+        dst_ep = Endpoint(dst_pod.ip, dst_pod.node, dst_pod.label, dst_pod.host_interface, dst_pod.netns)
+        return src_pod, dst_ep, dst_pod
     try:
         ip = str(ipaddress.ip_address(dst))
     except ValueError:
@@ -151,22 +155,40 @@ def trace(facts: ClusterFacts, src: str, dst: str) -> Trace:
         raise TraceError(f"{dst_ep.label} is on {dst_ep.node}, which has no node record")
     t = _Tracer(facts, src_pod, dst_ep, dst_pod, a, b)
     src_ep = Endpoint(src_pod.ip, src_pod.node, src_pod.label, src_pod.host_interface, src_pod.netns)
-    kind = "same-node" if a.name == b.name else "cross-node"
     hops = [t.pod_interface(), t.pod_route(), t.gateway()]
-    if kind == "same-node":
+    if a is b:
+        kind = "same-node"
         hops.append(t.final_route(a, first=True))
+    elif t.route is not None and not t.route.blackhole and t.route.ifname != a.config.device:
+        kind = "cross-node-direct"  # CrossSubnet: same subnet, no encapsulation
+        hops += [t.host_route(), t.final_route(b, first=False)]
     else:
+        kind = "cross-node"
         hops += [t.host_route(), t.vxlan_device(), t.neighbour(), t.fdb(), t.encapsulation(), t.underlay_route(),
                  t.decapsulation(), t.final_route(b, first=False)]
     if dst_pod is not None:
         hops += [t.dst_veth(), t.dst_pod()]
-    nodes = {n.name: _node_summary(n, facts.config.device) for n in ([a] if a is b else [a, b])}
+    nodes = {n.name: _node_summary(n) for n in ([a] if a is b else [a, b])}
     return Trace(src_ep, dst_ep, kind, hops, t.wire if kind == "cross-node" else None, nodes, facts.access)
 
 
-def _node_summary(n: NodeFacts, device: str) -> dict:
+def desired_for(facts: ClusterFacts, n: NodeFacts) -> DesiredState:
+    """What the agent programs on `n`, from the same calculation the agent runs."""
+    nodes = [Node(o.name, o.address, o.interface, o.vtep_mac, o.tunnel_ip) for o in facts.nodes.values()]
+    local = next(x for x in nodes if x.name == n.name)
+    return compute_desired(local, nodes, facts.affinities, n.config, None, facts.pools, facts.borrowed)
+
+
+def route_for(routes, ip: str) -> Route | None:
+    """The most specific of `routes` (calc Route objects) that covers `ip`."""
+    addr = ipaddress.ip_address(ip)
+    covering = [r for r in routes if addr in ipaddress.ip_network(r.dst)]
+    return max(covering, key=lambda r: ipaddress.ip_network(r.dst).prefixlen, default=None)
+
+
+def _node_summary(n: NodeFacts) -> dict:
     k = n.kernel
-    vx = k.links.get(device) if k else None
+    vx = k.links.get(n.config.device) if k else None
     under = k.links.get(n.interface) if k and n.interface else None
     return {"ip": n.ip, "interface": n.interface, "tunnel_ip": n.tunnel_ip, "vtep_mac": n.vtep_mac,
             "netns": n.netns, "readable": k is not None, "blocks": n.blocks,
@@ -196,9 +218,9 @@ class _Tracer:
     def __init__(self, facts: ClusterFacts, src: PodFacts, dst: Endpoint, dst_pod: PodFacts | None,
                  a: NodeFacts, b: NodeFacts):
         self.facts, self.src, self.dst, self.dpod, self.a, self.b = facts, src, dst, dst_pod, a, b
-        self.dev = facts.config.device
-        owner = facts.block_owner(dst.ip)
-        self.block = owner[1] if owner else None
+        self.dev, self.cfg = a.config.device, a.config
+        # What a's agent programs for the destination: the block route, or a /32 for a borrowed address.
+        self.route = route_for(desired_for(facts, a).routes, dst.ip) if a is not b else None
         self.wire: dict = {}
 
     # --- the source pod ---
@@ -212,7 +234,7 @@ class _Tracer:
         want = f"{p.interface} UP holding {p.ip}/32"
         if link is None:
             return Hop("pod-interface", p.label, title, BROKEN, f"no {p.interface} in {p.netns}", explain, want,
-                       f"delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
+                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
         found = _link_text(link) + ", " + (", ".join(f"{a.ip}/{a.prefixlen}" for a in k.addresses_of(link.name))
                                             or "no address")
         if not link.up:
@@ -269,12 +291,20 @@ class _Tracer:
                        f"{p.interface} (peer index {pod_link.peer}, {cali} is {link.index})", explain, want,
                        "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
         if not link.up:
-            return Hop("gateway", n.name, title, BROKEN, found, explain, want, in_netns(n.netns, f"ip link set {cali} up"))
+            return Hop("gateway", n.name, title, BROKEN, found, explain, want,
+                       in_netns(n.netns, f"ip link set {cali} up"))
         if proxy != "1":
             return Hop("gateway", n.name, title, BROKEN, found, explain, want,
                        sysctl_cmd(n.netns, f"conf/{cali}/proxy_arp", 1))
+        forwarding = k.sysctls.get(f"conf/{cali}/forwarding")
+        if forwarding not in (None, "1"):
+            # Proxy ARP answers only for what the node would forward from this interface.
+            key = "ip_forward" if k.sysctls.get("ip_forward") != "1" else f"conf/{cali}/forwarding"
+            return Hop("gateway", n.name, title, BROKEN, found + f"; forwarding={forwarding} on {cali}", explain,
+                       want + f", forwarding on {cali}", sysctl_cmd(n.netns, key, 1),
+                       "proxy ARP answers only for packets the node would forward")
         if route is None or route.dev == cali or route.type != "unicast":
-            gw = _guess_router(n)
+            gw = guess_router(n)
             return Hop("gateway", n.name, title, BROKEN, found, explain, want,
                        in_netns(n.netns, f"ip route add default via {gw} dev {n.interface or 'eth0'}"),
                        f"proxy ARP answers only for addresses the node can route; {gw} stands for the "
@@ -287,29 +317,36 @@ class _Tracer:
         return n.kernel.sysctls.get("ip_forward") if n.kernel else None
 
     def host_route(self) -> Hop:
-        n, b, k = self.a, self.b, self.a.kernel
-        title = f"route to {b.name}'s block"
-        explain = (f"{n.name} routes {self.dst.ip} by {b.name}'s block {self.block}: via {b.name}'s tunnel address "
-                   f"{b.tunnel_ip} on {self.dev}, onlink (no ARP for the gateway on the wire)")
+        n, b, k, want_route = self.a, self.b, self.a.kernel, self.route
+        title = f"route to {b.name}"
+        if want_route is None or want_route.blackhole:
+            explain = f"{n.name} needs a route to {self.dst.ip}, which {b.name} holds"
+        elif want_route.ifname == self.dev:
+            explain = (f"{n.name} routes {self.dst.ip} by {want_route.dst}: via {b.name}'s tunnel address "
+                       f"{want_route.gateway} on {self.dev}, onlink (no ARP for the gateway on the wire)")
+        else:
+            explain = (f"{b.name} is in {n.name}'s own subnet and the pool is CrossSubnet: {want_route.dst} goes "
+                       f"straight to {want_route.gateway} on {want_route.ifname}, without encapsulation")
         if k is None:
             return _unknown("host-route", n.name, title, n.unreadable, explain)
-        want = f"{self.block} via {b.tunnel_ip} dev {self.dev} proto 80 onlink"
-        fix = in_netns(n.netns, f"ip route replace {self.block} via {b.tunnel_ip} dev {self.dev} onlink proto 80")
         r = k.lookup(self.dst.ip)
         found = str(r) if r else f"no route to {self.dst.ip}"
         if self._forwarding(n) != "1":
             return Hop("host-route", n.name, title, BROKEN, f"ip_forward={self._forwarding(n)}; {found}", explain,
                        "ip_forward=1 (the node forwards between the veth and vxlan.calico)",
                        sysctl_cmd(n.netns, "ip_forward", 1))
-        if not b.tunnel_ip or not self.block:
-            return Hop("host-route", n.name, title, BROKEN, found, explain,
-                       f"{b.name} has a tunnel address and a block", None,
-                       f"{b.name}'s node record has no tunnel address: is its agent running?")
-        if r is None or r.type != "unicast" or r.dev != self.dev or r.gateway != b.tunnel_ip:
+        if want_route is None or want_route.blackhole:
+            return Hop("host-route", n.name, title, BROKEN, found, explain, f"a route to {b.name}", None,
+                       f"podnet programs no route to {b.name}: its node record has no underlay or tunnel address "
+                       f"yet (is its agent running?), or its pool's vxlanMode is Never")
+        want = f"{want_route} proto 80"
+        if r is None or r.type != "unicast" or r.dst != want_route.dst or r.dev != want_route.ifname \
+                or r.gateway != want_route.gateway:
             why = ""
-            if r is not None and ipaddress.ip_network(r.dst).prefixlen < ipaddress.ip_network(self.block).prefixlen:
-                why = " (the block route is missing: the packet would follow this route unencapsulated)"
-            return Hop("host-route", n.name, title, BROKEN, found + why, explain, want, fix, agent_hint(n.name))
+            if r is not None and ipaddress.ip_network(r.dst).prefixlen < ipaddress.ip_network(want_route.dst).prefixlen:
+                why = f" (the route to {want_route.dst} is missing: the packet would follow this one unencapsulated)"
+            fix, down = _route_fix(n, want_route.ifname, f"ip route replace {want_route} proto 80")
+            return Hop("host-route", n.name, title, BROKEN, found + why + down, explain, want, fix, agent_hint(n.name))
         return Hop("host-route", n.name, title, OK, found, explain)
 
     def vxlan_device(self) -> Hop:
@@ -319,7 +356,7 @@ class _Tracer:
                    f"{VXLAN_OVERHEAD_V4} bytes of outer headers")
         if k is None:
             return _unknown("vxlan-device", n.name, title, n.unreadable, explain)
-        cfg = self.facts.config
+        cfg = self.cfg
         link = k.links.get(self.dev)
         want = (f"{self.dev} UP, vxlan id {cfg.vni} local {n.ip} dev {n.interface} dstport {cfg.port} nolearning, "
                 f"holding {n.tunnel_ip}/32")
@@ -395,7 +432,7 @@ class _Tracer:
     def encapsulation(self) -> Hop:
         n, b, k = self.a, self.b, self.a.kernel
         title = "on the wire"
-        cfg = self.facts.config
+        cfg = self.cfg
         link = k.links.get(self.dev) if k else None
         vx = link.vxlan if link else None
         under = k.links.get(n.interface) if k and n.interface else None
@@ -415,7 +452,8 @@ class _Tracer:
                    f"UDP {w['port']} / VXLAN VNI {w['vni']} / inner Ethernet {w['inner_src_mac']} -> "
                    f"{w['inner_dst_mac']} / IPv4 {self.src.ip} -> {self.dst.ip}")
         found = (f"VNI {w['vni']}, UDP {w['port']}, outer {w['outer_src']} -> {w['outer_dst']}; "
-                 f"MTU: pod {w['pod_mtu'] or '?'}, {self.dev} {w['vxlan_mtu'] or '?'}, underlay {w['underlay_mtu'] or '?'}")
+                 f"MTU: pod {w['pod_mtu'] or '?'}, {self.dev} {w['vxlan_mtu'] or '?'}, "
+                 f"underlay {w['underlay_mtu'] or '?'}")
         if k is None:
             return _unknown("encapsulation", n.name, title, n.unreadable, explain)
         pod_mtu, vx_mtu, ul_mtu = w["pod_mtu"], w["vxlan_mtu"], w["underlay_mtu"]
@@ -443,21 +481,21 @@ class _Tracer:
         explain = f"the UDP packet leaves {n.name} on {n.interface} towards {b.name} ({b.ip}) like any host traffic"
         if k is None:
             return _unknown("underlay-route", n.name, title, n.unreadable, explain)
-        port = self.wire.get("port", self.facts.config.port)
+        port = self.wire.get("port", self.cfg.port)
         r = k.lookup(b.ip) if b.ip else None
         found = str(r) if r else f"no route to {b.ip}"
         want = f"a route to {b.ip} dev {n.interface}"
         if r is None or r.type != "unicast":
             return Hop("underlay-route", n.name, title, BROKEN, found, explain, want,
-                       in_netns(n.netns, f"ip route add {b.ip} via {_guess_router(n)} dev {n.interface}"))
+                       in_netns(n.netns, f"ip route add {b.ip} via {guess_router(n)} dev {n.interface}"))
         if r.dev == self.dev:
             return Hop("underlay-route", n.name, title, BROKEN, found, explain, want,
                        in_netns(n.netns, f"ip route del {r.dst} dev {self.dev}"),
                        f"a route to the node address through {self.dev} would loop")
-        blocked = _blocking_rules(n.kernel, port, ("output", "postrouting"))
+        blocked = blocking_rules(n.kernel, port, ("output", "postrouting"))
         if blocked:
             return Hop("underlay-route", n.name, title, BROKEN, f"{found}; firewall: {blocked[0]}", explain,
-                       f"UDP {port} leaves {n.name}", _nft_delete(n.netns, blocked[0]))
+                       f"UDP {port} leaves {n.name}", nft_delete_cmd(n.netns, blocked[0]))
         if n.interface and r.dev != n.interface:
             return Hop("underlay-route", n.name, title, WARNING, found, explain, want, None,
                        f"the outer packet leaves on {r.dev}, not on the VXLAN parent {n.interface}")
@@ -468,7 +506,7 @@ class _Tracer:
     def decapsulation(self) -> Hop:
         a, b, k = self.a, self.b, self.b.kernel
         title = f"{self.dev} on {b.name} decapsulates"
-        port, vni = self.wire.get("port", self.facts.config.port), self.wire.get("vni", self.facts.config.vni)
+        port, vni = self.wire.get("port", self.cfg.port), self.wire.get("vni", self.cfg.vni)
         mac = self.wire.get("inner_dst_mac", b.vtep_mac)
         explain = (f"{b.name} receives UDP {port} on {b.ip}; its {self.dev} with VNI {vni} strips the outer "
                    f"headers and takes the inner frame addressed to its MAC")
@@ -485,7 +523,7 @@ class _Tracer:
                        in_netns(b.netns, f"ip link set {self.dev} up"))
         if link.vxlan.vni != vni or link.vxlan.port != port:
             return Hop("decapsulation", b.name, title, BROKEN, found, explain, want,
-                       f"run every node's agent with the same --vni and --vxlan-port",
+                       "run every node's agent with the same --vni and --vxlan-port",
                        f"{a.name} sends VNI {vni} to port {port}: {b.name} must listen there with that VNI")
         if link.mac != mac:
             return Hop("decapsulation", b.name, title, BROKEN, found, explain, want,
@@ -495,10 +533,10 @@ class _Tracer:
             return Hop("decapsulation", b.name, title, BROKEN, found + f"; {b.ip} is not configured on {b.name}",
                        explain, want, f"restart the podnet agent on {b.name}: it registers its current address",
                        f"{b.name}'s record says {b.ip}, but no interface holds it (calico issue 6920)")
-        blocked = _blocking_rules(k, port, ("input", "prerouting"))
+        blocked = blocking_rules(k, port, ("input", "prerouting"))
         if blocked:
             return Hop("decapsulation", b.name, title, BROKEN, f"{found}; firewall: {blocked[0]}", explain,
-                       f"UDP {port} from {a.ip} accepted", _nft_delete(b.netns, blocked[0]))
+                       f"UDP {port} from {a.ip} accepted", nft_delete_cmd(b.netns, blocked[0]))
         return Hop("decapsulation", b.name, title, OK, found, explain)
 
     def final_route(self, n: NodeFacts, first: bool) -> Hop:
@@ -522,8 +560,8 @@ class _Tracer:
                        f"no pod holds {d.ip}: the packet ends in {n.name}'s blackhole route for the block")
         want = f"{d.ip} dev {d.host_interface} scope link"
         if r is None or r.dev != d.host_interface or r.type != "unicast" or r.gateway:
-            return Hop(hop_id, n.name, title, BROKEN, found, explain, want,
-                       in_netns(n.netns, f"ip route replace {d.ip}/32 dev {d.host_interface} scope link"),
+            fix, down = _route_fix(n, d.host_interface, f"ip route replace {d.ip}/32 dev {d.host_interface} scope link")
+            return Hop(hop_id, n.name, title, BROKEN, found + down, explain, want, fix,
                        "CNI ADD creates this route with the veth; it goes away with the veth")
         return Hop(hop_id, n.name, title, OK, found, explain)
 
@@ -548,7 +586,8 @@ class _Tracer:
                        f"{p.interface} is index {pod_link.index}", explain, want,
                        "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
         if not link.up:
-            return Hop("dst-veth", n.name, title, BROKEN, found, explain, want, in_netns(n.netns, f"ip link set {cali} up"))
+            return Hop("dst-veth", n.name, title, BROKEN, found, explain, want,
+                       in_netns(n.netns, f"ip link set {cali} up"))
         return Hop("dst-veth", n.name, title, OK, found + f", peer {p.interface} in {p.label}"
                    if pod_link else found, explain)
 
@@ -567,7 +606,8 @@ class _Tracer:
         found = (_link_text(link) + ", " + (", ".join(f"{a.ip}/{a.prefixlen}" for a in k.addresses_of(link.name))
                                             or "no address") + f"; reply route: {back or 'none'}")
         if not link.up:
-            return Hop("dst-pod", p.label, title, BROKEN, found, explain, want, in_netns(p.netns, f"ip link set {link.name} up"))
+            return Hop("dst-pod", p.label, title, BROKEN, found, explain, want,
+                       in_netns(p.netns, f"ip link set {link.name} up"))
         if not any(a.ip == p.ip and a.prefixlen == 32 for a in k.addresses_of(link.name)):
             return Hop("dst-pod", p.label, title, BROKEN, found, explain, want,
                        in_netns(p.netns, f"ip addr add {p.ip}/32 dev {link.name}"))
@@ -578,6 +618,19 @@ class _Tracer:
         return Hop("dst-pod", p.label, title, OK, found, explain)
 
 
+def _route_fix(n: NodeFacts, ifname: str | None, route_cmd: str) -> tuple[str, str]:
+    """The command restoring a route, and a note when its device is down.
+
+    The kernel deletes the routes through a device that goes down, and they do not come back with
+    it: the device must come up first."""
+    link = n.kernel.links.get(ifname) if n.kernel and ifname else None
+    fix = in_netns(n.netns, route_cmd)
+    if link is not None and not link.up:
+        up = in_netns(n.netns, f"ip link set {ifname} up")
+        return f"{up} && {fix}", f"; {ifname} is down, which removed its routes"
+    return fix, ""
+
+
 def _vxlan_text(link: Link, k: KernelFacts) -> str:
     vx = link.vxlan
     parent = k.link_by_index(vx.parent)
@@ -586,7 +639,7 @@ def _vxlan_text(link: Link, k: KernelFacts) -> str:
             f"dstport {vx.port}{' nolearning' if not vx.learning else ' learning'}" + (f", {addrs}" if addrs else ""))
 
 
-def _guess_router(n: NodeFacts) -> str:
+def guess_router(n: NodeFacts) -> str:
     """The first host of the node's underlay subnet: a stand-in for its router in fix commands."""
     if not n.address:
         return "<router>"
@@ -594,14 +647,14 @@ def _guess_router(n: NodeFacts) -> str:
     return str(net.network_address + 1) if net.prefixlen < 31 else "<router>"
 
 
-def _blocking_rules(k: KernelFacts | None, port: int, hooks: tuple[str, ...]):
+def blocking_rules(k: KernelFacts | None, port: int, hooks: tuple[str, ...]):
     """Firewall rules that drop UDP to `port` in chains on these hooks (or reached by jump)."""
     if k is None or not k.firewall:
         return []
     return [r for r in k.firewall if r.matches(port) and (r.hook is None or r.hook in hooks)]
 
 
-def _nft_delete(netns: str | None, rule) -> str:
+def nft_delete_cmd(netns: str | None, rule) -> str:
     return in_netns(netns, f"nft delete rule {rule.family} {rule.table} {rule.chain} handle {rule.handle}")
 
 
@@ -611,7 +664,8 @@ _MARK = {OK: "ok", BROKEN: "BROKEN", WARNING: "warning", UNKNOWN: "?"}
 
 
 def format_trace(t: Trace, explain: bool = True) -> str:
-    how = "across nodes, through the VXLAN tunnel" if t.kind == "cross-node" else "on one node, no tunnel"
+    how = {"cross-node": "across nodes, through the VXLAN tunnel", "same-node": "on one node, no tunnel",
+           "cross-node-direct": "across nodes in one subnet, routed directly (CrossSubnet, no tunnel)"}[t.kind]
     lines = [f"{t.src.label} on {t.src.node} -> {t.dst.label} on {t.dst.node}: {how}"]
     if t.access:
         lines.append(f"kernel state read from {t.access}")
@@ -652,7 +706,7 @@ def format_trace(t: Trace, explain: bool = True) -> str:
         verdict = "the path is intact" + (" where it could be inspected" if unknown else "")
         if warn:
             verdict += f" ({len(warn)} warning{'s' if len(warn) > 1 else ''})"
-        if t.kind == "cross-node" and not unknown:
+        if t.kind != "same-node" and not unknown:
             verdict += ": a ping shows ttl=62 (two routers: both nodes)"
         lines.append(verdict)
     return "\n".join(lines) + "\n"

@@ -1,0 +1,345 @@
+"""`podnet doctor`: the problems Calico users hit in VXLAN mode, checked on each node.
+
+Pure: every check takes the collected facts (podnet.observe.facts) of one
+node and returns findings, each with a severity, what is wrong and the
+command that fixes it. Errors break traffic, warnings degrade it or wait to
+break it, notes are for information only (they do not fail the run).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+from dataclasses import asdict, dataclass
+
+from podnet.calc.config import VXLAN_OVERHEAD_V4
+from podnet.calc.state import FdbEntry, Neighbour, Route
+from podnet.observe.facts import ClusterFacts, KernelFacts, NodeFacts
+from podnet.observe.trace import blocking_rules, desired_for, guess_router, in_netns, nft_delete_cmd, sysctl_cmd
+
+ERROR, WARNING, NOTE = "error", "warning", "note"
+_ORDER = {ERROR: 0, WARNING: 1, NOTE: 2}
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str
+    check: str
+    node: str
+    problem: str
+    fix: str
+
+
+@dataclass
+class Report:
+    nodes: list[str]  # the nodes whose kernel was checked
+    findings: list[Finding]
+    access: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity in (ERROR, WARNING) for f in self.findings)
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "access": self.access, "nodes": self.nodes,
+                "findings": [asdict(f) for f in self.findings]}
+
+
+def diagnose(facts: ClusterFacts, nodes: list[str] | None = None) -> Report:
+    """Run every check on the named nodes (default: every node whose kernel was read)."""
+    names = nodes if nodes is not None else [n for n, f in sorted(facts.nodes.items()) if f.readable]
+    findings: list[Finding] = []
+    checked = []
+    for name in names:
+        node = facts.nodes.get(name)
+        if node is None:
+            findings.append(Finding(ERROR, "node", name, f"no node named {name} in the datastore",
+                                    "start the podnet agent on it (it registers the node)"))
+            continue
+        findings += check_node_address(facts, node)
+        if node.kernel is None:
+            findings.append(Finding(NOTE, "access", name, f"kernel not checked: {node.unreadable}",
+                                    f"run podnet doctor on {name}"))
+            continue
+        checked.append(name)
+        findings += [Finding(NOTE, "access", name, note, "-") for note in node.kernel.notes]
+        for check in NODE_CHECKS:
+            findings += check(facts, node)
+    findings.sort(key=lambda f: (_ORDER[f.severity], f.node, f.check))
+    return Report(checked, findings, facts.access)
+
+
+# --- the checks --------------------------------------------------------------------------------
+
+
+def check_vxlan_device(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    k, dev = n.kernel, n.config.device
+    out = []
+    if n.interface and n.interface not in k.links:
+        out.append(Finding(ERROR, "underlay", n.name, f"the node's interface {n.interface} does not exist",
+                           f"restart the podnet agent on {n.name} with --interface naming the underlay NIC"))
+    if n.ip and not any(a.ip == n.ip for a in k.addresses):
+        out.append(Finding(ERROR, "underlay", n.name, f"no interface holds the node address {n.ip} "
+                           "(calico issue 6920: unable to find parent interface)",
+                           f"restart the podnet agent on {n.name}: it registers the address it finds"))
+    link = k.links.get(dev)
+    if link is None or link.vxlan is None:
+        return out + [Finding(ERROR, "vxlan-device", n.name, f"{dev} does not exist",
+                              f"start the podnet agent on {n.name}: it creates {dev}")]
+    if not link.up:
+        out.append(Finding(ERROR, "vxlan-device", n.name, f"{dev} is down",
+                           in_netns(n.netns, f"ip link set {dev} up")))
+    if link.vxlan.local and n.ip and link.vxlan.local != n.ip:
+        out.append(Finding(ERROR, "vxlan-device", n.name,
+                           f"{dev} sends from {link.vxlan.local}, the node record says {n.ip}",
+                           f"restart the podnet agent on {n.name} (it recreates {dev})"))
+    others = {(o.kernel.links[dev].vxlan.vni, o.kernel.links[dev].vxlan.port)
+              for o in facts.nodes.values() if o is not n and o.kernel and dev in o.kernel.links
+              and o.kernel.links[dev].vxlan}
+    if others and (link.vxlan.vni, link.vxlan.port) not in others:
+        theirs = ", ".join(f"VNI {v} port {p}" for v, p in sorted(others))
+        out.append(Finding(ERROR, "vxlan-device", n.name,
+                           f"{dev} uses VNI {link.vxlan.vni} port {link.vxlan.port}; other nodes use {theirs}",
+                           "run every node's agent with the same --vni and --vxlan-port"))
+    cfg = n.config
+    if (link.vxlan.vni, link.vxlan.port) != (cfg.vni, cfg.port):
+        out.append(Finding(WARNING, "vxlan-device", n.name,
+                           f"{dev} has VNI {link.vxlan.vni} port {link.vxlan.port}; the agent configuration says "
+                           f"VNI {cfg.vni} port {cfg.port}",
+                           f"restart the podnet agent on {n.name} (it recreates {dev})"))
+    if link.vxlan.learning:
+        out.append(Finding(WARNING, "vxlan-device", n.name, f"{dev} learns MACs from received packets",
+                           f"restart the podnet agent on {n.name} (it recreates {dev} with nolearning)"))
+    return out
+
+
+def check_mtu(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    k, dev = n.kernel, n.config.device
+    under = k.links.get(n.interface) if n.interface else None
+    vx = k.links.get(dev)
+    out = []
+    if under and vx and under.mtu and vx.mtu and vx.mtu > under.mtu - VXLAN_OVERHEAD_V4:
+        budget = under.mtu - VXLAN_OVERHEAD_V4
+        out.append(Finding(ERROR, "mtu", n.name,
+                           f"{dev} MTU {vx.mtu} > underlay {under.name} MTU {under.mtu} - {VXLAN_OVERHEAD_V4} = "
+                           f"{budget}: full-size encapsulated packets are dropped (the agent sets underlay - "
+                           f"{VXLAN_OVERHEAD_V4} unless --vxlan-mtu or an AgentConfiguration's vxlanMTU says "
+                           "otherwise)",
+                           in_netns(n.netns, f"ip link set {dev} mtu {budget}")))
+    limit = vx.mtu if vx and vx.mtu else (under.mtu - VXLAN_OVERHEAD_V4 if under and under.mtu else None)
+    if limit is None:
+        return out
+    for pod in (p for p in facts.pods if p.node == n.name):
+        link = pod.kernel.links.get(pod.interface) if pod.kernel else k.links.get(pod.host_interface)
+        if link and link.mtu and link.mtu > limit:
+            where = f"{pod.label}'s {pod.interface}" if pod.kernel else f"{pod.label}'s veth {link.name}"
+            out.append(Finding(ERROR, "mtu", n.name,
+                               f"{where} MTU {link.mtu} > {dev} MTU {limit}: large packets are dropped silently "
+                               "(calico issue 8953); new pods get the CNI config's mtu, or the agent's choice",
+                               in_netns(pod.netns, f"ip link set {pod.interface} mtu {limit}")))
+    return out
+
+
+def check_tx_checksum(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    dev = n.config.device
+    if not n.kernel.features.get(dev, {}).get("tx-checksum-ip-generic"):
+        return []
+    now = in_netns(n.netns, f"ethtool -K {dev} tx-checksum-ip-generic off")
+    if not n.config.tx_checksum_offload:
+        return [Finding(WARNING, "tx-checksum", n.name,
+                        f"TX checksum offload is on for {dev} although the agent configuration turns it off "
+                        f"(is the agent on {n.name} running?)", now)]
+    affected = kernel_at_least(n.kernel.release, (6, 12))
+    return [Finding(WARNING if affected else NOTE, "tx-checksum", n.name,
+                    f"TX checksum offload is on for {dev}: "
+                    + ("on this kernel (6.12+) VXLAN throughput collapses (calico issue 11435); " if affected else "")
+                    + "with masquerading, packets are dropped (calico issue 3145); to keep it off, apply an "
+                    "AgentConfiguration with spec.vxlanTxChecksumOffload: false", now)]
+
+
+def kernel_at_least(release: str, version: tuple[int, int]) -> bool:
+    try:
+        major, minor = (int(x) for x in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= version
+
+
+def check_rp_filter(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    k, out = n.kernel, []
+    if k.sysctls.get("conf/all/rp_filter") == "1":
+        out.append(Finding(WARNING, "rp-filter", n.name,
+                           "net.ipv4.conf.all.rp_filter=1 (strict) applies to every interface: asymmetric paths "
+                           "are dropped (felix issue 2082)", sysctl_cmd(n.netns, "conf/all/rp_filter", 2)))
+    for ifname in (n.interface, n.config.device):
+        if ifname and k.sysctls.get(f"conf/{ifname}/rp_filter") == "1":
+            out.append(Finding(WARNING, "rp-filter", n.name,
+                               f"rp_filter=1 (strict) on {ifname}: packets whose reverse path leaves by another "
+                               "interface are dropped", sysctl_cmd(n.netns, f"conf/{ifname}/rp_filter", 2)))
+    return out
+
+
+def check_default_route(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    if n.kernel.default_route() is None and n.kernel.lookup("169.254.1.1") is None:
+        router = guess_router(n)
+        return [Finding(ERROR, "default-route", n.name,
+                        "no default route: proxy ARP for the pods' gateway 169.254.1.1 stays silent, so pods "
+                        f"cannot send anything (in the fix, {router} stands for the underlay's router)",
+                        in_netns(n.netns, f"ip route add default via {router} dev {n.interface or 'eth0'}"))]
+    return []
+
+
+def check_ip_forward(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    value = n.kernel.sysctls.get("ip_forward")
+    if value is not None and value != "1":
+        return [Finding(ERROR, "ip-forward", n.name,
+                        f"net.ipv4.ip_forward={value}: the node does not route between pods and vxlan.calico",
+                        sysctl_cmd(n.netns, "ip_forward", 1))]
+    return []
+
+
+def kernel_entries(k: KernelFacts, device: str) -> tuple[set, set, set]:
+    """The routes (proto 80), neighbours and FDB entries of `device`, as calc value objects."""
+    routes = {Route(r.dst, blackhole=True) if r.type == "blackhole" else Route(r.dst, r.gateway, r.dev, r.onlink)
+              for r in k.routes if r.proto == 80}
+    neighbours = {Neighbour(x.ip, x.mac, x.dev) for x in k.neighbours if x.dev == device and x.mac}
+    fdb = {FdbEntry(f.mac, f.dst, f.dev) for f in k.fdb if f.dev == device and f.dst}
+    return routes, neighbours, fdb
+
+
+def check_entries(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    """Stale, foreign and missing routes, neighbours and FDB entries (calico issue 7281)."""
+    dev = n.config.device
+    if n.ip is None or dev not in n.kernel.links:
+        return []
+    want = desired_for(facts, n)
+    routes, neighbours, fdb = kernel_entries(n.kernel, dev)
+    node_macs = {o.vtep_mac: o.name for o in facts.nodes.values()}
+    tunnels = {o.tunnel_ip: o.name for o in facts.nodes.values() if o.tunnel_ip}
+    hint = f" (the agent on {n.name} keeps these entries: is it running?)"
+    ns, out = n.netns, []
+
+    for f in sorted(want.fdb - fdb):
+        out.append(Finding(ERROR, "fdb", n.name, f"missing FDB entry {f}: frames to {node_macs.get(f.mac, f.mac)} "
+                           "have no destination" + hint,
+                           in_netns(ns, f"bridge fdb append {f.mac} dev {dev} dst {f.dst} self permanent")))
+    for f in sorted(fdb - want.fdb):
+        owner = node_macs.get(f.mac)
+        what = (f"stale FDB entry {f}: {owner} is at {facts.nodes[owner].ip}" if owner and owner != n.name
+                else f"foreign FDB entry {f}: no current remote node has MAC {f.mac}")
+        out.append(Finding(ERROR if owner else WARNING, "fdb", n.name, what,
+                           in_netns(ns, f"bridge fdb del {f.mac} dev {dev} dst {f.dst} self")))
+    have_macs = {x.ip: x.mac for x in neighbours}
+    for x in sorted(want.neighbours - neighbours):
+        what = (f"neighbour entry {x.ip} has lladdr {have_macs[x.ip]}, not {x.mac}" if x.ip in have_macs
+                else f"missing neighbour entry {x}")
+        out.append(Finding(ERROR, "neighbour", n.name, what + hint,
+                           in_netns(ns, f"ip neigh replace {x.ip} dev {dev} lladdr {x.mac} nud permanent")))
+    wanted_ips = {x.ip for x in want.neighbours}
+    for x in sorted(neighbours - want.neighbours):
+        if x.ip in wanted_ips:
+            continue  # a wrong MAC for a wanted IP: the finding above replaces it
+        owner = tunnels.get(x.ip)
+        what = (f"stale neighbour entry {x.ip} lladdr {x.mac}: {owner}'s VTEP MAC is {facts.nodes[owner].vtep_mac}"
+                if owner and owner != n.name else f"foreign neighbour entry {x.ip} lladdr {x.mac}: "
+                "no current remote node has this tunnel address")
+        out.append(Finding(ERROR if owner else WARNING, "neighbour", n.name, what,
+                           in_netns(ns, f"ip neigh del {x.ip} dev {dev}")))
+    for r in sorted(want.routes - routes):
+        out.append(Finding(ERROR, "routes", n.name, f"missing route {r}" + hint,
+                           in_netns(ns, f"ip route replace {_route_args(r)} proto 80")))
+    wanted_dsts = {r.dst for r in want.routes}
+    for r in sorted(routes - want.routes):
+        if r.dst in wanted_dsts:
+            continue  # replaced by the "missing" fix above
+        out.append(Finding(WARNING, "routes", n.name, f"stale route {r} (proto 80): no current node owns {r.dst}",
+                           in_netns(ns, f"ip route del {_route_args(r)}")))
+    return out
+
+
+def _route_args(r: Route) -> str:
+    return f"blackhole {r.dst}" if r.blackhole else str(r)
+
+
+def check_vxlan_port(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    k, dev = n.kernel, n.config.device
+    if k.firewall is None:
+        return [Finding(NOTE, "vxlan-port", n.name, "nft is not installed here: the firewall was not checked",
+                        "apt-get install nftables")]
+    link = k.links.get(dev)
+    port = link.vxlan.port if link and link.vxlan and link.vxlan.port else n.config.port
+    hooks = ("input", "prerouting", "output", "postrouting")
+    return [Finding(ERROR, "vxlan-port", n.name, f"the firewall drops VXLAN: {rule} (UDP {port})",
+                    nft_delete_cmd(n.netns, rule)) for rule in blocking_rules(k, port, hooks)]
+
+
+NM_UNMANAGED = "interface-name:cali*;interface-name:vxlan.calico"
+
+
+def check_networkmanager(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    nm = (n.host or {}).get("networkmanager")
+    if not nm or not nm.get("running"):
+        return []
+    specs = nm.get("unmanaged_devices", [])
+    missing = [name for name in ("cali0123456789a", n.config.device) if not _nm_covers(specs, name)]
+    if not missing:
+        return []
+    return [Finding(WARNING, "networkmanager", n.name,
+                    "NetworkManager runs and may manage " + " and ".join(
+                        "cali* veths" if m.startswith("cali") else m for m in missing) +
+                    ": it takes devices down or strips their addresses (calico issue 3271)",
+                    f"printf '[keyfile]\\nunmanaged-devices={NM_UNMANAGED}\\n' > "
+                    "/etc/NetworkManager/conf.d/podnet.conf && nmcli general reload")]
+
+
+def _nm_covers(specs: list[str], ifname: str) -> bool:
+    for spec in specs:
+        kind, _, pattern = spec.partition(":")
+        if kind == "interface-name" and fnmatch.fnmatchcase(ifname, pattern.lstrip("=~")):
+            return True
+    return False
+
+
+def check_node_address(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    if not n.address or ipaddress.ip_interface(n.address).network.prefixlen != 32:
+        return []
+    held = ""
+    if n.kernel:
+        real = next((a for a in n.kernel.addresses if a.ip == n.ip and a.prefixlen != 32), None)
+        if real:
+            held = f" ({real.ifname} holds {real.ip}/{real.prefixlen})"
+    return [Finding(WARNING, "node-address", n.name,
+                    f"the node address is registered as {n.address}: with CrossSubnet every other node looks like "
+                    f"another subnet, so all traffic is encapsulated (calico issue 4254){held}",
+                    f"restart the podnet agent on {n.name} with --address <ip>/<prefix> (or none: it reads the "
+                    "prefix from the interface)")]
+
+
+NODE_CHECKS = [check_vxlan_device, check_mtu, check_tx_checksum, check_rp_filter, check_default_route,
+               check_ip_forward, check_entries, check_vxlan_port, check_networkmanager]
+
+
+# --- text for people ---------------------------------------------------------------------------
+
+
+def format_report(report: Report) -> str:
+    lines = []
+    if report.findings:
+        rows = [(f.severity, f.check, f.node, f.problem) for f in report.findings]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(("SEVERITY", "CHECK", "NODE"))]
+        indent = sum(widths) + 2 * len(widths)
+        lines.append("  ".join(h.ljust(w) for h, w in zip(("SEVERITY", "CHECK", "NODE"), widths)) + "  PROBLEM / FIX")
+        for f in report.findings:
+            cells = "  ".join(v.ljust(w) for v, w in zip((f.severity, f.check, f.node), widths))
+            lines.append(f"{cells}  {f.problem}")
+            lines.append(" " * indent + "fix: " + f.fix)
+        lines.append("")
+    counts = {s: sum(1 for f in report.findings if f.severity == s) for s in (ERROR, WARNING, NOTE)}
+    where = f"{len(report.nodes)} node{'s' if len(report.nodes) != 1 else ''}" + (
+        f" ({', '.join(report.nodes)})" if report.nodes else "")
+    if report.ok:
+        lines.append(f"no problems found on {where}" + (f", {counts[NOTE]} note(s)" if counts[NOTE] else ""))
+    else:
+        parts = [f"{c} {s}{'s' if c != 1 else ''}" for s, c in counts.items() if c]
+        lines.append(f"{', '.join(parts)} on {where}")
+    return "\n".join(lines) + "\n"

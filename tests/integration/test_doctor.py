@@ -1,0 +1,161 @@
+"""`podnet doctor` on a real lab: a healthy lab has no findings; each known foot-gun, made in a node's
+namespace, is found with the right severity, and running the printed fix clears it.
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import podnet
+from podnet.cli.main import main
+from podnet.datastore import open_datastore
+from podnet.datastore.resources import Resources
+from podnet.model.agentconfig import AgentConfiguration
+from podnet.observe.facts import ethtool_features
+
+REPO = Path(podnet.__file__).resolve().parents[1]
+
+
+def doctor(capsys, *argv) -> tuple[int, dict]:
+    capsys.readouterr()
+    code = main(["doctor", *argv, "-o", "json"])
+    out, err = capsys.readouterr()
+    assert out, err
+    return code, json.loads(out)
+
+
+def _tx_checksum(netns: str) -> bool:
+    return ethtool_features(netns, "vxlan.calico", ["tx-checksum-ip-generic"])["tx-checksum-ip-generic"]
+
+
+def _resources(lab):
+    store = open_datastore(lab.datastore_url)
+    return store, Resources(store)
+
+
+@pytest.fixture
+def healthy_lab(lab_factory):
+    """Two nodes, a pod on each, TX checksum offload off on vxlan.calico as Calico advises on this kernel."""
+    lab = lab_factory(nodes=2, pods_per_node=1)
+    store, res = _resources(lab)
+    try:
+        res.apply_agent_config(AgentConfiguration("default", tx_checksum_offload=False))
+    finally:
+        store.close()
+    deadline = time.monotonic() + 20
+    while any(_tx_checksum(lab.node_netns(n)) for n in ("node-1", "node-2")):
+        assert time.monotonic() < deadline, "the agents did not turn TX checksum offload off"
+        time.sleep(0.05)
+    return lab
+
+
+def test_a_healthy_lab_has_no_findings(healthy_lab, capsys):
+    code, report = doctor(capsys, "--lab", healthy_lab.name)
+    assert (code, report["findings"], report["nodes"]) == (0, [], ["node-1", "node-2"])
+    capsys.readouterr()
+    assert main(["doctor", "--lab", healthy_lab.name]) == 0
+    assert capsys.readouterr().out == "no problems found on 2 nodes (node-1, node-2)\n"
+
+
+# name: (commands in node-1's namespace ({n1}; {p1} is pod-1-1's), stop node-1's agent first?,
+#        the findings expected as (severity, check, node))
+NFT_DROP = ["ip netns exec {n2} nft add table inet t",
+            "ip netns exec {n2} nft add chain inet t input '{{ type filter hook input priority 0; }}'",
+            "ip netns exec {n2} nft add rule inet t input udp dport 4789 drop"]
+CASES = {
+    # The kernel refuses a VXLAN MTU above its parent's minus 50, so the parent's MTU is lowered instead.
+    "vxlan-mtu": (["ip -n {n1} link set eth0 mtu 1400"], True, [("error", "mtu", "node-1")]),
+    "pod-mtu": (["ip -n {p1} link set eth0 mtu 1500"], False, [("error", "mtu", "node-1")]),
+    "tx-checksum": (["ip netns exec {n1} ethtool -K vxlan.calico tx-checksum-ip-generic on"], True,
+                    [("warning", "tx-checksum", "node-1")]),
+    "rp-filter": (["ip netns exec {n1} sysctl -qw net.ipv4.conf.all.rp_filter=1",
+                   "ip netns exec {n1} sysctl -qw net.ipv4.conf.eth0.rp_filter=1"], False,
+                  [("warning", "rp-filter", "node-1"), ("warning", "rp-filter", "node-1")]),
+    "default-route": (["ip -n {n1} route del default"], False, [("error", "default-route", "node-1")]),
+    "ip-forward": (["ip netns exec {n1} sysctl -qw net.ipv4.ip_forward=0"], False, [("error", "ip-forward", "node-1")]),
+    "foreign-fdb": (["bridge -n {n1} fdb append 66:00:00:00:00:01 dev vxlan.calico dst 172.31.0.99 self permanent"],
+                    True, [("warning", "fdb", "node-1")]),
+    "missing-fdb": (["bridge -n {n1} fdb del {m2} dev vxlan.calico dst {u2} self"], True, [("error", "fdb", "node-1")]),
+    "stale-neighbour": (["ip -n {n1} neigh replace {t2} dev vxlan.calico lladdr 66:00:00:00:00:02 nud permanent"],
+                        True, [("error", "neighbour", "node-1")]),
+    "vxlan-port": (NFT_DROP, False, [("error", "vxlan-port", "node-2")]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_problem_is_found_and_its_fix_clears_it(healthy_lab, capsys, case):
+    lab = healthy_lab
+    status = lab.status()
+    nodes = {n["name"]: n for n in status["nodes"]}
+    commands, stop_agent, expected = CASES[case]
+    if stop_agent:  # the agent would repair its own state within milliseconds
+        lab.stop_agent("node-1")
+    values = {"n1": lab.node_netns("node-1"), "n2": lab.node_netns("node-2"),
+              "p1": next(p["netns"] for p in status["pods"] if p["node"] == "node-1"),
+              "m2": nodes["node-2"]["vtep_mac"], "u2": nodes["node-2"]["underlay_ip"],
+              "t2": nodes["node-2"]["tunnel_ip"]}
+    for command in commands:
+        subprocess.run(command.format(**values), shell=True, check=True, capture_output=True)
+
+    code, report = doctor(capsys, "--lab", lab.name)
+    assert code == 1 and not report["ok"]
+    assert [(f["severity"], f["check"], f["node"]) for f in report["findings"]] == expected, report["findings"]
+    # Fix, check again. A smaller VXLAN MTU makes the pods' MTU too big: that takes a second round.
+    for _ in range(2 if case == "vxlan-mtu" else 1):
+        for finding in report["findings"]:
+            fixed = subprocess.run(finding["fix"], shell=True, capture_output=True, text=True)
+            assert fixed.returncode == 0, (finding["fix"], fixed.stderr)
+        code, report = doctor(capsys, "--lab", lab.name)
+    assert (code, report["findings"]) == (0, [])
+
+
+def test_node_address_registered_as_32_and_the_agent_restart_that_fixes_it(healthy_lab, capsys):
+    lab = healthy_lab
+    store, res = _resources(lab)
+    try:
+        record = res.node("node-2")
+        res.put_node(type(record)(record.name, record.ip + "/32", record.interface, record.vtep_mac,
+                                  record.tunnel_address, record.labels))
+        code, report = doctor(capsys, "--lab", lab.name)
+        assert code == 1
+        assert [(f["severity"], f["check"], f["node"]) for f in report["findings"]] == [
+            ("warning", "node-address", "node-2")]
+        assert "(eth0 holds 172.31.0.12/24)" in report["findings"][0]["problem"]
+        lab.restart_agent("node-2")  # the fix: the agent registers the prefix the interface holds
+        deadline = time.monotonic() + 20
+        while res.node("node-2").address.endswith("/32"):
+            assert time.monotonic() < deadline, "the restarted agent did not re-register node-2"
+            time.sleep(0.05)
+    finally:
+        store.close()
+    lab.wait_converged()
+    assert doctor(capsys, "--lab", lab.name) == (0, {"ok": True, "access": f"lab {lab.name}",
+                                                    "nodes": ["node-1", "node-2"], "findings": []})
+
+
+def test_node_flag_checks_one_node(healthy_lab, capsys):
+    subprocess.run(["ip", "netns", "exec", healthy_lab.node_netns("node-1"), "sysctl", "-qw",
+                    "net.ipv4.ip_forward=0"], check=True)
+    code, report = doctor(capsys, "--lab", healthy_lab.name, "--node", "node-2")
+    assert (code, report["nodes"], report["findings"]) == (0, ["node-2"], [])
+    code, report = doctor(capsys, "--lab", healthy_lab.name, "--node", "node-1")
+    assert code == 1 and [f["check"] for f in report["findings"]] == ["ip-forward"]
+
+
+def test_on_a_node_itself_doctor_checks_that_node_and_networkmanager(healthy_lab):
+    """Without --lab the current namespace is the node: run it inside node-2's namespace."""
+    proc = subprocess.run(["ip", "netns", "exec", healthy_lab.node_netns("node-2"), sys.executable, "-m", "podnet",
+                           "doctor", "--datastore", healthy_lab.datastore_url, "-o", "json"],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    report = json.loads(proc.stdout)
+    # NetworkManager is checked here (this host), and it does not run on this machine.
+    assert (proc.returncode, report["nodes"], report["findings"]) == (0, ["node-2"], []), proc.stderr
+
+
+def test_a_datastore_without_this_host_is_a_clean_error(tmp_path, capsys):
+    code = main(["doctor", "--datastore", f"sqlite://{tmp_path}/empty.db"])
+    assert code == 1 and "cannot tell which node this host is" in capsys.readouterr().err
