@@ -19,10 +19,12 @@ class KernelWatcher:
     """Calls on_change() when a route of ours, or the VXLAN device, its neighbours, FDB or address change."""
 
     def __init__(self, device: str, on_change: Callable[[], None],
-                 on_address_change: Callable[[], None] | None = None):
-        """on_address_change: an IPv4 address was added or removed on any interface
-        (the node's underlay address may have moved)."""
+                 on_address_change: Callable[[], None] | None = None, also_links: Callable[[], set] = set):
+        """on_address_change: an address was added or removed on any interface (the node's
+        underlay address may have moved). also_links(): names of further links whose changes
+        matter (the parent interface: its MTU sets the tunnel's; the IPv6 device)."""
         self.device = device
+        self.also_links = also_links
         self.on_change = on_change
         self.on_address_change = on_address_change
         self.sock = rtnl.RtnlSocket(groups=_GROUPS)
@@ -44,7 +46,7 @@ class KernelWatcher:
             return dev_index is not None and rtnl.parse_neigh(payload)["ifindex"] == dev_index
         if kind in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK):
             link = rtnl.parse_link(payload)
-            return link["ifname"] == self.device or link["index"] == dev_index
+            return link["ifname"] == self.device or link["index"] == dev_index or link["ifname"] in self.also_links()
         if kind in (rtnl.RTM_NEWADDR, rtnl.RTM_DELADDR):
             return rtnl.parse_addr(payload)["index"] == dev_index
         return False

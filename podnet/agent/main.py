@@ -131,7 +131,8 @@ class Agent:
 
             self.gc = NodeGc(node.name, args.ipam_gc_grace)
         self.view.start()
-        KernelWatcher(self.config.device, self.dirty.set, self._on_address_change).start()
+        KernelWatcher(self.config.device, self.dirty.set, self._on_address_change,
+                      lambda: {self.reconciler.local.interface, self.config.device6}).start()
         ctx = NodeContext(
             node=node.name,
             resources=self.resources,

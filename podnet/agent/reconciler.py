@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute
 
 from podnet.agent.syncer import DatastoreView
+import platform
 import socket
 
 import re
@@ -76,10 +77,11 @@ class Reconciler:
         for name in {config.device, config.device6} - set(devices):
             if vxlan.delete_device(self.ipr, name):  # e.g. the node lost its IPv6 underlay
                 log.info("removed %s: this node no longer needs it", name)
+        want_csum = config.tx_checksum_on(platform.release())
         for name in devices:
-            if ethtool.tx_checksum(name) != config.tx_checksum_offload:
-                ethtool.set_tx_checksum(name, config.tx_checksum_offload)
-                log.info("turned TX checksum offload %s on %s", "on" if config.tx_checksum_offload else "off", name)
+            if ethtool.tx_checksum(name) != want_csum:
+                ethtool.set_tx_checksum(name, want_csum)
+                log.info("turned TX checksum offload %s on %s", "on" if want_csum else "off", name)
         dev = config.device
         ifindexes = dict(devices)
         if local.interface:

@@ -145,9 +145,11 @@ def check_tx_checksum(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
     if not n.kernel.features.get(dev, {}).get("tx-checksum-ip-generic"):
         return []
     now = in_netns(n.netns, f"ethtool -K {dev} tx-checksum-ip-generic off")
-    if not n.config.tx_checksum_offload:
+    if not n.config.tx_checksum_on(n.kernel.release):
+        why = ("the agent configuration turns it off" if n.config.tx_checksum_offload is False
+               else "the agent turns it off on kernels 6.12+ (calico issue 11435)")
         return [Finding(WARNING, "tx-checksum", n.name,
-                        f"TX checksum offload is on for {dev} although the agent configuration turns it off "
+                        f"TX checksum offload is on for {dev} although {why} "
                         f"(is the agent on {n.name} running?)", now)]
     affected = kernel_at_least(n.kernel.release, (6, 12))
     return [Finding(WARNING if affected else NOTE, "tx-checksum", n.name,

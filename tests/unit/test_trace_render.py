@@ -495,7 +495,11 @@ def test_doctor_tx_checksum_depends_on_configuration_and_kernel():
     assert diagnose(f).ok
     node(f, "node-1").release = "6.12.9"
     new = [x for x in diagnose(f).findings if x.check == "tx-checksum"]
-    assert [x.severity for x in new] == [WARNING] and "11435" in new[0].problem
+    # By default the agent turns it off on 6.12+: still on means the agent did not.
+    assert [x.severity for x in new] == [WARNING] and "11435" in new[0].problem and "agent" in new[0].problem
+    f.nodes["node-1"].config = VxlanConfig(tx_checksum_offload=True)  # the user wants it on anyway
+    chosen = [x for x in diagnose(f).findings if x.check == "tx-checksum"]
+    assert [x.severity for x in chosen] == [WARNING] and "collapses" in chosen[0].problem
     assert new[0].fix.endswith("ip netns exec lab-node-1 ethtool -K vxlan.calico tx-checksum-ip-generic off")
     f.nodes["node-1"].config = VxlanConfig(tx_checksum_offload=False)
     drift = [x for x in diagnose(f).findings if x.check == "tx-checksum"]
