@@ -10,8 +10,10 @@ when a later step fails.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from typing import Callable
 from podnet.cni import protocol as p
 from podnet.cni.protocol import CniError, Request
 from podnet.dataplane import pod, rtnl
-from podnet.dataplane.netns import NamespaceError, NamespaceNotFound, open_netns
+from podnet.dataplane.netns import CLONE_NEWNET, NamespaceError, NamespaceNotFound, open_netns
 from podnet.datastore.api import DatastoreError, DatastoreUnavailable
 from podnet.datastore.resources import Resources
 from podnet.errors import PodnetError
@@ -30,6 +32,7 @@ from podnet.model.endpoint import ipam_handle
 
 log = logging.getLogger(__name__)
 
+NS_GET_NSTYPE = 0xB703  # ioctl: the CLONE_NEW* type of a namespace file
 POD_HANDLE_PREFIX = ipam_handle("")  # "k8s-pod-network.": GC never looks at other handles (tunnel addresses)
 
 
@@ -109,7 +112,7 @@ def add(ctx: NodeContext, req: Request) -> dict:
     if not ctx.ready():
         raise CniError(p.TRY_AGAIN_LATER, "the podnet agent on this node is still starting", "retry in a moment")
     try:
-        open_netns(req.netns).__index__()  # fail early (code 3) when the sandbox is gone
+        os.close(open_netns(req.netns))  # fail early (code 3) when the sandbox is gone
     except NamespaceNotFound as e:
         raise CniError(p.CONTAINER_UNKNOWN, e.message) from None
     host_ifname = host_veth_name(req.pod_namespace, req.pod_name, req.container_id)
@@ -175,16 +178,25 @@ def delete(ctx: NodeContext, req: Request) -> None:
     """Undo ADD. Idempotent: what is already gone is success. prevResult is not needed."""
     key = f"{req.container_id}-{req.ifname}"
     ep = ctx.resources.endpoint(ctx.node, key)
-    netns = req.netns
-    if netns:
-        try:
-            open_netns(netns).__index__()
-        except (NamespaceNotFound, NamespaceError):
-            netns = ""
-    pod.detach(ctx.host, ep.host_interface if ep else None, netns or None, req.ifname)
+    netns = req.netns if req.netns and _is_netns(req.netns) else None  # a sandbox already gone is fine
+    pod.detach(ctx.host, ep.host_interface if ep else None, netns, req.ifname)
     ctx.ipam.release_handle(ipam_handle(req.container_id))
     if ep:
         ctx.resources.delete_endpoint(ctx.node, key)
+
+
+def _is_netns(path: str) -> bool:
+    """Whether path is (still) a network namespace: missing paths and other files are not."""
+    try:
+        fd = open_netns(path)
+    except (NamespaceNotFound, NamespaceError):
+        return False
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 # CHECK ------------------------------------------------------------------------------------------------
@@ -220,28 +232,34 @@ def status(ctx: NodeContext, req: Request) -> None:
         raise CniError(p.STATUS_NOT_READY, "the podnet agent on this node is still starting",
                        "it has not finished reading the datastore")
     try:
-        pools = ctx.ipam.usable_pools(4, req.ipv4_pools())
+        pools = ctx.ipam.usable_pools(4, req.ipv4_pools(), node=ctx.node)
         if not _has_room(ctx, pools):
             raise CniError(p.STATUS_NOT_READY,
                            f"no IPv4 address left for node {ctx.node} in pools {', '.join(x.name for x in pools)}",
                            "add a pool or release unused addresses (podnet ipam show)")
     except NoUsablePool as e:
         raise CniError(p.STATUS_NOT_READY, e.message, e.hint or "") from None
-    except DatastoreError as e:
+    except DatastoreUnavailable as e:
         raise CniError(p.STATUS_NOT_READY, "the datastore does not answer", str(e)) from None
+    except DatastoreError as e:
+        raise CniError(p.STATUS_NOT_READY, "the datastore refused a read", str(e)) from None
 
 
 def _has_room(ctx: NodeContext, pools) -> bool:
-    """Whether ADD could get an address: a free one in the node's blocks, or a block it may still claim."""
+    """Whether ADD could get an address, as auto_assign looks for one: a free address in the node's own
+    blocks, else a block it may still claim, else (without strict affinity) one to borrow."""
     networks = [pool.network for pool in pools]
+    config = ctx.ipam.config()
     blocks = ctx.ipam.blocks(4)
-    mine = [b for b in blocks if b.node == ctx.node]
-    if any(b.free and any(b.network.subnet_of(n) for n in networks) for b in mine):
+    in_pools = [b for b in blocks if any(b.network.subnet_of(n) for n in networks)]
+    if any(b.free for b in in_pools if b.node == ctx.node):
         return True
-    if len(mine) >= ctx.ipam.max_blocks_per_host:
-        return False
-    claimed = {b.cidr for b in blocks}
-    return any(str(net) not in claimed for pool in pools for net in pool.blocks())
+    limit = config.max_blocks_per_host
+    if not (limit and sum(b.node == ctx.node for b in blocks) >= limit):
+        claimed = {b.cidr for b in blocks}
+        if any(str(net) not in claimed for pool in pools for net in pool.blocks()):
+            return True
+    return not config.strict_affinity and any(b.free for b in in_pools)
 
 
 # GC ---------------------------------------------------------------------------------------------------
@@ -269,7 +287,7 @@ def gc(ctx: NodeContext, req: Request) -> None:
         try:
             # A newer sandbox of the same pod reuses the host veth name: leave that one alone.
             pod.detach(ctx.host, None if ep.host_interface in kept_ifs else ep.host_interface,
-                       ep.netns or None, ep.interface)
+                       ep.netns if ep.netns and _is_netns(ep.netns) else None, ep.interface)
             if ep.container_id in kept_ids:  # another interface of the container stays: release only ours
                 for cidr in ep.ips:
                     ctx.ipam.release_ip(cidr.split("/")[0])

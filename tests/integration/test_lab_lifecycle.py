@@ -86,8 +86,9 @@ def test_a_failed_up_cleans_up_after_itself():
     name = unique("pnt-f")
     lab = Lab(name)
     try:
-        # A pool of a single block: the second node's agent finds no block for its tunnel address and exits.
-        lab.up(LabSpec(nodes=2, pods_per_node=0, pool="10.99.0.0/30", block_size=30))
+        # A pool of one address: node-1's tunnel takes it, node-2's agent finds none (nothing left even to
+        # borrow) and exits, so lab up fails halfway.
+        lab.up(LabSpec(nodes=2, pods_per_node=0, pool="10.99.0.0/32", block_size=32))
     except Exception:
         pass
     else:
