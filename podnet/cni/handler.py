@@ -127,11 +127,17 @@ def add(ctx: NodeContext, req: Request) -> dict:
         "network": req.network,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    with ctx.ipam_lock:  # one allocator per node at a time; CAS still guards other processes
-        ip = ctx.ipam.auto_assign(ctx.node, handle, attrs, 4, req.ipv4_pools())
+    taken: list[str] = []
     attached = None
     try:
-        attached = pod.attach(ctx.host, req.netns, req.ifname, host_ifname, ip, mtu)
+        with ctx.ipam_lock:  # one allocator per node at a time; CAS still guards other processes
+            if req.assigns(4):
+                taken.append(ctx.ipam.auto_assign(ctx.node, handle, attrs, 4, req.ipv4_pools()))
+            if req.assigns(6):
+                taken.append(ctx.ipam.auto_assign(ctx.node, handle, attrs, 6, req.ipv6_pools()))
+        ipv4 = next((ip for ip in taken if ":" not in ip), None)
+        ipv6 = next((ip for ip in taken if ":" in ip), None)
+        attached = pod.attach(ctx.host, req.netns, req.ifname, host_ifname, ipv4, mtu, ipv6)
         ctx.resources.put_endpoint(WorkloadEndpoint(
             node=ctx.node,
             container_id=req.container_id,
@@ -148,7 +154,8 @@ def add(ctx: NodeContext, req: Request) -> dict:
         # Give back what this ADD took, whatever failed.
         if attached is not None:
             pod.detach(ctx.host, host_ifname, req.netns, req.ifname)
-        _release_quietly(ctx, ip)
+        for ip in taken:
+            _release_quietly(ctx, ip)
         raise
     result = p.Result(
         host_ifname=host_ifname,
@@ -158,7 +165,8 @@ def add(ctx: NodeContext, req: Request) -> dict:
         sandbox=req.netns,
         mtu=mtu,
         ips=list(attached.ips),
-        routes=[{"dst": "0.0.0.0/0", "gw": pod.GATEWAY_V4}],
+        routes=([{"dst": "0.0.0.0/0", "gw": pod.GATEWAY_V4}] if ipv4 else [])
+        + ([{"dst": "::/0", "gw": pod.GATEWAY_V6}] if ipv6 else []),
         dns=req.config.get("dns") or {},
     )
     return result.to_json(req.version)
@@ -218,7 +226,9 @@ def check(ctx: NodeContext, req: Request) -> None:
     if not ctx.ipam.ips_by_handle(ep.handle):
         raise CniError(p.CHECK_FAILED, f"the address of {req.container_id} is no longer reserved in IPAM",
                        "it was released behind the runtime's back; recreate the pod")
-    problems = pod.inspect(ctx.host, req.netns, ep.host_interface, req.ifname, ep.ips[0].split("/")[0])
+    ipv4 = next((c.split("/")[0] for c in ep.ips if ":" not in c), None)
+    ipv6 = next((c.split("/")[0] for c in ep.ips if ":" in c), None)
+    problems = pod.inspect(ctx.host, req.netns, ep.host_interface, req.ifname, ipv4, ipv6)
     if problems:
         raise CniError(p.CHECK_FAILED, "; ".join(problems))
 

@@ -152,6 +152,16 @@ class Request:
         """GC: the (containerID, ifname) pairs the runtime still holds."""
         return {(a["containerID"], a["ifname"]) for a in self.config.get(VALID_ATTACHMENTS, [])}
 
+    def assigns(self, version: int) -> bool:
+        """Whether ADD gives the pod an address of this family (IPv4 unless turned off, IPv6 if asked)."""
+        value = self.config.get("ipam", {}).get(f"assign_ipv{version}", version == 4)
+        return value in (True, "true")
+
+    def ipv6_pools(self) -> list[str] | None:
+        if self.args.get("IPV6POOLS"):
+            return [x.strip() for x in self.args["IPV6POOLS"].split(",") if x.strip()]
+        return self.config.get("ipam", {}).get("ipv6_pools") or None
+
     def ipv4_pools(self) -> list[str] | None:
         """Pools to allocate from: CNI_ARGS IPV4POOLS wins over ipam.ipv4_pools; None means every usable pool."""
         if self.args.get("IPV4POOLS"):
@@ -290,6 +300,9 @@ def _check_ipam(ipam: dict) -> None:
     for pool in ipam.get("ipv4_pools", []):
         if ":" in pool:
             raise CniError(INVALID_CONFIG, f"ipam.ipv4_pools names an IPv6 network {pool!r}")
+    for pool in ipam.get("ipv6_pools", []):
+        if "." in pool and "/" in pool and ":" not in pool:
+            raise CniError(INVALID_CONFIG, f"ipam.ipv6_pools names an IPv4 network {pool!r}")
     flags = {}
     for key in ("assign_ipv4", "assign_ipv6"):
         if key in ipam:
@@ -297,15 +310,10 @@ def _check_ipam(ipam: dict) -> None:
             if value not in ("true", "false", True, False):
                 raise CniError(INVALID_CONFIG, f"ipam.{key} must be \"true\" or \"false\", not {value!r}")
             flags[key] = value in ("true", True)
-    if flags.get("assign_ipv6"):
-        raise CniError(UNSUPPORTED_FIELD, f"unsupported field ipam.assign_ipv6 = {ipam['assign_ipv6']!r}",
-                       "podnet assigns IPv4 addresses only")
-    if flags.get("assign_ipv4") is False:
-        raise CniError(INVALID_CONFIG, "ipam.assign_ipv4 is \"false\", which leaves no address to assign",
-                       "podnet assigns IPv4 addresses only; remove assign_ipv4 or set it to \"true\"")
-    if ipam.get("ipv6_pools"):
-        raise CniError(UNSUPPORTED_FIELD, f"unsupported field ipam.ipv6_pools = {ipam['ipv6_pools']!r}",
-                       "podnet assigns IPv4 addresses only")
+    if flags.get("assign_ipv4", True) is False and not flags.get("assign_ipv6", False):
+        raise CniError(INVALID_CONFIG, "ipam.assign_ipv4 is \"false\" and assign_ipv6 is not \"true\", "
+                                       "which leaves no address to assign",
+                       "set assign_ipv4 or assign_ipv6 to \"true\"")
 
 
 def _check_dns(dns: dict) -> None:

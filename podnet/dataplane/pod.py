@@ -14,7 +14,6 @@ addresses and routes in one batch) and a few sysctl writes.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import socket
 from dataclasses import dataclass
@@ -180,7 +179,8 @@ def detach(host: rtnl.RtnlSocket, host_ifname: str | None, netns: str | None = N
     return False
 
 
-def inspect(host: rtnl.RtnlSocket, netns: str, host_ifname: str, pod_ifname: str, ipv4: str) -> list[str]:
+def inspect(host: rtnl.RtnlSocket, netns: str, host_ifname: str, pod_ifname: str, ipv4: str | None,
+            ipv6: str | None = None) -> list[str]:
     """Everything about the attachment that differs from what attach() made; [] if all is well."""
     problems: list[str] = []
     try:
@@ -193,11 +193,16 @@ def inspect(host: rtnl.RtnlSocket, netns: str, host_ifname: str, pod_ifname: str
         problems.append(f"{host_ifname} has MAC {link.get('address')}, not {HOST_MAC}")
     if not link.get("up"):
         problems.append(f"{host_ifname} is down")
-    if sysctl.read(sysctl.conf_path(4, host_ifname, "proxy_arp")) != "1":
+    if ipv4 and sysctl.read(sysctl.conf_path(4, host_ifname, "proxy_arp")) != "1":
         problems.append(f"proxy_arp is off on {host_ifname}")
-    routes = [rtnl.parse_route(p) for _, p in host.dump(rtnl.route_dump_msg(socket.AF_INET))]
-    if not any(r["dst"] == f"{ipv4}/32" and r["oif"] == host_index for r in routes):
-        problems.append(f"host route {ipv4}/32 dev {host_ifname} is missing")
+    if ipv6 and sysctl.read(sysctl.conf_path(6, host_ifname, "proxy_ndp")) != "1":
+        problems.append(f"proxy_ndp is off on {host_ifname}")
+    families = [(socket.AF_INET, ipv4, 32, GATEWAY_V4, "0.0.0.0/0"), (socket.AF_INET6, ipv6, 128, GATEWAY_V6, "::/0")]
+    families = [f for f in families if f[1]]
+    for family, ip, plen, _, _ in families:
+        routes = [rtnl.parse_route(p) for _, p in host.dump(rtnl.route_dump_msg(family))]
+        if not any(r["dst"] == f"{ip}/{plen}" and r["oif"] == host_index for r in routes):
+            problems.append(f"host route {ip}/{plen} dev {host_ifname} is missing")
     try:
         fd = open_netns(netns)
     except PodnetError as e:
@@ -209,20 +214,18 @@ def inspect(host: rtnl.RtnlSocket, netns: str, host_ifname: str, pod_ifname: str
         with entered(fd):
             pod = rtnl.RtnlSocket()
         try:
-            addrs = [rtnl.parse_addr(p) for _, p in pod.dump(rtnl.addr_dump_msg(socket.AF_INET))]
-            if not any(a["index"] == pod_index and a["address"] == ipv4 and a["prefixlen"] == 32 for a in addrs):
-                problems.append(f"{pod_ifname} does not hold {ipv4}/32")
-            proutes = [rtnl.parse_route(p) for _, p in pod.dump(rtnl.route_dump_msg(socket.AF_INET))]
-            if not any(r["dst"] == f"{GATEWAY_V4}/32" and r["oif"] == pod_index for r in proutes):
-                problems.append(f"pod route {GATEWAY_V4} dev {pod_ifname} is missing")
-            if not any(r["dst"] == "0.0.0.0/0" and r["gateway"] == GATEWAY_V4 for r in proutes):
-                problems.append(f"pod default route via {GATEWAY_V4} is missing")
+            for family, ip, plen, gateway, default in families:
+                addrs = [rtnl.parse_addr(p) for _, p in pod.dump(rtnl.addr_dump_msg(family))]
+                if not any(a["index"] == pod_index and a["address"] == ip and a["prefixlen"] == plen for a in addrs):
+                    problems.append(f"{pod_ifname} does not hold {ip}/{plen}")
+                proutes = [rtnl.parse_route(p) for _, p in pod.dump(rtnl.route_dump_msg(family))]
+                if family == socket.AF_INET and not any(r["dst"] == f"{gateway}/32" and r["oif"] == pod_index
+                                                        for r in proutes):
+                    problems.append(f"pod route {gateway} dev {pod_ifname} is missing")
+                if not any(r["dst"] == default and r["gateway"] == gateway for r in proutes):
+                    problems.append(f"pod default route via {gateway} is missing")
         finally:
             pod.close()
     finally:
         os.close(fd)
     return problems
-
-
-def pod_network(ip: str) -> str:
-    return str(ipaddress.ip_network(f"{ip}/32"))

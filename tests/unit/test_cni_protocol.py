@@ -179,9 +179,9 @@ def test_config_decoding_and_required_fields(raw, code, text):
     ({"ipam": {"ipv4_pools": ["fd00::/64"]}}, 7, "IPv6 network"),
     ({"ipam": {"assign_ipv4": "yes"}}, 7, "assign_ipv4 must be"),
     ({"ipam": {"assign_ipv4": "false"}}, 7, "leaves no address"),
-    ({"ipam": {"assign_ipv6": "true"}}, 2, "ipam.assign_ipv6 = 'true'"),
-    ({"ipam": {"assign_ipv6": True}}, 2, "ipam.assign_ipv6 = True"),
-    ({"ipam": {"ipv6_pools": ["fd00::/64"]}}, 2, "ipam.ipv6_pools"),
+    ({"ipam": {"assign_ipv4": "false", "assign_ipv6": "false"}}, 7, "leaves no address"),
+    ({"ipam": {"assign_ipv6": "maybe"}}, 7, "assign_ipv6 must be"),
+    ({"ipam": {"ipv6_pools": ["10.0.0.0/8"]}}, 7, "IPv4 network"),
 ])
 def test_config_field_validation(extra, code, text):
     e = error_of(p.parse_config, conf(**extra))
@@ -190,6 +190,8 @@ def test_config_field_validation(extra, code, text):
 
 @pytest.mark.parametrize("extra", [
     {"ipam": {"type": "calico-ipam", "assign_ipv4": "true", "assign_ipv6": "false"}},
+    {"ipam": {"assign_ipv6": "true", "ipv6_pools": ["fd00::/48"]}},
+    {"ipam": {"assign_ipv4": "false", "assign_ipv6": True}},
     {"ipam": {"type": "podnet-ipam", "ipv4_pools": ["default-ipv4-ippool", "10.244.0.0/16"]}},
     {"ipam": {}},
     {"mtu": 1450, "dns": {"nameservers": ["10.96.0.10"], "search": ["a"], "options": ["ndots:5"], "domain": "d"}},
