@@ -13,6 +13,7 @@ import time
 from pyroute2 import IPRoute
 
 from podnet.agent.kernel_events import KernelWatcher
+from podnet.agent.metrics import AgentMetrics, HealthServer, Heartbeat
 from podnet.agent.reconciler import Reconciler
 from podnet.agent.registration import find_underlay, find_underlay6, register
 from podnet.agent.syncer import DatastoreView
@@ -46,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--status-file", help="write readiness and programming status here as JSON")
     p.add_argument("--ipam-gc-grace", type=float, default=900.0,
                    help="seconds before a pod address without a workload endpoint is released (0: no GC)")
+    p.add_argument("--health-listen", default="127.0.0.1:9099", metavar="HOST:PORT",
+                   help="serve /metrics, /healthz and /readyz here ('' to turn off)")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", default="info")
     p.add_argument("--etcd-cert-file", dest="etcd_cert_file")
@@ -92,7 +95,8 @@ class Agent:
         self.stop = threading.Event()
         self.view = DatastoreView(self.store, self.dirty.set)
         self.reconciler: Reconciler | None = None
-        self.cni_stats: dict = {}
+        self.metrics = AgentMetrics()
+        self.heartbeat = Heartbeat(3 * args.resync_interval + 10)
         self.started = time.time()
         self.underlay_changed = threading.Event()
         self.gc = None
@@ -141,14 +145,27 @@ class Agent:
             pod_mtu=self._pod_mtu,
             ready=self.view.in_sync.is_set,
             ipam_lock=threading.Lock(),
-            stats=self.cni_stats,
+            metrics=self.metrics,
         )
+        if args.health_listen:
+            HealthServer(args.health_listen, self.metrics, self.heartbeat.alive, self._ready).start()
+            log.info("serving /metrics, /healthz and /readyz on %s", args.health_listen)
         server = CniServer(args.cni_socket, ctx)
         threading.Thread(target=server.serve_forever, name="cni server", daemon=True).start()
         log.info("serving CNI requests on %s", args.cni_socket)
         self._loop()
         server.shutdown()
         return 0
+
+    def _ready(self) -> tuple[bool, str]:
+        if not self.view.in_sync.is_set():
+            return False, "the datastore view is not in sync yet"
+        last = self.reconciler.last if self.reconciler else None
+        if last is None:
+            return False, "no reconcile has run yet"
+        if last.failures:
+            return False, f"the last reconcile left {len(last.failures)} changes unapplied: {last.failures[0][0]}"
+        return True, f"ok: {len(last.remote_nodes)} remote nodes programmed"
 
     def _on_address_change(self) -> None:
         self.underlay_changed.set()
@@ -187,12 +204,15 @@ class Agent:
             if self.stop.is_set():
                 break
             self.dirty.clear()
+            self.heartbeat.beat()
+            self.metrics.in_sync.set(1 if self.view.in_sync.is_set() else 0)
             if not self.view.in_sync.is_set():
                 continue  # program nothing until the view is complete
             try:
                 if self.underlay_changed.is_set():
                     self._follow_underlay()
                 result = self.reconciler.reconcile(full=not woken)
+                self._record(result)
                 if result.changes:
                     log.info("reconciled: %d changes in %.1f ms, %d remote nodes", result.changes,
                              result.seconds * 1e3, len(result.remote_nodes))
@@ -203,6 +223,7 @@ class Agent:
                 else:
                     backoff = 0.05
             except Exception:
+                self.metrics.reconcile_errors.inc()
                 log.exception("reconcile failed; retrying")
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 5)
@@ -210,6 +231,17 @@ class Agent:
             if not woken and self.gc is not None:
                 self._collect_garbage()
             self._write_status()
+
+    def _record(self, result) -> None:
+        m = self.metrics
+        m.reconcile_seconds.observe(result.seconds)
+        m.reconcile_changes.inc(result.changes)
+        m.drift_repairs.inc(result.drift)
+        m.remote_nodes.set(len(result.remote_nodes))
+        if result.failures:
+            m.reconcile_errors.inc()
+        if result.drift:
+            log.info("repaired %d kernel entries changed outside podnet", result.drift)
 
     def _collect_garbage(self) -> None:
         try:

@@ -38,6 +38,7 @@ class ReconcileResult:
     seconds: float = 0.0
     remote_nodes: tuple = ()
     device_mtu: int | None = None
+    drift: int = 0  # changes made although the desired state had not changed: someone else touched the kernel
 
 
 class Reconciler:
@@ -109,8 +110,10 @@ class Reconciler:
             failures.append(("nat table", e))
             log.error("could not apply the masquerade table: %s", e)
             changes_nat = 0
+        drift = changes.size if self.desired is not None and desired == self.desired else 0
         self.desired = desired
         self.last = ReconcileResult(
+            drift=drift,
             changes=changes.size + changes_nat,
             failures=failures,
             seconds=time.perf_counter() - start,

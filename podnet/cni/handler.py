@@ -47,7 +47,7 @@ class NodeContext:
     pod_mtu: Callable[[], int]
     ready: Callable[[], bool]
     ipam_lock: threading.Lock
-    stats: dict | None = None  # result -> count, for observability
+    metrics: object | None = None  # AgentMetrics: observe_cni(command, ok, seconds), observe_ipam(ok)
 
 
 def handle(ctx: NodeContext, env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
@@ -65,9 +65,8 @@ def handle(ctx: NodeContext, env: dict[str, str], stdin: bytes) -> tuple[int, by
             log.exception("CNI %s %s failed unexpectedly", command, env.get("CNI_CONTAINERID", ""))
         else:
             log.warning("CNI %s %s failed: %s", command, env.get("CNI_CONTAINERID", ""), err)
-    if ctx.stats is not None:
-        key = (command, "ok" if code == 0 else "error")
-        ctx.stats[key] = ctx.stats.get(key, 0) + 1
+    if ctx.metrics is not None:
+        ctx.metrics.observe_cni(command, code == 0, time.perf_counter() - started)
     log.debug("CNI %s %s took %.1f ms", command, env.get("CNI_CONTAINERID", ""),
               (time.perf_counter() - started) * 1e3)
     return code, body
@@ -131,10 +130,17 @@ def add(ctx: NodeContext, req: Request) -> dict:
     attached = None
     try:
         with ctx.ipam_lock:  # one allocator per node at a time; CAS still guards other processes
-            if req.assigns(4):
-                taken.append(ctx.ipam.auto_assign(ctx.node, handle, attrs, 4, req.ipv4_pools()))
-            if req.assigns(6):
-                taken.append(ctx.ipam.auto_assign(ctx.node, handle, attrs, 6, req.ipv6_pools()))
+            try:
+                if req.assigns(4):
+                    taken.append(ctx.ipam.auto_assign(ctx.node, handle, attrs, 4, req.ipv4_pools()))
+                if req.assigns(6):
+                    taken.append(ctx.ipam.auto_assign(ctx.node, handle, attrs, 6, req.ipv6_pools()))
+            except Exception:
+                if ctx.metrics is not None:
+                    ctx.metrics.observe_ipam(False)
+                raise
+        if ctx.metrics is not None:
+            ctx.metrics.observe_ipam(True)
         ipv4 = next((ip for ip in taken if ":" not in ip), None)
         ipv6 = next((ip for ip in taken if ":" in ip), None)
         attached = pod.attach(ctx.host, req.netns, req.ifname, host_ifname, ipv4, mtu, ipv6)

@@ -1,0 +1,109 @@
+"""The agent's Prometheus metrics and its health and readiness endpoints, on one small HTTP server.
+
+  /metrics  Prometheus text format
+  /healthz  200 while the reconcile loop is alive (it ran within three resync intervals)
+  /readyz   200 when the datastore view is in sync and the last reconcile applied everything
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger(__name__)
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class AgentMetrics:
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.remote_nodes = Gauge("podnet_remote_nodes_programmed", "Remote nodes whose route, ARP and FDB "
+                                  "entries this node holds", registry=r)
+        self.in_sync = Gauge("podnet_datastore_in_sync", "1 when the agent's view of the datastore is complete",
+                             registry=r)
+        self.reconcile_seconds = Histogram("podnet_reconcile_duration_seconds", "Time of one reconcile pass",
+                                           buckets=_FAST, registry=r)
+        self.reconcile_changes = Counter("podnet_reconcile_changes_total", "Kernel entries added, replaced or "
+                                         "removed by reconciles", registry=r)
+        self.reconcile_errors = Counter("podnet_reconcile_errors_total", "Reconcile passes that failed or left "
+                                        "something unapplied", registry=r)
+        self.drift_repairs = Counter("podnet_drift_repairs_total", "Kernel entries restored after something other "
+                                     "than podnet changed them", registry=r)
+        self.ipam_allocations = Counter("podnet_ipam_allocations_total", "Address allocations for pods",
+                                        ["result"], registry=r)
+        self.cni_requests = Counter("podnet_cni_requests_total", "CNI requests served", ["command", "result"],
+                                    registry=r)
+        self.cni_seconds = Histogram("podnet_cni_request_duration_seconds", "Time to serve a CNI request",
+                                     ["command"], buckets=_FAST, registry=r)
+
+    def observe_cni(self, command: str, ok: bool, seconds: float) -> None:
+        self.cni_requests.labels(command, "ok" if ok else "error").inc()
+        self.cni_seconds.labels(command).observe(seconds)
+
+    def observe_ipam(self, ok: bool) -> None:
+        self.ipam_allocations.labels("ok" if ok else "error").inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """Serves /metrics, /healthz and /readyz; `alive()` and `ready()` are asked on every request."""
+
+    def __init__(self, address: str, metrics: AgentMetrics, alive: Callable[[], tuple[bool, str]],
+                 ready: Callable[[], tuple[bool, str]]):
+        host, _, port = address.rpartition(":")
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path == "/metrics":
+                    self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
+                elif self.path in ("/healthz", "/readyz"):
+                    ok, why = (alive if self.path == "/healthz" else ready)()
+                    self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, code: int, body: bytes, ctype: str):
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # requests are not worth a log line each
+                pass
+
+        self.server = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="health server", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+class Heartbeat:
+    """When the reconcile loop last went round; liveness is 'recently enough'."""
+
+    def __init__(self, limit_seconds: float):
+        self.limit = limit_seconds
+        self.last = time.monotonic()
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    def alive(self) -> tuple[bool, str]:
+        age = time.monotonic() - self.last
+        if age > self.limit:
+            return False, f"the reconcile loop has not run for {age:.0f}s"
+        return True, "ok"
