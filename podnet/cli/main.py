@@ -137,18 +137,43 @@ def cmd_delete(args) -> int:
 # lab -------------------------------------------------------------------------------
 
 
-def _progress(msg: str) -> None:
-    print(f"  {msg}", flush=True)
+class Progress:
+    """A bar that redraws in place on a terminal; one plain line per step anywhere else (logs, CI)."""
+
+    def __init__(self, total: int, stream=None):
+        self.total, self.done = max(total, 1), 0
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+
+    def __call__(self, msg: str) -> None:
+        self.done = min(self.done + 1, self.total)
+        if not self.tty:
+            print(f"  [{self.done}/{self.total}] {msg}", file=self.stream, flush=True)
+            return
+        width = 24
+        filled = width * self.done // self.total
+        bar = "#" * filled + "-" * (width - filled)
+        self.stream.write(f"\r\033[K  [{bar}] {self.done}/{self.total} {msg[:60]}")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def cmd_lab_up(args) -> int:
     from podnet.lab.lab import Lab, LabSpec
 
     spec = LabSpec(nodes=args.nodes, pods_per_node=args.pods_per_node, pool=args.pool, subnets=args.subnets,
-                   vxlan_mode=args.vxlan_mode, nat_outgoing=args.nat_outgoing)
-    lab = Lab(args.name, progress=_progress)
+                   vxlan_mode=args.vxlan_mode, nat_outgoing=args.nat_outgoing, ipv6=args.ipv6)
+    progress = Progress(spec.subnets + spec.nodes + spec.nodes * spec.pods_per_node)
+    lab = Lab(args.name, progress=progress)
     print(f"podnet lab {args.name}: {args.nodes} nodes, {args.pods_per_node} pods per node", flush=True)
-    status = lab.up(spec)
+    try:
+        status = lab.up(spec)
+    finally:
+        progress.finish()
     print(f"lab {args.name} is up: {len(status['nodes'])} nodes, {len(status['pods'])} pods "
           f"(`podnet lab status --name {args.name}`)")
     return 0
@@ -239,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--subnets", type=int, default=1, help="underlay subnets joined by a router (CrossSubnet labs)")
     up.add_argument("--vxlan-mode", choices=("Always", "CrossSubnet", "Never"), default="Always")
     up.add_argument("--nat-outgoing", action="store_true", help="masquerade pod traffic leaving the pools")
+    up.add_argument("--ipv6", action="store_true", help="dual stack: IPv6 underlay, IPv6 pool, two addresses per pod")
     up.set_defaults(func=cmd_lab_up)
     st = lab_sub.add_parser("status", help="nodes and pods of the lab")
     st.add_argument("--name", default="podnet")

@@ -89,3 +89,28 @@ def test_describe_pool_node_and_config(store, capsys, tmp_path):
     assert main(ds + ["describe", "node", "nope"]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert main(ds + ["describe", "agentconfiguration", "default"]) == 1
+
+
+def test_lab_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
+    import io
+
+    from podnet.cli.main import Progress
+
+    plain = io.StringIO()
+    p = Progress(2, plain)
+    p("underlay")
+    p("node-1")
+    p.finish()
+    assert plain.getvalue() == "  [1/2] underlay\n  [2/2] node-1\n"
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    p = Progress(4, tty)
+    p("a")
+    p("b")
+    p.finish()
+    out = tty.getvalue()
+    assert "\r\033[K  [############------------] 2/4 b" in out and out.endswith("\n") and out.count("\n") == 1
