@@ -1,0 +1,144 @@
+"""containerd 1.6 on a lab node, driven over the CRI as kubelet drives it, with podnet as the network."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+
+from tests.runtimes.leaks import footprint, in_blocks, node_blocks, remote_pod
+
+
+def in_netns(netns_path: str, *cmd: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    """Run a host tool in a sandbox's network namespace only (nsenter, like the runtime does)."""
+    return subprocess.run(["nsenter", f"--net={netns_path}", *cmd], capture_output=True, text=True, timeout=timeout)
+
+
+def ping(netns_path: str, ip: str) -> subprocess.CompletedProcess:
+    return in_netns(netns_path, "ping", "-c", "1", "-W", "2", ip)
+
+
+def test_cri_version(containerd):
+    v = containerd.client.version()
+    assert v.runtime_name == "containerd"
+    assert v.runtime_api_version == "v1"
+    assert v.runtime_version.startswith("1.")
+    assert containerd.loaded_networks()[-1] == "k8s-pod-network"
+
+
+def test_run_pod_sandbox_gets_its_address_from_podnet(runtime_lab, containerd):
+    before = footprint(runtime_lab)
+    sandbox = containerd.run_sandbox("web", namespace="shop")
+    try:
+        status = containerd.client.sandbox_status(sandbox).status
+        assert status.state == containerd.client.pb.SANDBOX_READY
+        ip = status.network.ip
+        assert ip and in_blocks(ip, node_blocks(runtime_lab, "node-1")), (ip, node_blocks(runtime_lab, "node-1"))
+
+        after = footprint(runtime_lab)
+        assert after["allocations"] == sorted(before["allocations"] + [ip])
+        assert f"{sandbox}-eth0" in set(after["endpoints"]) - set(before["endpoints"])
+        assert len(after["veths"]) == len(before["veths"]) + 1
+
+        # Inside the sandbox: the /32 and the single way out that podnet programs.
+        pid = containerd.sandbox_pid(sandbox)
+        addrs = json.loads(in_netns(f"/proc/{pid}/ns/net", "ip", "-j", "-4", "addr", "show", "eth0").stdout)
+        assert [(a["local"], a["prefixlen"]) for a in addrs[0]["addr_info"]] == [(ip, 32)]
+        routes = json.loads(in_netns(f"/proc/{pid}/ns/net", "ip", "-j", "-4", "route", "show").stdout)
+        assert {"dst": "default", "gateway": "169.254.1.1"}.items() <= next(
+            r for r in routes if r["dst"] == "default").items()
+
+        # What containerd sent: ADD with the sandbox's namespace and kubelet-style CNI_ARGS.
+        add, = containerd.calls(sandbox)
+        assert add["env"]["CNI_COMMAND"] == "ADD" and add["code"] == 0
+        assert add["env"]["CNI_NETNS"] == containerd.sandboxes[sandbox]
+        args = dict(kv.split("=", 1) for kv in add["env"]["CNI_ARGS"].split(";"))
+        assert args["K8S_POD_NAMESPACE"] == "shop" and args["K8S_POD_NAME"] == "web"
+        assert args["K8S_POD_INFRA_CONTAINER_ID"] == sandbox
+    finally:
+        containerd.remove_sandbox(sandbox)
+    assert footprint(runtime_lab) == before
+
+
+def test_sandbox_on_node_1_reaches_a_pod_on_node_2_across_vxlan(runtime_lab, containerd):
+    sandbox = containerd.run_sandbox("pinger")
+    try:
+        ip = containerd.client.sandbox_status(sandbox).status.network.ip
+        other = remote_pod(runtime_lab, "node-2")
+        netns = f"/proc/{containerd.sandbox_pid(sandbox)}/ns/net"
+        out = ping(netns, other["ip"])
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "ttl=62" in out.stdout  # two routing hops: node-1, then node-2 after decapsulation
+        back = ping(f"/run/netns/{other['netns']}", ip)
+        assert back.returncode == 0, back.stdout + back.stderr
+    finally:
+        containerd.remove_sandbox(sandbox)
+
+
+def test_stop_and_remove_leave_no_address_veth_or_endpoint(runtime_lab, containerd):
+    client = containerd.client
+    before = footprint(runtime_lab)
+    sandbox = containerd.run_sandbox("short-lived")
+    netns = containerd.sandboxes[sandbox]
+    assert netns and os.path.exists(netns)
+    assert footprint(runtime_lab) != before
+
+    client.stop_sandbox(sandbox)  # DEL with the namespace (and prevResult)
+    assert footprint(runtime_lab) == before
+    assert client.sandbox_status(sandbox).status.state == client.pb.SANDBOX_NOTREADY
+    assert not os.path.exists(netns), "containerd closes the namespace on StopPodSandbox"
+
+    client.remove_sandbox(sandbox)  # a second DEL, with an empty CNI_NETNS
+    containerd.sandboxes.pop(sandbox, None)
+    assert footprint(runtime_lab) == before
+    assert sandbox not in {s.id for s in client.sandboxes()}
+    assert containerd.libcni.entries(sandbox) == []
+
+    calls = [(c["env"]["CNI_COMMAND"], c["env"]["CNI_NETNS"], c["prevResult"], c["code"])
+             for c in containerd.calls(sandbox)]
+    assert calls == [("ADD", netns, False, 0), ("DEL", netns, True, 0), ("DEL", "", False, 0)], calls
+
+
+def test_stopping_twice_is_harmless(runtime_lab, containerd):
+    """kubelet may call StopPodSandbox more than once; every DEL after the first finds nothing to do."""
+    before = footprint(runtime_lab)
+    sandbox = containerd.run_sandbox("twice")
+    containerd.client.stop_sandbox(sandbox)
+    containerd.client.stop_sandbox(sandbox)
+    containerd.remove_sandbox(sandbox)
+    assert footprint(runtime_lab) == before
+    assert all(c["code"] == 0 for c in containerd.calls(sandbox))
+
+
+def test_concurrent_sandboxes_get_distinct_reachable_addresses(runtime_lab, containerd):
+    before = footprint(runtime_lab)
+    names = [f"burst-{i}" for i in range(6)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(names)) as pool:
+        futures = [pool.submit(containerd.run_sandbox, n) for n in names]
+        sandboxes = [f.result() for f in futures if f.exception() is None]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+    try:
+        assert not errors, errors
+        ips = [containerd.client.sandbox_status(s).status.network.ip for s in sandboxes]
+        assert len(set(ips)) == len(names)
+        assert all(in_blocks(ip, node_blocks(runtime_lab, "node-1")) for ip in ips)
+        other = remote_pod(runtime_lab, "node-2")
+        unreachable = [ip for ip in ips if ping(f"/run/netns/{other['netns']}", ip).returncode != 0]
+        assert not unreachable
+    finally:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(names)) as pool:
+            list(pool.map(containerd.remove_sandbox, sandboxes))
+    assert footprint(runtime_lab) == before
+
+
+def test_sandbox_survives_an_agent_restart(runtime_lab, containerd):
+    """The plugin talks to the agent per call: a restarted agent serves the DEL of a pod it did not ADD."""
+    before = footprint(runtime_lab)
+    sandbox = containerd.run_sandbox("restart")
+    runtime_lab.restart_agent("node-1")
+    runtime_lab.wait_converged()
+    other = remote_pod(runtime_lab, "node-2")
+    assert ping(f"/proc/{containerd.sandbox_pid(sandbox)}/ns/net", other["ip"]).returncode == 0
+    containerd.remove_sandbox(sandbox)
+    assert footprint(runtime_lab) == before
