@@ -24,9 +24,9 @@ fi
 PY=${PYTHON:-python3}
 need_pip=0
 command -v podnet >/dev/null || need_pip=1
-"$PY" -c 'import pyroute2, yaml' 2>/dev/null || need_pip=1
+"$PY" -c 'import pyroute2, yaml, prometheus_client' 2>/dev/null || need_pip=1
 if [ "$want" = all ]; then
-  "$PY" -c 'import pytest, hypothesis' 2>/dev/null || need_pip=1
+  "$PY" -c 'import pytest, hypothesis, grpc, grpc_tools, prometheus_client' 2>/dev/null || need_pip=1
 fi
 if [ $need_pip = 1 ]; then
   echo "==> installing podnet and its Python dependencies (pip, editable)"

@@ -1,7 +1,8 @@
 """Datastore layer: an etcd-shaped key-value contract and its backends.
 
 `open_datastore(url)` picks the backend:
-  sqlite:///var/lib/podnet/podnet.db  (or a bare path)  the embedded store, the default
+  sqlite:///var/lib/podnet/podnet.db  (or a bare path)  the embedded store, the default;
+      ?durable=false skips the fsync of every commit (for throwaway stores such as a lab's)
   etcd://host:2379[,host:2379...]                         etcd v3
 """
 
@@ -35,7 +36,13 @@ def open_datastore(url: str | None = None, **options) -> Datastore:
     if url.startswith("sqlite://"):
         from podnet.datastore.sqlite import SqliteDatastore
 
-        return SqliteDatastore(url[len("sqlite://"):], **options)
+        path, _, query = url[len("sqlite://"):].partition("?")
+        for item in filter(None, query.split("&")):
+            key, _, value = item.partition("=")
+            if key != "durable" or value not in ("true", "false"):
+                raise DatastoreError(f"unknown option {item!r} in {url}", "sqlite URLs take ?durable=true|false")
+            options.setdefault("durable", value == "true")
+        return SqliteDatastore(path, **options)
     if url.startswith(("etcd://", "etcds://", "http://", "https://")):
         from podnet.datastore.etcd import EtcdDatastore  # noqa: F401  (issue 3)
 

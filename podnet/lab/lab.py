@@ -118,7 +118,8 @@ class Lab:
 
     @property
     def datastore_url(self) -> str:
-        return self.state.get("datastore") or f"sqlite://{os.path.join(self.root, 'podnet.db')}"
+        # A lab lives and dies with this machine's uptime: no need to fsync every commit.
+        return self.state.get("datastore") or f"sqlite://{os.path.join(self.root, 'podnet.db')}?durable=false"
 
     def log_path(self, node: str) -> str:
         return os.path.join(self.root, f"{node}.log")
@@ -236,7 +237,9 @@ class Lab:
         for path in (self.status_path(node),):
             if os.path.exists(path):
                 os.unlink(path)
-        cmd = ["ip", "netns", "exec", entry["netns"], sys.executable, "-m", "podnet", "agent",
+        # Enter only the network namespace (ip netns exec would also give the agent a mount namespace of
+        # its own, hiding namespace files a runtime mounts elsewhere than /run/netns).
+        cmd = ["nsenter", f"--net=/run/netns/{entry['netns']}", sys.executable, "-m", "podnet", "agent",
                "--node", node, "--datastore", self.datastore_url, "--interface", entry["interface"],
                "--status-file", self.status_path(node), "--default-ipv4-pool", "", "--resync-interval", "30",
                *extra_args]
