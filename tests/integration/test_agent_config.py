@@ -12,6 +12,7 @@ from podnet.datastore import open_datastore
 from podnet.datastore.resources import Resources
 from podnet.model.agentconfig import AgentConfiguration
 from tests.integration import kernel
+from tests.integration.traffic import Pinger
 
 
 def wait_for(predicate, timeout: float = 5.0):
@@ -39,25 +40,6 @@ def tx_checksum(lab, node: str) -> str:
     out = subprocess.run(["ip", "netns", "exec", lab.node_netns(node), "ethtool", "-k", "vxlan.calico"],
                          capture_output=True, text=True, check=True).stdout
     return re.search(r"tx-checksum-ip-generic: (\w+)", out).group(1)
-
-
-class Pinger:
-    """ping at 100 per second from one pod to another for the length of a with-block."""
-
-    def __init__(self, src_netns: str, dst_ip: str):
-        self.cmd = ["ip", "netns", "exec", src_netns, "ping", "-i", "0.01", "-W", "1", dst_ip]
-
-    def __enter__(self):
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(0.3)
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(0.3)
-        self.proc.send_signal(2)  # SIGINT: ping prints its summary
-        out, _ = self.proc.communicate(timeout=10)
-        m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-        self.sent, self.received = int(m.group(1)), int(m.group(2))
 
 
 def test_mtu_checksum_and_per_node_overrides_apply_live_without_loss(lab_factory):
