@@ -27,6 +27,15 @@ from podnet.datastore.api import (
 DEFAULT_URL = "sqlite:///var/lib/podnet/podnet.db"
 
 
+def __getattr__(name):
+    # The etcd backend loads only when used; its one public error is reachable from here all the same.
+    if name == "TxnOutcomeUnknown":
+        from podnet.datastore.etcd import TxnOutcomeUnknown
+
+        return TxnOutcomeUnknown
+    raise AttributeError(name)
+
+
 def default_url() -> str:
     return os.environ.get("PODNET_DATASTORE", DEFAULT_URL)
 
@@ -66,6 +75,7 @@ __all__ = [
     "Put",
     "TxnResult",
     "Watch",
+    "TxnOutcomeUnknown",
     "open_datastore",
     "default_url",
     "DEFAULT_URL",

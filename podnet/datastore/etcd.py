@@ -15,7 +15,9 @@ failure can be classified exactly:
   apply it twice.
 
 Requests go to a preferred endpoint; one that fails is demoted and the next
-one is tried. When a whole round fails the client backs off (50 ms doubling
+one is tried. Every request carries etcd's "hasleader" metadata, so a member
+cut off from its cluster refuses at once ("no leader") and ends its watches
+instead of hanging or streaming stale data. When a whole round fails the client backs off (50 ms doubling
 up to 500 ms) and tries again until the operation's time budget (`timeout`,
 3 s by default, fail-over and retries included) is spent; then it raises
 DatastoreUnavailable naming every endpoint and what went wrong with each.
@@ -44,6 +46,7 @@ import http.client
 import json
 import queue
 import random
+import select
 import socket
 import ssl
 import threading
@@ -87,6 +90,13 @@ _RETRYABLE_CODES = frozenset({
     13,  # Internal
     14,  # Unavailable: "no leader", "leader changed", "request timed out", "server stopped"
 })
+
+# Errors etcd gives before proposing anything: safe to send again, even a write.
+_NOT_PROPOSED = ("etcdserver: no leader", "etcdserver: too many requests", "raft proposal dropped")
+
+# Asks etcd (via the gateway, as gRPC metadata) to refuse requests and end watches on a
+# member that has lost its leader, rather than hang or serve a stale stream.
+_HEADERS = {"Content-Type": "application/json", "Grpc-Metadata-hasleader": "true"}
 
 _SCHEMES = {"etcd": "http", "etcds": "https", "http": "http", "https": "https"}
 
@@ -137,6 +147,10 @@ class _EtcdError(Exception):
     @property
     def retryable(self) -> bool:
         return self.code in _RETRYABLE_CODES
+
+    @property
+    def not_proposed(self) -> bool:
+        return any(m in self.message for m in _NOT_PROPOSED)
 
     @property
     def compacted(self) -> bool:
@@ -212,6 +226,15 @@ def _describe(e: BaseException) -> str:
 # Transport -----------------------------------------------------------------
 
 
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """An idle keep-alive connection has nothing to read; if it is readable, the peer hung up."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class _Transport:
     """Keep-alive HTTP connections (one per thread and endpoint) and the endpoint preference."""
 
@@ -279,11 +302,16 @@ class _Transport:
         ep = self.endpoints[index]
         conns: dict[int, http.client.HTTPConnection] = self._local.__dict__.setdefault("conns", {})
         conn = conns.get(index)
-        if conn is None or conn.sock is None:
+        if conn is not None and (conn.sock is None or _closed_by_peer(conn.sock)):
+            # The member closed this idle connection (it stopped or restarted): sending on it
+            # would make the request look lost. Start afresh, so "down" reads as not sent.
+            self.forget(conn)
+            conn = None
+        if conn is None:
             conn = conns[index] = self.connect(index, min(timeout, _CONNECT_TIMEOUT_MAX))
         try:
             conn.sock.settimeout(timeout)
-            conn.request("POST", path, body=payload, headers={"Content-Type": "application/json"})
+            conn.request("POST", path, body=payload, headers=_HEADERS)
             resp = conn.getresponse()
             data = resp.read()
         except (OSError, http.client.HTTPException) as e:
@@ -320,7 +348,7 @@ class _WatchStream:
         try:
             self._conn.sock.settimeout(timeout)
             body = json.dumps({"create_request": create_request}).encode()
-            self._conn.request("POST", "/v3/watch", body=body, headers={"Content-Type": "application/json"})
+            self._conn.request("POST", "/v3/watch", body=body, headers=_HEADERS)
             self._resp = self._conn.getresponse()
             if self._resp.status != 200:
                 data = self._resp.read()
@@ -346,6 +374,10 @@ class _WatchStream:
                     # ValueError/AttributeError: the response was closed under us by close().
                     raise _NoAnswer(f"{self.endpoint}: watch stream broke: {self._transport._describe(e)}") from None
                 if not chunk:
+                    if self._buf.strip():  # the gateway's last word (an error) has no newline
+                        self._buf += b"\n"
+                        nl = len(self._buf) - 1
+                        break
                     raise _NoAnswer(f"{self.endpoint}: watch stream ended")
                 self._buf += chunk
                 nl = self._buf.find(b"\n")
@@ -477,7 +509,7 @@ class EtcdDatastore(Datastore):
                     if isinstance(e, _EtcdError) and not e.retryable:
                         raise
                     self._transport.demote(index)
-                    if not idempotent:
+                    if not idempotent and not (isinstance(e, _EtcdError) and e.not_proposed):
                         raise _Unsettled(str(e)) from None
                     errors[ep] = str(e).removeprefix(ep + ": ")
                     continue
