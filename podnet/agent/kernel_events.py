@@ -19,12 +19,15 @@ class KernelWatcher:
     """Calls on_change() when a route of ours, or the VXLAN device, its neighbours, FDB or address change."""
 
     def __init__(self, device: str, on_change: Callable[[], None],
-                 on_address_change: Callable[[], None] | None = None, also_links: Callable[[], set] = set):
+                 on_address_change: Callable[[], None] | None = None, also_links: Callable[[], set] = set,
+                 own_ports: Callable[[], set] = set):
         """on_address_change: an address was added or removed on any interface (the node's
         underlay address may have moved). also_links(): names of further links whose changes
         matter (the parent interface: its MTU sets the tunnel's; the IPv6 device)."""
         self.device = device
         self.also_links = also_links
+        # Changes the agent itself made (its sockets' port ids) need no reconcile: it knows them.
+        self.own_ports = own_ports
         self.on_change = on_change
         self.on_address_change = on_address_change
         self.sock = rtnl.RtnlSocket(groups=_GROUPS)
@@ -54,7 +57,7 @@ class KernelWatcher:
     def _run(self) -> None:
         while True:
             try:
-                events = self.sock.recv_events()
+                events = self.sock.recv_events_from()
             except OSError as e:
                 if e.errno == errno.ENOBUFS:  # we missed events: assume something changed
                     self.on_change()
@@ -62,6 +65,8 @@ class KernelWatcher:
                 log.error("kernel event socket failed: %s", e)
                 return
             dev_index = self._device_index()
+            ours = self.own_ports()
+            events = [(kind, payload) for kind, payload, port in events if not (port and port in ours)]
             if self.on_address_change and any(k in (rtnl.RTM_NEWADDR, rtnl.RTM_DELADDR) for k, _ in events):
                 self.on_address_change()
             try:

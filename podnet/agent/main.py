@@ -135,8 +135,9 @@ class Agent:
 
             self.gc = NodeGc(node.name, args.ipam_gc_grace)
         self.view.start()
+        own_ports = {self.host.port_id}
         KernelWatcher(self.config.device, self.dirty.set, self._on_address_change,
-                      lambda: {self.reconciler.local.interface, self.config.device6}).start()
+                      lambda: {self.reconciler.local.interface, self.config.device6}, lambda: own_ports).start()
         ctx = NodeContext(
             node=node.name,
             resources=self.resources,

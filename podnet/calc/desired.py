@@ -47,8 +47,7 @@ class _Family:
 
     def ready(self, n: Node) -> bool:
         addr, tunnel = self.address(n), self.tunnel(n)
-        return bool(addr and tunnel and ipaddress.ip_interface(addr).version == self.version
-                    and ipaddress.ip_address(tunnel).version == self.version)
+        return bool(addr and tunnel and _version(addr) == self.version and _version(tunnel) == self.version)
 
 
 @dataclass
@@ -102,7 +101,10 @@ def _family_state(fam: _Family, local: Node, nodes, affinities, config: VxlanCon
 
     ready = {n.name: n for n in nodes if n.name != local.name and fam.ready(n)}
     family_pools = [p for p in pools if p.version == fam.version]
+    # In the common all-Always cluster no block needs parsing to learn its mode.
+    every_block_always = all(p.vxlan_mode == "Always" for p in family_pools)
     local_subnet = ipaddress.ip_interface(fam.address(local)).network if fam.address(local) else None
+    same_subnet: dict[str, bool] = {}
     routes: set[Route] = set()
     neighbours: set[Neighbour] = set()
     fdb: set[FdbEntry] = set()
@@ -113,16 +115,17 @@ def _family_state(fam: _Family, local: Node, nodes, affinities, config: VxlanCon
 
     def route_to(dst: str, owner: str) -> Route | None:
         node = ready[owner]
-        mode = _mode_of(dst, family_pools)
-        same_subnet = local_subnet is not None and ipaddress.ip_address(fam.ip(node)) in local_subnet
-        if mode in ("CrossSubnet", "Never") and same_subnet:
+        mode = "Always" if every_block_always else _mode_of(dst, family_pools)
+        if mode in ("CrossSubnet", "Never") and owner not in same_subnet:
+            same_subnet[owner] = local_subnet is not None and ipaddress.ip_address(fam.ip(node)) in local_subnet
+        if mode in ("CrossSubnet", "Never") and same_subnet[owner]:
             return Route(dst, gateway=fam.ip(node), ifname=local.interface, onlink=True)
         if mode == "Never":
             return None
         return Route(dst, gateway=fam.tunnel(node), ifname=dev, onlink=True)
 
     for owner, cidr in affinities:
-        if ipaddress.ip_network(cidr).version != fam.version:
+        if _version(cidr) != fam.version:
             continue
         if owner == local.name:
             routes.add(Route(cidr, blackhole=True))
@@ -133,7 +136,7 @@ def _family_state(fam: _Family, local: Node, nodes, affinities, config: VxlanCon
 
     host_len = 32 if fam.version == 4 else 128
     for ip, user in borrowed:
-        if ipaddress.ip_address(ip).version == fam.version and user in ready:
+        if _version(ip) == fam.version and user in ready:
             r = route_to(f"{ip}/{host_len}", user)
             if r:
                 routes.add(r)
@@ -143,6 +146,10 @@ def _family_state(fam: _Family, local: Node, nodes, affinities, config: VxlanCon
         routes = {r for r in routes if r.blackhole or r.ifname != dev}
         neighbours, fdb = set(), set()
     return _FamilyState(device, routes, neighbours, fdb, tuple(ready) if device else ())
+
+
+def _version(address_or_cidr: str) -> int:
+    return 6 if ":" in address_or_cidr else 4
 
 
 def _mode_of(cidr: str, pools: list[IPPool]) -> str:

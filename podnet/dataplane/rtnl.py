@@ -279,14 +279,18 @@ def parse_neigh(payload: bytes) -> dict:
 
 
 def parse_link(payload: bytes) -> dict:
+    """A link's index, name, MTU, MAC, state, kind and IFLA_LINK (a veth's peer, a VLAN's parent).
+
+    A VXLAN device also gets `vxlan`: its identity from IFLA_INFO_DATA (see parse_vxlan_info)."""
     _, _, _, index, flags, _ = _IFINFOMSG.unpack_from(payload)
     attrs = parse_attrs(payload, _IFINFOMSG.size)
     kind = None
+    info = {}
     if IFLA_LINKINFO in attrs:
         info = parse_attrs(attrs[IFLA_LINKINFO], 0)
         if IFLA_INFO_KIND in info:
             kind = info[IFLA_INFO_KIND].rstrip(b"\0").decode()
-    return {
+    link = {
         "index": index,
         "ifname": attrs.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(),
         "mtu": _U32.unpack(attrs[IFLA_MTU])[0] if IFLA_MTU in attrs else None,
@@ -295,6 +299,47 @@ def parse_link(payload: bytes) -> dict:
         "kind": kind,
         "link": _U32.unpack(attrs[IFLA_LINK])[0] if IFLA_LINK in attrs else None,
     }
+    if kind == "vxlan":
+        link["vxlan"] = parse_vxlan_info(info.get(IFLA_INFO_DATA, b""))
+    return link
+
+
+# IFLA_VXLAN_* attribute numbers (linux/if_link.h).
+IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4, 7
+IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6 = 15, 17
+
+
+def parse_vxlan_info(data: bytes) -> dict:
+    """A VXLAN device's IFLA_INFO_DATA: VNI, UDP port, local address (IPv4 `local` or IPv6 `local6`),
+    parent ifindex and whether it learns MACs; None for what the kernel did not say."""
+    attrs = parse_attrs(data, 0)
+
+    def u32(key: int) -> int | None:
+        return _U32.unpack_from(attrs[key])[0] if len(attrs.get(key, b"")) >= 4 else None
+
+    return {
+        "vni": u32(IFLA_VXLAN_ID),
+        "port": struct.unpack_from("!H", attrs[IFLA_VXLAN_PORT])[0]
+        if len(attrs.get(IFLA_VXLAN_PORT, b"")) >= 2 else None,
+        "local": str(ipaddress.IPv4Address(attrs[IFLA_VXLAN_LOCAL][:4]))
+        if len(attrs.get(IFLA_VXLAN_LOCAL, b"")) >= 4 else None,
+        "local6": str(ipaddress.IPv6Address(attrs[IFLA_VXLAN_LOCAL6][:16]))
+        if len(attrs.get(IFLA_VXLAN_LOCAL6, b"")) >= 16 else None,
+        "parent": u32(IFLA_VXLAN_LINK),
+        "learning": bool(attrs[IFLA_VXLAN_LEARNING][0]) if attrs.get(IFLA_VXLAN_LEARNING) else None,
+    }
+
+
+# Address flags (IFA_F_*, linux/if_addr.h) and the attribute carrying all 32 bits of them.
+IFA_FLAGS = 8
+IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_TENTATIVE, IFA_F_PERMANENT = 0x02, 0x08, 0x40, 0x80
+
+
+def parse_addr_flags(payload: bytes) -> int:
+    """An address message's IFA_F_* flags: IFA_FLAGS when present (it holds all of them), else the header's."""
+    _, _, flags, _, _ = _IFADDRMSG.unpack_from(payload)
+    attrs = parse_attrs(payload, _IFADDRMSG.size)
+    return _U32.unpack_from(attrs[IFA_FLAGS])[0] if len(attrs.get(IFA_FLAGS, b"")) >= 4 else flags
 
 
 def parse_addr(payload: bytes) -> dict:
@@ -337,6 +382,9 @@ class RtnlSocket:
         self.sock.bind((0, groups))
         self._seq = 0
         self._lock = threading.Lock()
+        # One receive buffer for the socket's life: recv(1 MiB) would allocate a fresh 1 MiB
+        # object per datagram, which costs more than decoding the acknowledgements in it.
+        self._buf = bytearray(1 << 20)
         self.last_details: dict[int, str] = {}  # batch position -> the kernel's extended-ack text
 
     def close(self) -> None:
@@ -350,6 +398,11 @@ class RtnlSocket:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    @property
+    def port_id(self) -> int:
+        """The kernel's id for this socket; change notifications carry the id of the socket that caused them."""
+        return self.sock.getsockname()[0]
 
     def request(self, messages: list[bytes]) -> list[int]:
         """Send messages in as few datagrams as fit; return each one's errno (0 = done)."""
@@ -381,7 +434,7 @@ class RtnlSocket:
         errors: dict[int, int] = {}
         details: dict[int, str] = {}
         while len(errors) < len(batch):
-            for kind, _, seq, payload in iter_messages(self.sock.recv(1 << 20)):
+            for kind, _, seq, payload in iter_messages(self._recv()):
                 if kind == NLMSG_ERROR:
                     errors[seq] = -_I32.unpack_from(payload)[0]
                     if errors[seq] and len(payload) > 20:
@@ -407,7 +460,7 @@ class RtnlSocket:
                 self.sock.send(bytes(msg))
                 out, interrupted, done = [], False, False
                 while not done:
-                    for kind, flags, seq, payload in iter_messages(self.sock.recv(1 << 20)):
+                    for kind, flags, seq, payload in iter_messages(self._recv()):
                         if seq != self._seq:
                             continue
                         if flags & NLM_F_DUMP_INTR:
@@ -432,5 +485,21 @@ class RtnlSocket:
 
     def recv_events(self) -> list[tuple[int, bytes]]:
         """For a socket bound to multicast groups: the next batch of change notifications."""
-        data = self.sock.recv(1 << 20)
-        return [(kind, payload) for kind, _, _, payload in iter_messages(data)]
+        return [(kind, payload) for kind, _, _, payload in iter_messages(self._recv())]
+
+    def recv_events_from(self) -> list[tuple[int, bytes, int]]:
+        """Like recv_events, with the port id of the socket whose request caused each change
+        (0 when the kernel itself or a tool without one did)."""
+        data = self._recv()
+        out, offset = [], 0
+        while offset + _HDR.size <= len(data):
+            length, kind, _, _, pid = _HDR.unpack_from(data, offset)
+            if length < _HDR.size:
+                break
+            out.append((kind, data[offset + _HDR.size: offset + length], pid))
+            offset += (length + 3) & ~3
+        return out
+
+    def _recv(self) -> bytes:
+        n = self.sock.recv_into(self._buf)
+        return bytes(memoryview(self._buf)[:n])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from podnet.model import fields, selector
 from podnet.model.errors import ValidationError
@@ -69,7 +70,7 @@ class IPPool:
                 raise ValidationError("spec.allowedUses", f"{use!r} is not one of {', '.join(ALLOWED_USES)}")
         object.__setattr__(self, "allowed_uses", uses)
 
-    @property
+    @cached_property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         return ipaddress.ip_network(self.cidr)
 

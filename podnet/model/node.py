@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from podnet.model import fields
 from podnet.model.errors import ValidationError
@@ -53,20 +54,21 @@ class Node:
             object.__setattr__(self, "tunnel_address6",
                                str(fields.ip_address("spec.tunnelAddress6", self.tunnel_address6)))
 
-    @property
+    # Parsed once per record: the agent reads these for every node on every reconcile.
+    @cached_property
     def ip(self) -> str | None:
         """The underlay IP without its prefix."""
         return str(ipaddress.ip_interface(self.address).ip) if self.address else None
 
-    @property
+    @cached_property
     def effective_vtep_mac(self) -> str:
         return self.vtep_mac or vtep_mac(self.name)
 
-    @property
+    @cached_property
     def ip6(self) -> str | None:
         return str(ipaddress.ip_interface(self.address6).ip) if self.address6 else None
 
-    @property
+    @cached_property
     def vtep_mac6(self) -> str:
         return vtep_mac(self.name, ipv6=True)
 
