@@ -1,6 +1,6 @@
 """A live, in-memory view of the datastore facts the agent programs from.
 
-Each followed prefix is listed, then watched from the next revision, so no
+The followed prefixes are listed, then watched from the next revision, so no
 change slips between the two. When a watch falls too far behind (compaction)
 or the store goes away, the view keeps its last known content, so the kernel
 state is left as it is, and lists again once the store answers.
@@ -60,7 +60,6 @@ class DatastoreView:
         self.on_change = on_change
         self._lock = threading.Lock()
         self._data: dict[str, dict[str, object]] = {name: {} for name in FOLLOWED}
-        self._synced: set[str] = set()
         self.in_sync = threading.Event()
         self._stop = threading.Event()
 
@@ -76,8 +75,7 @@ class DatastoreView:
             )
 
     def start(self) -> None:
-        for name in FOLLOWED:
-            threading.Thread(target=self._follow, args=(name,), name=f"watch {name}", daemon=True).start()
+        threading.Thread(target=self._follow, name="datastore watch", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -94,35 +92,51 @@ class DatastoreView:
             log.error("ignoring unreadable record %s: %s", key, e)
             table.pop(key, None)
 
-    def _follow(self, name: str) -> None:
-        prefix, _ = FOLLOWED[name]
+    @staticmethod
+    def _table_of(key: str) -> str | None:
+        for name, (prefix, _) in FOLLOWED.items():
+            if key.startswith(prefix):
+                return name
+        return None
+
+    def _follow(self) -> None:
+        """List every followed prefix, then watch them all through one watch on the common root.
+
+        One watch per agent, not one per prefix: an idle agent then polls (SQLite) or
+        streams (etcd) once. An event no newer than the listing of its prefix is already
+        in the table and is skipped, so listing prefixes one after another is safe."""
         backoff = 0.1
         while not self._stop.is_set():
             try:
-                kvs, rev = self.store.list(prefix)
-                with self._lock:
-                    self._data[name] = {}
-                    for kv in kvs:
-                        self._put(name, kv.key, kv.value)
-                    self._synced.add(name)
-                    if len(self._synced) == len(FOLLOWED):
-                        self.in_sync.set()
+                listed: dict[str, int] = {}
+                for name, (prefix, _) in FOLLOWED.items():
+                    kvs, rev = self.store.list(prefix)
+                    with self._lock:
+                        self._data[name] = {}
+                        for kv in kvs:
+                            self._put(name, kv.key, kv.value)
+                    listed[name] = rev
+                self.in_sync.set()
                 self.on_change()
                 backoff = 0.1
-                with self.store.watch(prefix, rev + 1) as watch:
+                with self.store.watch(keys.ROOT, min(listed.values()) + 1) as watch:
                     while not self._stop.is_set():
                         events = watch.next_events(timeout=0.5)
-                        if events:
-                            with self._lock:
-                                for ev in events:
+                        changed = False
+                        with self._lock:
+                            for ev in events:
+                                name = self._table_of(ev.key)
+                                if name and ev.mod_revision > listed[name]:
                                     self._put(name, ev.key, ev.value if ev.kind == "put" else None)
+                                    changed = True
+                        if changed:
                             self.on_change()
             except CompactedError as e:
-                log.warning("watch of %s fell behind (%s); listing again", prefix, e)
+                log.warning("datastore watch fell behind (%s); listing again", e)
             except DatastoreError as e:
-                log.warning("datastore unavailable while following %s: %s; kernel state kept as is", prefix, e)
+                log.warning("datastore unavailable: %s; kernel state kept as is", e)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
-            except Exception:  # never let a watcher thread die silently
-                log.exception("unexpected error following %s", prefix)
+            except Exception:  # never let the watcher thread die silently
+                log.exception("unexpected error following the datastore")
                 self._stop.wait(1.0)
