@@ -27,12 +27,21 @@ def _dump(doc: dict) -> bytes:
 class Resources:
     def __init__(self, store: Datastore):
         self.store = store
+        self._pool_cache: dict[str, tuple[int, IPPool]] = {}  # key -> (mod_revision, parsed pool)
 
     # Pools -------------------------------------------------------------
 
     def pools(self) -> list[IPPool]:
+        """Every pool; a record unchanged since the last call is not parsed and validated again
+        (IPAM asks on every allocation)."""
         kvs, _ = self.store.list(keys.POOLS)
-        return [IPPool.from_manifest(json.loads(kv.value)) for kv in kvs]
+        out = []
+        for kv in kvs:
+            cached = self._pool_cache.get(kv.key)
+            if cached is None or cached[0] != kv.mod_revision:
+                cached = self._pool_cache[kv.key] = (kv.mod_revision, IPPool.from_manifest(json.loads(kv.value)))
+            out.append(cached[1])
+        return out
 
     def pool(self, name: str) -> IPPool:
         kv = self.store.get(keys.pool(name))

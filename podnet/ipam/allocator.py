@@ -102,7 +102,7 @@ class Ipam:
                 chosen.append(p)
             pools = chosen
         usable = [p for p in pools if not p.disabled and use in p.allowed_uses]
-        if node is not None and not names:
+        if node is not None and not names and any(p.node_selector.strip() != "all()" for p in usable):
             if labels is None:
                 record = self.resources.node(node)
                 labels = record.labels if record else {}
@@ -129,7 +129,7 @@ class Ipam:
         `labels`: the node's labels when its record is not written yet (else read from it)."""
         candidates = self.usable_pools(version, pools, use, node, labels)
         networks = [p.network for p in candidates]
-        config = self.config()
+        config = None  # read only when the node's own blocks are full
         attrs = dict(attrs or {}, node=node)  # who uses the address, also when it is borrowed
         for _ in range(MAX_CAS_RETRIES):
             affine = [c for c in self.node_block_cidrs(node, version) if _within(c, networks)]
@@ -139,6 +139,7 @@ class Ipam:
             if outcome is _CONFLICT:
                 continue
             # Every affine block is full: claim another, unless the node may hold no more.
+            config = config or self.config()
             limit = config.max_blocks_per_host
             at_limit = limit and len(self.node_block_cidrs(node, version)) >= limit
             cidr = None if at_limit else self._free_block(candidates)
