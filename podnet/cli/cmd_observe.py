@@ -16,8 +16,11 @@ from podnet.errors import PodnetError
 
 def register(sub) -> None:
     t = sub.add_parser("trace", help="follow a packet from one pod to another, hop by hop, checking the kernel")
-    t.add_argument("src", help="source pod: name, namespace/name or IP")
+    t.add_argument("src", help="source pod: name, namespace/name or IP (IPv4 or IPv6)")
     t.add_argument("dst", help="destination pod (name, namespace/name or IP) or a pod address")
+    t.add_argument("-6", "--ipv6", action="store_true",
+                   help="trace IPv6 between pods given by name (default: IPv4, or IPv6 for pods that have only "
+                        "IPv6; an address given chooses its family)")
     _where(t, node_help="this host's node name (default: the node whose address is configured here)")
     t.add_argument("-o", "--output", choices=("text", "json"), default="text")
     t.add_argument("--svg", metavar="FILE", help="also draw the path as an SVG picture")
@@ -101,10 +104,11 @@ def cmd_trace(args) -> int:
         facts = F.from_datastore(target.store, target.access)
     finally:
         target.close()
-    src, dst, dst_pod = resolve(facts, args.src, args.dst)
+    family = 6 if args.ipv6 else None
+    src, dst, dst_pod = resolve(facts, args.src, args.dst, family)
     F.read_kernels(facts, target.access, nodes={src.node, dst.node},
                    pods={src.container_id} | ({dst_pod.container_id} if dst_pod else set()))
-    result = trace(facts, args.src, args.dst)
+    result = trace(facts, args.src, args.dst, family)
     if args.svg:
         from podnet.observe.svg import render_svg
 

@@ -4,15 +4,18 @@ Pure: every check takes the collected facts (podnet.observe.facts) of one
 node and returns findings, each with a severity, what is wrong and the
 command that fixes it. Errors break traffic, warnings degrade it or wait to
 break it, notes are for information only (they do not fail the run).
+
+A node with an IPv6 underlay is also checked for its IPv6 side: vxlan-v6.calico
+(its identity, MTU = underlay - 70), its NDP and FDB entries, and IPv6 forwarding.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import ipaddress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
-from podnet.calc.config import VXLAN_OVERHEAD_V4
+from podnet.calc.config import VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6
 from podnet.calc.state import FdbEntry, Neighbour, Route
 from podnet.observe.facts import ClusterFacts, KernelFacts, NodeFacts
 from podnet.observe.trace import blocking_rules, desired_for, guess_router, in_netns, nft_delete_cmd, sysctl_cmd
@@ -101,7 +104,12 @@ def check_vxlan_device(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
         out.append(Finding(ERROR, "vxlan-device", n.name,
                            f"{dev} uses VNI {link.vxlan.vni} port {link.vxlan.port}; other nodes use {theirs}",
                            "run every node's agent with the same --vni and --vxlan-port"))
-    cfg = n.config
+    return out + _device_drift(n, dev, link)
+
+
+def _device_drift(n: NodeFacts, dev: str, link) -> list[Finding]:
+    """A VXLAN device that differs from the agent's configuration, or learns MACs."""
+    out, cfg = [], n.config
     if (link.vxlan.vni, link.vxlan.port) != (cfg.vni, cfg.port):
         out.append(Finding(WARNING, "vxlan-device", n.name,
                            f"{dev} has VNI {link.vxlan.vni} port {link.vxlan.port}; the agent configuration says "
@@ -111,6 +119,33 @@ def check_vxlan_device(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
         out.append(Finding(WARNING, "vxlan-device", n.name, f"{dev} learns MACs from received packets",
                            f"restart the podnet agent on {n.name} (it recreates {dev} with nolearning)"))
     return out
+
+
+def has_ipv6(facts: ClusterFacts, n: NodeFacts) -> bool:
+    """Does the agent give this node vxlan-v6.calico (an IPv6 underlay address and an IPv6 tunnel address)?"""
+    return bool(n.address6) and desired_for(facts, n).device6 is not None
+
+
+def check_vxlan6_device(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    """vxlan-v6.calico on a node with an IPv6 underlay: it exists, is up, sends from the node's IPv6 address."""
+    if not has_ipv6(facts, n):
+        return []
+    k, dev, out = n.kernel, n.config.device6, []
+    if n.ip6 and not any(a.ip == n.ip6 for a in k.addresses):
+        out.append(Finding(ERROR, "underlay", n.name, f"no interface holds the node's IPv6 address {n.ip6}",
+                           f"restart the podnet agent on {n.name}: it registers the address it finds"))
+    link = k.links.get(dev)
+    if link is None or link.vxlan is None:
+        return out + [Finding(ERROR, "vxlan-device", n.name, f"{dev} does not exist although {n.name} has the IPv6 "
+                              f"underlay address {n.ip6}", f"start the podnet agent on {n.name}: it creates {dev}")]
+    if not link.up:
+        out.append(Finding(ERROR, "vxlan-device", n.name, f"{dev} is down (which also removed its IPv6 routes, "
+                           "NDP entries and tunnel address)", in_netns(n.netns, f"ip link set {dev} up")))
+    if link.vxlan.local6 != n.ip6:
+        out.append(Finding(ERROR, "vxlan-device", n.name,
+                           f"{dev} sends from {link.vxlan.local6 or link.vxlan.local}, the node record says {n.ip6}",
+                           f"restart the podnet agent on {n.name} (it recreates {dev})"))
+    return out + _device_drift(n, dev, link)
 
 
 def check_mtu(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
@@ -130,7 +165,7 @@ def check_mtu(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
     if limit is None:
         return out
     for pod in (p for p in facts.pods if p.node == n.name):
-        link = pod.kernel.links.get(pod.interface) if pod.kernel else k.links.get(pod.host_interface)
+        link = _pod_link(k, pod)
         if link and link.mtu and link.mtu > limit:
             where = f"{pod.label}'s {pod.interface}" if pod.kernel else f"{pod.label}'s veth {link.name}"
             out.append(Finding(ERROR, "mtu", n.name,
@@ -140,8 +175,48 @@ def check_mtu(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
     return out
 
 
+def _pod_link(k: KernelFacts, pod):
+    return pod.kernel.links.get(pod.interface) if pod.kernel else k.links.get(pod.host_interface)
+
+
+def check_mtu6(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    """vxlan-v6.calico must leave room for 70 bytes of outer headers (the outer IPv6 header is 40 bytes)."""
+    k, dev = n.kernel, n.config.device6
+    under = k.links.get(n.interface) if n.interface else None
+    vx = k.links.get(dev)
+    if not has_ipv6(facts, n) or vx is None or not vx.mtu:
+        return []
+    out = []
+    if under and under.mtu and vx.mtu > under.mtu - VXLAN_OVERHEAD_V6:
+        budget = under.mtu - VXLAN_OVERHEAD_V6
+        out.append(Finding(ERROR, "mtu", n.name,
+                           f"{dev} MTU {vx.mtu} > underlay {under.name} MTU {under.mtu} - {VXLAN_OVERHEAD_V6} = "
+                           f"{budget}: full-size IPv6-encapsulated packets are dropped (the agent sets underlay - "
+                           f"{VXLAN_OVERHEAD_V6} for {dev})", in_netns(n.netns, f"ip link set {dev} mtu {budget}")))
+    limit = min(vx.mtu, under.mtu - VXLAN_OVERHEAD_V6) if under and under.mtu else vx.mtu
+    mtus = {p.label: link.mtu for p in facts.pods if p.node == n.name and p.ip6
+            and (link := _pod_link(k, p)) is not None and link.mtu and link.mtu > limit}
+    big = sorted(mtus)
+    if big:
+        names = ", ".join(big[:3]) + (f" and {len(big) - 3} more" if len(big) > 3 else "")
+        out.append(Finding(NOTE, "mtu", n.name,
+                           f"the MTU of {len(big)} pod{'s' if len(big) > 1 else ''} with IPv6 ({names}: "
+                           f"{'/'.join(map(str, sorted(set(mtus.values()))))}) is above {dev}'s {limit}: "
+                           "the node answers bigger IPv6 "
+                           "packets with ICMPv6 Packet Too Big, so they pass only after path MTU discovery",
+                           f"give pods MTU {limit}: mtu {limit} in the CNI network config for new pods, or the "
+                           f"agents' --vxlan-mtu {limit}"))
+    return out
+
+
 def check_tx_checksum(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
-    dev = n.config.device
+    out = []
+    for dev in (n.config.device, n.config.device6):
+        out += _tx_checksum(n, dev)
+    return out
+
+
+def _tx_checksum(n: NodeFacts, dev: str) -> list[Finding]:
     if not n.kernel.features.get(dev, {}).get("tx-checksum-ip-generic"):
         return []
     now = in_netns(n.netns, f"ethtool -K {dev} tx-checksum-ip-generic off")
@@ -200,12 +275,29 @@ def check_ip_forward(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
     return []
 
 
-def kernel_entries(k: KernelFacts, device: str) -> tuple[set, set, set]:
-    """The routes (proto 80), neighbours and FDB entries of `device`, as calc value objects."""
+def check_ipv6_forward(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    if not n.address6:
+        return []
+    value = n.kernel.sysctls6.get("conf/all/forwarding")
+    if value is not None and value != "1":
+        return [Finding(ERROR, "ipv6-forward", n.name,
+                        f"net.ipv6.conf.all.forwarding={value} on a node with the IPv6 underlay address {n.ip6}: "
+                        f"the node does not route IPv6 between pods and {n.config.device6} (pods still resolve "
+                        "their gateway, and their packets vanish)",
+                        sysctl_cmd(n.netns, "conf/all/forwarding", 1, 6))]
+    return []
+
+
+def kernel_entries(k: KernelFacts, device: str | tuple[str, ...]) -> tuple[set, set, set]:
+    """The routes (proto 80), neighbours and FDB entries of `device` (or devices), as calc value objects.
+
+    Multicast neighbours (the IPv6 stack's own, NOARP) are no VTEPs and left out."""
+    devices = (device,) if isinstance(device, str) else tuple(device)
     routes = {Route(r.dst, blackhole=True) if r.type == "blackhole" else Route(r.dst, r.gateway, r.dev, r.onlink)
               for r in k.routes if r.proto == 80}
-    neighbours = {Neighbour(x.ip, x.mac, x.dev) for x in k.neighbours if x.dev == device and x.mac}
-    fdb = {FdbEntry(f.mac, f.dst, f.dev) for f in k.fdb if f.dev == device and f.dst}
+    neighbours = {Neighbour(x.ip, x.mac, x.dev) for x in k.neighbours
+                  if x.dev in devices and x.mac and not ipaddress.ip_address(x.ip).is_multicast}
+    fdb = {FdbEntry(f.mac, f.dst, f.dev) for f in k.fdb if f.dev in devices and f.dst}
     return routes, neighbours, fdb
 
 
@@ -215,38 +307,48 @@ def check_entries(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
     if n.ip is None or dev not in n.kernel.links:
         return []
     want = desired_for(facts, n)
-    routes, neighbours, fdb = kernel_entries(n.kernel, dev)
-    node_macs = {o.vtep_mac: o.name for o in facts.nodes.values()}
+    # vxlan-v6.calico's entries too, when the node has it (a node with an IPv6 underlay).
+    devices = (dev,) + ((n.config.device6,) if n.config.device6 in n.kernel.links else ())
+    if n.config.device6 not in devices:  # check_vxlan6_device reports the device; its entries cannot be there
+        want = replace(want, routes=frozenset(r for r in want.routes if r.ifname != n.config.device6),
+                       neighbours=frozenset(x for x in want.neighbours if x.ifname in devices),
+                       fdb=frozenset(f for f in want.fdb if f.ifname in devices))
+    routes, neighbours, fdb = kernel_entries(n.kernel, devices)
+    node_macs = {o.vtep_mac: (o.name, 4) for o in facts.nodes.values()}
+    node_macs.update({o.vtep_mac6: (o.name, 6) for o in facts.nodes.values() if o.vtep_mac6})
     tunnels = {o.tunnel_ip: o.name for o in facts.nodes.values() if o.tunnel_ip}
+    tunnels.update({o.tunnel_ip6: o.name for o in facts.nodes.values() if o.tunnel_ip6})
     hint = f" (the agent on {n.name} keeps these entries: is it running?)"
     ns, out = n.netns, []
 
     for f in sorted(want.fdb - fdb):
-        out.append(Finding(ERROR, "fdb", n.name, f"missing FDB entry {f}: frames to {node_macs.get(f.mac, f.mac)} "
-                           "have no destination" + hint,
-                           in_netns(ns, f"bridge fdb append {f.mac} dev {dev} dst {f.dst} self permanent")))
+        out.append(Finding(ERROR, "fdb", n.name, f"missing FDB entry {f}: frames to "
+                           f"{node_macs.get(f.mac, (f.mac,))[0]} have no destination" + hint,
+                           in_netns(ns, f"bridge fdb append {f.mac} dev {f.ifname} dst {f.dst} self permanent")))
     for f in sorted(fdb - want.fdb):
-        owner = node_macs.get(f.mac)
-        what = (f"stale FDB entry {f}: {owner} is at {facts.nodes[owner].ip}" if owner and owner != n.name
-                else f"foreign FDB entry {f}: no current remote node has MAC {f.mac}")
+        owner, version = node_macs.get(f.mac, (None, 4))
+        what = (f"stale FDB entry {f}: {owner} is at {facts.nodes[owner].underlay_ip(version)}"
+                if owner and owner != n.name else f"foreign FDB entry {f}: no current remote node has MAC {f.mac}")
         out.append(Finding(ERROR if owner else WARNING, "fdb", n.name, what,
-                           in_netns(ns, f"bridge fdb del {f.mac} dev {dev} dst {f.dst} self")))
+                           in_netns(ns, f"bridge fdb del {f.mac} dev {f.ifname} dst {f.dst} self")))
     have_macs = {x.ip: x.mac for x in neighbours}
     for x in sorted(want.neighbours - neighbours):
         what = (f"neighbour entry {x.ip} has lladdr {have_macs[x.ip]}, not {x.mac}" if x.ip in have_macs
                 else f"missing neighbour entry {x}")
         out.append(Finding(ERROR, "neighbour", n.name, what + hint,
-                           in_netns(ns, f"ip neigh replace {x.ip} dev {dev} lladdr {x.mac} nud permanent")))
+                           in_netns(ns, f"ip neigh replace {x.ip} dev {x.ifname} lladdr {x.mac} nud permanent")))
     wanted_ips = {x.ip for x in want.neighbours}
     for x in sorted(neighbours - want.neighbours):
         if x.ip in wanted_ips:
             continue  # a wrong MAC for a wanted IP: the finding above replaces it
         owner = tunnels.get(x.ip)
-        what = (f"stale neighbour entry {x.ip} lladdr {x.mac}: {owner}'s VTEP MAC is {facts.nodes[owner].vtep_mac}"
-                if owner and owner != n.name else f"foreign neighbour entry {x.ip} lladdr {x.mac}: "
+        version = ipaddress.ip_address(x.ip).version
+        what = (f"stale neighbour entry {x.ip} lladdr {x.mac}: {owner}'s VTEP MAC is "
+                f"{facts.nodes[owner].mac(version)}" if owner and owner != n.name
+                else f"foreign neighbour entry {x.ip} lladdr {x.mac}: "
                 "no current remote node has this tunnel address")
         out.append(Finding(ERROR if owner else WARNING, "neighbour", n.name, what,
-                           in_netns(ns, f"ip neigh del {x.ip} dev {dev}")))
+                           in_netns(ns, f"ip neigh del {x.ip} dev {x.ifname}")))
     for r in sorted(want.routes - routes):
         out.append(Finding(ERROR, "routes", n.name, f"missing route {r}" + hint,
                            in_netns(ns, f"ip route replace {_route_args(r)} proto 80")))
@@ -276,6 +378,7 @@ def check_vxlan_port(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
 
 
 NM_UNMANAGED = "interface-name:cali*;interface-name:vxlan.calico"
+NM_UNMANAGED6 = NM_UNMANAGED + ";interface-name:vxlan-v6.calico"
 
 
 def check_networkmanager(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
@@ -283,14 +386,16 @@ def check_networkmanager(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
     if not nm or not nm.get("running"):
         return []
     specs = nm.get("unmanaged_devices", [])
-    missing = [name for name in ("cali0123456789a", n.config.device) if not _nm_covers(specs, name)]
+    devices = ("cali0123456789a", n.config.device) + ((n.config.device6,) if n.address6 else ())
+    missing = [name for name in devices if not _nm_covers(specs, name)]
     if not missing:
         return []
+    spec = NM_UNMANAGED6 if n.address6 else NM_UNMANAGED
     return [Finding(WARNING, "networkmanager", n.name,
                     "NetworkManager runs and may manage " + " and ".join(
                         "cali* veths" if m.startswith("cali") else m for m in missing) +
                     ": it takes devices down or strips their addresses (calico issue 3271)",
-                    f"printf '[keyfile]\\nunmanaged-devices={NM_UNMANAGED}\\n' > "
+                    f"printf '[keyfile]\\nunmanaged-devices={spec}\\n' > "
                     "/etc/NetworkManager/conf.d/podnet.conf && nmcli general reload")]
 
 
@@ -317,8 +422,9 @@ def check_node_address(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
                     "prefix from the interface)")]
 
 
-NODE_CHECKS = [check_vxlan_device, check_mtu, check_tx_checksum, check_rp_filter, check_default_route,
-               check_ip_forward, check_entries, check_vxlan_port, check_networkmanager]
+NODE_CHECKS = [check_vxlan_device, check_vxlan6_device, check_mtu, check_mtu6, check_tx_checksum, check_rp_filter,
+               check_default_route, check_ip_forward, check_ipv6_forward, check_entries, check_vxlan_port,
+               check_networkmanager]
 
 
 # --- text for people ---------------------------------------------------------------------------

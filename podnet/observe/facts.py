@@ -15,22 +15,19 @@ datastore alone.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import fcntl
 import glob
 import ipaddress
 import json
 import os
 import shutil
 import socket
-import struct
 import subprocess
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from podnet.calc.config import VxlanConfig, effective_config
-from podnet.dataplane import rtnl, sysctl
+from podnet.dataplane import ethtool, rtnl, sysctl
 from podnet.dataplane import netns as _netns
 from podnet.errors import PodnetError
 
@@ -41,9 +38,10 @@ from podnet.errors import PodnetError
 class VxlanInfo:
     vni: int | None
     port: int | None
-    local: str | None
+    local: str | None  # the IPv4 source of the outer packets
     parent: int | None  # ifindex of the underlay interface
     learning: bool | None
+    local6: str | None = None  # the IPv6 source (vxlan-v6.calico)
 
 
 @dataclass(frozen=True)
@@ -63,6 +61,32 @@ class Address:
     ifname: str
     ip: str
     prefixlen: int
+    flags: int = 0  # IFA_F_*: an IPv6 address may be tentative (DAD running) or have failed DAD
+
+    @property
+    def version(self) -> int:
+        return ipaddress.ip_address(self.ip).version
+
+    @property
+    def tentative(self) -> bool:
+        return bool(self.flags & rtnl.IFA_F_TENTATIVE)
+
+    @property
+    def dadfailed(self) -> bool:
+        return bool(self.flags & rtnl.IFA_F_DADFAILED)
+
+    @property
+    def usable(self) -> bool:
+        """The kernel answers for it and sends from it: not tentative, DAD not failed."""
+        return not (self.tentative or self.dadfailed)
+
+    def __str__(self) -> str:
+        text = f"{self.ip}/{self.prefixlen}"
+        for flag, name in ((rtnl.IFA_F_NODAD, "nodad"), (rtnl.IFA_F_DADFAILED, "dadfailed"),
+                           (rtnl.IFA_F_TENTATIVE, "tentative")):
+            if self.flags & flag:
+                text += f" {name}"
+        return text
 
 
 ROUTE_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
@@ -82,7 +106,8 @@ class RouteFact:
     def __str__(self) -> str:
         """As `ip route` prints it."""
         net = ipaddress.ip_network(self.dst)
-        dst = "default" if net.prefixlen == 0 else (str(net.network_address) if net.prefixlen == 32 else self.dst)
+        dst = "default" if net.prefixlen == 0 else (
+            str(net.network_address) if net.prefixlen == net.max_prefixlen else self.dst)
         text = dst if self.type == "unicast" else f"{self.type} {dst}"
         if self.gateway:
             text += f" via {self.gateway}"
@@ -154,11 +179,12 @@ class KernelFacts:
     """One network namespace as its kernel sees it."""
 
     links: dict[str, Link] = field(default_factory=dict)
-    addresses: list[Address] = field(default_factory=list)
-    routes: list[RouteFact] = field(default_factory=list)  # IPv4, main table
-    neighbours: list[NeighFact] = field(default_factory=list)
+    addresses: list[Address] = field(default_factory=list)  # both families
+    routes: list[RouteFact] = field(default_factory=list)  # main table, both families
+    neighbours: list[NeighFact] = field(default_factory=list)  # of the VXLAN devices (a pod: all of them)
     fdb: list[FdbFact] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)  # below /proc/sys/net/ipv4: "conf/eth0/rp_filter"
+    sysctls6: dict[str, str] = field(default_factory=dict)  # below /proc/sys/net/ipv6: "conf/all/forwarding"
     features: dict[str, dict[str, bool]] = field(default_factory=dict)  # ifname -> ethtool feature -> active
     firewall: list[FirewallRule] | None = None  # None: not read (nft missing or failed)
     release: str = ""  # the kernel's version (uname -r)
@@ -167,8 +193,8 @@ class KernelFacts:
     def link_by_index(self, index: int | None) -> Link | None:
         return next((l for l in self.links.values() if l.index == index), None)
 
-    def addresses_of(self, ifname: str) -> list[Address]:
-        return [a for a in self.addresses if a.ifname == ifname]
+    def addresses_of(self, ifname: str, version: int | None = None) -> list[Address]:
+        return [a for a in self.addresses if a.ifname == ifname and (version is None or a.version == version)]
 
     def lookup(self, ip: str) -> RouteFact | None:
         """The route the kernel picks for `ip` in the main table: longest prefix, then lowest metric."""
@@ -182,8 +208,9 @@ class KernelFacts:
                     best = (key, r)
         return best[1] if best else None
 
-    def default_route(self) -> RouteFact | None:
-        return next((r for r in self.routes if r.dst == "0.0.0.0/0" and r.type == "unicast"), None)
+    def default_route(self, version: int = 4) -> RouteFact | None:
+        dst = "0.0.0.0/0" if version == 4 else "::/0"
+        return next((r for r in self.routes if r.dst == dst and r.type == "unicast"), None)
 
 
 @dataclass
@@ -194,15 +221,42 @@ class NodeFacts:
     interface: str | None
     tunnel_ip: str | None
     vtep_mac: str
-    blocks: list[str] = field(default_factory=list)
+    blocks: list[str] = field(default_factory=list)  # IPv4
     config: VxlanConfig = field(default_factory=VxlanConfig)  # the agent's settings for this node
     kernel: KernelFacts | None = None  # None: not read (see `unreadable`)
     host: dict | None = None  # this host only: {"networkmanager": {...}}
     unreadable: str | None = None  # why the kernel was not read
+    address6: str | None = None  # IPv6 underlay address with prefix: the node has vxlan-v6.calico
+    tunnel_ip6: str | None = None
+    vtep_mac6: str | None = None  # vxlan-v6.calico's MAC
+    blocks6: list[str] = field(default_factory=list)
 
     @property
     def ip(self) -> str | None:
         return str(ipaddress.ip_interface(self.address).ip) if self.address else None
+
+    @property
+    def ip6(self) -> str | None:
+        return str(ipaddress.ip_interface(self.address6).ip) if self.address6 else None
+
+    def underlay_ip(self, version: int) -> str | None:
+        return self.ip if version == 4 else self.ip6
+
+    def underlay_address(self, version: int) -> str | None:
+        return self.address if version == 4 else self.address6
+
+    def tunnel(self, version: int) -> str | None:
+        return self.tunnel_ip if version == 4 else self.tunnel_ip6
+
+    def mac(self, version: int) -> str | None:
+        return self.vtep_mac if version == 4 else self.vtep_mac6
+
+    def device(self, version: int) -> str:
+        return self.config.device_name(version)
+
+    @property
+    def all_blocks(self) -> list[str]:
+        return self.blocks + self.blocks6
 
     @property
     def readable(self) -> bool:
@@ -214,17 +268,21 @@ class PodFacts:
     name: str
     namespace: str
     node: str
-    ip: str
+    ip: str | None  # IPv4; None for an IPv6-only pod
     host_interface: str
     interface: str  # inside the pod
     netns: str  # the namespace path the CNI plugin was given
     container_id: str
     kernel: KernelFacts | None = None
     unreadable: str | None = None
+    ip6: str | None = None
 
     @property
     def label(self) -> str:
         return self.name or self.container_id[:12]
+
+    def ip_of(self, version: int) -> str | None:
+        return self.ip if version == 4 else self.ip6
 
 
 @dataclass
@@ -237,25 +295,31 @@ class ClusterFacts:
     borrowed: list[tuple[str, str]] = field(default_factory=list)  # (address, node using it) outside its block's node
 
     def block_owner(self, ip: str) -> tuple[str, str] | None:
-        """(node, block CIDR) of the block holding `ip`."""
+        """(node, block CIDR) of the block holding `ip` (either family)."""
         addr = ipaddress.ip_address(ip)
         for node in self.nodes.values():
-            for cidr in node.blocks:
-                if addr in ipaddress.ip_network(cidr):
+            for cidr in node.all_blocks:
+                net = ipaddress.ip_network(cidr)
+                if net.version == addr.version and addr in net:
                     return node.name, cidr
         return None
 
     def find_pod(self, ref: str) -> PodFacts | None:
-        """A pod by IP, name, namespace/name or container id."""
+        """A pod by IP (either family, any spelling), name, namespace/name or container id."""
+        try:
+            ref_ip = str(ipaddress.ip_address(ref))
+        except ValueError:
+            ref_ip = None
         for p in self.pods:
-            if ref in (p.ip, p.name, f"{p.namespace}/{p.name}", p.container_id) or \
+            if ref in (p.ip, p.ip6, p.name, f"{p.namespace}/{p.name}", p.container_id) or \
+                    (ref_ip is not None and ref_ip in (p.ip, p.ip6)) or \
                     (len(ref) >= 12 and p.container_id.startswith(ref)):
                 return p
         return None
 
     @property
     def affinities(self) -> list[tuple[str, str]]:
-        return [(n.name, cidr) for n in self.nodes.values() for cidr in n.blocks]
+        return [(n.name, cidr) for n in self.nodes.values() for cidr in n.all_blocks]
 
 
 # --- where each node's kernel is --------------------------------------------------------
@@ -287,12 +351,18 @@ class NodeAccess:
 
 
 def local_addresses() -> set[str]:
-    """The IPv4 addresses configured in this process's network namespace."""
+    """The IPv4 and IPv6 addresses configured in this process's network namespace."""
+    out: set[str] = set()
     try:
         with rtnl.RtnlSocket() as sock:
-            return {rtnl.parse_addr(p)["address"] for _, p in sock.dump(rtnl.addr_dump_msg(socket.AF_INET))}
+            for family in (socket.AF_INET, socket.AF_INET6):
+                try:
+                    out |= {rtnl.parse_addr(p)["address"] for _, p in sock.dump(rtnl.addr_dump_msg(family))}
+                except (OSError, PodnetError):
+                    continue
     except (OSError, PodnetError):
-        return set()
+        pass
+    return out
 
 
 def local_node(nodes: Iterable, hostname: str | None = None) -> str | None:
@@ -300,8 +370,9 @@ def local_node(nodes: Iterable, hostname: str | None = None) -> str | None:
     here = local_addresses()
     nodes = list(nodes)
     for n in nodes:
-        if n.address and str(ipaddress.ip_interface(n.address).ip) in here:
-            return n.name
+        for address in (n.address, n.address6):
+            if address and str(ipaddress.ip_interface(address).ip) in here:
+                return n.name
     hostname = hostname or socket.gethostname()
     return next((n.name for n in nodes if n.name in (hostname, hostname.split(".")[0])), None)
 
@@ -328,24 +399,31 @@ def from_datastore(store, access: NodeAccess, config: VxlanConfig | None = None)
     res, ipam = Resources(store), Ipam(store)
     config = config or VxlanConfig()
     agent_configs = res.agent_configs()
-    blocks: dict[str, list[str]] = {}
+    blocks: dict[tuple[str, int], list[str]] = {}
     borrowed = []
-    for b in ipam.blocks(version=4):
-        if b.node:
-            blocks.setdefault(b.node, []).append(b.cidr)
-        borrowed += [(ip, a.attrs["node"]) for ip, a in b.in_use().items() if a.attrs.get("node") not in (None, b.node)]
+    for version in (4, 6):
+        for b in ipam.blocks(version=version):
+            if b.node:
+                blocks.setdefault((b.node, version), []).append(b.cidr)
+            borrowed += [(ip, a.attrs["node"]) for ip, a in b.in_use().items()
+                         if a.attrs.get("node") not in (None, b.node)]
     nodes = {
         n.name: NodeFacts(n.name, access.netns.get(n.name), n.address, n.interface, n.tunnel_address,
-                          n.effective_vtep_mac, sorted(blocks.get(n.name, [])),
-                          effective_config(config, agent_configs, n.name))
+                          n.effective_vtep_mac, sorted(blocks.get((n.name, 4), [])),
+                          effective_config(config, agent_configs, n.name),
+                          address6=n.address6, tunnel_ip6=n.tunnel_address6,
+                          vtep_mac6=n.vtep_mac6 if n.address6 else None,
+                          blocks6=sorted(blocks.get((n.name, 6), [])))
         for n in res.nodes()
     }
     pods = []
     for ep in res.endpoints():
-        ip = next((str(ipaddress.ip_interface(c).ip) for c in ep.ips if ipaddress.ip_interface(c).version == 4), None)
-        if ip:
+        ips = [ipaddress.ip_interface(c).ip for c in ep.ips]
+        ip = next((str(a) for a in ips if a.version == 4), None)
+        ip6 = next((str(a) for a in ips if a.version == 6), None)
+        if ip or ip6:
             pods.append(PodFacts(ep.pod_name, ep.pod_namespace, ep.node, ip, ep.host_interface, ep.interface,
-                                 ep.netns, ep.container_id))
+                                 ep.netns, ep.container_id, ip6=ip6))
     return ClusterFacts(nodes, pods, effective_config(config, agent_configs, ""), access.label, res.pools(),
                         sorted(borrowed))
 
@@ -360,7 +438,7 @@ def read_kernels(facts: ClusterFacts, access: NodeAccess, nodes: Iterable[str] |
             node.unreadable = f"{node.name} is not readable from {access.label or 'here'}"
         elif node.name in wanted and node.kernel is None:
             try:
-                node.kernel = read_node(node.netns, node.config.device, node.interface)
+                node.kernel = read_node(node.netns, node.config.device, node.interface, node.config.device6)
             except _netns.NamespaceNotFound as e:
                 node.unreadable = e.message
                 continue
@@ -386,29 +464,36 @@ def _read(what: str, notes: list[str], fn, default=None):
         return default
 
 
-def read_node(netns: str | None, device: str, underlay: str | None) -> KernelFacts:
-    """A node's kernel; raises NamespaceNotFound when its namespace is gone."""
+def read_node(netns: str | None, device: str, underlay: str | None, device6: str | None = None) -> KernelFacts:
+    """A node's kernel; raises NamespaceNotFound when its namespace is gone.
+
+    `device6`: vxlan-v6.calico's name; its neighbour (NDP) and FDB entries are read too when it exists."""
     facts = KernelFacts(release=os.uname().release)  # namespaces share the kernel of the machine
+    devices = [(device, socket.AF_INET)] + ([(device6, socket.AF_INET6)] if device6 else [])
     with rtnl.RtnlSocket(netns) as sock:
         _read_tables(sock, facts)
-        vx = facts.links.get(device)
-        if vx is not None:
-            names = {vx.index: device}
-            facts.neighbours = _read(f"neighbours of {device}", facts.notes, lambda: [
-                NeighFact(n["dst"], n["lladdr"], device, nud_name(n["state"]))
-                for n in _dump(sock, rtnl.neigh_dump_msg(socket.AF_INET, vx.index), rtnl.parse_neigh)
+        for dev, family in devices:
+            vx = facts.links.get(dev)
+            if vx is None:
+                continue
+            facts.neighbours += _read(f"neighbours of {dev}", facts.notes, lambda: [
+                NeighFact(n["dst"], n["lladdr"], dev, nud_name(n["state"]))
+                for n in _dump(sock, rtnl.neigh_dump_msg(family, vx.index), rtnl.parse_neigh)
                 if n["ifindex"] == vx.index and n["dst"]], [])
-            facts.fdb = _read(f"FDB of {device}", facts.notes, lambda: [
-                FdbFact(n["lladdr"], n["dst"], names[n["ifindex"]], bool(n["state"] & rtnl.NUD_PERMANENT))
+            facts.fdb += _read(f"FDB of {dev}", facts.notes, lambda: [
+                FdbFact(n["lladdr"], n["dst"], dev, bool(n["state"] & rtnl.NUD_PERMANENT))
                 for n in _dump(sock, rtnl.neigh_dump_msg(rtnl.AF_BRIDGE, vx.index), rtnl.parse_neigh)
                 if n["ifindex"] == vx.index and n["lladdr"]], [])
-            facts.features[device] = _read(f"offload features of {device}", facts.notes,
-                                           lambda: ethtool_features(netns, device, WANTED_FEATURES), {})
+            facts.features[dev] = _read(f"offload features of {dev}", facts.notes,
+                                        lambda: ethtool.features(dev, WANTED_FEATURES, netns), {})
     keys = ["ip_forward"] + [f"conf/{n}/rp_filter" for n in ("all", "default", underlay, device) if n]
+    keys6 = ["conf/all/forwarding"]
     for link in facts.links.values():
         if link.name.startswith("cali"):
             keys += [f"conf/{link.name}/proxy_arp", f"conf/{link.name}/forwarding"]
+            keys6 += [f"conf/{link.name}/proxy_ndp", f"conf/{link.name}/accept_dad"]
     facts.sysctls = _read("sysctls", facts.notes, lambda: read_sysctls(netns, keys), {})
+    facts.sysctls6 = _read("IPv6 sysctls", facts.notes, lambda: read_sysctls(netns, keys6, 6), {})
     facts.firewall = _read("the firewall", facts.notes, lambda: read_firewall(netns))
     return facts
 
@@ -422,6 +507,9 @@ def read_pod(netns: str) -> KernelFacts:
         facts.neighbours = _read("neighbours", facts.notes, lambda: [
             NeighFact(n["dst"], n["lladdr"], names.get(n["ifindex"], str(n["ifindex"])), nud_name(n["state"]))
             for n in _dump(sock, rtnl.neigh_dump_msg(socket.AF_INET), rtnl.parse_neigh) if n["dst"]], [])
+        facts.neighbours += _read6("IPv6 neighbours", facts.notes, lambda: [
+            NeighFact(n["dst"], n["lladdr"], names.get(n["ifindex"], str(n["ifindex"])), nud_name(n["state"]))
+            for n in _dump(sock, rtnl.neigh_dump_msg(socket.AF_INET6), rtnl.parse_neigh) if n["dst"]])
     return facts
 
 
@@ -429,39 +517,51 @@ def _dump(sock: rtnl.RtnlSocket, message: bytes, parse) -> list[dict]:
     return [parse(payload) for _, payload in sock.dump(message)]
 
 
+def _read6(what: str, notes: list[str], fn) -> list:
+    """Like _read, for IPv6 tables: a kernel without IPv6 has none, which is no problem to note."""
+    try:
+        return fn()
+    except rtnl.NetlinkError as e:
+        if e.errno in (errno.EAFNOSUPPORT, errno.EOPNOTSUPP, errno.EPROTONOSUPPORT):
+            return []
+        notes.append(f"cannot read {what}: {e}")
+    except (OSError, PodnetError, ValueError) as e:
+        notes.append(f"cannot read {what}: {e}")
+    return []
+
+
+def _address(a: dict, flags: int, names: dict[int, str]) -> Address:
+    return Address(names.get(a["index"], str(a["index"])), a["address"], a["prefixlen"], flags)
+
+
+def _route(r: dict, names: dict[int, str]) -> RouteFact:
+    return RouteFact(r["dst"], r["gateway"], names.get(r["oif"]) if r["oif"] else None, r["onlink"],
+                     ROUTE_TYPES.get(r["type"], str(r["type"])), r["scope"], r["proto"], r["metric"])
+
+
 def _read_tables(sock: rtnl.RtnlSocket, facts: KernelFacts) -> None:
     links = _read("links", facts.notes, lambda: [_link(p) for _, p in sock.dump(rtnl.link_dump_msg())], [])
     facts.links = {l.name: l for l in links}
     names = {l.index: l.name for l in links}
     facts.addresses = _read("addresses", facts.notes, lambda: [
-        Address(names.get(a["index"], str(a["index"])), a["address"], a["prefixlen"])
-        for a in _dump(sock, rtnl.addr_dump_msg(socket.AF_INET), rtnl.parse_addr)], [])
+        _address(rtnl.parse_addr(p), rtnl.parse_addr_flags(p), names)
+        for _, p in sock.dump(rtnl.addr_dump_msg(socket.AF_INET))], [])
+    facts.addresses += _read6("IPv6 addresses", facts.notes, lambda: [
+        _address(rtnl.parse_addr(p), rtnl.parse_addr_flags(p), names)
+        for _, p in sock.dump(rtnl.addr_dump_msg(socket.AF_INET6))])
     facts.routes = _read("routes", facts.notes, lambda: [
-        RouteFact(r["dst"], r["gateway"], names.get(r["oif"]) if r["oif"] else None, r["onlink"],
-                  ROUTE_TYPES.get(r["type"], str(r["type"])), r["scope"], r["proto"], r["metric"])
-        for r in _dump(sock, rtnl.route_dump_msg(socket.AF_INET), rtnl.parse_route)
+        _route(r, names) for r in _dump(sock, rtnl.route_dump_msg(socket.AF_INET), rtnl.parse_route)
         if r["table"] == rtnl.RT_TABLE_MAIN], [])
-
-
-# IFLA_VXLAN_* attribute numbers (linux/if_link.h).
-_VXLAN_ID, _VXLAN_LINK, _VXLAN_LOCAL, _VXLAN_LEARNING, _VXLAN_PORT = 1, 3, 4, 7, 15
+    facts.routes += _read6("IPv6 routes", facts.notes, lambda: [
+        _route(r, names) for r in _dump(sock, rtnl.route_dump_msg(socket.AF_INET6), rtnl.parse_route)
+        if r["table"] == rtnl.RT_TABLE_MAIN])
 
 
 def _link(payload: bytes) -> Link:
-    """rtnl.parse_link, plus a VXLAN device's identity from IFLA_INFO_DATA."""
+    """A link as rtnl.parse_link decodes it (with a VXLAN device's identity)."""
     link = rtnl.parse_link(payload)
-    vxlan = None
-    if link["kind"] == "vxlan":
-        info = rtnl.parse_attrs(rtnl.parse_attrs(payload, 16).get(rtnl.IFLA_LINKINFO, b""), 0)
-        data = rtnl.parse_attrs(info.get(rtnl.IFLA_INFO_DATA, b""), 0)
-        u32 = lambda k: struct.unpack("=I", data[k][:4])[0] if k in data else None  # noqa: E731
-        vxlan = VxlanInfo(
-            vni=u32(_VXLAN_ID),
-            port=struct.unpack("!H", data[_VXLAN_PORT][:2])[0] if _VXLAN_PORT in data else None,
-            local=str(ipaddress.IPv4Address(data[_VXLAN_LOCAL][:4])) if _VXLAN_LOCAL in data else None,
-            parent=u32(_VXLAN_LINK),
-            learning=bool(data[_VXLAN_LEARNING][0]) if _VXLAN_LEARNING in data else None,
-        )
+    vx = link.get("vxlan")
+    vxlan = VxlanInfo(vx["vni"], vx["port"], vx["local"], vx["parent"], vx["learning"], vx["local6"]) if vx else None
     return Link(link["index"], link["ifname"], link["kind"], link["mtu"], link["address"], link["up"],
                 link["link"], vxlan)
 
@@ -476,55 +576,26 @@ def _inside(netns: str | None):
             yield
 
 
-def read_sysctls(netns: str | None, keys: Iterable[str]) -> dict[str, str]:
-    """Values below /proc/sys/net/ipv4 of the namespace; keys that do not exist are left out."""
+def read_sysctls(netns: str | None, keys: Iterable[str], version: int = 4) -> dict[str, str]:
+    """Values below /proc/sys/net/ipv4 (ipv6) of the namespace; keys that do not exist are left out."""
     out = {}
     with _inside(netns):  # /proc/sys/net resolves to the namespace of the thread that opens it
         for key in keys:
             try:
-                out[key] = sysctl.read(f"/proc/sys/net/ipv4/{key}")
+                out[key] = sysctl.read(f"/proc/sys/net/ipv{version}/{key}")
             except FileNotFoundError:
                 pass
     return out
 
 
-# --- ethtool: offload features through the SIOCETHTOOL ioctl --------------------------------
+# --- ethtool: offload features (podnet.dataplane.ethtool reads them) --------------------------
 
 WANTED_FEATURES = ("tx-checksum-ip-generic", "tx-checksum-ipv4", "rx-checksum")
-_SIOCETHTOOL = 0x8946
-_ETHTOOL_GSTRINGS, _ETHTOOL_GSSET_INFO, _ETHTOOL_GFEATURES = 0x1B, 0x37, 0x3A
-_ETH_SS_FEATURES, _ETH_GSTRING_LEN = 4, 32
-
-
-def _ethtool(sock: socket.socket, ifname: str, buf) -> None:
-    ifreq = struct.pack("16sP", ifname.encode(), ctypes.addressof(buf)).ljust(40, b"\0")
-    fcntl.ioctl(sock.fileno(), _SIOCETHTOOL, ifreq)
 
 
 def ethtool_features(netns: str | None, ifname: str, wanted: Iterable[str] | None = None) -> dict[str, bool]:
-    """What `ethtool -k` shows: feature name -> active, for the named features (default: all)."""
-    sock = _netns.socket_in(netns, socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        info = ctypes.create_string_buffer(struct.pack("=IIQI", _ETHTOOL_GSSET_INFO, 0, 1 << _ETH_SS_FEATURES, 0))
-        _ethtool(sock, ifname, info)
-        count = struct.unpack_from("=IIQI", info.raw)[3]
-        strings = ctypes.create_string_buffer(struct.pack("=III", _ETHTOOL_GSTRINGS, _ETH_SS_FEATURES, 0)
-                                              + bytes(_ETH_GSTRING_LEN * count))
-        _ethtool(sock, ifname, strings)
-        names = [strings.raw[12 + _ETH_GSTRING_LEN * i:12 + _ETH_GSTRING_LEN * (i + 1)].split(b"\0")[0].decode()
-                 for i in range(count)]
-        blocks = (count + 31) // 32
-        feats = ctypes.create_string_buffer(struct.pack("=II", _ETHTOOL_GFEATURES, blocks) + bytes(16 * blocks))
-        _ethtool(sock, ifname, feats)
-    finally:
-        sock.close()
-    wanted = set(wanted) if wanted is not None else None
-    out = {}
-    for i, name in enumerate(names):
-        if wanted is None or name in wanted:
-            _available, _requested, active, _never = struct.unpack_from("=IIII", feats.raw, 8 + 16 * (i // 32))
-            out[name] = bool(active >> (i % 32) & 1)
-    return out
+    """What `ethtool -k` shows for `ifname` in `netns`: podnet.dataplane.ethtool.features, argument order of old."""
+    return ethtool.features(ifname, wanted, netns)
 
 
 # --- the firewall: nftables (iptables-nft rules show up there too) ---------------------------

@@ -1,7 +1,8 @@
 """A trace as a picture, in the spirit of the seed article's figure: nodes as boxes, the pods in
 them, the devices the packet crosses (eth0, the cali veth, the routing table, vxlan.calico, the
 underlay NIC) and the VXLAN tunnel over the underlay. Each device and arrow is coloured by the
-hop that checks it, and numbered like the text output.
+hop that checks it, and numbered like the text output. An IPv6 trace shows the IPv6 side: /128
+pods, the veth's link-local gateway, vxlan-v6.calico and the nodes' IPv6 addresses.
 
 Hand-written SVG 1.1: no dependencies, opens in any browser.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape, quoteattr
 
-from podnet.observe.trace import BROKEN, OK, UNKNOWN, WARNING, Trace
+from podnet.observe.trace import BROKEN, OK, UNKNOWN, WARNING, Family, Trace
 
 _STROKE = {OK: "#2e7d32", BROKEN: "#c62828", WARNING: "#ef6c00", UNKNOWN: "#9e9e9e"}
 _FILL = {OK: "#e8f5e9", BROKEN: "#ffebee", WARNING: "#fff3e0", UNKNOWN: "#f5f5f5"}
@@ -23,6 +24,7 @@ NODE_W, NODE_H, GAP, MARGIN = 500, 520, 60, 20
 class _Canvas:
     def __init__(self, trace: Trace):
         self.t = trace
+        self.fam = Family(trace.family)
         self.parts: list[str] = []
         self.number = {h.id: i for i, h in enumerate(trace.hops, 1)}
         self.status = {h.id: h.status for h in trace.hops}
@@ -89,7 +91,7 @@ def _pod(c: _Canvas, x: int, label: str, ip: str, hop_id: str) -> tuple[int, int
     """A pod with its eth0; returns the bottom centre of eth0."""
     c.rect(x, 84, 240, 92, c.state(hop_id), rx=8)
     c.text(x + 12, 104, label.split(" ")[0], size=13, bold=True)
-    c.text(x + 12, 122, f"{ip}/32", size=12)
+    c.text(x + 12, 122, f"{ip}/{c.fam.host_len}", size=12)
     c.rect(x + 60, 136, 120, 28, c.state(hop_id), rx=4, fill="#ffffff")
     c.text(x + 120, 155, "eth0", size=12, anchor="middle")
     c.badge(x + 230, 94, hop_id)
@@ -104,6 +106,10 @@ def _device(c: _Canvas, x: int, y: int, w: int, h: int, lines: list[str], hop_id
                anchor="middle", bold=i == 0)
     if numbered:
         c.badge(x - 12, y + 10, hop_ids[0])
+
+
+def _vxlan_name(c: _Canvas, node: dict) -> str:
+    return node.get("device") or ("vxlan.calico" if c.fam.version == 4 else "vxlan-v6.calico")
 
 
 def _route(c: _Canvas, x: int, hop_id: str) -> None:
@@ -122,8 +128,8 @@ def _cross_node(c: _Canvas) -> int:
     # Source side, top to bottom.
     ex, ey = _pod(c, ax + 40, t.src.label, t.src.ip, "pod-interface")
     _device(c, ax + 80, 214, 160, 32, [t.src.host_interface or "cali?"], ("gateway",))
-    c.text(ax + 252, 228, "proxy ARP for", size=10)
-    c.text(ax + 252, 241, "169.254.1.1", size=10)
+    c.text(ax + 252, 228, "proxy ARP for" if c.fam.version == 4 else "NDP: it holds", size=10)
+    c.text(ax + 252, 241, c.fam.gateway, size=10)
     c.arrow([(ex, ey), (ex, 212)], c.state("pod-route"))
     c.badge(ex + 14, 190, "pod-route")
     _route(c, ax, "host-route")
@@ -141,7 +147,7 @@ def _cross_node(c: _Canvas) -> int:
 
 def _vxlan_source(c: _Canvas, ax: int, ex: int, a: dict, b: dict, w: dict) -> None:
     """vxlan.calico, its neighbour and FDB entries, and the underlay NIC of the sending node."""
-    _device(c, ax + 80, 340, 160, 64, ["vxlan.calico", a.get("tunnel_ip") or "", a.get("vtep_mac") or ""],
+    _device(c, ax + 80, 340, 160, 64, [_vxlan_name(c, a), a.get("tunnel_ip") or "", a.get("vtep_mac") or ""],
             ("vxlan-device",))
     c.arrow([(ex, 308), (ex, 338)], c.state("host-route"))
     mac, dst = w.get("inner_dst_mac", b.get("vtep_mac")), w.get("outer_dst", b.get("ip"))
@@ -174,7 +180,7 @@ def _destination(c: _Canvas, bx: int, b: dict, direct: bool) -> None:
     if direct:
         c.arrow([(dx, 460), (dx, 310)], c.state("remote-route"))
     else:
-        _device(c, bx + 80, 340, 160, 64, ["vxlan.calico", b.get("tunnel_ip") or "", b.get("vtep_mac") or ""],
+        _device(c, bx + 80, 340, 160, 64, [_vxlan_name(c, b), b.get("tunnel_ip") or "", b.get("vtep_mac") or ""],
                 ("decapsulation",))
         c.arrow([(dx, 460), (dx, 406)], c.state("decapsulation"))
         c.text(dx + 10, 436, "decapsulate", size=10)
@@ -251,7 +257,13 @@ def render_svg(trace: Trace) -> str:
         if broken.fix:
             c.text(MARGIN, top + 54, _short(f"fix: {broken.fix}", room), size=11)
     else:
-        c.text(MARGIN, top + 36, "every inspected hop is as it must be", size=12, color=_STROKE[OK], bold=True)
+        warnings = [h for h in trace.hops if h.status == WARNING]
+        if warnings:
+            verdict = (f"no hop is broken; {len(warnings)} warning{'s' if len(warnings) > 1 else ''}: "
+                       + ", ".join(f"hop {trace.hops.index(h) + 1} ({h.title})" for h in warnings))
+            c.text(MARGIN, top + 36, _short(verdict, room), size=12, color=_STROKE[WARNING], bold=True)
+        else:
+            c.text(MARGIN, top + 36, "every inspected hop is as it must be", size=12, color=_STROKE[OK], bold=True)
     height = top + 70
     title = f"podnet trace {trace.src.label} -> {trace.dst.label}"
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n'

@@ -11,6 +11,13 @@ is not, what was expected and the command that fixes it:
   vxlan.calico decapsulates -> the remote /32 route -> the cali veth -> the pod
 
 Pods on the same node skip the tunnel: pod -> /32 route -> the other cali veth.
+
+IPv6 (`family=6`) walks the same path with the IPv6 state: the pod's /128 and
+its default route via fe80::ecee:eeff:feee:eeee, the link-local address of the
+host end of its veth (answered by NDP; DAD off so it is never tentative), the
+route to the remote /122 on vxlan-v6.calico, the permanent NDP and FDB entries
+(remote node's IPv6 address), an outer IPv6 header (70 bytes of overhead), and
+the remote /128 host route.
 """
 
 from __future__ import annotations
@@ -19,15 +26,60 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 
 from podnet.calc import compute_desired
-from podnet.calc.config import VXLAN_OVERHEAD_V4
+from podnet.calc.config import VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6
 from podnet.calc.state import DesiredState, Route
-from podnet.dataplane.pod import GATEWAY_V4
+from podnet.dataplane.pod import GATEWAY_V4, GATEWAY_V6
 from podnet.errors import PodnetError
-from podnet.model import Node
-from podnet.observe.facts import ClusterFacts, KernelFacts, Link, NodeFacts, PodFacts
+from podnet.model import Node, vtep_mac
+from podnet.observe.facts import Address, ClusterFacts, KernelFacts, Link, NodeFacts, PodFacts
 
 OK, BROKEN, WARNING, UNKNOWN = "ok", "broken", "warning", "unknown"
 RTPROT_PODNET = 80
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between an IPv4 and an IPv6 path."""
+
+    version: int
+
+    @property
+    def name(self) -> str:
+        return f"IPv{self.version}"
+
+    @property
+    def gateway(self) -> str:
+        """The pods' next hop: a link-local address the host end of the veth answers for."""
+        return GATEWAY_V4 if self.version == 4 else GATEWAY_V6
+
+    @property
+    def host_len(self) -> int:
+        return 32 if self.version == 4 else 128
+
+    @property
+    def overhead(self) -> int:
+        """Outer Ethernet + IP + UDP + VXLAN headers."""
+        return VXLAN_OVERHEAD_V4 if self.version == 4 else VXLAN_OVERHEAD_V6
+
+    @property
+    def ip_route(self) -> str:
+        return "ip route" if self.version == 4 else "ip -6 route"
+
+    @property
+    def forwarding_name(self) -> str:
+        return "ip_forward" if self.version == 4 else "net.ipv6.conf.all.forwarding"
+
+    def forwarding(self, k: KernelFacts | None) -> str | None:
+        """Whether the node routes this family (IPv6 knows no per-interface switch: conf/all decides)."""
+        if k is None:
+            return None
+        return k.sysctls.get("ip_forward") if self.version == 4 else k.sysctls6.get("conf/all/forwarding")
+
+    def forwarding_fix(self, netns: str | None) -> str:
+        return sysctl_cmd(netns, "ip_forward" if self.version == 4 else "conf/all/forwarding", 1, self.version)
+
+
+V4, V6 = Family(4), Family(6)
 
 
 class TraceError(PodnetError):
@@ -73,6 +125,7 @@ class Trace:
     wire: dict | None = None  # the encapsulated packet, for a cross-node path
     nodes: dict = field(default_factory=dict)  # node name -> {ip, interface, tunnel_ip, vtep_mac, netns, devices}
     access: str = ""
+    family: int = 4  # the IP version of the traced packet
 
     @property
     def first_broken(self) -> Hop | None:
@@ -85,7 +138,7 @@ class Trace:
     def to_dict(self) -> dict:
         broken = self.first_broken
         return {
-            "src": asdict(self.src), "dst": asdict(self.dst), "kind": self.kind, "ok": self.ok,
+            "src": asdict(self.src), "dst": asdict(self.dst), "kind": self.kind, "family": self.family, "ok": self.ok,
             "first_broken": broken.id if broken else None, "access": self.access,
             "hops": [asdict(h) for h in self.hops], "wire": self.wire, "nodes": self.nodes,
         }
@@ -110,9 +163,9 @@ def in_netns(netns: str | None, command: str) -> str:
     return f"ip netns exec {name} {command}"
 
 
-def sysctl_cmd(netns: str | None, key: str, value) -> str:
-    """`sysctl -w` for a key below net/ipv4; slashes, since interface names may hold dots."""
-    name = f"net/ipv4/{key}" if "." in key else "net.ipv4." + key.replace("/", ".")
+def sysctl_cmd(netns: str | None, key: str, value, version: int = 4) -> str:
+    """`sysctl -w` for a key below net/ipv4 (net/ipv6); slashes, since interface names may hold dots."""
+    name = f"net/ipv{version}/{key}" if "." in key else f"net.ipv{version}." + key.replace("/", ".")
     return in_netns(netns, f"sysctl -w {name}={value}")
 
 
@@ -124,7 +177,42 @@ def agent_hint(node: str) -> str:
 # --- the trace ---------------------------------------------------------------------------------
 
 
-def resolve(facts: ClusterFacts, src: str, dst: str) -> tuple[PodFacts, Endpoint, PodFacts | None]:
+def _literal(ref: str) -> int | None:
+    """The IP version when `ref` is an address, else None."""
+    try:
+        return ipaddress.ip_address(ref).version
+    except ValueError:
+        return None
+
+
+def choose_family(src_pod: PodFacts, dst_pod: PodFacts | None, src: str, dst: str, family: int | None) -> int:
+    """The IP version to trace: an address given sets it, else `family` (-6), else IPv4 when both pods have
+    it, else IPv6 when both have that."""
+    given = {v for v in (_literal(src), _literal(dst)) if v}
+    if len(given) > 1:
+        raise TraceError(f"{src} and {dst} are addresses of different families", "give two IPv4 or two IPv6 addresses")
+    if given:
+        version = given.pop()
+        if family and family != version:
+            which = src if _literal(src) else dst
+            raise TraceError(f"IPv{family} was asked for, but {which} is an IPv{version} address",
+                             "leave out -6, or give the pods' IPv6 addresses")
+        return version
+    if family:
+        return family
+    pods = [p for p in (src_pod, dst_pod) if p is not None]
+    if all(p.ip for p in pods):
+        return 4
+    if all(p.ip6 for p in pods):
+        return 6
+    raise TraceError(f"{src_pod.label} and {dst_pod.label} have no address family in common",
+                     "one of them has only IPv4, the other only IPv6")
+
+
+def resolve(facts: ClusterFacts, src: str, dst: str,
+            family: int | None = None) -> tuple[PodFacts, Endpoint, PodFacts | None]:
+    """The source pod, the destination endpoint (its `ip` of the family traced) and pod (None: an address
+    no pod holds). `family`: 6 for IPv6 between pods given by name (-6); addresses given choose it."""
     src_pod = facts.find_pod(src)
     if src_pod is None:
         raise TraceError(f"no pod is known as {src!r}",
@@ -133,33 +221,38 @@ def resolve(facts: ClusterFacts, src: str, dst: str) -> tuple[PodFacts, Endpoint
     if src_pod.node not in facts.nodes:
         raise TraceError(f"pod {src_pod.label} runs on {src_pod.node}, which has no node record")
     dst_pod = facts.find_pod(dst)
+    if dst_pod is None and _literal(dst) is None:
+        raise TraceError(f"no pod is known as {dst!r}", "give a pod's name, namespace/name or IP")
+    version = choose_family(src_pod, dst_pod, src, dst, family)
+    other = "leave out -6" if version == 6 else "add -6 for IPv6"
+    for p in (src_pod, dst_pod):
+        if p is not None and p.ip_of(version) is None:
+            raise TraceError(f"pod {p.label} has no IPv{version} address", other)
     if dst_pod is not None:
-        dst_ep = Endpoint(dst_pod.ip, dst_pod.node, dst_pod.label, dst_pod.host_interface, dst_pod.netns)
+        dst_ep = Endpoint(dst_pod.ip_of(version), dst_pod.node, dst_pod.label, dst_pod.host_interface, dst_pod.netns)
         return src_pod, dst_ep, dst_pod
-    try:
-        ip = str(ipaddress.ip_address(dst))
-    except ValueError:
-        raise TraceError(f"no pod is known as {dst!r}", "give a pod's name, namespace/name or IP") from None
+    ip = str(ipaddress.ip_address(dst))
     owner = facts.block_owner(ip)
     if owner is None:
         raise TraceError(f"{ip} is in no node's block", "podnet trace follows paths between pod addresses")
     return src_pod, Endpoint(ip, owner[0]), None
 
 
-def trace(facts: ClusterFacts, src: str, dst: str) -> Trace:
-    """The hops from pod `src` to pod (or pod address) `dst`."""
-    src_pod, dst_ep, dst_pod = resolve(facts, src, dst)
+def trace(facts: ClusterFacts, src: str, dst: str, family: int | None = None) -> Trace:
+    """The hops from pod `src` to pod (or pod address) `dst`; `family` 6 traces IPv6 between pods named."""
+    src_pod, dst_ep, dst_pod = resolve(facts, src, dst, family)
+    fam = Family(ipaddress.ip_address(dst_ep.ip).version)
     a = facts.nodes[src_pod.node]
     b = facts.nodes.get(dst_ep.node)
     if b is None:
         raise TraceError(f"{dst_ep.label} is on {dst_ep.node}, which has no node record")
-    t = _Tracer(facts, src_pod, dst_ep, dst_pod, a, b)
-    src_ep = Endpoint(src_pod.ip, src_pod.node, src_pod.label, src_pod.host_interface, src_pod.netns)
-    hops = [t.pod_interface(), t.pod_route(), t.gateway()]
+    t = _Tracer(facts, src_pod, dst_ep, dst_pod, a, b, fam)
+    src_ep = Endpoint(t.src_ip, src_pod.node, src_pod.label, src_pod.host_interface, src_pod.netns)
+    hops = [t.pod_interface(), t.pod_route(), t.gateway() if fam.version == 4 else t.gateway6()]
     if a is b:
         kind = "same-node"
         hops.append(t.final_route(a, first=True))
-    elif t.route is not None and not t.route.blackhole and t.route.ifname != a.config.device:
+    elif t.route is not None and not t.route.blackhole and t.route.ifname != t.dev:
         kind = "cross-node-direct"  # CrossSubnet: same subnet, no encapsulation
         hops += [t.host_route(), t.final_route(b, first=False)]
     else:
@@ -168,13 +261,15 @@ def trace(facts: ClusterFacts, src: str, dst: str) -> Trace:
                  t.decapsulation(), t.final_route(b, first=False)]
     if dst_pod is not None:
         hops += [t.dst_veth(), t.dst_pod()]
-    nodes = {n.name: _node_summary(n) for n in ([a] if a is b else [a, b])}
-    return Trace(src_ep, dst_ep, kind, hops, t.wire if kind == "cross-node" else None, nodes, facts.access)
+    nodes = {n.name: _node_summary(n, fam) for n in ([a] if a is b else [a, b])}
+    return Trace(src_ep, dst_ep, kind, hops, t.wire if kind == "cross-node" else None, nodes, facts.access,
+                 fam.version)
 
 
 def desired_for(facts: ClusterFacts, n: NodeFacts) -> DesiredState:
-    """What the agent programs on `n`, from the same calculation the agent runs."""
-    nodes = [Node(o.name, o.address, o.interface, o.vtep_mac, o.tunnel_ip) for o in facts.nodes.values()]
+    """What the agent programs on `n` (both families), from the same calculation the agent runs."""
+    nodes = [Node(o.name, o.address, o.interface, o.vtep_mac, o.tunnel_ip, address6=o.address6,
+                  tunnel_address6=o.tunnel_ip6) for o in facts.nodes.values()]
     local = next(x for x in nodes if x.name == n.name)
     return compute_desired(local, nodes, facts.affinities, n.config, None, facts.pools, facts.borrowed)
 
@@ -186,13 +281,16 @@ def route_for(routes, ip: str) -> Route | None:
     return max(covering, key=lambda r: ipaddress.ip_network(r.dst).prefixlen, default=None)
 
 
-def _node_summary(n: NodeFacts) -> dict:
+def _node_summary(n: NodeFacts, fam: Family = V4) -> dict:
+    """The node as the picture shows it; `ip`, `tunnel_ip`, `vtep_mac`, `device` are of the family traced."""
     k = n.kernel
-    vx = k.links.get(n.config.device) if k else None
+    dev = n.device(fam.version)
+    vx = k.links.get(dev) if k else None
     under = k.links.get(n.interface) if k and n.interface else None
-    return {"ip": n.ip, "interface": n.interface, "tunnel_ip": n.tunnel_ip, "vtep_mac": n.vtep_mac,
-            "netns": n.netns, "readable": k is not None, "blocks": n.blocks,
-            "vxlan_mtu": vx.mtu if vx else None, "underlay_mtu": under.mtu if under else None}
+    return {"ip": n.underlay_ip(fam.version), "interface": n.interface, "tunnel_ip": n.tunnel(fam.version),
+            "vtep_mac": n.mac(fam.version), "netns": n.netns, "readable": k is not None,
+            "blocks": n.blocks if fam.version == 4 else n.blocks6,
+            "vxlan_mtu": vx.mtu if vx else None, "underlay_mtu": under.mtu if under else None, "device": dev}
 
 
 def _unknown(hop_id: str, where: str, title: str, why: str | None, explain: str = "") -> Hop:
@@ -216,52 +314,80 @@ class _Tracer:
     """One hop per method; each judges one piece of kernel state against what the datastore implies."""
 
     def __init__(self, facts: ClusterFacts, src: PodFacts, dst: Endpoint, dst_pod: PodFacts | None,
-                 a: NodeFacts, b: NodeFacts):
+                 a: NodeFacts, b: NodeFacts, fam: Family = V4):
         self.facts, self.src, self.dst, self.dpod, self.a, self.b = facts, src, dst, dst_pod, a, b
-        self.dev, self.cfg = a.config.device, a.config
-        # What a's agent programs for the destination: the block route, or a /32 for a borrowed address.
+        self.fam = fam
+        self.v6 = fam.version == 6
+        self.src_ip = src.ip_of(fam.version)
+        self.dev, self.cfg = a.device(fam.version), a.config
+        # What a's agent programs for the destination: the block route, or a host route for a borrowed address.
         self.route = route_for(desired_for(facts, a).routes, dst.ip) if a is not b else None
         self.wire: dict = {}
+
+    def _ip(self, n: NodeFacts) -> str | None:
+        """A node's underlay address of the family traced: the outer header's."""
+        return n.underlay_ip(self.fam.version)
+
+    def _tunnel(self, n: NodeFacts) -> str | None:
+        return n.tunnel(self.fam.version)
+
+    def _addresses(self, k: KernelFacts, ifname: str) -> str:
+        return ", ".join(str(x) for x in k.addresses_of(ifname, self.fam.version)) or "no address"
 
     # --- the source pod ---
 
     def pod_interface(self) -> Hop:
-        p, k = self.src, self.src.kernel
-        title, explain = f"{p.interface} in the pod", f"the packet starts in {p.label} with source {p.ip}"
+        p, k, ip, plen = self.src, self.src.kernel, self.src_ip, self.fam.host_len
+        title, explain = f"{p.interface} in the pod", f"the packet starts in {p.label} with source {ip}"
         if k is None:
             return _unknown("pod-interface", p.label, title, p.unreadable, explain)
         link = k.links.get(p.interface)
-        want = f"{p.interface} UP holding {p.ip}/32"
+        want = f"{p.interface} UP holding {ip}/{plen}"
         if link is None:
             return Hop("pod-interface", p.label, title, BROKEN, f"no {p.interface} in {p.netns}", explain, want,
                        "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
-        found = _link_text(link) + ", " + (", ".join(f"{a.ip}/{a.prefixlen}" for a in k.addresses_of(link.name))
-                                            or "no address")
+        found = _link_text(link) + ", " + self._addresses(k, link.name)
         if not link.up:
             return Hop("pod-interface", p.label, title, BROKEN, found, explain, want,
                        in_netns(p.netns, f"ip link set {link.name} up"))
-        if not any(a.ip == p.ip and a.prefixlen == 32 for a in k.addresses_of(link.name)):
+        held = next((x for x in k.addresses_of(link.name) if x.ip == ip and x.prefixlen == plen), None)
+        if held is None:
             return Hop("pod-interface", p.label, title, BROKEN, found, explain, want,
-                       in_netns(p.netns, f"ip addr add {p.ip}/32 dev {link.name}"))
+                       in_netns(p.netns, f"ip addr add {ip}/{plen} dev {link.name}" + (" nodad" if self.v6 else "")))
+        if not held.usable:
+            return Hop("pod-interface", p.label, title, BROKEN, found, explain, want + " (nodad: never tentative)",
+                       _readd(p.netns, f"{ip}/{plen}", link.name),
+                       "a tentative address or one that failed duplicate address detection sends nothing")
         return Hop("pod-interface", p.label, title, OK, found, explain)
 
     def pod_route(self) -> Hop:
-        p, k = self.src, self.src.kernel
+        p, k, gw_ip = self.src, self.src.kernel, self.fam.gateway
         title = "pod route"
-        explain = (f"whatever the destination, the pod's only way out is its default route via {GATEWAY_V4}, "
-                   f"a link-local address no one holds")
+        if self.v6:
+            explain = (f"whatever the destination, the pod's only way out is its default route via {gw_ip}, "
+                       f"the link-local address of the host end of its veth")
+        else:
+            explain = (f"whatever the destination, the pod's only way out is its default route via {gw_ip}, "
+                       f"a link-local address no one holds")
         if k is None:
             return _unknown("pod-route", p.label, title, p.unreadable, explain)
-        gw = next((r for r in k.routes if r.dst == f"{GATEWAY_V4}/32" and r.dev == p.interface), None)
         chosen = k.lookup(self.dst.ip)
+        default_fix = in_netns(p.netns, f"{self.fam.ip_route} replace default via {gw_ip} dev {p.interface}")
+        if self.v6:
+            # A link-local gateway needs no route of its own: the route names the device.
+            found = str(chosen) if chosen else "no route"
+            want = f"default via {gw_ip} dev {p.interface}"
+            if chosen is None or chosen.gateway != gw_ip or chosen.dev != p.interface:
+                return Hop("pod-route", p.label, title, BROKEN, found, explain, want, default_fix)
+            return Hop("pod-route", p.label, title, OK, found, explain)
+        gw = next((r for r in k.routes if r.dst == f"{gw_ip}/32" and r.dev == p.interface), None)
         found = "; ".join(str(r) for r in (chosen, gw) if r) or "no route"
-        want = f"default via {GATEWAY_V4} dev {p.interface}; {GATEWAY_V4} dev {p.interface} scope link"
+        want = f"default via {gw_ip} dev {p.interface}; {gw_ip} dev {p.interface} scope link"
         if gw is None:
             return Hop("pod-route", p.label, title, BROKEN, found, explain, want,
-                       in_netns(p.netns, f"ip route replace {GATEWAY_V4} dev {p.interface} scope link"))
-        if chosen is None or chosen.gateway != GATEWAY_V4 or chosen.dev != p.interface:
-            return Hop("pod-route", p.label, title, BROKEN, found, explain, want,
-                       in_netns(p.netns, f"ip route replace default via {GATEWAY_V4} dev {p.interface}"))
+                       in_netns(p.netns, f"ip route replace {gw_ip} dev {p.interface} scope link"))
+        if chosen is None or chosen.gateway != gw_ip or chosen.dev != p.interface:
+            return Hop("pod-route", p.label, title, BROKEN, found, explain, want, default_fix)
         return Hop("pod-route", p.label, title, OK, found, explain)
 
     def gateway(self) -> Hop:
@@ -311,10 +437,65 @@ class _Tracer:
                        f"underlay's router")
         return Hop("gateway", n.name, title, OK, found, explain)
 
+    def gateway6(self) -> Hop:
+        """IPv6: the host end of the veth holds the pods' gateway as its own link-local address."""
+        p, n, k = self.src, self.a, self.a.kernel
+        title = f"NDP for {GATEWAY_V6}"
+        cali = p.host_interface
+        explain = (f"the pod sends a neighbour solicitation for {GATEWAY_V6}; {cali}, the host end of the pod's "
+                   f"veth, holds that link-local address (EUI-64 of its MAC ee:ee:ee:ee:ee:ee) and answers, so the "
+                   f"frame enters {n.name}'s routing")
+        if k is None:
+            return _unknown("gateway", n.name, title, n.unreadable, explain)
+        link = k.links.get(cali)
+        want = (f"{cali} UP, peer of the pod's {p.interface}, holding {GATEWAY_V6}/64 (not tentative), "
+                f"accept_dad=0, proxy_ndp=1")
+        if link is None:
+            return Hop("gateway", n.name, title, BROKEN, f"no interface {cali} on {n.name}", explain, want,
+                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
+        held = _gateway_address(k, cali)
+        accept_dad = k.sysctls6.get(f"conf/{cali}/accept_dad")
+        proxy_ndp = k.sysctls6.get(f"conf/{cali}/proxy_ndp")
+        ndp = next((x for x in (p.kernel.neighbours if p.kernel else []) if x.ip == GATEWAY_V6), None)
+        parts = [_link_text(link), f"{GATEWAY_V6}/64: {_held_text(held)}", f"accept_dad={accept_dad}",
+                 f"proxy_ndp={proxy_ndp}"]
+        if ndp:
+            parts.append(f"pod's NDP entry: {ndp}")
+        found = "; ".join(parts)
+        pod_link = p.kernel.links.get(p.interface) if p.kernel else None
+        if _is_peer(pod_link, link) is False:
+            return Hop("gateway", n.name, title, BROKEN, found + f"; {cali} is not the peer of the pod's "
+                       f"{p.interface} (peer index {pod_link.peer}, {cali} is {link.index})", explain, want,
+                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
+        if not link.up:
+            return Hop("gateway", n.name, title, BROKEN, found, explain, want,
+                       in_netns(n.netns, f"ip link set {cali} up"))
+        gateway_hop = _gateway_hop(n.netns, cali, held, "the pod's gateway")
+        if gateway_hop:
+            fix, hint = gateway_hop
+            return Hop("gateway", n.name, title, BROKEN, found, explain, want, fix, hint)
+        if accept_dad not in (None, "0"):
+            return Hop("gateway", n.name, title, WARNING, found, explain, want,
+                       sysctl_cmd(n.netns, f"conf/{cali}/accept_dad", 0, 6),
+                       f"with duplicate address detection on, {GATEWAY_V6} is tentative for a while each time "
+                       f"{cali} comes up, and the pod cannot reach its gateway")
+        if proxy_ndp not in (None, "1"):
+            return Hop("gateway", n.name, title, WARNING, found, explain, want,
+                       sysctl_cmd(n.netns, f"conf/{cali}/proxy_ndp", 1, 6),
+                       "podnet turns proxy NDP on for every pod's veth (CNI CHECK reports it off)")
+        return Hop("gateway", n.name, title, OK, found, explain)
+
     # --- the source node ---
 
     def _forwarding(self, n: NodeFacts) -> str | None:
-        return n.kernel.sysctls.get("ip_forward") if n.kernel else None
+        return self.fam.forwarding(n.kernel)
+
+    def _forwarding_off(self, n: NodeFacts, hop_id: str, title: str, found: str, explain: str,
+                        between: str | None = None) -> Hop:
+        name = self.fam.forwarding_name
+        want = f"{name}=1" + (f" (the node forwards between the veth and {between})" if between else "")
+        return Hop(hop_id, n.name, title, BROKEN, f"{name}={self._forwarding(n)}; {found}", explain, want,
+                   self.fam.forwarding_fix(n.netns))
 
     def host_route(self) -> Hop:
         n, b, k, want_route = self.a, self.b, self.a.kernel, self.route
@@ -323,7 +504,8 @@ class _Tracer:
             explain = f"{n.name} needs a route to {self.dst.ip}, which {b.name} holds"
         elif want_route.ifname == self.dev:
             explain = (f"{n.name} routes {self.dst.ip} by {want_route.dst}: via {b.name}'s tunnel address "
-                       f"{want_route.gateway} on {self.dev}, onlink (no ARP for the gateway on the wire)")
+                       f"{want_route.gateway} on {self.dev}, onlink (no {'NDP' if self.v6 else 'ARP'} for the "
+                       f"gateway on the wire)")
         else:
             explain = (f"{b.name} is in {n.name}'s own subnet and the pool is CrossSubnet: {want_route.dst} goes "
                        f"straight to {want_route.gateway} on {want_route.ifname}, without encapsulation")
@@ -332,9 +514,7 @@ class _Tracer:
         r = k.lookup(self.dst.ip)
         found = str(r) if r else f"no route to {self.dst.ip}"
         if self._forwarding(n) != "1":
-            return Hop("host-route", n.name, title, BROKEN, f"ip_forward={self._forwarding(n)}; {found}", explain,
-                       "ip_forward=1 (the node forwards between the veth and vxlan.calico)",
-                       sysctl_cmd(n.netns, "ip_forward", 1))
+            return self._forwarding_off(n, "host-route", title, found, explain, self.dev)
         if want_route is None or want_route.blackhole:
             return Hop("host-route", n.name, title, BROKEN, found, explain, f"a route to {b.name}", None,
                        f"podnet programs no route to {b.name}: its node record has no underlay or tunnel address "
@@ -345,21 +525,21 @@ class _Tracer:
             why = ""
             if r is not None and ipaddress.ip_network(r.dst).prefixlen < ipaddress.ip_network(want_route.dst).prefixlen:
                 why = f" (the route to {want_route.dst} is missing: the packet would follow this one unencapsulated)"
-            fix, down = _route_fix(n, want_route.ifname, f"ip route replace {want_route} proto 80")
+            fix, down = _route_fix(n, want_route.ifname, f"{self.fam.ip_route} replace {want_route} proto 80")
             return Hop("host-route", n.name, title, BROKEN, found + why + down, explain, want, fix, agent_hint(n.name))
         return Hop("host-route", n.name, title, OK, found, explain)
 
     def vxlan_device(self) -> Hop:
-        n, k = self.a, self.a.kernel
+        n, k, fam = self.a, self.a.kernel, self.fam
         title = f"{self.dev} on {n.name}"
         explain = (f"{self.dev} takes the frame and will wrap it in UDP; its MTU leaves room for the "
-                   f"{VXLAN_OVERHEAD_V4} bytes of outer headers")
+                   f"{fam.overhead} bytes of outer headers")
         if k is None:
             return _unknown("vxlan-device", n.name, title, n.unreadable, explain)
-        cfg = self.cfg
+        cfg, ip, tunnel = self.cfg, self._ip(n), self._tunnel(n)
         link = k.links.get(self.dev)
-        want = (f"{self.dev} UP, vxlan id {cfg.vni} local {n.ip} dev {n.interface} dstport {cfg.port} nolearning, "
-                f"holding {n.tunnel_ip}/32")
+        want = (f"{self.dev} UP, vxlan id {cfg.vni} local {ip} dev {n.interface} dstport {cfg.port} nolearning, "
+                f"holding {tunnel}/{fam.host_len}")
         if link is None or link.vxlan is None:
             return Hop("vxlan-device", n.name, title, BROKEN, f"no VXLAN device {self.dev} on {n.name}", explain, want,
                        f"restart the podnet agent on {n.name}: it creates {self.dev}")
@@ -368,35 +548,44 @@ class _Tracer:
             return Hop("vxlan-device", n.name, title, BROKEN, found, explain, want,
                        in_netns(n.netns, f"ip link set {self.dev} up"))
         parent = k.links.get(n.interface) if n.interface else None
-        if link.vxlan.local != n.ip or (parent and link.vxlan.parent != parent.index):
+        local = link.vxlan.local6 if self.v6 else link.vxlan.local
+        if local != ip or (parent and link.vxlan.parent != parent.index):
             return Hop("vxlan-device", n.name, title, BROKEN, found, explain, want,
                        f"restart the podnet agent on {n.name}: it recreates {self.dev} with the node's address",
-                       f"the outer source must be {n.name}'s underlay address {n.ip}")
+                       f"the outer source must be {n.name}'s underlay address {ip}")
         if link.vxlan.learning:
             return Hop("vxlan-device", n.name, title, WARNING, found, explain, want,
                        f"restart the podnet agent on {n.name} (it recreates the device with nolearning)",
                        "learning lets the device add FDB entries from received packets; podnet programs them all")
+        if self.v6 and tunnel and not any(x.ip == tunnel for x in k.addresses_of(self.dev)):
+            # IPv6 drops a device's addresses when it goes down; the agent puts the tunnel address back.
+            return Hop("vxlan-device", n.name, title, WARNING, found, explain, want,
+                       in_netns(n.netns, f"ip addr add {tunnel}/128 dev {self.dev}"),
+                       f"pods' packets pass without it, but {n.name} has no source address of its own for "
+                       "IPv6 into the tunnel; " + agent_hint(n.name).replace("this entry", "it"))
         return Hop("vxlan-device", n.name, title, OK, found, explain)
 
     def _remote_mac(self) -> str:
         """The remote VTEP's MAC: its device's as read from its kernel, else its node record's."""
         k = self.b.kernel
         link = k.links.get(self.dev) if k else None
-        return link.mac if link and link.mac else self.b.vtep_mac
+        if link and link.mac:
+            return link.mac
+        return self.b.mac(self.fam.version) or vtep_mac(self.b.name, ipv6=self.v6)
 
     def neighbour(self) -> Hop:
         n, b, k = self.a, self.b, self.a.kernel
-        title = "permanent ARP entry"
-        mac = self._remote_mac()
-        explain = (f"the next hop {b.tunnel_ip} is {b.name}'s VTEP: a permanent neighbour entry gives its MAC {mac} "
-                   f"(the inner destination MAC) without any ARP")
+        title = "permanent NDP entry" if self.v6 else "permanent ARP entry"
+        mac, tunnel = self._remote_mac(), self._tunnel(b)
+        explain = (f"the next hop {tunnel} is {b.name}'s VTEP: a permanent neighbour entry gives its MAC {mac} "
+                   f"(the inner destination MAC) without any {'NDP' if self.v6 else 'ARP'}")
         if k is None:
             return _unknown("neighbour", n.name, title, n.unreadable, explain)
-        want = f"{b.tunnel_ip} dev {self.dev} lladdr {mac} PERMANENT"
-        fix = in_netns(n.netns, f"ip neigh replace {b.tunnel_ip} dev {self.dev} lladdr {mac} nud permanent")
-        entry = next((x for x in k.neighbours if x.ip == b.tunnel_ip and x.dev == self.dev), None)
+        want = f"{tunnel} dev {self.dev} lladdr {mac} PERMANENT"
+        fix = in_netns(n.netns, f"ip neigh replace {tunnel} dev {self.dev} lladdr {mac} nud permanent")
+        entry = next((x for x in k.neighbours if x.ip == tunnel and x.dev == self.dev), None)
         if entry is None:
-            return Hop("neighbour", n.name, title, BROKEN, f"no neighbour entry for {b.tunnel_ip} on {self.dev}",
+            return Hop("neighbour", n.name, title, BROKEN, f"no neighbour entry for {tunnel} on {self.dev}",
                        explain, want, fix, agent_hint(n.name))
         self.wire["inner_dst_mac"] = entry.mac
         if entry.mac != mac:
@@ -409,20 +598,20 @@ class _Tracer:
     def fdb(self) -> Hop:
         n, b, k = self.a, self.b, self.a.kernel
         title = "permanent FDB entry"
-        mac = self._remote_mac()
-        explain = (f"the FDB entry for {mac} tells {self.dev} which node owns that MAC: {b.ip}, "
+        mac, ip = self._remote_mac(), self._ip(b)
+        explain = (f"the FDB entry for {mac} tells {self.dev} which node owns that MAC: {ip}, "
                    f"the outer destination IP")
         if k is None:
             return _unknown("fdb", n.name, title, n.unreadable, explain)
-        want = f"{mac} dev {self.dev} dst {b.ip} self permanent"
+        want = f"{mac} dev {self.dev} dst {ip} self permanent"
         entries = [e for e in k.fdb if e.mac == mac and e.dev == self.dev]
         found = "; ".join(str(e) for e in entries) or f"no FDB entry for {mac} on {self.dev}"
-        if not any(e.dst == b.ip for e in entries):
+        if not any(e.dst == ip for e in entries):
             fix = in_netns(n.netns, f"bridge fdb {'replace' if entries else 'append'} {mac} dev {self.dev} "
-                                    f"dst {b.ip} self permanent")
+                                    f"dst {ip} self permanent")
             return Hop("fdb", n.name, title, BROKEN, found, explain, want, fix, agent_hint(n.name))
-        self.wire["outer_dst"] = b.ip
-        wrong = [e for e in entries if e.dst != b.ip]
+        self.wire["outer_dst"] = ip
+        wrong = [e for e in entries if e.dst != ip]
         if wrong:
             return Hop("fdb", n.name, title, WARNING, found, explain, want,
                        in_netns(n.netns, f"bridge fdb del {mac} dev {self.dev} dst {wrong[0].dst} self"),
@@ -430,7 +619,7 @@ class _Tracer:
         return Hop("fdb", n.name, title, OK, found, explain)
 
     def encapsulation(self) -> Hop:
-        n, b, k = self.a, self.b, self.a.kernel
+        n, b, k, fam = self.a, self.b, self.a.kernel, self.fam
         title = "on the wire"
         cfg = self.cfg
         link = k.links.get(self.dev) if k else None
@@ -438,61 +627,69 @@ class _Tracer:
         under = k.links.get(n.interface) if k and n.interface else None
         remote_under = b.kernel.links.get(b.interface) if b.kernel and b.interface else None
         pod_link = self.src.kernel.links.get(self.src.interface) if self.src.kernel else None
+        local = (vx.local6 if self.v6 else vx.local) if vx else None
         w = self.wire
         w.update({
             "vni": vx.vni if vx else cfg.vni, "port": vx.port if vx else cfg.port,
-            "outer_src": (vx.local if vx and vx.local else n.ip), "outer_dst": w.get("outer_dst", b.ip),
-            "underlay_interface": n.interface, "inner_src_mac": link.mac if link else n.vtep_mac,
-            "inner_dst_mac": w.get("inner_dst_mac", self._remote_mac()), "inner_src": self.src.ip,
+            "outer_src": local or self._ip(n), "outer_dst": w.get("outer_dst", self._ip(b)),
+            "underlay_interface": n.interface, "inner_src_mac": link.mac if link else n.mac(fam.version),
+            "inner_dst_mac": w.get("inner_dst_mac", self._remote_mac()), "inner_src": self.src_ip,
             "inner_dst": self.dst.ip, "pod_mtu": pod_link.mtu if pod_link else None,
             "vxlan_mtu": link.mtu if link else None,
             "underlay_mtu": min([m.mtu for m in (under, remote_under) if m and m.mtu] or [0]) or None,
         })
-        explain = (f"{self.dev} wraps the pod's frame: outer Ethernet / IPv4 {w['outer_src']} -> {w['outer_dst']} / "
-                   f"UDP {w['port']} / VXLAN VNI {w['vni']} / inner Ethernet {w['inner_src_mac']} -> "
-                   f"{w['inner_dst_mac']} / IPv4 {self.src.ip} -> {self.dst.ip}")
+        explain = (f"{self.dev} wraps the pod's frame: outer Ethernet / {fam.name} {w['outer_src']} -> "
+                   f"{w['outer_dst']} / UDP {w['port']} / VXLAN VNI {w['vni']} / inner Ethernet {w['inner_src_mac']} "
+                   f"-> {w['inner_dst_mac']} / {fam.name} {self.src_ip} -> {self.dst.ip}")
         found = (f"VNI {w['vni']}, UDP {w['port']}, outer {w['outer_src']} -> {w['outer_dst']}; "
                  f"MTU: pod {w['pod_mtu'] or '?'}, {self.dev} {w['vxlan_mtu'] or '?'}, "
                  f"underlay {w['underlay_mtu'] or '?'}")
         if k is None:
             return _unknown("encapsulation", n.name, title, n.unreadable, explain)
-        pod_mtu, vx_mtu, ul_mtu = w["pod_mtu"], w["vxlan_mtu"], w["underlay_mtu"]
-        budget = (ul_mtu - VXLAN_OVERHEAD_V4) if ul_mtu else None
+        pod_mtu, vx_mtu, ul_mtu, overhead = w["pod_mtu"], w["vxlan_mtu"], w["underlay_mtu"], fam.overhead
+        budget = (ul_mtu - overhead) if ul_mtu else None
         if budget and vx_mtu and vx_mtu > budget:
             return Hop("encapsulation", n.name, title, BROKEN, found, explain,
-                       f"{self.dev} MTU <= underlay MTU {ul_mtu} - {VXLAN_OVERHEAD_V4} = {budget}",
+                       f"{self.dev} MTU <= underlay MTU {ul_mtu} - {overhead} = {budget}",
                        in_netns(n.netns, f"ip link set {self.dev} mtu {budget}"),
                        "encapsulated packets bigger than the underlay MTU are dropped")
+        # IPv6 routers never fragment: the node answers a packet too big for vxlan-v6.calico with ICMPv6 Packet
+        # Too Big and the pod sends smaller ones (path MTU discovery); degraded, not broken.
+        too_big = WARNING if self.v6 else BROKEN
+        hint = ("the node answers IPv6 packets bigger than the tunnel takes with ICMPv6 Packet Too Big: they get "
+                "through after path MTU discovery, or never where ICMPv6 is filtered; set the CNI config's mtu "
+                "so new pods get it" if self.v6 else
+                "large packets are dropped silently; set the CNI config's mtu so new pods get it")
         if budget and pod_mtu and pod_mtu > budget:
-            return Hop("encapsulation", n.name, title, BROKEN, found, explain,
-                       f"pod MTU + {VXLAN_OVERHEAD_V4} <= underlay MTU {ul_mtu} (pod MTU <= {budget})",
-                       in_netns(self.src.netns, f"ip link set {self.src.interface} mtu {budget}"),
-                       "large packets are dropped silently; set the CNI config's mtu so new pods get it")
+            return Hop("encapsulation", n.name, title, too_big, found, explain,
+                       f"pod MTU + {overhead} <= underlay MTU {ul_mtu} (pod MTU <= {budget})",
+                       in_netns(self.src.netns, f"ip link set {self.src.interface} mtu {budget}"), hint)
         if pod_mtu and vx_mtu and pod_mtu > vx_mtu:
-            return Hop("encapsulation", n.name, title, BROKEN, found, explain,
+            return Hop("encapsulation", n.name, title, too_big, found, explain,
                        f"pod MTU <= {self.dev} MTU {vx_mtu}",
-                       in_netns(self.src.netns, f"ip link set {self.src.interface} mtu {vx_mtu}"),
-                       "large packets are dropped silently; set the CNI config's mtu so new pods get it")
+                       in_netns(self.src.netns, f"ip link set {self.src.interface} mtu {vx_mtu}"), hint)
         return Hop("encapsulation", n.name, title, OK, found, explain)
 
     def underlay_route(self) -> Hop:
         n, b, k = self.a, self.b, self.a.kernel
-        title = f"underlay route to {b.ip}"
-        explain = f"the UDP packet leaves {n.name} on {n.interface} towards {b.name} ({b.ip}) like any host traffic"
+        b_ip = self._ip(b)
+        title = f"underlay route to {b_ip}"
+        explain = f"the UDP packet leaves {n.name} on {n.interface} towards {b.name} ({b_ip}) like any host traffic"
         if k is None:
             return _unknown("underlay-route", n.name, title, n.unreadable, explain)
         port = self.wire.get("port", self.cfg.port)
-        r = k.lookup(b.ip) if b.ip else None
-        found = str(r) if r else f"no route to {b.ip}"
-        want = f"a route to {b.ip} dev {n.interface}"
+        r = k.lookup(b_ip) if b_ip else None
+        found = str(r) if r else f"no route to {b_ip}"
+        want = f"a route to {b_ip} dev {n.interface}"
         if r is None or r.type != "unicast":
             return Hop("underlay-route", n.name, title, BROKEN, found, explain, want,
-                       in_netns(n.netns, f"ip route add {b.ip} via {guess_router(n)} dev {n.interface}"))
+                       in_netns(n.netns, f"{self.fam.ip_route} add {b_ip} via {guess_router(n, self.fam.version)} "
+                                         f"dev {n.interface}"))
         if r.dev == self.dev:
             return Hop("underlay-route", n.name, title, BROKEN, found, explain, want,
-                       in_netns(n.netns, f"ip route del {r.dst} dev {self.dev}"),
+                       in_netns(n.netns, f"{self.fam.ip_route} del {r.dst} dev {self.dev}"),
                        f"a route to the node address through {self.dev} would loop")
-        blocked = blocking_rules(n.kernel, port, ("output", "postrouting"))
+        blocked = blocking_rules(n.kernel, port, ("output", "postrouting"), self.fam.version)
         if blocked:
             return Hop("underlay-route", n.name, title, BROKEN, f"{found}; firewall: {blocked[0]}", explain,
                        f"UDP {port} leaves {n.name}", nft_delete_cmd(n.netns, blocked[0]))
@@ -505,22 +702,24 @@ class _Tracer:
 
     def decapsulation(self) -> Hop:
         a, b, k = self.a, self.b, self.b.kernel
-        title = f"{self.dev} on {b.name} decapsulates"
+        a_ip, b_ip = self._ip(a), self._ip(b)
+        dev = b.device(self.fam.version)
+        title = f"{dev} on {b.name} decapsulates"
         port, vni = self.wire.get("port", self.cfg.port), self.wire.get("vni", self.cfg.vni)
-        mac = self.wire.get("inner_dst_mac", b.vtep_mac)
-        explain = (f"{b.name} receives UDP {port} on {b.ip}; its {self.dev} with VNI {vni} strips the outer "
+        mac = self.wire.get("inner_dst_mac", self._remote_mac())
+        explain = (f"{b.name} receives UDP {port} on {b_ip}; its {dev} with VNI {vni} strips the outer "
                    f"headers and takes the inner frame addressed to its MAC")
         if k is None:
             return _unknown("decapsulation", b.name, title, b.unreadable, explain)
-        link = k.links.get(self.dev)
-        want = f"{self.dev} UP, vxlan id {vni} dstport {port}, MAC {mac}, and {b.ip} on {b.interface}"
+        link = k.links.get(dev)
+        want = f"{dev} UP, vxlan id {vni} dstport {port}, MAC {mac}, and {b_ip} on {b.interface}"
         if link is None or link.vxlan is None:
-            return Hop("decapsulation", b.name, title, BROKEN, f"no VXLAN device {self.dev} on {b.name}", explain,
-                       want, f"restart the podnet agent on {b.name}: it creates {self.dev}")
+            return Hop("decapsulation", b.name, title, BROKEN, f"no VXLAN device {dev} on {b.name}", explain,
+                       want, f"restart the podnet agent on {b.name}: it creates {dev}")
         found = _vxlan_text(link, k)
         if not link.up:
             return Hop("decapsulation", b.name, title, BROKEN, found, explain, want,
-                       in_netns(b.netns, f"ip link set {self.dev} up"))
+                       in_netns(b.netns, f"ip link set {dev} up"))
         if link.vxlan.vni != vni or link.vxlan.port != port:
             return Hop("decapsulation", b.name, title, BROKEN, found, explain, want,
                        "run every node's agent with the same --vni and --vxlan-port",
@@ -529,38 +728,40 @@ class _Tracer:
             return Hop("decapsulation", b.name, title, BROKEN, found, explain, want,
                        f"restart the podnet agent on {b.name} (it sets the device MAC from the node record)",
                        f"inner frames arrive for {mac}; a device with MAC {link.mac} drops them")
-        if b.ip and not any(x.ip == b.ip for x in k.addresses):
-            return Hop("decapsulation", b.name, title, BROKEN, found + f"; {b.ip} is not configured on {b.name}",
+        if b_ip and not any(x.ip == b_ip for x in k.addresses):
+            return Hop("decapsulation", b.name, title, BROKEN, found + f"; {b_ip} is not configured on {b.name}",
                        explain, want, f"restart the podnet agent on {b.name}: it registers its current address",
-                       f"{b.name}'s record says {b.ip}, but no interface holds it (calico issue 6920)")
-        blocked = blocking_rules(k, port, ("input", "prerouting"))
+                       f"{b.name}'s record says {b_ip}, but no interface holds it (calico issue 6920)")
+        blocked = blocking_rules(k, port, ("input", "prerouting"), self.fam.version)
         if blocked:
             return Hop("decapsulation", b.name, title, BROKEN, f"{found}; firewall: {blocked[0]}", explain,
-                       f"UDP {port} from {a.ip} accepted", nft_delete_cmd(b.netns, blocked[0]))
+                       f"UDP {port} from {a_ip} accepted", nft_delete_cmd(b.netns, blocked[0]))
         return Hop("decapsulation", b.name, title, OK, found, explain)
 
     def final_route(self, n: NodeFacts, first: bool) -> Hop:
-        """The /32 host route to the destination pod's veth (same node: the first routing decision)."""
-        k, d = n.kernel, self.dst
+        """The host route (/32, /128) to the destination pod's veth (same node: the first routing decision)."""
+        k, d, fam = n.kernel, self.dst, self.fam
         hop_id = "host-route" if first else "remote-route"
         title = f"route to {d.ip}"
         if d.pod:
-            explain = f"{n.name} routes {d.ip} by the pod's /32 host route into {d.host_interface}, the veth of {d.pod}"
+            explain = (f"{n.name} routes {d.ip} by the pod's /{fam.host_len} host route into {d.host_interface}, "
+                       f"the veth of {d.pod}")
         else:
-            explain = f"{n.name} owns {d.ip}'s block; only a pod holding the address has a /32 route"
+            explain = f"{n.name} owns {d.ip}'s block; only a pod holding the address has a /{fam.host_len} route"
         if k is None:
             return _unknown(hop_id, n.name, title, n.unreadable, explain)
         r = k.lookup(d.ip)
         found = str(r) if r else f"no route to {d.ip}"
         if self._forwarding(n) != "1":
-            return Hop(hop_id, n.name, title, BROKEN, f"ip_forward={self._forwarding(n)}; {found}", explain,
-                       "ip_forward=1", sysctl_cmd(n.netns, "ip_forward", 1))
+            return self._forwarding_off(n, hop_id, title, found, explain)
         if d.pod is None:
             return Hop(hop_id, n.name, title, BROKEN, found, explain, f"a pod holding {d.ip}", None,
                        f"no pod holds {d.ip}: the packet ends in {n.name}'s blackhole route for the block")
-        want = f"{d.ip} dev {d.host_interface} scope link"
+        scope = "" if self.v6 else " scope link"  # IPv6 routes have no scope
+        want = f"{d.ip} dev {d.host_interface}{scope}"
         if r is None or r.dev != d.host_interface or r.type != "unicast" or r.gateway:
-            fix, down = _route_fix(n, d.host_interface, f"ip route replace {d.ip}/32 dev {d.host_interface} scope link")
+            fix, down = _route_fix(n, d.host_interface,
+                                   f"{fam.ip_route} replace {d.ip}/{fam.host_len} dev {d.host_interface}{scope}")
             return Hop(hop_id, n.name, title, BROKEN, found + down, explain, want, fix,
                        "CNI ADD creates this route with the veth; it goes away with the veth")
         return Hop(hop_id, n.name, title, OK, found, explain)
@@ -576,10 +777,15 @@ class _Tracer:
             return _unknown("dst-veth", n.name, title, n.unreadable, explain)
         link = k.links.get(cali)
         want = f"{cali} UP, peer of {p.label}'s {p.interface}"
+        if self.v6:
+            want += f", holding {GATEWAY_V6}/64 (the reply's gateway)"
         if link is None:
             return Hop("dst-veth", n.name, title, BROKEN, f"no interface {cali} on {n.name}", explain, want,
                        "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
         found = _link_text(link)
+        held = _gateway_address(k, cali) if self.v6 else None
+        if self.v6:
+            found += f"; {GATEWAY_V6}/64: {_held_text(held)}"
         pod_link = p.kernel.links.get(p.interface) if p.kernel else None
         if _is_peer(pod_link, link) is False:
             return Hop("dst-veth", n.name, title, BROKEN, found + f"; its peer is index {link.peer}, the pod's "
@@ -588,34 +794,72 @@ class _Tracer:
         if not link.up:
             return Hop("dst-veth", n.name, title, BROKEN, found, explain, want,
                        in_netns(n.netns, f"ip link set {cali} up"))
+        gateway_hop = _gateway_hop(n.netns, cali, held, "the reply's gateway") if self.v6 else None
+        if gateway_hop:
+            fix, hint = gateway_hop
+            return Hop("dst-veth", n.name, title, BROKEN, found, explain, want, fix, hint)
         return Hop("dst-veth", n.name, title, OK, found + f", peer {p.interface} in {p.label}"
                    if pod_link else found, explain)
 
     def dst_pod(self) -> Hop:
-        p, k = self.dpod, self.dpod.kernel
+        p, k, fam = self.dpod, self.dpod.kernel, self.fam
         title = f"{p.interface} in {p.label}"
-        explain = f"{p.label} receives the packet on {p.interface}; its reply goes back via {GATEWAY_V4}"
+        explain = f"{p.label} receives the packet on {p.interface}; its reply goes back via {fam.gateway}"
         if k is None:
             return _unknown("dst-pod", p.label, title, p.unreadable, explain)
         link = k.links.get(p.interface)
-        want = f"{p.interface} UP holding {p.ip}/32, a route back to {self.src.ip} via {GATEWAY_V4}"
+        ip, plen = self.dst.ip, fam.host_len
+        want = f"{p.interface} UP holding {ip}/{plen}, a route back to {self.src_ip} via {fam.gateway}"
         if link is None:
             return Hop("dst-pod", p.label, title, BROKEN, f"no {p.interface} in {p.netns}", explain, want,
                        "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
-        back = k.lookup(self.src.ip)
-        found = (_link_text(link) + ", " + (", ".join(f"{a.ip}/{a.prefixlen}" for a in k.addresses_of(link.name))
-                                            or "no address") + f"; reply route: {back or 'none'}")
+        back = k.lookup(self.src_ip)
+        found = _link_text(link) + ", " + self._addresses(k, link.name) + f"; reply route: {back or 'none'}"
         if not link.up:
             return Hop("dst-pod", p.label, title, BROKEN, found, explain, want,
                        in_netns(p.netns, f"ip link set {link.name} up"))
-        if not any(a.ip == p.ip and a.prefixlen == 32 for a in k.addresses_of(link.name)):
+        held = next((x for x in k.addresses_of(link.name) if x.ip == ip and x.prefixlen == plen), None)
+        if held is None:
             return Hop("dst-pod", p.label, title, BROKEN, found, explain, want,
-                       in_netns(p.netns, f"ip addr add {p.ip}/32 dev {link.name}"))
-        if back is None or back.gateway != GATEWAY_V4 or back.dev != p.interface:
+                       in_netns(p.netns, f"ip addr add {ip}/{plen} dev {link.name}" + (" nodad" if self.v6 else "")))
+        if not held.usable:
+            return Hop("dst-pod", p.label, title, BROKEN, found, explain, want + " (nodad: never tentative)",
+                       _readd(p.netns, f"{ip}/{plen}", link.name),
+                       "a tentative address or one that failed duplicate address detection receives nothing")
+        if back is None or back.gateway != fam.gateway or back.dev != p.interface:
             return Hop("dst-pod", p.label, title, BROKEN, found, explain, want,
-                       in_netns(p.netns, f"ip route replace default via {GATEWAY_V4} dev {p.interface}"),
+                       in_netns(p.netns, f"{fam.ip_route} replace default via {fam.gateway} dev {p.interface}"),
                        "the request arrives but the reply has no way out")
         return Hop("dst-pod", p.label, title, OK, found, explain)
+
+
+def _gateway_address(k: KernelFacts, cali: str) -> Address | None:
+    """The pods' IPv6 gateway as the host end of a veth holds it."""
+    return next((x for x in k.addresses_of(cali, 6) if x.ip == GATEWAY_V6), None)
+
+
+def _held_text(held: Address | None) -> str:
+    if held is None:
+        return "missing"
+    return "dadfailed" if held.dadfailed else "tentative" if held.tentative else "held"
+
+
+def _gateway_hop(netns: str | None, cali: str, held: Address | None, what: str) -> tuple[str, str] | None:
+    """(fix, note) when the veth's link-local gateway address is missing or unusable, else None."""
+    if held is None:
+        return (in_netns(netns, f"ip addr add {GATEWAY_V6}/64 dev {cali} nodad"),
+                f"{GATEWAY_V6} is {what}: without it on {cali} no one answers the pod's neighbour solicitation")
+    if not held.usable:
+        return (_readd(netns, f"{GATEWAY_V6}/64", cali),
+                f"a {_held_text(held)} address answers no neighbour solicitation (duplicate address detection; "
+                f"podnet sets accept_dad=0 on the veth so {what} is usable at once)")
+    return None
+
+
+def _readd(netns: str | None, cidr: str, ifname: str) -> str:
+    """Delete and add an address again without duplicate address detection (clears tentative/dadfailed)."""
+    return (in_netns(netns, f"ip addr del {cidr} dev {ifname}") + " && "
+            + in_netns(netns, f"ip addr add {cidr} dev {ifname} nodad"))
 
 
 def _route_fix(n: NodeFacts, ifname: str | None, route_cmd: str) -> tuple[str, str]:
@@ -632,26 +876,37 @@ def _route_fix(n: NodeFacts, ifname: str | None, route_cmd: str) -> tuple[str, s
 
 
 def _vxlan_text(link: Link, k: KernelFacts) -> str:
+    """A VXLAN device as `ip -d link` shows it, with the addresses of its family (no link-local ones)."""
     vx = link.vxlan
+    version = 6 if vx.local6 and not vx.local else 4
     parent = k.link_by_index(vx.parent)
-    addrs = ", ".join(f"{a.ip}/{a.prefixlen}" for a in k.addresses_of(link.name))
-    return (f"{_link_text(link)} vxlan id {vx.vni} local {vx.local} dev {parent.name if parent else vx.parent} "
+    addrs = ", ".join(f"{a.ip}/{a.prefixlen}" for a in k.addresses_of(link.name, version)
+                      if not ipaddress.ip_address(a.ip).is_link_local)
+    return (f"{_link_text(link)} vxlan id {vx.vni} local {vx.local6 if version == 6 else vx.local} "
+            f"dev {parent.name if parent else vx.parent} "
             f"dstport {vx.port}{' nolearning' if not vx.learning else ' learning'}" + (f", {addrs}" if addrs else ""))
 
 
-def guess_router(n: NodeFacts) -> str:
+def guess_router(n: NodeFacts, version: int = 4) -> str:
     """The first host of the node's underlay subnet: a stand-in for its router in fix commands."""
-    if not n.address:
+    address = n.underlay_address(version)
+    if not address:
         return "<router>"
-    net = ipaddress.ip_interface(n.address).network
-    return str(net.network_address + 1) if net.prefixlen < 31 else "<router>"
+    net = ipaddress.ip_interface(address).network
+    return str(net.network_address + 1) if net.max_prefixlen - net.prefixlen > 1 else "<router>"
 
 
-def blocking_rules(k: KernelFacts | None, port: int, hooks: tuple[str, ...]):
-    """Firewall rules that drop UDP to `port` in chains on these hooks (or reached by jump)."""
+# nftables families whose rules see packets of an IP version (ip: IPv4 only, ip6: IPv6 only).
+_NFT_SKIPS = {4: "ip6", 6: "ip"}
+
+
+def blocking_rules(k: KernelFacts | None, port: int, hooks: tuple[str, ...], version: int | None = None):
+    """Firewall rules that drop UDP to `port` in chains on these hooks (or reached by jump); `version`:
+    only rules that see outer packets of that IP version."""
     if k is None or not k.firewall:
         return []
-    return [r for r in k.firewall if r.matches(port) and (r.hook is None or r.hook in hooks)]
+    return [r for r in k.firewall if r.matches(port) and (r.hook is None or r.hook in hooks)
+            and r.family != _NFT_SKIPS.get(version)]
 
 
 def nft_delete_cmd(netns: str | None, rule) -> str:
@@ -666,6 +921,9 @@ _MARK = {OK: "ok", BROKEN: "BROKEN", WARNING: "warning", UNKNOWN: "?"}
 def format_trace(t: Trace, explain: bool = True) -> str:
     how = {"cross-node": "across nodes, through the VXLAN tunnel", "same-node": "on one node, no tunnel",
            "cross-node-direct": "across nodes in one subnet, routed directly (CrossSubnet, no tunnel)"}[t.kind]
+    fam = Family(t.family)
+    if t.family == 6:
+        how += " (IPv6)"
     lines = [f"{t.src.label} on {t.src.node} -> {t.dst.label} on {t.dst.node}: {how}"]
     if t.access:
         lines.append(f"kernel state read from {t.access}")
@@ -686,12 +944,13 @@ def format_trace(t: Trace, explain: bool = True) -> str:
     if t.wire:
         w = t.wire
         lines += ["", f"On the wire ({t.src.node} {w['underlay_interface']} -> {t.dst.node}):",
-                  f"  outer IPv4 {w['outer_src']} -> {w['outer_dst']} / UDP dport {w['port']} / VXLAN VNI {w['vni']}",
-                  f"  inner Ethernet {w['inner_src_mac']} -> {w['inner_dst_mac']} / IPv4 {w['inner_src']} -> "
+                  f"  outer {fam.name} {w['outer_src']} -> {w['outer_dst']} / UDP dport {w['port']} / "
+                  f"VXLAN VNI {w['vni']}",
+                  f"  inner Ethernet {w['inner_src_mac']} -> {w['inner_dst_mac']} / {fam.name} {w['inner_src']} -> "
                   f"{w['inner_dst']}"]
         if w.get("pod_mtu") and w.get("underlay_mtu"):
-            total = w["pod_mtu"] + VXLAN_OVERHEAD_V4
-            lines.append(f"  MTU budget: pod {w['pod_mtu']} + {VXLAN_OVERHEAD_V4} = {total} "
+            total = w["pod_mtu"] + fam.overhead
+            lines.append(f"  MTU budget: pod {w['pod_mtu']} + {fam.overhead} = {total} "
                          f"{'<=' if total <= w['underlay_mtu'] else '>'} underlay {w['underlay_mtu']}")
     lines.append("")
     broken = t.first_broken
