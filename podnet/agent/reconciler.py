@@ -118,6 +118,8 @@ class Reconciler:
             failures=failures,
             seconds=time.perf_counter() - start,
             remote_nodes=desired.remote_nodes,
-            device_mtu=desired.device.mtu if desired.device else None,
+            # Pods get the smallest budget of the tunnels they may use (Calico's rule): in dual stack
+            # that is vxlan-v6.calico's, whose outer IPv6 header is 20 bytes longer.
+            device_mtu=min((d.mtu for d in desired.devices), default=None),
         )
         return self.last

@@ -41,6 +41,8 @@ def test_pods_get_one_address_of_each_family_and_reach_each_other_by_both(lab):
 
 def test_pod_side_ipv6(lab):
     a = lab.status()["pods"][0]
+    # The smallest tunnel budget: vxlan-v6.calico's 1500 - 70, not vxlan.calico's 1450.
+    assert kernel.link(a["netns"], "eth0")["mtu"] == 1430
     addrs = [x for x in kernel.addresses(a["netns"], "eth0") if x["family"] == "inet6" and x["scope"] == "global"]
     assert [(x["local"], x["prefixlen"]) for x in addrs] == [(a["ips"][1], 128)]
     assert addrs[0].get("nodad") is True
