@@ -166,8 +166,9 @@ def cmd_lab_up(args) -> int:
     from podnet.lab.lab import Lab, LabSpec
 
     spec = LabSpec(nodes=args.nodes, pods_per_node=args.pods_per_node, pool=args.pool, subnets=args.subnets,
-                   vxlan_mode=args.vxlan_mode, nat_outgoing=args.nat_outgoing, ipv6=args.ipv6)
-    progress = Progress(spec.subnets + spec.nodes + spec.nodes * spec.pods_per_node)
+                   vxlan_mode=args.vxlan_mode, nat_outgoing=args.nat_outgoing, ipv6=args.ipv6,
+                   datastore=args.lab_datastore, etcd_members=args.etcd_members)
+    progress = Progress(spec.subnets + spec.nodes + spec.nodes * spec.pods_per_node + (spec.datastore == "etcd"))
     lab = Lab(args.name, progress=progress)
     print(f"podnet lab {args.name}: {args.nodes} nodes, {args.pods_per_node} pods per node", flush=True)
     try:
@@ -231,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="podnet", description="Calico-style VXLAN pod networking on the Linux kernel")
     p.add_argument("--datastore", default=None, help=f"datastore URL (default $PODNET_DATASTORE or {DEFAULT_URL})")
+    p.add_argument("--lab", metavar="NAME", help="use this lab's datastore (where it listens, for an etcd lab)")
     p.add_argument("--version", action="version", version="podnet " + __import__("podnet").__version__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -265,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--vxlan-mode", choices=("Always", "CrossSubnet", "Never"), default="Always")
     up.add_argument("--nat-outgoing", action="store_true", help="masquerade pod traffic leaving the pools")
     up.add_argument("--ipv6", action="store_true", help="dual stack: IPv6 underlay, IPv6 pool, two addresses per pod")
+    up.add_argument("--datastore", dest="lab_datastore", choices=("sqlite", "etcd"), default="sqlite",
+                    help="the embedded store, or etcd started in the underlay namespace")
+    up.add_argument("--etcd-members", type=int, default=1, choices=(1, 3, 5))
     up.set_defaults(func=cmd_lab_up)
     st = lab_sub.add_parser("status", help="nodes and pods of the lab")
     st.add_argument("--name", default="podnet")
@@ -294,10 +299,26 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_COMMANDS: list[str] = ["podnet.cli.cmd_ipam", "podnet.cli.cmd_describe", "podnet.cli.cmd_observe"]
 
 
+def _lab_context(args):
+    """With --lab, point --datastore at the lab's store and run inside the namespace where it listens."""
+    import contextlib
+
+    if not getattr(args, "lab", None) or args.command in ("lab", "agent"):
+        return contextlib.nullcontext()
+    from podnet.dataplane.netns import entered
+    from podnet.lab.lab import Lab
+
+    lab = Lab(args.lab)
+    lab.load()
+    args.datastore = args.datastore or lab.datastore_url
+    return entered(lab.underlay_netns) if args.datastore.startswith("etcd") else contextlib.nullcontext()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args) or 0
+        with _lab_context(args):
+            return args.func(args) or 0
     except PodnetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -7,6 +7,8 @@ also sweeps namespaces carrying the lab's prefix.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
@@ -19,11 +21,15 @@ from dataclasses import dataclass
 
 from podnet.cni.install import install_plugin
 from podnet.dataplane import topology
+from podnet.dataplane.netns import entered
 from podnet.datastore import open_datastore
 from podnet.datastore.resources import Resources
 from podnet.errors import PodnetError
 from podnet.ipam import Ipam
+from podnet.ipam.maintenance import delete_node
 from podnet.lab import processes
+from podnet.lab.etcd import EtcdCluster
+from podnet.lab.etcd import data_root as etcd_data_root
 from podnet.model import IPPool
 
 LAB_ROOT = os.environ.get("PODNET_LAB_ROOT", "/run/podnet/labs")
@@ -46,6 +52,7 @@ class LabSpec:
     subnets: int = 1  # underlay subnets, joined by the underlay namespace acting as a router
     vxlan_mode: str = "Always"
     nat_outgoing: bool = False
+    etcd_members: int = 1  # with datastore "etcd": members started in the underlay namespace
     ipv6: bool = False  # dual stack: an IPv6 underlay, an IPv6 pool, pods with one address of each family
     underlay6: str = "fd31::/64"
     pool6: str = "fd00:10:244::/48"
@@ -58,6 +65,10 @@ class LabSpec:
             raise LabError("a lab needs at least one node and a non-negative number of pods per node")
         if not 1 <= self.subnets <= 8:
             raise LabError("a lab has 1 to 8 underlay subnets")
+        if self.datastore not in ("sqlite", "etcd"):
+            raise LabError(f"datastore {self.datastore!r} is not sqlite or etcd")
+        if self.datastore == "etcd" and self.etcd_members not in (1, 3, 5):
+            raise LabError("an etcd cluster has 1, 3 or 5 members")
 
     def subnet(self, s: int) -> ipaddress.IPv4Network:
         """Subnet s: the underlay network shifted by s times its own size (172.31.0.0/24, 172.31.1.0/24, ...)."""
@@ -99,6 +110,7 @@ class Lab:
         self.bin_dir = os.path.join(self.root, "bin")
         self.progress = progress or (lambda msg: None)
         self.state: dict = {}
+        self.etcd: EtcdCluster | None = None  # when this process started the lab's etcd
 
     # Names ---------------------------------------------------------------
 
@@ -126,6 +138,18 @@ class Lab:
 
     def status_path(self, node: str) -> str:
         return os.path.join(self.root, f"{node}.status.json")
+
+    @contextlib.contextmanager
+    def datastore(self):
+        """The lab's datastore, opened from where it can be reached: an etcd lab's store listens in
+        the underlay namespace, so the calling thread enters it while it uses the store."""
+        url = self.datastore_url
+        with entered(self.underlay_netns) if url.startswith("etcd") else contextlib.nullcontext():
+            store = open_datastore(url)
+            try:
+                yield store
+            finally:
+                store.close()
 
     # State file ------------------------------------------------------------
 
@@ -163,7 +187,7 @@ class Lab:
             raise LabError(f"namespaces of an earlier lab {self.name} remain: {', '.join(leftovers)}",
                            f"run `podnet lab down --name {self.name}`")
         os.makedirs(self.root, exist_ok=True)
-        self.state = {"name": self.name, "created": time.time(), "spec": spec.__dict__, "netns": [],
+        self.state = {"name": self.name, "created": time.time(), "spec": dataclasses.asdict(spec), "netns": [],
                       "nodes": [], "pods": [], "complete": False, "datastore": datastore_url}
         self._save()
         try:
@@ -192,14 +216,13 @@ class Lab:
         if spec.subnets > 1:
             topology.set_forwarding(self.underlay_netns, True, ipv6=spec.ipv6)
 
-        store = open_datastore(self.datastore_url)
-        try:
+        if spec.datastore == "etcd":
+            self._start_etcd(spec)
+        with self.datastore() as store:
             Resources(store).apply_pool(IPPool("default-ipv4-ippool", spec.pool, block_size=spec.block_size,
                                                vxlan_mode=spec.vxlan_mode, nat_outgoing=spec.nat_outgoing))
             if spec.ipv6:
                 Resources(store).apply_pool(IPPool("default-ipv6-ippool", spec.pool6, vxlan_mode=spec.vxlan_mode))
-        finally:
-            store.close()
 
         for i in range(1, spec.nodes + 1):
             self.add_node(f"node-{i}", spec.node_address(i), spec, wait=False)
@@ -209,6 +232,29 @@ class Lab:
             for k in range(1, spec.pods_per_node + 1):
                 name = names.pop(0) if names else f"pod-{i}-{k}"
                 self.add_pod(f"node-{i}", name)
+
+    def _start_etcd(self, spec: LabSpec) -> None:
+        base = os.path.join(etcd_data_root(), f"podnet-lab-{self.name}")
+        self.etcd = EtcdCluster(base, spec.etcd_members, host=spec.gateway(0), netns=self.underlay_netns,
+                                token=f"podnet-lab-{self.name}")
+        self.progress(f"etcd: {spec.etcd_members} member(s) in {self.underlay_netns} at "
+                      f"{', '.join(m.address for m in self.etcd.members)}")
+        self.state["etcd_dir"] = base
+        self._save()
+        for member in self.etcd.members:
+            member.start()
+            self.state.setdefault("processes", []).append(member.to_state())
+            self._save()
+        self.etcd.wait_ready()
+        self.state["datastore"] = self.etcd.url
+        self._save()
+
+    def record_etcd(self) -> None:
+        """Remember restarted members' PIDs, so lab down finds them."""
+        if self.etcd:
+            others = [p for p in self.state.get("processes", []) if not p.get("what", "").startswith("etcd ")]
+            self.state["processes"] = others + [m.to_state() for m in self.etcd.members if m.pid]
+            self._save()
 
     def add_node(self, node: str, address: str, spec: LabSpec | None = None, wait: bool = True,
                  extra_args: list[str] | None = None) -> dict:
@@ -279,11 +325,9 @@ class Lab:
         topology.delete_netns(entry["netns"])
         self.state["nodes"].remove(entry)
         self._save()
-        store = open_datastore(self.datastore_url)
-        try:
-            Resources(store).delete_node(node)
-        finally:
-            store.close()
+        with self.datastore() as store:
+            # As `podnet node delete` does: the record, its addresses, blocks and endpoints.
+            delete_node(Ipam(store), Resources(store), node)
 
     def _node(self, node: str) -> dict:
         for entry in self.state["nodes"]:
@@ -419,16 +463,13 @@ class Lab:
     def status(self) -> dict:
         if not self.state:
             self.load()
-        store = open_datastore(self.datastore_url)
-        try:
+        with self.datastore() as store:
             res, ipam = Resources(store), Ipam(store)
             records = {n.name: n for n in res.nodes()}
             blocks: dict[str, list[str]] = {}
             for b in ipam.blocks():
                 if b.node:
                     blocks.setdefault(b.node, []).append(b.cidr)
-        finally:
-            store.close()
         nodes = []
         for entry in self.state.get("nodes", []):
             rec = records.get(entry["name"])
@@ -474,6 +515,8 @@ class Lab:
         for ns in sorted(names, key=lambda n: (n == self.underlay_netns, not n.startswith(self.prefix + "pod-"), n)):
             if topology.delete_netns(ns):
                 removed.append(f"netns {ns}")
+        if self.state.get("etcd_dir"):
+            shutil.rmtree(self.state["etcd_dir"], ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
         self.state = {}
         return removed
