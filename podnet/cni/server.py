@@ -41,6 +41,7 @@ class _Handler(socketserver.BaseRequestHandler):
 class CniServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = False
+    request_queue_size = 256  # a burst of pods (kubelet starts many at once) must queue, not be refused
 
     def __init__(self, address: str, ctx: handler.NodeContext):
         self.ctx = ctx

@@ -71,6 +71,19 @@ def _address(data):
     return "\0" + address[1:] if address.startswith("@") else address
 
 
+def _connect(s, address):
+    # A unix socket whose listen queue is full refuses at once with EAGAIN rather than
+    # waiting; the agent is busy, not gone, so wait a little and knock again.
+    for attempt in range(200):
+        try:
+            return s.connect(address)
+        except BlockingIOError:
+            import time
+
+            time.sleep(0.005 * min(attempt + 1, 20))
+    s.connect(address)
+
+
 def main():
     command = os.environ.get("CNI_COMMAND", "")
     data = sys.stdin.buffer.read() if command != "VERSION" or not sys.stdin.isatty() else b""
@@ -90,7 +103,7 @@ def main():
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     s.settimeout(TIMEOUT)
     try:
-        s.connect(address)
+        _connect(s, address)
         s.sendall(b"PODNET/1 %d %d\n" % (len(env), len(data)) + env + data)
         chunks = []
         while True:
