@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -173,21 +174,24 @@ class Agent:
         self.dirty.set()
 
     def _follow_underlay(self) -> None:
-        """If the node's underlay address moved, register the new one: every other node's FDB follows."""
-        self.underlay_changed.clear()
+        """If the node's underlay address moved, register the new one: every other node's FDB follows.
+        The flag is cleared only once the node is registered, so a failed attempt is tried again."""
         args = self.args
         try:
             address, interface = find_underlay(self.ipr, args.interface, None if args.interface else args.address)
         except Exception as e:
             log.warning("cannot determine the underlay address now: %s", e)
+            self.underlay_changed.clear()  # the next address event brings us back
             return
         address6 = find_underlay6(self.ipr, interface)
         local = self.reconciler.local
         if (address, interface, address6) != (local.address, local.interface, local.address6):
             log.info("underlay address changed from %s %s on %s to %s %s on %s", local.address, local.address6 or "",
                      local.interface, address, address6 or "", interface)
+            self.store.reconnect()  # connections from the old address are dead without knowing it
             self.reconciler.local = register(self.resources, self.ipam, args.node, address, interface,
                                              dict(local.labels), address6)
+        self.underlay_changed.clear()
 
     def _pod_mtu(self) -> int:
         last = self.reconciler.last if self.reconciler else None
@@ -284,6 +288,8 @@ def run(args) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    # `kill -USR1 <agent pid>` writes every thread's stack to the log: for an agent that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     return agent.run()
 
 

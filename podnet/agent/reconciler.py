@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute
 
 from podnet.agent.syncer import DatastoreView
+import dataclasses
 import platform
 import socket
 
@@ -67,10 +68,10 @@ class Reconciler:
         start = time.perf_counter()
         snap = self.view.snapshot()
         nodes = snap.nodes
-        # Our own record as the datastore has it (labels may change), else as registered.
-        local = next((n for n in nodes if n.name == self.local.name), self.local)
-        if not local.tunnel_address:
-            local = self.local
+        # This agent registered its own node and knows its addresses first; only the labels
+        # (an administrator may change them) come from the datastore's record.
+        recorded = next((n for n in nodes if n.name == self.local.name), None)
+        local = dataclasses.replace(self.local, labels=recorded.labels) if recorded else self.local
         config = effective_config(self.config, snap.configs, local.name)
         desired = compute_desired(local, nodes, snap.affinities, config, self._host_mtu(config, local), snap.pools,
                                   snap.borrowed)

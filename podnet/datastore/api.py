@@ -133,6 +133,11 @@ class Datastore(abc.ABC):
     def close(self) -> None:
         pass
 
+    def reconnect(self) -> None:
+        """Drop every network connection; later requests and open watches make new ones (watches
+        resume where they were). For when this host's addresses changed under kept-alive
+        connections, which then fail silently. A store without connections does nothing."""
+
     def __enter__(self):
         return self
 

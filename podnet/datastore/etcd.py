@@ -333,6 +333,13 @@ class _Transport:
         with self._lock:
             conns, self._open = self._open, set()
         for conn in conns:
+            # Shut the socket down first: a thread blocked reading a response on it holds the
+            # response's lock, and close() alone would wait for that read to end.
+            if conn.sock is not None:
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             conn.close()
         self._local = threading.local()
 
@@ -465,12 +472,17 @@ class EtcdDatastore(Datastore):
             w.close()
         self._transport.close()
 
+    def reconnect(self) -> None:
+        for w in list(self._watches):
+            w.drop_stream()
+        self._transport.close()
+
     # Requests ------------------------------------------------------------
 
     def _attempt_timeout(self, remaining: float) -> float:
-        """Leave time for another endpoint when one hangs."""
-        if len(self._transport.endpoints) == 1:
-            return remaining
+        """Leave time for another attempt when one hangs: on another endpoint, or on a fresh
+        connection to the same one (a kept-alive connection can be dead without knowing it,
+        e.g. when its source address was removed from the host)."""
         return min(remaining, max(_ATTEMPT_TIMEOUT_MIN, self.timeout / 2))
 
     def _unavailable(self, errors: dict[str, str], what: str = "did not answer") -> DatastoreUnavailable:
@@ -787,6 +799,13 @@ class _EtcdWatch(Watch):
         if not events and self._error is not None:
             raise self._error
         return events
+
+    def drop_stream(self) -> None:
+        """Break the current stream; the watch thread reconnects and resumes from the next revision."""
+        with self._stream_lock:
+            stream = self._stream
+        if stream is not None:
+            stream.close()
 
     def close(self) -> None:
         self._closed.set()
