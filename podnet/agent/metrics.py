@@ -59,7 +59,6 @@ class HealthServer:
     def __init__(self, address: str, metrics: AgentMetrics, alive: Callable[[], tuple[bool, str]],
                  ready: Callable[[], tuple[bool, str]]):
         host, _, port = address.rpartition(":")
-        outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):

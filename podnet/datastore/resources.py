@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from podnet.datastore import keys
-from podnet.datastore.api import Datastore, ModRevisionIs, Put, Delete
+from podnet.datastore.api import Datastore, ModRevisionIs, Put
 from podnet.errors import PodnetError
 from podnet.model import IPPool, Node, WorkloadEndpoint
 from podnet.model.agentconfig import AgentConfiguration

@@ -9,7 +9,6 @@ removes everything it created.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 import time

@@ -7,7 +7,7 @@ users can apply the YAML they already have.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 from podnet.model import fields, selector

@@ -343,22 +343,30 @@ class _Tracer:
             return _unknown("pod-interface", p.label, title, p.unreadable, explain)
         link = k.links.get(p.interface)
         want = f"{p.interface} UP holding {ip}/{plen}"
+        found = _link_text(link) + ", " + self._addresses(k, link.name) if link else ""
+        return self._pod_end("pod-interface", p, title, explain, want, link, found, ip, "sends") or \
+            Hop("pod-interface", p.label, title, OK, found, explain)
+
+    def _pod_end(self, kind: str, p, title: str, explain: str, want: str, link, found: str, ip: str,
+                 verb: str) -> Hop | None:
+        """What both ends of the path need of a pod's interface: it exists, is up and holds the
+        address, usable (not tentative). The broken hop, or None when all of that holds."""
+        k, plen = p.kernel, self.fam.host_len
         if link is None:
-            return Hop("pod-interface", p.label, title, BROKEN, f"no {p.interface} in {p.netns}", explain, want,
+            return Hop(kind, p.label, title, BROKEN, f"no {p.interface} in {p.netns}", explain, want,
                        "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
-        found = _link_text(link) + ", " + self._addresses(k, link.name)
         if not link.up:
-            return Hop("pod-interface", p.label, title, BROKEN, found, explain, want,
+            return Hop(kind, p.label, title, BROKEN, found, explain, want,
                        in_netns(p.netns, f"ip link set {link.name} up"))
         held = next((x for x in k.addresses_of(link.name) if x.ip == ip and x.prefixlen == plen), None)
         if held is None:
-            return Hop("pod-interface", p.label, title, BROKEN, found, explain, want,
+            return Hop(kind, p.label, title, BROKEN, found, explain, want,
                        in_netns(p.netns, f"ip addr add {ip}/{plen} dev {link.name}" + (" nodad" if self.v6 else "")))
         if not held.usable:
-            return Hop("pod-interface", p.label, title, BROKEN, found, explain, want + " (nodad: never tentative)",
+            return Hop(kind, p.label, title, BROKEN, found, explain, want + " (nodad: never tentative)",
                        _readd(p.netns, f"{ip}/{plen}", link.name),
-                       "a tentative address or one that failed duplicate address detection sends nothing")
-        return Hop("pod-interface", p.label, title, OK, found, explain)
+                       f"a tentative address or one that failed duplicate address detection {verb} nothing")
+        return None
 
     def pod_route(self) -> Hop:
         p, k, gw_ip = self.src, self.src.kernel, self.fam.gateway
@@ -810,22 +818,12 @@ class _Tracer:
         link = k.links.get(p.interface)
         ip, plen = self.dst.ip, fam.host_len
         want = f"{p.interface} UP holding {ip}/{plen}, a route back to {self.src_ip} via {fam.gateway}"
-        if link is None:
-            return Hop("dst-pod", p.label, title, BROKEN, f"no {p.interface} in {p.netns}", explain, want,
-                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
         back = k.lookup(self.src_ip)
-        found = _link_text(link) + ", " + self._addresses(k, link.name) + f"; reply route: {back or 'none'}"
-        if not link.up:
-            return Hop("dst-pod", p.label, title, BROKEN, found, explain, want,
-                       in_netns(p.netns, f"ip link set {link.name} up"))
-        held = next((x for x in k.addresses_of(link.name) if x.ip == ip and x.prefixlen == plen), None)
-        if held is None:
-            return Hop("dst-pod", p.label, title, BROKEN, found, explain, want,
-                       in_netns(p.netns, f"ip addr add {ip}/{plen} dev {link.name}" + (" nodad" if self.v6 else "")))
-        if not held.usable:
-            return Hop("dst-pod", p.label, title, BROKEN, found, explain, want + " (nodad: never tentative)",
-                       _readd(p.netns, f"{ip}/{plen}", link.name),
-                       "a tentative address or one that failed duplicate address detection receives nothing")
+        found = (_link_text(link) + ", " + self._addresses(k, link.name) + f"; reply route: {back or 'none'}"
+                 if link else "")
+        broken = self._pod_end("dst-pod", p, title, explain, want, link, found, ip, "receives")
+        if broken:
+            return broken
         if back is None or back.gateway != fam.gateway or back.dev != p.interface:
             return Hop("dst-pod", p.label, title, BROKEN, found, explain, want,
                        in_netns(p.netns, f"{fam.ip_route} replace default via {fam.gateway} dev {p.interface}"),

@@ -5,23 +5,14 @@ from __future__ import annotations
 import platform
 import re
 import subprocess
-import time
 
 from podnet.calc import VxlanConfig
 from podnet.datastore import open_datastore
 from podnet.datastore.resources import Resources
 from podnet.model.agentconfig import AgentConfiguration
 from tests.integration import kernel
+from tests.integration.witness import wait_for
 from tests.integration.traffic import Pinger
-
-
-def wait_for(predicate, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def apply(lab, config: AgentConfiguration) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.error
 import urllib.request
 
 from podnet.dataplane.netns import entered
 from podnet.model import vtep_mac
+from tests.integration.witness import wait_for
 
 
 def get(netns: str, path: str) -> tuple[int, str]:
@@ -26,15 +26,6 @@ def metric(text: str, name: str, **labels) -> float:
     pattern = rf"^{name}{{{want}}} (\S+)$" if labels else rf"^{name} (\S+)$"
     m = re.search(pattern, text, re.M)
     return float(m.group(1)) if m else 0.0
-
-
-def wait_for(predicate, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_health_readiness_and_metrics(lab_factory):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import time
 
 import pytest
 
 from podnet.lab.lab import Lab, LabSpec
 from podnet.model import vtep_mac
 from tests.integration import kernel
+from tests.integration.witness import wait_for
 from tests.integration.conftest import unique
 
 NODES = 3
@@ -24,17 +24,6 @@ def lab():
         yield lab
     finally:
         lab.down()
-
-
-def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
-    """Liveness bound only (how fast is measured by `make bench`, not here)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def remote_expectations(status: dict, node: str) -> tuple[set, set, set]:

@@ -11,11 +11,9 @@ import uuid
 import pytest
 
 from podnet.dataplane import topology
-from podnet.datastore import open_datastore
-from podnet.datastore.resources import Resources
-from podnet.ipam import Ipam
 from podnet.lab.lab import Lab, LabSpec
 from tests.integration import kernel
+from tests.integration.witness import footprint
 from tests.integration.conftest import unique
 
 
@@ -66,18 +64,6 @@ def env_for(lab: Lab, command: str, netns: str, cid: str | None = None, ifname: 
             "CNI_IFNAME": ifname, "CNI_PATH": lab.bin_dir,
             "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}-{uuid.uuid4().hex[:4]}"}
 
-
-def footprint(lab: Lab) -> dict:
-    """Everything an ADD can leave behind: allocations, host veths, endpoint records."""
-    store = open_datastore(lab.datastore_url)
-    try:
-        allocations = sorted(ip for b in Ipam(store).blocks() for ip in b.in_use())
-        endpoints = sorted(e.key_name for e in Resources(store).endpoints())
-    finally:
-        store.close()
-    veths = sorted(name for node in lab.state["nodes"] for name in topology.links(node["netns"])
-                   if name.startswith("cali"))
-    return {"allocations": allocations, "endpoints": endpoints, "veths": veths}
 
 
 def test_version(lab):

@@ -34,7 +34,7 @@ from podnet.ipam import Ipam
 from podnet.lab.lab import Lab, LabSpec
 from podnet.model import IPPool
 from podnet.model.endpoint import ipam_handle, tunnel_handle
-from tests.integration import kernel
+from tests.integration import kernel, witness
 from tests.integration.conftest import unique
 
 NETWORK = "k8s-pod-network"
@@ -150,17 +150,10 @@ def run_plugin(lab: Lab, env: dict, stdin, netns: str | None = None, drop=(), ex
     return proc.returncode, parsed, proc.stderr.decode()
 
 
+
 def footprint(lab: Lab) -> dict:
-    """Everything an attachment can leave behind: allocations, endpoint records, host veths, ifb devices."""
-    store = open_datastore(lab.datastore_url)
-    try:
-        allocations = sorted(ip for b in Ipam(store).blocks() for ip in b.in_use())
-        endpoints = sorted(e.key_name for e in Resources(store).endpoints())
-    finally:
-        store.close()
-    links = sorted(f"{node['name']}:{name}" for node in lab.state["nodes"] for name in topology.links(node["netns"])
-                   if name.startswith(("cali", "bwp")))
-    return {"allocations": allocations, "endpoints": endpoints, "links": links}
+    """Everything an attachment can leave behind here: also the ifb devices of the bandwidth plugin."""
+    return witness.footprint(lab, ("cali", "bwp"))
 
 
 def sandbox_links(netns: str) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
-import time
 
 import pytest
 
@@ -14,6 +13,7 @@ from podnet.lab.lab import Lab, LabSpec
 from podnet.observe.capture import CaptureSession
 from podnet.observe.packet import decode
 from tests.integration import kernel
+from tests.integration.witness import wait_for
 from tests.integration.conftest import unique
 
 
@@ -27,15 +27,6 @@ def lab():
         yield lab
     finally:
         lab.down()
-
-
-def wait_for(predicate, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def set_pool(lab: Lab, **changes) -> None:

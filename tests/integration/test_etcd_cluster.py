@@ -7,9 +7,6 @@ or leaked; existing pods keep talking while etcd is away; agents keep the kernel
 from __future__ import annotations
 
 import concurrent.futures
-import json
-import os
-import subprocess
 import time
 import uuid
 

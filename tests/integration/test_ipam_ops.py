@@ -13,15 +13,7 @@ from podnet.datastore.resources import Resources
 from podnet.ipam import Ipam
 from podnet.ipam.allocator import IpamConfig
 from tests.integration import kernel
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+from tests.integration.witness import wait_for
 
 
 def cli(lab, *args: str) -> subprocess.CompletedProcess:

@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 
-from podnet.dataplane import topology
-from podnet.datastore import open_datastore
-from podnet.datastore.resources import Resources
-from podnet.ipam import Ipam
+from tests.integration.witness import footprint
 
+__all__ = ["footprint", "node_blocks", "in_blocks", "remote_pod"]
 
-def footprint(lab) -> dict:
-    """IPAM allocations, workload endpoints and host-side veths (cali*) on every node."""
-    store = open_datastore(lab.datastore_url)
-    try:
-        allocations = sorted(ip for b in Ipam(store).blocks() for ip in b.in_use())
-        endpoints = sorted(e.key_name for e in Resources(store).endpoints())
-    finally:
-        store.close()
-    veths = sorted(f"{node['name']}/{name}" for node in lab.state["nodes"] for name in topology.links(node["netns"])
-                   if name.startswith("cali"))
-    return {"allocations": allocations, "endpoints": endpoints, "veths": veths}
 
 
 def node_blocks(lab, node: str) -> list[ipaddress.IPv4Network]:
