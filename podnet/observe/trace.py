@@ -409,24 +409,16 @@ class _Tracer:
         link = k.links.get(cali)
         want = (f"{cali} UP, peer of the pod's {p.interface}, proxy_arp=1, and a route to {GATEWAY_V4} "
                 f"on {n.name} (its default route)")
-        if link is None:
-            return Hop("gateway", n.name, title, BROKEN, f"no interface {cali} on {n.name}", explain, want,
-                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
         proxy = k.sysctls.get(f"conf/{cali}/proxy_arp")
         route = k.lookup(GATEWAY_V4)
         arp = next((x for x in (p.kernel.neighbours if p.kernel else []) if x.ip == GATEWAY_V4), None)
-        parts = [_link_text(link), f"proxy_arp={proxy}", f"route to {GATEWAY_V4}: {route or 'none'}"]
+        parts = [_link_text(link), f"proxy_arp={proxy}", f"route to {GATEWAY_V4}: {route or 'none'}"] if link else []
         if arp:
             parts.append(f"pod's ARP entry: {arp}")
         found = "; ".join(parts)
-        pod_link = p.kernel.links.get(p.interface) if p.kernel else None
-        if _is_peer(pod_link, link) is False:
-            return Hop("gateway", n.name, title, BROKEN, found + f"; {cali} is not the peer of the pod's "
-                       f"{p.interface} (peer index {pod_link.peer}, {cali} is {link.index})", explain, want,
-                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
-        if not link.up:
-            return Hop("gateway", n.name, title, BROKEN, found, explain, want,
-                       in_netns(n.netns, f"ip link set {cali} up"))
+        broken = self._host_end(title, explain, want, link, found)
+        if broken:
+            return broken
         if proxy != "1":
             return Hop("gateway", n.name, title, BROKEN, found, explain, want,
                        sysctl_cmd(n.netns, f"conf/{cali}/proxy_arp", 1))
@@ -445,6 +437,24 @@ class _Tracer:
                        f"underlay's router")
         return Hop("gateway", n.name, title, OK, found, explain)
 
+    def _host_end(self, title: str, explain: str, want: str, link, found: str) -> Hop | None:
+        """What both families need of the host end of the source pod's veth: it exists, is the
+        pod's peer and is up. The broken hop, or None when all of that holds."""
+        p, n = self.src, self.a
+        cali = p.host_interface
+        if link is None:
+            return Hop("gateway", n.name, title, BROKEN, f"no interface {cali} on {n.name}", explain, want,
+                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
+        pod_link = p.kernel.links.get(p.interface) if p.kernel else None
+        if _is_peer(pod_link, link) is False:
+            return Hop("gateway", n.name, title, BROKEN, found + f"; {cali} is not the peer of the pod's "
+                       f"{p.interface} (peer index {pod_link.peer}, {cali} is {link.index})", explain, want,
+                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
+        if not link.up:
+            return Hop("gateway", n.name, title, BROKEN, found, explain, want,
+                       in_netns(n.netns, f"ip link set {cali} up"))
+        return None
+
     def gateway6(self) -> Hop:
         """IPv6: the host end of the veth holds the pods' gateway as its own link-local address."""
         p, n, k = self.src, self.a, self.a.kernel
@@ -458,26 +468,18 @@ class _Tracer:
         link = k.links.get(cali)
         want = (f"{cali} UP, peer of the pod's {p.interface}, holding {GATEWAY_V6}/64 (not tentative), "
                 f"accept_dad=0, proxy_ndp=1")
-        if link is None:
-            return Hop("gateway", n.name, title, BROKEN, f"no interface {cali} on {n.name}", explain, want,
-                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
         held = _gateway_address(k, cali)
         accept_dad = k.sysctls6.get(f"conf/{cali}/accept_dad")
         proxy_ndp = k.sysctls6.get(f"conf/{cali}/proxy_ndp")
         ndp = next((x for x in (p.kernel.neighbours if p.kernel else []) if x.ip == GATEWAY_V6), None)
         parts = [_link_text(link), f"{GATEWAY_V6}/64: {_held_text(held)}", f"accept_dad={accept_dad}",
-                 f"proxy_ndp={proxy_ndp}"]
+                 f"proxy_ndp={proxy_ndp}"] if link else []
         if ndp:
             parts.append(f"pod's NDP entry: {ndp}")
         found = "; ".join(parts)
-        pod_link = p.kernel.links.get(p.interface) if p.kernel else None
-        if _is_peer(pod_link, link) is False:
-            return Hop("gateway", n.name, title, BROKEN, found + f"; {cali} is not the peer of the pod's "
-                       f"{p.interface} (peer index {pod_link.peer}, {cali} is {link.index})", explain, want,
-                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
-        if not link.up:
-            return Hop("gateway", n.name, title, BROKEN, found, explain, want,
-                       in_netns(n.netns, f"ip link set {cali} up"))
+        broken = self._host_end(title, explain, want, link, found)
+        if broken:
+            return broken
         gateway_hop = _gateway_hop(n.netns, cali, held, "the pod's gateway")
         if gateway_hop:
             fix, hint = gateway_hop
