@@ -91,13 +91,14 @@ def run() -> int:
         else:
             print("  no VXLAN packet was captured (unexpected: the ping above crossed the underlay)")
             return 1
+        print()
         say("""
-
             The inner frame (pod-a -> pod-b) travels as the payload of a UDP datagram between the node
             addresses; the outer destination came from the FDB entry, the inner destination MAC from the
             permanent ARP entry, and the route chose vxlan.calico. Try it yourself:
               podnet lab up --nodes 2 --pods-per-node 1
-              podnet lab status
+              podnet trace pod-1-1 pod-2-1         # every hop explained and checked
+              podnet capture --node node-1         # then ping from a pod: each packet, layer by layer
               podnet lab down
         """)
     finally:
