@@ -1,4 +1,4 @@
-"""`python3 -m bench [--quick] [add|program|drift|join ...]`: run podnet's benchmarks.
+"""`python3 -m bench [--quick] [add|program|drift|join|ipam|join-etcd|burst|sandbox|address ...]`: run podnet's benchmarks.
 
 Results go to bench/results/latest.json (benchmarks not run this time keep
 their previous entry) and a markdown summary is printed and written into
@@ -22,8 +22,15 @@ BENCHMARKS = {
     "program": "bench.program_nodes",
     "drift": "bench.drift_repair",
     "join": "bench.node_join",
+    "ipam": "bench.ipam_rate",
+    "join-etcd": "bench.node_join_etcd",
+    "burst": "bench.burst",
+    "sandbox": "bench.sandbox",
+    "address": "bench.address_change",
 }
-ALIASES = {"add_latency": "add", "program_nodes": "program", "drift_repair": "drift", "node_join": "join"}
+ALIASES = {"add_latency": "add", "program_nodes": "program", "drift_repair": "drift", "node_join": "join",
+           "ipam_rate": "ipam", "node_join_etcd": "join-etcd", "burst": "burst", "sandbox": "sandbox",
+           "address_change": "address"}
 FULL_NAMES = {v: k for k, v in ALIASES.items()}
 
 
@@ -31,7 +38,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m bench", description=__doc__.split("\n")[0])
     p.add_argument("which", nargs="*", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
     p.add_argument("--quick", action="store_true",
-                   help="fewer repetitions (about a minute in all; the full run takes 2-3)")
+                   help="fewer repetitions (about 5 minutes in all; the full run takes about 10)")
     p.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results", "latest.json"),
                    help="where to write the JSON results")
     p.add_argument("--docs", default=os.path.join(common.ROOT, "docs", "benchmarks.md"),

@@ -24,7 +24,7 @@ import uuid
 
 from bench.common import Cleanup, busy_percent, cpu_snapshot, progress, ratio, summary_ms
 from podnet.dataplane import topology
-from podnet.dataplane.netns import entered
+from podnet.netns import entered
 
 NAME = "add_latency"
 PTP_DIR = "/usr/lib/cni"

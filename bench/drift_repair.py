@@ -19,7 +19,7 @@ import time
 from bench.common import (Cleanup, decode_event, device_index, drain, kernel_entries, listener,
                           process_cpu_seconds, progress, summary_ms)
 from podnet.dataplane import rtnl
-from podnet.dataplane.netns import entered
+from podnet.netns import entered
 
 NAME = "drift_repair"
 TARGET_MS = 100.0

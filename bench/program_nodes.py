@@ -25,7 +25,7 @@ import time
 from bench.common import Cleanup, kernel_entries, progress, ratio
 from podnet.calc import VxlanConfig, compute_desired, diff_state
 from podnet.dataplane import rtnl, topology, vxlan
-from podnet.dataplane.netns import entered
+from podnet.netns import entered
 from podnet.dataplane.tables import KernelTables
 from podnet.model import Node
 

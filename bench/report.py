@@ -120,7 +120,8 @@ def markdown(doc: dict) -> str:
     lines += _summary_rows(b)
     lines.append("")
     for name, render in (("add_latency", _add), ("program_nodes", _program), ("drift_repair", _drift),
-                         ("node_join", _join)):
+                         ("node_join", _join), ("node_join_etcd", _join), ("ipam_rate", _ipam), ("burst", _burst),
+                         ("sandbox", _sandbox), ("address_change", _address)):
         e = b.get(name)
         if e is None:
             continue
@@ -180,6 +181,59 @@ def _summary_rows(b: dict) -> list[str]:
                     f"p99 <= {e['targets']['p99_ms']:.0f} ms | {_met(e['pass'])} |")
     elif e:
         rows.append("| Node join | | failed | | | | **no** |")
+    e = b.get("node_join_etcd")
+    if e and e.get("status") == "ok":
+        s = e["join_all_nodes_ms"]
+        rows.append(f"| Node join -> all {e['params']['nodes']} nodes programmed, 3-member etcd ({s.get('n')}x) | "
+                    f"p50 / p99 | {s.get('p50', 0):.1f} / {s.get('p99', 0):.1f} ms | none | | "
+                    f"p99 <= {e['targets']['p99_ms']:.0f} ms | {_met(e['pass'])} |")
+    elif e:
+        rows.append("| Node join, etcd | | failed | | | | **no** |")
+    e = b.get("ipam_rate")
+    if e and e.get("status") == "ok":
+        t = e["targets"]
+        for key, st in e["stores"].items():
+            for mode in ("single", "concurrent"):
+                r = st[mode]
+                who = "1 client" if mode == "single" else f"{r['clients']} clients"
+                rows.append(f"| IPAM allocate + release, {st['label']}, {who} | allocations/s; p99 allocate / "
+                            f"release | {r['per_s']:.0f}/s; {r['allocate_ms'].get('p99', 0):.1f} / "
+                            f"{r['release_ms'].get('p99', 0):.1f} ms | none | | >= {r['target_per_s']:.0f}/s; "
+                            f"p99 < {t['p99_ms']:.0f} ms | {_met(r['pass'])} |")
+    elif e:
+        rows.append("| IPAM rate | | failed | | | | **no** |")
+    e = b.get("burst")
+    if e and e.get("status") == "ok":
+        sm, r, t = e["summary"], e["ratios"], e["targets"]
+        n = e["params"]["repetitions_per_side"]
+        p, q = sm["podnet"], sm["ptp"]
+        rows.append(f"| {e['params']['pods']} pods at once on one node -> all reachable | median of {n} | "
+                    f"{_ms(p['all_reachable_ms'], 0)} | {_ms(q['all_reachable_ms'], 0)} (ptp + host-local) | "
+                    f"{_x(r['all_reachable'])} | <= {t['ratio']}x and < {t['max_ms']:.0f} ms | {_met(e['pass'])} |")
+        rows.append(f"| | all ADDs returned | {_ms(p['all_added_ms'], 0)} | {_ms(q['all_added_ms'], 0)} | "
+                    f"{_x(r['all_added'])} | (informational) | |")
+    elif e:
+        rows.append("| Burst of pods | | failed | | | | **no** |")
+    e = b.get("sandbox")
+    if e and e.get("status") == "ok":
+        p, q, r = e["podnet"], e["ptp"], e["ratios"]
+        rows.append(f"| RunPodSandbox through containerd, {e['params']['sandboxes_per_network']} per network | p50 | "
+                    f"{_ms(p['p50_ms'])} | {_ms(q['p50_ms'])} (ptp + host-local) | {_x(r['p50'])} | "
+                    f"<= {e['targets']['p50_ratio']}x | {_met(e['pass'])} |")
+        rows.append(f"| | p99 | {_ms(p['p99_ms'])} | {_ms(q['p99_ms'])} | {_x(r['p99'])} | (informational) | |")
+    elif e:
+        rows.append("| RunPodSandbox | | failed | | | | **no** |")
+    e = b.get("address_change")
+    if e and e.get("status") == "ok":
+        for key, d in e["datastores"].items():
+            s = d["follow_ms"]
+            fig = (f"{s.get('p50', 0):.1f} / {s.get('p99', 0):.1f} / {s.get('max', 0):.1f} ms" if s.get("n") else "n/a")
+            miss = f"; {d['misses']} of {d['repetitions']} never followed" if d["misses"] else ""
+            rows.append(f"| Node-2's underlay address changed -> other nodes' FDB follows ({key}, "
+                        f"{d['repetitions']}x) | p50 / p99 / max | {fig}{miss} | none | | "
+                        f"<= {e['targets']['max_ms']:.0f} ms | {_met(d['pass'])} |")
+    elif e:
+        rows.append("| Address change | | failed | | | | **no** |")
     return rows
 
 
@@ -244,11 +298,93 @@ def _drift(e: dict) -> list[str]:
 
 def _join(e: dict) -> list[str]:
     p = e["params"]
-    out = [f"{p['joins']} joins into a {p['nodes']}-node lab; registration: {p['registration']}; observed by "
+    store = f"; datastore: {p['datastore']}" if p.get("datastore") else ""
+    etcd = e.get("idle_etcd_cpu_percent_of_one_core")
+    out = [f"{p['joins']} joins into a {p['nodes']}-node lab{store}; registration: {p['registration']}; observed by "
            f"{p['observed_by']}, confirmed by a kernel read-back. Misses: {e['misses']}. "
-           f"Idle, the {p['nodes']} agents used {e.get('idle_agents_cpu_percent_of_one_core')}% of one core "
-           f"(machine busy {e.get('machine_busy_percent_while_idle')}% of all cores).", "", "(ms):", ""]
+           f"Idle, the {p['nodes']} agents used {e.get('idle_agents_cpu_percent_of_one_core')}% of one core"
+           + (f" and the etcd members {etcd}%" if etcd is not None else "")
+           + f" (machine busy {e.get('machine_busy_percent_while_idle')}% of all cores).", "", "(ms):", ""]
     out += _dist_table([("join, until the last node", e["join_all_nodes_ms"]),
                         ("join, each node", e["join_per_node_ms"]),
                         ("leave (node deleted), until the last node", e["leave_all_nodes_ms"])])
+    return out
+
+
+def _ipam(e: dict) -> list[str]:
+    p = e["params"]
+    out = [f"One cycle: {p['cycle']}; {p['clients']}; {p['warmup_per_client']} warm-up cycles per client (the "
+           f"first claims the node's block), then all clients start together. 1 client x {p['single_cycles']} "
+           f"cycles; {p['concurrent_clients']} clients x {p['concurrent_cycles_per_client']}. Allocations/s: all "
+           f"clients' cycles / (last end - first start). No peer: the targets are absolute.", "",
+           "| Store | where | clients | cycles | allocations/s | per client /s | allocate p50 / p99 ms | "
+           "release p50 / p99 ms | cycle p50 / p99 ms | errors | handles left |",
+           "|---|---|--:|--:|--:|---|--:|--:|--:|--:|--:|"]
+    for st in e["stores"].values():
+        for mode in ("single", "concurrent"):
+            r = st[mode]
+            a, rl, c = r["allocate_ms"], r["release_ms"], r["cycle_ms"]
+            out.append(f"| {st['label']} | {st['filesystem']} | {r['clients']} | {r['cycles']} | {r['per_s']:.0f} | "
+                       f"{r['per_client_per_s']} | {a.get('p50', 0):.2f} / {a.get('p99', 0):.1f} | "
+                       f"{rl.get('p50', 0):.2f} / {rl.get('p99', 0):.1f} | {c.get('p50', 0):.2f} / "
+                       f"{c.get('p99', 0):.1f} | {r['errors']} | {r['handles_left']} |")
+    return out
+
+
+def _burst(e: dict) -> list[str]:
+    p = e["params"]
+    out = [f"{p['pods']} CNI ADDs released at once; bursts per plugin: {p['repetitions_per_side']}, in {p['order']} "
+           f"order; podnet: {p['podnet_node']}, pinged from {p['podnet_pinger']}; peer: {p['peer']}, pinged from "
+           f"{p['ptp_pinger']}; every {p['probe_interval_ms']:.0f} ms until the first echo reply.", "",
+           "| burst | plugin | all ADDs returned ms | all reachable ms | each ADD p50 / max ms | reachable after "
+           "its ADD, max ms | CPU s: plugin processes | its agent | other agents | machine busy % | errors |",
+           "|--:|---|--:|--:|--:|--:|--:|--:|---|--:|--:|"]
+    rows = sorted(((x["repetition"], side, x) for side, xs in e["runs"].items() for x in xs), key=lambda t: t[0])
+    for rep, side, x in rows:
+        a, ra = x["add_each_ms"], x["reachable_after_add_ms"]
+        out.append(f"| {rep + 1} | {side} | {x['all_added_ms']} | {x['all_reachable_ms']} | "
+                   f"{a.get('p50', 0):.0f} / {a.get('max', 0):.0f} | {ra.get('max', 0):.0f} | {x['plugin_cpu_s']} | "
+                   f"{x.get('agent_cpu_s') if x.get('agent_cpu_s') is not None else ''} | "
+                   f"{x.get('other_agents_cpu_s') or ''} | "
+                   f"{x['machine_busy_percent']} | {x['error_count']} |")
+    c = e["checks"]
+    out += ["", f"Checks after the DELs: links left in the node namespaces {c['links_left_after_del']}; DEL errors "
+                f"{len(c['del_errors'])}; podnet IPAM handles left (besides the pinger's) {c['podnet_ipam_handles_left']}."]
+    return out
+
+
+def _sandbox(e: dict) -> list[str]:
+    p = e["params"]
+    out = [f"{p['runtime']}, {p['where']}; {p['sandboxes_per_network']} timed RunPodSandbox calls per network in "
+           f"{p['rounds']} alternating rounds (warm-up calls untimed); peer: {p['peer']}; percentiles "
+           f"{p['percentiles']}. Machine busy {e.get('machine_busy_percent_during_calls')}% of all cores during "
+           f"the calls.", "",
+           "| | n | min | p50 | p90 | p99 | max | mean |", "|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for label, key in (("podnet", "podnet"), ("ptp + host-local", "ptp")):
+        x = e[key]
+        out.append(f"| {label} | {x['n']} | {x['min_ms']:.1f} | {x['p50_ms']:.1f} | {x['p90_ms']:.1f} | "
+                   f"{x['p99_ms']:.1f} | {x['max_ms']:.1f} | {x['mean_ms']:.1f} |")
+    out += ["", f"podnet/peer: p50 {_x(e['ratios']['p50'])}, p99 {_x(e['ratios']['p99'])}. containerd teardown had "
+                f"to force: {e['checks']['containerd_teardown_forced'] or 'nothing'}."]
+    return out
+
+
+def _address(e: dict) -> list[str]:
+    p = e["params"]
+    out = [f"{p['nodes']}-node lab per datastore; change: {p['change']}; observed by {p['observed_by']}; "
+           f"a change not followed within {p['timeout_s']:.0f} s is a miss.", ""]
+    for key, d in e["datastores"].items():
+        c = d["checks"]
+        out += [f"{key} ({d['datastore']}); addresses {d['addresses'][0]} <-> {d['addresses'][1]}; misses "
+                f"{d['misses']}; afterwards node-2's record holds {c['node_record_address_after']} and node-1 "
+                f"{'reaches' if c['tunnel_ping_after_last_change'] else 'does NOT reach'} node-2's tunnel address "
+                f"(ms):", ""]
+        out += _dist_table([("until every other node follows", d["follow_ms"]),
+                            ("the same, from the new address in place", d["follow_from_new_address_ms"]),
+                            ("the change itself (3 netlink requests)", d["change_call_ms"])])
+        for m in d.get("miss_details", []):
+            out += ["", f"Miss at change {m['change']} ({m['from']} -> {m['to']}): node-2's record still "
+                        f"{m['node_record_address']}, FDB {m['fdb']}; node-2's agent log meanwhile:", ""]
+            out += ["```"] + [line for line in m["node2_agent_log"]] + ["```"]
+        out.append("")
     return out

@@ -7,6 +7,8 @@ whose address is configured here, or `--node`).
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import sys
 import time
@@ -49,6 +51,18 @@ def _where(p, node_help: str, node_required: bool = False) -> None:
     p.add_argument("--node", required=node_required, help=node_help)
 
 
+def _default_lab(args) -> str | None:
+    """With no datastore named anywhere, the lab `podnet lab up` builds by default, if it is up:
+    the README's first steps need no flags."""
+    import os
+
+    if args.observe_datastore or args.datastore or os.environ.get("PODNET_DATASTORE"):
+        return None
+    from podnet.lab.lab import Lab
+
+    return "podnet" if Lab("podnet").exists() else None
+
+
 class _Target:
     """The datastore and where each node's kernel is, from --lab or from this host."""
 
@@ -56,11 +70,18 @@ class _Target:
         from podnet.datastore import open_datastore
         from podnet.observe.facts import NodeAccess
 
-        if args.lab:
+        lab_name = args.lab or getattr(args, "global_lab", None) or _default_lab(args)
+        if lab_name:
             from podnet.lab.lab import Lab
 
-            status = Lab(args.lab).status()
-            self.store = open_datastore(status["datastore"])
+            lab = Lab(lab_name)
+            status = lab.status()
+            # A lab's etcd listens in its underlay namespace; a store opened there keeps talking
+            # from there, whichever thread or namespace uses it later.
+            from podnet.netns import entered
+
+            with entered(lab.underlay_netns) if status["datastore"].startswith("etcd") else contextlib.nullcontext():
+                self.store = open_datastore(status["datastore"])
             self.access = NodeAccess.for_lab(status)
         else:
             from podnet.datastore.resources import Resources

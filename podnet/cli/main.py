@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="podnet", description="Calico-style VXLAN pod networking on the Linux kernel")
     p.add_argument("--datastore", default=None, help=f"datastore URL (default $PODNET_DATASTORE or {DEFAULT_URL})")
-    p.add_argument("--lab", metavar="NAME", help="use this lab's datastore (where it listens, for an etcd lab)")
+    p.add_argument("--lab", dest="global_lab", metavar="NAME",
+                   help="use this lab's datastore (where it listens, for an etcd lab)")
     p.add_argument("--version", action="version", version="podnet " + __import__("podnet").__version__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -302,12 +303,12 @@ def _lab_context(args):
     """With --lab, point --datastore at the lab's store and run inside the namespace where it listens."""
     import contextlib
 
-    if not getattr(args, "lab", None) or args.command in ("lab", "agent"):
-        return contextlib.nullcontext()
-    from podnet.dataplane.netns import entered
+    if not args.global_lab or args.command in ("lab", "agent", "trace", "doctor", "capture"):
+        return contextlib.nullcontext()  # these know labs themselves
+    from podnet.netns import entered
     from podnet.lab.lab import Lab
 
-    lab = Lab(args.lab)
+    lab = Lab(args.global_lab)
     lab.load()
     args.datastore = args.datastore or lab.datastore_url
     return entered(lab.underlay_netns) if args.datastore.startswith("etcd") else contextlib.nullcontext()

@@ -22,7 +22,7 @@ from typing import Callable
 from podnet.cni import protocol as p
 from podnet.cni.protocol import CniError, Request
 from podnet.dataplane import pod, rtnl
-from podnet.dataplane.netns import CLONE_NEWNET, NamespaceError, NamespaceNotFound, open_netns
+from podnet.netns import CLONE_NEWNET, NamespaceError, NamespaceNotFound, open_netns
 from podnet.datastore.api import DatastoreError, DatastoreUnavailable
 from podnet.datastore.resources import Resources
 from podnet.errors import PodnetError

@@ -13,7 +13,7 @@ import socket
 import struct
 from typing import Iterable
 
-from podnet.dataplane.netns import socket_in
+from podnet.netns import socket_in
 from podnet.errors import PodnetError
 
 SIOCETHTOOL = 0x8946

@@ -19,7 +19,7 @@ import socket
 from dataclasses import dataclass
 
 from podnet.dataplane import rtnl, sysctl
-from podnet.dataplane.netns import entered, open_netns
+from podnet.netns import entered, open_netns
 from podnet.errors import PodnetError
 
 HOST_MAC = "ee:ee:ee:ee:ee:ee"

@@ -22,7 +22,7 @@ import socket
 import struct
 import threading
 
-from podnet.dataplane.netns import socket_in
+from podnet.netns import socket_in
 from podnet.errors import PodnetError
 
 # Message types.

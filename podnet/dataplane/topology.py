@@ -14,7 +14,7 @@ from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error
 
 from podnet.dataplane import sysctl
-from podnet.dataplane.netns import NETNS_RUN_DIR, entered, open_netns
+from podnet.netns import NETNS_RUN_DIR, entered, open_netns
 from podnet.errors import PodnetError
 
 

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, List, Sequence
 from urllib.parse import parse_qs, urlsplit
 
+from podnet import netns
 from podnet.datastore.api import (
     CompactedError,
     Compare,
@@ -246,6 +247,10 @@ class _Transport:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._open: set[http.client.HTTPConnection] = set()
+        # Every connection is made from the network namespace this store was opened in, whatever
+        # thread asks: a thread elsewhere (e.g. still in the host's namespace while the store
+        # belongs to a lab's underlay) must never reach an address of the same name outside.
+        self._netns = netns.current()
 
     def order(self) -> list[int]:
         """Endpoint indexes, the preferred one first."""
@@ -269,9 +274,9 @@ class _Transport:
         ep = self.endpoints[index]
         conn: http.client.HTTPConnection
         if ep.scheme == "https":
-            conn = http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout, context=self._ssl)
+            conn = _HTTPSConnection(self._netns, ep.host, ep.port, timeout=timeout, context=self._ssl)
         else:
-            conn = http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
+            conn = _HTTPConnection(self._netns, ep.host, ep.port, timeout=timeout)
         try:
             conn.connect()
         except OSError as e:  # refused, unreachable, timed out, TLS handshake failed
@@ -404,6 +409,28 @@ class _WatchStream:
             except OSError:
                 pass
         self._transport.forget(self._conn)
+
+
+class _InNetns:
+    """http.client connections whose socket lives in a given network namespace."""
+
+    def __init__(self, ns, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._ns = ns
+        # http.client connects through this instance attribute (set in its __init__).
+        self._create_connection = self._create_in_netns
+
+    def _create_in_netns(self, address, timeout, source_address=None):
+        with netns.staying_in(self._ns):
+            return socket.create_connection(address, timeout, source_address)
+
+
+class _HTTPConnection(_InNetns, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_InNetns, http.client.HTTPSConnection):
+    pass
 
 
 # The datastore -------------------------------------------------------------

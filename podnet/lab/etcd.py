@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 
-from podnet.dataplane.netns import entered
+from podnet.netns import entered
 from podnet.errors import PodnetError
 from podnet.lab import processes
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from podnet.cni.install import install_plugin
 from podnet.dataplane import topology
-from podnet.dataplane.netns import entered
+from podnet.netns import entered
 from podnet.datastore import open_datastore
 from podnet.datastore.resources import Resources
 from podnet.errors import PodnetError

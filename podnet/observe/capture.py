@@ -16,7 +16,7 @@ import socket
 import struct
 import time
 
-from podnet.dataplane import netns as _netns
+from podnet import netns as _netns
 from podnet.errors import PodnetError
 from podnet.observe.packet import VXLAN_PORT
 from podnet.observe.pcap import SNAPLEN

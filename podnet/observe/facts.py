@@ -28,7 +28,7 @@ from typing import Iterable, Mapping
 
 from podnet.calc.config import VxlanConfig, effective_config
 from podnet.dataplane import ethtool, rtnl, sysctl
-from podnet.dataplane import netns as _netns
+from podnet import netns as _netns
 from podnet.errors import PodnetError
 
 # --- the model ----------------------------------------------------------------------

@@ -7,7 +7,7 @@ import re
 import urllib.error
 import urllib.request
 
-from podnet.dataplane.netns import entered
+from podnet.netns import entered
 from podnet.model import vtep_mac
 from tests.integration.witness import wait_for
 

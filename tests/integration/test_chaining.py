@@ -27,7 +27,7 @@ import yaml
 
 from podnet.cni import protocol as p
 from podnet.dataplane import topology
-from podnet.dataplane.netns import socket_in
+from podnet.netns import socket_in
 from podnet.lab.lab import Lab, LabSpec
 from tests.integration import kernel
 from tests.integration.conftest import unique

@@ -27,7 +27,7 @@ from podnet.cni import handler
 from podnet.cni import protocol as p
 from podnet.cni.server import CniServer
 from podnet.dataplane import rtnl, topology
-from podnet.dataplane.netns import entered
+from podnet.netns import entered
 from podnet.datastore import open_datastore
 from podnet.datastore.resources import Resources
 from podnet.ipam import Ipam

@@ -1,4 +1,4 @@
-"""Entering network namespaces, one thread at a time.
+"""Entering network namespaces, one thread at a time (below every layer: the datastore uses it too).
 
 A network namespace is a per-thread attribute in Linux, so a thread can step
 into a pod's namespace, open a socket there (the socket stays bound to that
@@ -89,3 +89,34 @@ def same_namespace(a: str, b: str) -> bool:
             return False
         raise
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+class Netns:
+    """A handle on a network namespace (an open /proc/.../ns/net), comparable by identity."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        st = os.fstat(fd)
+        self.id = (st.st_dev, st.st_ino)
+
+    def __del__(self):
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def current() -> Netns:
+    """The calling thread's network namespace, held open."""
+    return Netns(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+
+
+@contextlib.contextmanager
+def staying_in(ns: Netns):
+    """Run the body in namespace ns: a no-op when the thread is already there (the common case)."""
+    st = os.stat("/proc/thread-self/ns/net")
+    if (st.st_dev, st.st_ino) == ns.id:
+        yield
+        return
+    with entered(ns.fd):
+        yield
