@@ -88,8 +88,8 @@ class Ipam:
 
     def usable_pools(self, version: int, names: list[str] | None = None, use: str = "Workload",
                      node: str | None = None, labels: dict | None = None) -> list[IPPool]:
-        """Enabled pools of the family for this use; without explicit names, only pools whose
-        nodeSelector matches the node's labels (explicitly named pools are the pod's choice)."""
+        """Enabled pools of the family for this use whose nodeSelector matches the node's labels;
+        with `names`, only those pools (a pod may narrow the choice, never widen it past a selector)."""
         pools = [p for p in self.resources.pools() if p.version == version]
         if names:
             by_name = {p.name: p for p in pools}
@@ -102,13 +102,14 @@ class Ipam:
                 chosen.append(p)
             pools = chosen
         usable = [p for p in pools if not p.disabled and use in p.allowed_uses]
-        if node is not None and not names and any(p.node_selector.strip() != "all()" for p in usable):
+        if node is not None and any(p.node_selector.strip() != "all()" for p in usable):
             if labels is None:
                 record = self.resources.node(node)
                 labels = record.labels if record else {}
             usable = [p for p in usable if p.selects(labels)]
         if not usable:
-            what = f"named {', '.join(names)}" if names else ("for node " + node if node else "at all")
+            what = (f"named {', '.join(names)}" if names else "") + (f" for node {node}" if node else "")
+            what = what.strip() or "at all"
             raise NoUsablePool(
                 f"no enabled IPv{version} pool {what}",
                 "create one with `podnet apply -f pool.yaml` or enable an existing pool",

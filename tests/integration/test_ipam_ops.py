@@ -115,3 +115,56 @@ def test_agent_collects_leaked_addresses_and_empty_blocks(lab_factory):
         assert res.node("node-1").tunnel_address in ipam.ips_by_handle("vxlan-tunnel-addr-node-1")
     finally:
         store.close()
+
+
+def test_pods_choose_their_pool_by_config_or_arg_and_nodes_by_selector(lab_factory):
+    import ipaddress
+
+    from podnet.model import IPPool
+
+    lab = lab_factory("pnt-p", nodes=2, pods_per_node=1)
+    with lab.datastore() as store:
+        Resources(store).apply_pool(IPPool("extra", "10.99.0.0/16"))
+        # A pool only nodes labelled zone=b may use.
+        Resources(store).apply_pool(IPPool("zone-b", "10.98.0.0/16", node_selector="zone == 'b'"))
+    extra, zone_b = ipaddress.ip_network("10.99.0.0/16"), ipaddress.ip_network("10.98.0.0/16")
+    remote = next(p for p in lab.status()["pods"] if p["node"] == "node-2")
+
+    def add(pod: str, config: dict | None = None, args: str = "") -> str:
+        from podnet.dataplane import topology
+
+        ns = f"{lab.name}-{pod}"
+        topology.create_netns(ns)
+        lab.state["netns"].append(ns)
+        env_args = f";{args}" if args else ""
+        code, out, raw = lab.cni("node-1", "ADD", uuid.uuid4().hex, f"/run/netns/{ns}", pod + env_args,
+                                 config=config)
+        assert code == 0, raw
+        return out["ips"][0]["address"].split("/")[0]
+
+    by_config = dict(lab.network_config(), ipam={"type": "podnet-ipam", "ipv4_pools": ["extra"]})
+    ip = add("byconf", by_config)
+    assert ipaddress.ip_address(ip) in extra
+    ip2 = add("byarg", args="IPV4POOLS=10.99.0.0/16")
+    assert ipaddress.ip_address(ip2) in extra
+    for addr in (ip, ip2):  # the new block is routed everywhere
+        assert wait_for(lambda: kernel.ping(remote["netns"], addr).returncode == 0)
+    # node-1 has no labels: the zone-b pool does not select it, not even when a pod asks for it...
+    assert not ipaddress.ip_address(add("plain")) in zone_b
+    zoned = dict(lab.network_config(), ipam={"type": "podnet-ipam", "ipv4_pools": ["zone-b"]})
+    from podnet.dataplane import topology
+
+    topology.create_netns(f"{lab.name}-refused")
+    lab.state["netns"].append(f"{lab.name}-refused")
+    code, out, _ = lab.cni("node-1", "ADD", uuid.uuid4().hex, f"/run/netns/{lab.name}-refused", "refused",
+                           config=zoned)
+    assert code != 0 and out["code"] == 102 and "zone-b" in out["msg"]
+    # ...until the node carries the label.
+    lab.restart_agent("node-1", ["--label", "zone=b"])
+    lab.wait_converged()
+    ip3 = add("zoned", zoned)
+    assert ipaddress.ip_address(ip3) in zone_b
+    with lab.datastore() as store:
+        ipam = Ipam(store)
+        assert [p.name for p in ipam.usable_pools(4, node="node-1")] == ["default-ipv4-ippool", "extra", "zone-b"]
+        assert [p.name for p in ipam.usable_pools(4, node="node-2")] == ["default-ipv4-ippool", "extra"]

@@ -67,8 +67,10 @@ def test_ipam_serves_a_node_only_from_pools_that_select_it(store):
     assert ipam.auto_assign("nb", "h2").startswith("10.2.")
     with pytest.raises(NoUsablePool, match="for node nc"):
         ipam.auto_assign("nc", "h3")
-    # A pod may name its pool explicitly; a disabled pool hands out nothing new.
-    assert ipam.auto_assign("nc", "h4", pools=["zone-b"]).startswith("10.2.")
+    # A pod may narrow the choice by name, but not past a pool's selector; a disabled pool hands out nothing.
+    assert ipam.auto_assign("nb", "h4", pools=["zone-b"]).startswith("10.2.")
+    with pytest.raises(NoUsablePool, match="named zone-b for node nc"):
+        ipam.auto_assign("nc", "h4", pools=["zone-b"])
     with pytest.raises(NoUsablePool):
         ipam.auto_assign("na", "h5", pools=["off"])
 
