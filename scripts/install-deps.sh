@@ -6,7 +6,7 @@ set -euo pipefail
 want=${PODNET_DEPS:-all}
 debs=(iproute2 iputils-ping procps kmod)
 if [ "$want" = all ]; then
-  debs+=(containernetworking-plugins etcd-server etcd-client tcpdump tshark ethtool nftables
+  debs+=(containernetworking-plugins etcd-server etcd-client tcpdump tshark ethtool nftables openssl
          containerd runc podman busybox-static)
 fi
 

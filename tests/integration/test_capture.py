@@ -24,7 +24,7 @@ from podnet.observe.capture import (CaptureError, CaptureSession, InterfaceNotFo
 from podnet.observe.packet import decode, protocols
 from podnet.observe.pcap import PcapWriter
 
-pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates namespaces")]
+pytestmark = [pytest.mark.root]  # root is checked by tests/integration/conftest.py: a failure, never a skip
 
 VNI = 4096
 UNDERLAY = {"ipv4": ("172.31.0.2", "172.31.0.3", 24), "ipv6": ("fd00:31::2", "fd00:31::3", 64)}
@@ -124,7 +124,7 @@ def test_capture_sees_encapsulated_ping(vxlan_pair, tmp_path):
 
     # tshark must read the same packets from our pcap file.
     if shutil.which("tshark") is None:
-        pytest.skip("tshark is not installed")
+        pytest.fail("tshark is not installed (apt-get install -y tshark; make test does it)")
     path = tmp_path / "vxlan.pcap"
     with PcapWriter(path) as writer:
         for ts, frame in frames:
@@ -163,7 +163,7 @@ def test_typed_errors():
 
         # Without root: neither a packet socket nor entering a namespace is allowed.
         if shutil.which("setpriv") is None:
-            pytest.skip("setpriv is not installed")
+            pytest.fail("setpriv is not installed (util-linux)")
         child = textwrap.dedent(f"""
             from podnet.observe.capture import CapturePermissionError, capture
             for ns in (None, {ns!r}):

@@ -46,7 +46,7 @@ def tshark_rows(path: Path) -> list[dict]:
 
 def test_capture_prints_each_layer_and_tshark_reads_the_same_packets(lab_factory, tmp_path):
     if shutil.which("tshark") is None:
-        pytest.skip("tshark is not installed (apt-get install -y tshark)")
+        pytest.fail("tshark is not installed (apt-get install -y tshark; make test does it)")
     lab = lab_factory(nodes=2, pods_per_node=1)
     status = lab.status()
     nodes = {n["name"]: n for n in status["nodes"]}
