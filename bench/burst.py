@@ -3,21 +3,24 @@
 podnet: a lab with node-2 holding one pod (the pinger) and, for each
 repetition, a freshly joined node whose agent has claimed nothing but its
 tunnel address's block, so the burst claims new blocks as a new node's does.
-All 100 CNI ADDs are started at once (100 plugin processes, as a runtime
-starting 100 sandboxes runs them), each from a thread that has entered the
-node namespace, exactly as bench.add_latency runs one. As soon as a pod's ADD
-returns, a prober in the pinger pod's namespace (on node-2: every echo crosses
-the VXLAN tunnel) pings its address every 10 ms until it answers.
+All 100 CNI ADDs start at once: each plugin process is first a tiny `sh`
+launcher, born in the node namespace with its CNI environment, waiting on one
+pipe shared by all of them; one write releases them together and each execs
+the plugin (same PID) with the network config on stdin, as a runtime starting
+100 sandboxes runs them. As soon as a pod's ADD returns, a prober in the
+pinger pod's namespace (on node-2: every echo crosses the VXLAN tunnel) pings
+its address every 10 ms until it answers.
 
 Peer: the same burst with Debian's ptp + host-local in a node namespace built
 like a lab node; ptp pods are reached through the node's host routes, so its
 prober pings from the node namespace.
 
-Reported per repetition: the time from starting the first plugin to the last
-ADD returning, and to the last pod answering; the repetitions alternate
-podnet/ptp in ABBA order. Pod namespaces are created before the clock starts
-and deleted after the pods' DELs, with a pause before the next burst so the
-kernel's namespace teardown does not overlap it.
+Reported per repetition: the time from the release to the last ADD
+returning, and to the last pod answering, and the CPU the plugin processes
+and podnet's agents used; the repetitions alternate podnet/ptp in ABBA order.
+Pod namespaces are created before the clock starts and deleted after the
+pods' DELs, with a pause before the next burst so the kernel's namespace
+teardown does not overlap it.
 """
 
 from __future__ import annotations
@@ -78,6 +81,12 @@ class Prober(threading.Thread):
         self.answered: dict[str, float] = {}
         self.sent = 0
         self.stop = threading.Event()
+
+    def reset(self) -> None:
+        """Forget every address: a new burst may reuse the previous one's (host-local, a released block)."""
+        with self.lock:
+            self.pending.clear()
+            self.answered.clear()
 
     def add(self, ip: str) -> None:
         with self.lock:
@@ -141,6 +150,7 @@ def _burst(side: Side, pods: list[tuple[str, str, str]], prober: Prober, config_
     Each plugin process is first a tiny `sh` that waits on a pipe shared by all of them; one write of
     100 newlines releases them together, and each execs the plugin (same PID) with the config on stdin.
     So the clock does not include this process forking 100 times while the first plugins already run."""
+    prober.reset()
     procs = []
     gate_r, gate_w = os.pipe()
     try:
@@ -216,6 +226,8 @@ def _burst(side: Side, pods: list[tuple[str, str, str]], prober: Prober, config_
     agent_cpu = (process_cpu_seconds(agent_pid) or 0.0) - agent0 if agent0 is not None else None
     others_cpu = [(process_cpu_seconds(x) or 0.0) - c0 for x, c0 in zip(other_pids, others0)]
     answered = {ip: prober.answered[ip] for ip in ips.values() if ip in prober.answered}
+    if any(t < t0 for t in answered.values()):
+        raise RuntimeError("an echo reply is older than the burst: the prober kept a previous burst's answer")
     all_reachable = (max(answered.values()) - t0) if len(answered) == len(pods) else None
     return {
         "all_added_ms": round(all_added * 1e3, 1) if all_added is not None and len(done) == len(pods) else None,
