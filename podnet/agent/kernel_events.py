@@ -18,16 +18,17 @@ _GROUPS = rtnl.RTMGRP_LINK | rtnl.RTMGRP_NEIGH | rtnl.RTMGRP_IPV4_ROUTE | rtnl.R
 class KernelWatcher:
     """Calls on_change() when a route of ours, or the VXLAN device, its neighbours, FDB or address change."""
 
-    def __init__(self, device: str, on_change: Callable[[], None],
+    def __init__(self, device: str | tuple[str, ...], on_change: Callable[[], None],
                  on_address_change: Callable[[], None] | None = None, also_links: Callable[[], set] = set,
-                 own_ports: Callable[[], set] = set):
+                 own_ports: Callable[[], set] = set, own_fdb: Callable[[], frozenset] = frozenset):
         """on_address_change: an address was added or removed on any interface (the node's
         underlay address may have moved). also_links(): names of further links whose changes
         matter (the parent interface: its MTU sets the tunnel's; the IPv6 device)."""
-        self.device = device
+        self.devices = (device,) if isinstance(device, str) else tuple(device)
         self.also_links = also_links
         # Changes the agent itself made (its sockets' port ids) need no reconcile: it knows them.
         self.own_ports = own_ports
+        self.own_fdb = own_fdb  # (mac, dst) of FDB entries the agent is adding
         self.on_change = on_change
         self.on_address_change = on_address_change
         self.sock = rtnl.RtnlSocket(groups=_GROUPS)
@@ -36,22 +37,30 @@ class KernelWatcher:
     def start(self) -> None:
         self._thread.start()
 
-    def _device_index(self) -> int | None:
-        try:
-            return socket.if_nametoindex(self.device)
-        except OSError:
-            return None
+    def _device_indexes(self) -> set[int]:
+        found = set()
+        for name in self.devices:
+            try:
+                found.add(socket.if_nametoindex(name))
+            except OSError:
+                pass
+        return found
 
-    def _relevant(self, kind: int, payload: bytes, dev_index: int | None) -> bool:
+    def _relevant(self, kind: int, payload: bytes, dev_indexes: set[int]) -> bool:
         if kind in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE):
             return rtnl.parse_route(payload)["proto"] == rtnl.RTPROT_PODNET
         if kind in (rtnl.RTM_NEWNEIGH, rtnl.RTM_DELNEIGH):
-            return dev_index is not None and rtnl.parse_neigh(payload)["ifindex"] == dev_index
+            n = rtnl.parse_neigh(payload)
+            if (kind == rtnl.RTM_NEWNEIGH and n["family"] == rtnl.AF_BRIDGE
+                    and (n["lladdr"], n["dst"]) in self.own_fdb()):
+                return False
+            return n["ifindex"] in dev_indexes
         if kind in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK):
             link = rtnl.parse_link(payload)
-            return link["ifname"] == self.device or link["index"] == dev_index or link["ifname"] in self.also_links()
+            return (link["ifname"] in self.devices or link["index"] in dev_indexes
+                    or link["ifname"] in self.also_links())
         if kind in (rtnl.RTM_NEWADDR, rtnl.RTM_DELADDR):
-            return rtnl.parse_addr(payload)["index"] == dev_index
+            return rtnl.parse_addr(payload)["index"] in dev_indexes
         return False
 
     def _run(self) -> None:
@@ -64,13 +73,13 @@ class KernelWatcher:
                     continue
                 log.error("kernel event socket failed: %s", e)
                 return
-            dev_index = self._device_index()
+            dev_indexes = self._device_indexes()
             ours = self.own_ports()
             events = [(kind, payload) for kind, payload, port in events if not (port and port in ours)]
             if self.on_address_change and any(k in (rtnl.RTM_NEWADDR, rtnl.RTM_DELADDR) for k, _ in events):
                 self.on_address_change()
             try:
-                if any(self._relevant(kind, payload, dev_index) for kind, payload in events):
+                if any(self._relevant(kind, payload, dev_indexes) for kind, payload in events):
                     self.on_change()
             except Exception:  # a message we cannot parse must not stop drift repair
                 log.exception("could not parse a kernel event")

@@ -137,8 +137,9 @@ class Agent:
             self.gc = NodeGc(node.name, args.ipam_gc_grace)
         self.view.start()
         own_ports = {self.host.port_id}
-        KernelWatcher(self.config.device, self.dirty.set, self._on_address_change,
-                      lambda: {self.reconciler.local.interface, self.config.device6}, lambda: own_ports).start()
+        KernelWatcher((self.config.device, self.config.device6), self.dirty.set, self._on_address_change,
+                      lambda: {self.reconciler.local.interface}, lambda: own_ports,
+                      lambda: self.reconciler.fdb_being_added).start()
         ctx = NodeContext(
             node=node.name,
             resources=self.resources,
@@ -175,23 +176,31 @@ class Agent:
 
     def _follow_underlay(self) -> None:
         """If the node's underlay address moved, register the new one: every other node's FDB follows.
-        The flag is cleared only once the node is registered, so a failed attempt is tried again."""
+
+        The flag is cleared before the address is read, so an address event that arrives while
+        we look sets it again and is not lost; a failed attempt sets it again for the next pass."""
+        self.underlay_changed.clear()
         args = self.args
         try:
             address, interface = find_underlay(self.ipr, args.interface, None if args.interface else args.address)
         except Exception as e:
+            # E.g. between an address's removal and its replacement: the next event brings us back,
+            # and every periodic resync looks again.
             log.warning("cannot determine the underlay address now: %s", e)
-            self.underlay_changed.clear()  # the next address event brings us back
             return
         address6 = find_underlay6(self.ipr, interface)
         local = self.reconciler.local
-        if (address, interface, address6) != (local.address, local.interface, local.address6):
-            log.info("underlay address changed from %s %s on %s to %s %s on %s", local.address, local.address6 or "",
-                     local.interface, address, address6 or "", interface)
-            self.store.reconnect()  # connections from the old address are dead without knowing it
+        if (address, interface, address6) == (local.address, local.interface, local.address6):
+            return
+        log.info("underlay address changed from %s %s on %s to %s %s on %s", local.address, local.address6 or "",
+                 local.interface, address, address6 or "", interface)
+        self.store.reconnect()  # connections from the old address are dead without knowing it
+        try:
             self.reconciler.local = register(self.resources, self.ipam, args.node, address, interface,
                                              dict(local.labels), address6)
-        self.underlay_changed.clear()
+        except BaseException:
+            self.underlay_changed.set()
+            raise
 
     def _pod_mtu(self) -> int:
         last = self.reconciler.last if self.reconciler else None
@@ -214,7 +223,7 @@ class Agent:
             if not self.view.in_sync.is_set():
                 continue  # program nothing until the view is complete
             try:
-                if self.underlay_changed.is_set():
+                if self.underlay_changed.is_set() or not woken:  # and on every periodic resync
                     self._follow_underlay()
                 result = self.reconciler.reconcile(full=not woken)
                 self._record(result)

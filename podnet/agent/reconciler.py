@@ -52,6 +52,9 @@ class Reconciler:
         self.last: ReconcileResult | None = None
         self.desired: DesiredState | None = None
         self.nat = NatTable()
+        # FDB entries being added now: the kernel announces VXLAN FDB changes without the port id of
+        # the socket that made them, so the kernel watcher recognises ours by content instead.
+        self.fdb_being_added: frozenset[tuple[str, str]] = frozenset()
 
     def _host_mtu(self, config: VxlanConfig, local: Node) -> int | None:
         """The smallest MTU of the interfaces matching the pattern, else the parent's (Calico's rule)."""
@@ -99,6 +102,7 @@ class Reconciler:
                 log.info("%s", line)
             if changes.size > 20:
                 log.info("... and %d more changes", changes.size - 20)
+            self.fdb_being_added = frozenset((f.mac, f.dst) for f in changes.fdb_add)
             failures = self.tables.apply(changes, ifindexes)
             for what, err in failures:
                 log.error("could not apply %s: %s", what, err)

@@ -36,6 +36,8 @@ def _decode_borrowed(key: str, value: bytes):
     return tuple(out)
 
 
+_ABSENT = object()
+
 FOLLOWED = {
     "nodes": (keys.NODES, lambda k, v: decode_node(v)),
     "pools": (keys.POOLS, lambda k, v: decode_pool(v)),
@@ -80,17 +82,23 @@ class DatastoreView:
     def stop(self) -> None:
         self._stop.set()
 
-    def _put(self, name: str, key: str, value: bytes | None) -> None:
+    def _put(self, name: str, key: str, value: bytes | None) -> bool:
+        """Apply one record to its table; True if what the agent programs from changed.
+        Most block writes (every pod ADD anywhere) change no borrowed address: no reconcile."""
         _, decode = FOLLOWED[name]
         table = self._data[name]
+        old = table.get(key, _ABSENT)
         if value is None:
             table.pop(key, None)
-            return
+            return old is not _ABSENT
         try:
-            table[key] = decode(key, value)
+            new = decode(key, value)
         except Exception as e:  # one bad record must not stop the others being programmed
             log.error("ignoring unreadable record %s: %s", key, e)
             table.pop(key, None)
+            return old is not _ABSENT
+        table[key] = new
+        return new != old
 
     @staticmethod
     def _table_of(key: str) -> str | None:
@@ -127,8 +135,7 @@ class DatastoreView:
                             for ev in events:
                                 name = self._table_of(ev.key)
                                 if name and ev.mod_revision > listed[name]:
-                                    self._put(name, ev.key, ev.value if ev.kind == "put" else None)
-                                    changed = True
+                                    changed |= self._put(name, ev.key, ev.value if ev.kind == "put" else None)
                         if changed:
                             self.on_change()
             except CompactedError as e:

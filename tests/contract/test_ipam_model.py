@@ -410,6 +410,9 @@ OPS_PER_WORKER = 40
 CONCURRENT_CONFIG = IpamConfig(strict_affinity=False, max_blocks_per_host=2)
 # Two workers share node-a, so they race for the same blocks and the same free lists.
 WORKER_NODES = ["node-a", "node-a", "node-b", "node-c"]
+# Not checked here: max blocks per host. Two allocators of one node that both find its blocks
+# full can both claim one (the claim compares only the claimed block's keys), so the limit is
+# exact only when a node's allocations are serialised, as the agent's ipam_lock does for CNI ADDs.
 
 
 class Ledger:
