@@ -144,6 +144,10 @@ class Datastore(abc.ABC):
     def __exit__(self, *exc):
         self.close()
 
+    def get_many(self, keys: Sequence[str]) -> list[KeyValue | None]:
+        """Several keys read at one revision, in one round trip where the backend can."""
+        return [self.get(k) for k in keys]
+
     # Conveniences, all expressed as transactions so every backend gets them.
 
     def put(self, key: str, value: bytes) -> int:

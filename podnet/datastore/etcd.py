@@ -576,6 +576,20 @@ class EtcdDatastore(Datastore):
         kvs = doc.get("kvs") or []
         return _kv(kvs[0]) if kvs else None
 
+    def get_many(self, keys: Sequence[str]) -> List[KeyValue | None]:
+        """One read-only transaction: every key at one revision, one round trip."""
+        if not keys:
+            return []
+        doc = self._request("/v3/kv/txn", {
+            "compare": [], "success": [{"request_range": {"key": _b64key(k)}} for k in keys], "failure": []})
+        out: List[KeyValue | None] = []
+        for response in doc.get("responses") or []:
+            kvs = (response.get("response_range") or {}).get("kvs") or []
+            out.append(_kv(kvs[0]) if kvs else None)
+        if len(out) != len(keys):
+            raise DatastoreError(f"etcd answered {len(out)} reads for {len(keys)} keys")
+        return out
+
     def list(self, prefix: str, keys_only: bool = False) -> tuple[List[KeyValue], int]:
         end = _b64key(prefix_end(prefix))
         while True:

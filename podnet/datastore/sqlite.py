@@ -113,6 +113,17 @@ class SqliteDatastore(Datastore):
             ).fetchone()
         return KeyValue(*row) if row else None
 
+    def get_many(self, keys: Sequence[str]) -> list[KeyValue | None]:
+        conn = self._conn()
+        with _translate_errors(self.path):
+            conn.execute("BEGIN")  # one read transaction: every key at one revision
+            try:
+                rows = [conn.execute("SELECT key, value, create_rev, mod_rev, version FROM kv WHERE key = ?",
+                                     (k,)).fetchone() for k in keys]
+            finally:
+                conn.execute("COMMIT")
+        return [KeyValue(*r) if r else None for r in rows]
+
     def list(self, prefix: str, keys_only: bool = False) -> tuple[list[KeyValue], int]:
         cols = "key, x'', create_rev, mod_rev, version" if keys_only else "key, value, create_rev, mod_rev, version"
         conn = self._conn()

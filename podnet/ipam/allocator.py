@@ -22,6 +22,7 @@ from podnet.errors import PodnetError
 from podnet.model import Block, IPPool
 
 MAX_CAS_RETRIES = 100
+_UNREAD = object()  # "the caller has not read this record"
 DEFAULT_MAX_BLOCKS_PER_HOST = 20
 
 
@@ -69,6 +70,7 @@ class Ipam:
         self.store = store
         self.resources = Resources(store)
         self._max_blocks_override = max_blocks_per_host
+        self._affine_cache: dict[tuple[str, int], list[str]] = {}
 
     def config(self) -> IpamConfig:
         kv = self.store.get(keys.IPAM_CONFIG)
@@ -132,12 +134,16 @@ class Ipam:
         networks = [p.network for p in candidates]
         config = None  # read only when the node's own blocks are full
         attrs = dict(attrs or {}, node=node)  # who uses the address, also when it is borrowed
+        fresh = False  # whether the node's block list was just read from the store
         for _ in range(MAX_CAS_RETRIES):
-            affine = [c for c in self.node_block_cidrs(node, version) if _within(c, networks)]
+            affine = [c for c in self._affine(node, version, refresh=fresh) if _within(c, networks)]
             outcome = self._assign_from(affine, node, handle, attrs)
             if isinstance(outcome, str):
                 return outcome
             if outcome is _CONFLICT:
+                continue
+            if not fresh:  # full by a possibly stale list: look again before claiming
+                fresh = True
                 continue
             # Every affine block is full: claim another, unless the node may hold no more.
             config = config or self.config()
@@ -146,7 +152,7 @@ class Ipam:
             cidr = None if at_limit else self._free_block(candidates)
             if cidr is not None:
                 self._claim(node, cidr)  # a lost race simply means another loop
-                continue
+                continue  # `fresh` stays True: the next pass re-reads the node's blocks
             # No block to claim: borrow a free address from another node's block.
             if not config.strict_affinity:
                 outcome = self._borrow(candidates, node, handle, attrs)
@@ -168,13 +174,24 @@ class Ipam:
             f"gave up allocating for {handle} after {MAX_CAS_RETRIES} conflicting writes", "try again later"
         )
 
+    def _affine(self, node: str, version: int, refresh: bool) -> list[str]:
+        """The node's block CIDRs, from a per-instance cache unless `refresh`. A stale list is safe:
+        every block is read before use and must still be affine to the node."""
+        key = (node, version)
+        if refresh or key not in self._affine_cache:
+            self._affine_cache[key] = self.node_block_cidrs(node, version)
+        return self._affine_cache[key]
+
     def _assign_from(self, cidrs: list[str], node: str, handle: str, attrs: dict):
         for cidr in cidrs:
-            rec = self.block(cidr)
-            if rec is None or rec.block.node != node or rec.block.free == 0:
+            bkv, hkv = self.store.get_many([keys.block(cidr), keys.handle(handle)])  # one round trip
+            if bkv is None:
+                continue
+            rec = BlockRecord(Block.from_json(bkv.value), bkv)
+            if rec.block.node != node or rec.block.free == 0:
                 continue
             ips = rec.block.assign(handle, attrs)
-            if self._write_block_and_handle(rec, handle):
+            if self._write_block_and_handle(rec, handle, hkv):
                 return ips[0]
             return _CONFLICT
         return _FULL
@@ -192,10 +209,13 @@ class Ipam:
                 return _CONFLICT
         return _FULL
 
-    def _write_block_and_handle(self, rec: BlockRecord, handle: str) -> bool:
-        """Write the changed block, and the handle's count of addresses in it, atomically."""
+    def _write_block_and_handle(self, rec: BlockRecord, handle: str, hkv=_UNREAD) -> bool:
+        """Write the changed block, and the handle's count of addresses in it, atomically.
+        `hkv`: the handle record as already read (None: absent); read here when not given.
+        Compare-and-swap on both, so a stale read only costs a retry."""
         hkey = keys.handle(handle)
-        hkv = self.store.get(hkey)
+        if hkv is _UNREAD:
+            hkv = self.store.get(hkey)
         doc = json.loads(hkv.value) if hkv else {"handle": handle, "blocks": {}}
         count = len(rec.block.ips_of(handle))
         if count > 0:
@@ -250,8 +270,10 @@ class Ipam:
                 self.store.compare_and_swap(hkv.key, json.dumps(doc).encode(), hkv.mod_revision)
                 continue
             ips = rec.block.release_handle(handle)
-            if self._write_block_and_handle(rec, handle):
+            if self._write_block_and_handle(rec, handle, hkv):
                 released += ips
+                if len(cidrs) == 1:  # that was its last block: the handle record is gone too
+                    return released
         raise IpamConflict(f"gave up releasing {handle} after {MAX_CAS_RETRIES} conflicting writes", "try again later")
 
     def release_ip(self, ip: str) -> str | None:
