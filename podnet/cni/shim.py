@@ -15,7 +15,7 @@ The only error codes decided here (the rest live in podnet/cni/protocol.py):
 (plugin not available), as the spec asks of a plugin whose daemon is away.
 """
 
-import os
+import posix  # built in and already loaded: os would cost ~1.5 ms of module imports
 import sys
 
 SUPPORTED = '["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]'
@@ -48,16 +48,20 @@ def _fail(data, code, msg, details):
     return 1
 
 
-def _utf8(text):
+def _getenv(name):
+    return posix.environ.get(name.encode(), b"").decode("utf-8", "replace")
+
+
+def _utf8(raw):
     try:
-        text.encode()
+        raw.decode()
         return True
-    except UnicodeEncodeError:
+    except UnicodeDecodeError:
         return False
 
 
 def _address(data):
-    address = os.environ.get("PODNET_AGENT_SOCKET", "")
+    address = _getenv("PODNET_AGENT_SOCKET")
     if not address and b'"agent_socket"' in data:
         import json
 
@@ -85,7 +89,7 @@ def _connect(s, address):
 
 
 def main():
-    command = os.environ.get("CNI_COMMAND", "")
+    command = _getenv("CNI_COMMAND")
     data = sys.stdin.buffer.read() if command != "VERSION" or not sys.stdin.isatty() else b""
     if command == "VERSION":
         sys.stdout.write('{"cniVersion": "%s", "supportedVersions": %s}' % (_version_of(data), SUPPORTED))
@@ -94,11 +98,11 @@ def main():
 
     unavailable = STATUS_NOT_READY if command == "STATUS" else TRY_AGAIN_LATER
 
-    try:
-        env = "\0".join(k + "=" + v for k, v in os.environ.items() if k.startswith("CNI_")).encode()
-    except UnicodeEncodeError:
-        return _fail(data, INVALID_ENVIRONMENT, "a CNI_* environment variable is not valid UTF-8",
-                     " ".join(k for k, v in os.environ.items() if k.startswith("CNI_") and not _utf8(k + v)))
+    cni_vars = [k + b"=" + v for k, v in posix.environ.items() if k.startswith(b"CNI_")]
+    bad = [item.split(b"=", 1)[0].decode("utf-8", "replace") for item in cni_vars if not _utf8(item)]
+    if bad:
+        return _fail(data, INVALID_ENVIRONMENT, "a CNI_* environment variable is not valid UTF-8", " ".join(bad))
+    env = b"\0".join(cni_vars)
     address = _address(data)
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     s.settimeout(TIMEOUT)
