@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 
@@ -25,6 +26,17 @@ def _need_root():
 
 def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:6]}"
+
+
+@contextlib.contextmanager
+def built_lab(prefix: str, pod_names: list[str] | None = None, **spec):
+    """A lab with a unique name, torn down when the block ends, also when building it failed."""
+    lab = Lab(unique(prefix))
+    try:
+        lab.up(LabSpec(**spec), pod_names=pod_names)
+        yield lab
+    finally:
+        lab.down()
 
 
 class LabFixture:

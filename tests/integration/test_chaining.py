@@ -28,9 +28,8 @@ import yaml
 from podnet.cni import protocol as p
 from podnet.dataplane import topology
 from podnet.netns import socket_in
-from podnet.lab.lab import Lab, LabSpec
 from tests.integration import kernel
-from tests.integration.conftest import unique
+from tests.integration.conftest import built_lab
 from tests.integration.test_cni_conformance import footprint, sandbox_links
 
 REFERENCE_PLUGINS = "/usr/lib/cni"
@@ -134,12 +133,8 @@ class ChainRunner:
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(unique("pnt-ch"))
-    try:
-        lab.up(LabSpec(nodes=2, pods_per_node=1))
+    with built_lab("pnt-ch", nodes=2, pods_per_node=1) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture(scope="module")

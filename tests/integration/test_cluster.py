@@ -7,23 +7,19 @@ import itertools
 
 import pytest
 
-from podnet.lab.lab import Lab, LabSpec
+from podnet.lab.lab import LabSpec
 from podnet.model import vtep_mac
 from tests.integration import kernel
 from tests.integration.witness import wait_for
-from tests.integration.conftest import unique
+from tests.integration.conftest import built_lab
 
 NODES = 3
 
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(unique("pnt-c"))
-    try:
-        lab.up(LabSpec(nodes=NODES, pods_per_node=2))
+    with built_lab("pnt-c", nodes=NODES, pods_per_node=2) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def remote_expectations(status: dict, node: str) -> tuple[set, set, set]:

@@ -11,20 +11,16 @@ import uuid
 import pytest
 
 from podnet.dataplane import topology
-from podnet.lab.lab import Lab, LabSpec
+from podnet.lab.lab import Lab
 from tests.integration import kernel
 from tests.integration.witness import footprint
-from tests.integration.conftest import unique
+from tests.integration.conftest import built_lab
 
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(unique("pnt-n"))
-    try:
-        lab.up(LabSpec(nodes=2, pods_per_node=1))
+    with built_lab("pnt-n", nodes=2, pods_per_node=1) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture

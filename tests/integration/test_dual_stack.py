@@ -8,20 +8,15 @@ import pytest
 
 from podnet.datastore import open_datastore
 from podnet.ipam import Ipam
-from podnet.lab.lab import Lab, LabSpec
 from podnet.model import vtep_mac
 from tests.integration import kernel
-from tests.integration.conftest import unique
+from tests.integration.conftest import built_lab
 
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(unique("pnt-6"))
-    try:
-        lab.up(LabSpec(nodes=2, pods_per_node=1, ipv6=True))
+    with built_lab("pnt-6", nodes=2, pods_per_node=1, ipv6=True) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def ping6(netns: str, ip: str) -> subprocess.CompletedProcess:

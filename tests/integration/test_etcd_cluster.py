@@ -16,18 +16,14 @@ from podnet.dataplane import topology
 from podnet.ipam import Ipam
 from podnet.lab.lab import Lab, LabSpec
 from tests.integration import kernel
-from tests.integration.conftest import unique
+from tests.integration.conftest import built_lab, unique
 from tests.integration.traffic import Pinger
 
 
 @pytest.fixture
 def etcd_lab():
-    lab = Lab(unique("pnt-e"))
-    try:
-        lab.up(LabSpec(nodes=2, pods_per_node=1, datastore="etcd", etcd_members=3))
+    with built_lab("pnt-e", nodes=2, pods_per_node=1, datastore="etcd", etcd_members=3) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def allocations(lab: Lab) -> dict[str, str]:

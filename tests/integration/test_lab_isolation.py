@@ -14,19 +14,14 @@ import threading
 import pytest
 
 from podnet.cli.main import main
-from podnet.lab.lab import Lab, LabSpec
 from podnet.netns import entered
-from tests.integration.conftest import unique
+from tests.integration.conftest import built_lab
 
 
 @pytest.fixture(scope="module")
 def etcd_lab():
-    lab = Lab(unique("pnt-i"))
-    try:
-        lab.up(LabSpec(nodes=2, pods_per_node=1, datastore="etcd"))
+    with built_lab("pnt-i", nodes=2, pods_per_node=1, datastore="etcd") as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture

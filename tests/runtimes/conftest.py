@@ -8,11 +8,11 @@ Python module is a failure that names the package, never a skip.
 from __future__ import annotations
 
 import os
-import uuid
 
 import pytest
 
-from podnet.lab.lab import Lab, LabSpec
+from tests.integration.conftest import built_lab
+
 from tests.runtimes.cri import MissingDependency
 from tests.runtimes.runtime_util import RuntimeSetupError
 
@@ -34,19 +34,11 @@ def _need_root():
         pytest.fail("runtime tests need root (network namespaces, containers)")
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:6]}"
-
-
 @pytest.fixture(scope="module")
 def runtime_lab():
     """Two nodes with one lab pod each; the runtime under test runs on node-1."""
-    lab = Lab(unique("pnr-"))
-    try:
-        lab.up(LabSpec(nodes=2, pods_per_node=1))
+    with built_lab("pnr-", nodes=2, pods_per_node=1) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def _setup_failure(e: Exception):
