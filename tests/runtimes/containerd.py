@@ -38,6 +38,7 @@ import uuid
 from tests.runtimes import images
 from tests.runtimes.cri import CriClient
 from tests.runtimes.runtime_util import (
+    RuntimeDirs,
     LibcniCache,
     Process,
     RuntimeSetupError,
@@ -47,7 +48,6 @@ from tests.runtimes.runtime_util import (
     pids_with_arg,
     podnet_conflist,
     prepare_cni_dirs,
-    recorded_calls,
     remove_cgroup_tree,
     remove_netns_file,
     read_owner,
@@ -71,7 +71,7 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-class Containerd:
+class Containerd(RuntimeDirs):
     def __init__(self, node_netns: str, base_dir: str | None = None, conflist: dict | None = None,
                  log_level: str = "warn", record_calls: bool = False):
         """record_calls: put a recorder in front of the podnet plugin (see calls()); off for benchmarks."""
@@ -104,20 +104,9 @@ class Containerd:
 
     # Paths -----------------------------------------------------------------
 
-    def path(self, *parts: str) -> str:
-        return os.path.join(self.dir, *parts)
-
     @property
     def socket(self) -> str:
         return self.path("containerd.sock")
-
-    @property
-    def cni_bin_dir(self) -> str:
-        return self.path("cni", "bin")
-
-    @property
-    def cni_conf_dir(self) -> str:
-        return self.path("cni", "net.d")
 
     @property
     def log_path(self) -> str:
@@ -126,14 +115,6 @@ class Containerd:
     @property
     def runc_root(self) -> str:
         return self.path("runc")
-
-    @property
-    def calls_log(self) -> str:
-        return self.path("cni-calls.jsonl")
-
-    def calls(self, sandbox_id: str | None = None) -> list[dict]:
-        """The podnet plugin calls containerd made (record_calls=True), optionally for one sandbox."""
-        return recorded_calls(self.calls_log, sandbox_id)
 
     # Start -----------------------------------------------------------------
 

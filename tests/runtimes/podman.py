@@ -25,6 +25,7 @@ import uuid
 
 from tests.runtimes import images
 from tests.runtimes.runtime_util import (
+    RuntimeDirs,
     LibcniCache,
     RuntimeSetupError,
     install_call_recorder,
@@ -32,7 +33,6 @@ from tests.runtimes.runtime_util import (
     pids_with_arg,
     podnet_conflist,
     prepare_cni_dirs,
-    recorded_calls,
     remove_cgroup_tree,
     remove_netns_file,
     read_owner,
@@ -54,7 +54,7 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)
 
 
-class Podman:
+class Podman(RuntimeDirs):
     def __init__(self, node_netns: str, base_dir: str | None = None, conflist: dict | None = None,
                  record_calls: bool = False):
         self.node_netns = node_netns
@@ -79,32 +79,13 @@ class Podman:
         self._runc_root_existed = True
         return self
 
-    def path(self, *parts: str) -> str:
-        return os.path.join(self.dir, *parts)
-
     @property
     def network(self) -> str:
         return self.conflist["name"]
 
     @property
-    def cni_bin_dir(self) -> str:
-        return self.path("cni", "bin")
-
-    @property
-    def cni_conf_dir(self) -> str:
-        return self.path("cni", "net.d")
-
-    @property
     def rootfs(self) -> str:
         return self.path("rootfs")
-
-    @property
-    def calls_log(self) -> str:
-        return self.path("cni-calls.jsonl")
-
-    def calls(self, container_id: str | None = None) -> list[dict]:
-        """The podnet plugin calls podman made (record_calls=True), optionally for one container id."""
-        return recorded_calls(self.calls_log, container_id)
 
     def config_text(self) -> str:
         p = {k: _toml_str(v) for k, v in {

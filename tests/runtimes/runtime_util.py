@@ -352,3 +352,29 @@ def runtime_dirs() -> list[str]:
         for prefix in ("podnet-containerd-", "podnet-podman-"):
             dirs += glob.glob(os.path.join(parent, prefix + "*"))
     return sorted(d for d in dirs if os.path.isdir(d))
+
+
+class RuntimeDirs:
+    """The scratch layout both runtimes share: everything under self.dir, the CNI bin and conf
+    directories the runtime reads, and the log the call recorder writes."""
+
+    dir: str = ""
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.dir, *parts)
+
+    @property
+    def cni_bin_dir(self) -> str:
+        return self.path("cni", "bin")
+
+    @property
+    def cni_conf_dir(self) -> str:
+        return self.path("cni", "net.d")
+
+    @property
+    def calls_log(self) -> str:
+        return self.path("cni-calls.jsonl")
+
+    def calls(self, container_id: str | None = None) -> list[dict]:
+        """The podnet plugin calls the runtime made (with record_calls), optionally for one container."""
+        return recorded_calls(self.calls_log, container_id)
