@@ -8,7 +8,8 @@ answered here, without the agent.
 
 This file is self-contained on purpose: `podnet install-cni` copies it into
 the runtime's CNI bin directory with a shebang to the system interpreter,
-run with -I -S (isolated, no site), which is what makes it start in ~7 ms.
+run with -I -S (isolated, no site), with its bytecode embedded (install.py), and it
+leaves through posix._exit: together these make it start and finish in ~7-9 ms.
 
 The only error codes decided here (the rest live in podnet/cni/protocol.py):
 11 (try again later) when the agent cannot be reached, and for STATUS 50
@@ -132,4 +133,7 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    # Skip the interpreter's shutdown (module teardown, a final garbage collection): ~1.5 ms of every call.
+    posix._exit(code)
