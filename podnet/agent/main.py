@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from pyroute2 import IPRoute
 
@@ -149,6 +150,7 @@ class Agent:
             ready=self.view.in_sync.is_set,
             ipam_lock=threading.Lock(),
             metrics=self.metrics,
+            workers=ThreadPoolExecutor(max_workers=8, thread_name_prefix="cni-worker"),
         )
         if args.health_listen:
             HealthServer(args.health_listen, self.metrics, self.heartbeat.alive, self._ready).start()

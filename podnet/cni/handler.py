@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Callable
 
@@ -48,6 +49,7 @@ class NodeContext:
     ready: Callable[[], bool]
     ipam_lock: threading.Lock
     metrics: object | None = None  # AgentMetrics: observe_cni(command, ok, seconds), observe_ipam(ok)
+    workers: Executor | None = None  # overlaps an ADD's IPAM with its kernel work; None: one after the other
 
 
 def handle(ctx: NodeContext, env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
@@ -126,43 +128,43 @@ def add(ctx: NodeContext, req: Request) -> dict:
         "network": req.network,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    taken: list[str] = []
-    attached = None
+    # IPAM (datastore round trips) runs on a worker while this thread creates the
+    # veth pair (kernel work that needs no address); the two meet at pair.address().
+    allocation = _submit(ctx, _allocate, ctx, req, handle, attrs)
+    pair = None
+    recorded = None
     try:
-        with ctx.ipam_lock:  # one allocator per node at a time; CAS still guards other processes
-            try:
-                if req.assigns(4):
-                    taken.append(ctx.ipam.auto_assign(ctx.node, handle, attrs, 4, req.ipv4_pools()))
-                if req.assigns(6):
-                    taken.append(ctx.ipam.auto_assign(ctx.node, handle, attrs, 6, req.ipv6_pools()))
-            except Exception:
-                if ctx.metrics is not None:
-                    ctx.metrics.observe_ipam(False)
-                raise
-        if ctx.metrics is not None:
-            ctx.metrics.observe_ipam(True)
+        pair = pod.create_pair(ctx.host, req.netns, req.ifname, host_ifname, mtu, req.assigns(4), req.assigns(6))
+        taken = allocation.result()
         ipv4 = next((ip for ip in taken if ":" not in ip), None)
         ipv6 = next((ip for ip in taken if ":" in ip), None)
-        attached = pod.attach(ctx.host, req.netns, req.ifname, host_ifname, ipv4, mtu, ipv6)
-        ctx.resources.put_endpoint(WorkloadEndpoint(
+        ips = ((f"{ipv4}/32",) if ipv4 else ()) + ((f"{ipv6}/128",) if ipv6 else ())
+        recorded = _submit(ctx, ctx.resources.put_endpoint, WorkloadEndpoint(
             node=ctx.node,
             container_id=req.container_id,
             interface=req.ifname,
             host_interface=host_ifname,
-            ips=attached.ips,
-            mac=attached.pod_mac,
+            ips=ips,
+            mac=pair.pod_mac,
             netns=req.netns,
             pod_namespace=req.pod_namespace,
             pod_name=req.pod_name,
             network=req.network,
         ))
+        attached = pair.address(ipv4, ipv6)
+        recorded.result()
     except BaseException:
         # Give back what this ADD took, whatever failed.
-        if attached is not None:
-            pod.detach(ctx.host, host_ifname, req.netns, req.ifname)
-        for ip in taken:
+        if recorded is not None and _settled_ok(recorded):
+            ctx.resources.delete_endpoint(ctx.node, f"{req.container_id}-{req.ifname}")
+        if pair is not None:
+            pair.remove()
+        for ip in _settled_value(allocation) or []:
             _release_quietly(ctx, ip)
         raise
+    finally:
+        if pair is not None:
+            pair.close()
     result = p.Result(
         host_ifname=host_ifname,
         host_mac=pod.HOST_MAC,
@@ -176,6 +178,55 @@ def add(ctx: NodeContext, req: Request) -> dict:
         dns=req.config.get("dns") or {},
     )
     return result.to_json(req.version)
+
+
+def _allocate(ctx: NodeContext, req: Request, handle: str, attrs: dict) -> list[str]:
+    """The ADD's addresses, one per family asked for. A failure releases what was taken before it."""
+    taken: list[str] = []
+    try:
+        with ctx.ipam_lock:  # one allocator per node at a time; CAS still guards other processes
+            if req.assigns(4):
+                taken.append(ctx.ipam.auto_assign(ctx.node, handle, attrs, 4, req.ipv4_pools()))
+            if req.assigns(6):
+                taken.append(ctx.ipam.auto_assign(ctx.node, handle, attrs, 6, req.ipv6_pools()))
+    except BaseException:
+        if ctx.metrics is not None:
+            ctx.metrics.observe_ipam(False)
+        for ip in taken:
+            _release_quietly(ctx, ip)
+        raise
+    if ctx.metrics is not None:
+        ctx.metrics.observe_ipam(True)
+    return taken
+
+
+def _submit(ctx: NodeContext, fn: Callable, *args) -> Future:
+    """Run fn on the context's workers, or here and now when it has none."""
+    if ctx.workers is not None:
+        return ctx.workers.submit(fn, *args)
+    done: Future = Future()
+    try:
+        done.set_result(fn(*args))
+    except BaseException as e:  # noqa: BLE001 - handed to whoever reads the future
+        done.set_exception(e)
+    return done
+
+
+def _settled_ok(future: Future) -> bool:
+    """Wait for future; whether it succeeded (its failure was or will be reported elsewhere)."""
+    try:
+        future.result()
+        return True
+    except BaseException:  # noqa: BLE001
+        return False
+
+
+def _settled_value(future: Future):
+    """Wait for future; its value, or None when it failed."""
+    try:
+        return future.result()
+    except BaseException:  # noqa: BLE001
+        return None
 
 
 def _release_quietly(ctx: NodeContext, ip: str) -> None:

@@ -6,9 +6,11 @@ Host side: `cali…` with MAC ee:ee:ee:ee:ee:ee, proxy ARP on with no delay, and
 for 169.254.1.1, the host answers with its own MAC by proxy ARP, and every
 packet of the pod reaches the host's routing table, whatever its destination.
 
-This runs on the CNI hot path: three netlink round trips in all (create the
-pair with the pod end born inside the pod's namespace, host route, pod
-addresses and routes in one batch) and a few sysctl writes.
+This runs on the CNI hot path, in two steps so the first can overlap with
+IPAM: create_pair() makes the pair (the pod end born inside the pod's
+namespace), writes its sysctls and brings both ends up, none of which needs
+the address; Pair.address() then adds the host route and the pod's address
+and routes, one netlink batch on each side.
 """
 
 from __future__ import annotations
@@ -60,42 +62,136 @@ def _index_in(fd: int, ifname: str) -> int | None:
             return None
 
 
-def attach(host: rtnl.RtnlSocket, netns: str, pod_ifname: str, host_ifname: str, ipv4: str | None, mtu: int,
-           ipv6: str | None = None) -> Attachment:
-    """Create and configure the pair (IPv4, IPv6 or both). On any failure the pair is removed again."""
+class Pair:
+    """A veth pair made by create_pair() and not yet given its addresses.
+
+    Attaching is split in two so the agent can create the pair (which needs no
+    address) while IPAM picks the address, and only then route to it."""
+
+    def __init__(self, host: rtnl.RtnlSocket, netns_fd: int, pod_sock: rtnl.RtnlSocket, host_ifname: str,
+                 host_index: int, pod_ifname: str, pod_index: int, pod_mac: str, mtu: int):
+        self.host = host
+        self.netns_fd = netns_fd
+        self.pod_sock = pod_sock  # a netlink socket inside the pod's namespace
+        self.host_ifname = host_ifname
+        self.host_index = host_index
+        self.pod_ifname = pod_ifname
+        self.pod_index = pod_index
+        self.pod_mac = pod_mac
+        self.mtu = mtu
+        self._open = True
+
+    def address(self, ipv4: str | None, ipv6: str | None = None) -> Attachment:
+        """Give the pair its addresses and routes: one netlink batch on each side."""
+        if ipv4 is None and ipv6 is None:
+            raise AttachError("a pod needs an IPv4 or an IPv6 address")
+        set_ = rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE
+        host_routes = [ip for ip in (ipv4, ipv6) if ip]
+        host_msgs = [rtnl.route_msg(rtnl.RTM_NEWROUTE, f"{ip}/{32 if ':' not in ip else 128}", oif=self.host_index,
+                                    scope=rtnl.RT_SCOPE_LINK, proto=rtnl.RTPROT_BOOT,
+                                    flags=rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL)
+                     for ip in host_routes]
+        codes = self.host.request(host_msgs)
+        for n, ip in enumerate(host_routes):
+            if codes[n] == errno.EEXIST:
+                raise AttachError(
+                    f"a route to {ip} already exists on this node",
+                    "another interface uses this address; look for a leaked workload (podnet ipam check)",
+                )
+            if codes[n]:
+                raise rtnl.NetlinkError(codes[n], f"route {ip} dev {self.host_ifname}", self.host.last_details.get(n))
+        msgs = []
+        if ipv4:
+            msgs += [
+                rtnl.addr_msg(rtnl.RTM_NEWADDR, self.pod_index, ipv4, 32, flags=set_),
+                rtnl.route_msg(rtnl.RTM_NEWROUTE, f"{GATEWAY_V4}/32", oif=self.pod_index, scope=rtnl.RT_SCOPE_LINK,
+                               proto=rtnl.RTPROT_BOOT, flags=set_),
+                rtnl.route_msg(rtnl.RTM_NEWROUTE, "0.0.0.0/0", gateway=GATEWAY_V4, oif=self.pod_index,
+                               proto=rtnl.RTPROT_BOOT, flags=set_),
+            ]
+        if ipv6:
+            msgs += [
+                rtnl.addr_msg(rtnl.RTM_NEWADDR, self.pod_index, ipv6, 128, flags=set_, ifa_flags=IFA_F_NODAD),
+                rtnl.route_msg(rtnl.RTM_NEWROUTE, "::/0", gateway=GATEWAY_V6, oif=self.pod_index,
+                               proto=rtnl.RTPROT_BOOT, flags=set_),
+            ]
+        self.pod_sock.check(msgs, f"configure {self.pod_ifname} in the pod")
+        ips = ((f"{ipv4}/32",) if ipv4 else ()) + ((f"{ipv6}/128",) if ipv6 else ())
+        return Attachment(self.host_ifname, self.pod_ifname, self.pod_mac, ips, self.mtu)
+
+    def remove(self) -> None:
+        """Delete the pair (both ends and their routes go with it)."""
+        self.host.request([rtnl.link_del_msg(ifname=self.host_ifname)])
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self.pod_sock.close()
+            os.close(self.netns_fd)
+
+    def __enter__(self) -> "Pair":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def create_pair(host: rtnl.RtnlSocket, netns: str, pod_ifname: str, host_ifname: str, mtu: int,
+                ipv4: bool = True, ipv6: bool = False) -> Pair:
+    """Create the veth pair, its sysctls for the families asked for, and bring both ends up.
+
+    Nothing here needs the pod's address. On failure the pair is removed again."""
     fd = open_netns(netns)
+    pod_sock = None
     try:
         with entered(fd):
-            pod = rtnl.RtnlSocket()  # lives in the pod's namespace from now on
-        try:
-            if _index_in(fd, pod_ifname) is not None:
+            pod_sock = rtnl.RtnlSocket()  # lives in the pod's namespace from now on
+            if _index(pod_ifname) is not None:
                 raise InterfaceExists(f"interface {pod_ifname} already exists in {netns}")
-            pod_mac = _random_mac()
-            # Both ends are born down (the kernel refuses IFF_UP on a new pair
-            # whose peer is elsewhere) and brought up in the batches below.
-            create = rtnl.veth_msg(host_ifname, HOST_MAC, mtu, pod_ifname, fd, pod_mac, up=False)
+        pod_mac = _random_mac()
+        # Both ends are born down (the kernel refuses IFF_UP on a new pair
+        # whose peer is elsewhere) and brought up below.
+        create = rtnl.veth_msg(host_ifname, HOST_MAC, mtu, pod_ifname, fd, pod_mac, up=False)
+        code = host.request([create])[0]
+        if code == errno.EEXIST:
+            # A host end left behind by an earlier sandbox of the same pod.
+            host.check([rtnl.link_del_msg(ifname=host_ifname)], f"delete stale {host_ifname}", ignore=(errno.ENODEV,))
             code = host.request([create])[0]
-            if code == errno.EEXIST:
-                # A host end left behind by an earlier sandbox of the same pod.
-                host.check([rtnl.link_del_msg(ifname=host_ifname)], f"delete stale {host_ifname}", ignore=(errno.ENODEV,))
-                code = host.request([create])[0]
-            if code:
-                raise rtnl.NetlinkError(code, f"create veth {host_ifname} <-> {pod_ifname}", host.last_details.get(0))
-            try:
-                _configure(host, pod, fd, host_ifname, pod_ifname, ipv4, ipv6)
-            except BaseException:
-                host.request([rtnl.link_del_msg(ifname=host_ifname)])
-                raise
-            ips = ((f"{ipv4}/32",) if ipv4 else ()) + ((f"{ipv6}/128",) if ipv6 else ())
-            return Attachment(host_ifname, pod_ifname, pod_mac, ips, mtu)
-        finally:
-            pod.close()
-    finally:
+        if code:
+            raise rtnl.NetlinkError(code, f"create veth {host_ifname} <-> {pod_ifname}", host.last_details.get(0))
+        try:
+            pair = _bring_up(host, fd, pod_sock, host_ifname, pod_ifname, pod_mac, mtu, ipv4, ipv6)
+        except BaseException:
+            host.request([rtnl.link_del_msg(ifname=host_ifname)])
+            raise
+        return pair
+    except BaseException:
+        if pod_sock is not None:
+            pod_sock.close()
         os.close(fd)
+        raise
 
 
-def _configure(host: rtnl.RtnlSocket, pod: rtnl.RtnlSocket, fd: int, host_ifname: str, pod_ifname: str,
-               ipv4: str | None, ipv6: str | None = None) -> None:
+def attach(host: rtnl.RtnlSocket, netns: str, pod_ifname: str, host_ifname: str, ipv4: str | None, mtu: int,
+           ipv6: str | None = None) -> Attachment:
+    """Create and configure the pair when the addresses are already known. On failure the pair is removed."""
+    with create_pair(host, netns, pod_ifname, host_ifname, mtu, ipv4 is not None, ipv6 is not None) as pair:
+        try:
+            return pair.address(ipv4, ipv6)
+        except BaseException:
+            pair.remove()
+            raise
+
+
+def _index(ifname: str) -> int | None:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        return None
+
+
+def _bring_up(host: rtnl.RtnlSocket, fd: int, pod_sock: rtnl.RtnlSocket, host_ifname: str, pod_ifname: str,
+              pod_mac: str, mtu: int, ipv4: bool, ipv6: bool) -> Pair:
     host_index = socket.if_nametoindex(host_ifname)
     if ipv4:
         sysctl.write(sysctl.conf_path(4, host_ifname, "proxy_arp"), 1)
@@ -105,46 +201,15 @@ def _configure(host: rtnl.RtnlSocket, pod: rtnl.RtnlSocket, fd: int, host_ifname
         # Set before the link comes up: its link-local address (the pod's gateway) is then usable at once.
         for key, value in (("accept_dad", 0), ("accept_ra", 0), ("proxy_ndp", 1), ("forwarding", 1)):
             sysctl.write(sysctl.conf_path(6, host_ifname, key), value)
-    host_msgs = [rtnl.link_set_msg(host_index, up=True)]
-    host_routes = [ip for ip in (ipv4, ipv6) if ip]
-    for ip in host_routes:
-        plen = 32 if ":" not in ip else 128
-        host_msgs.append(rtnl.route_msg(rtnl.RTM_NEWROUTE, f"{ip}/{plen}", oif=host_index, scope=rtnl.RT_SCOPE_LINK,
-                                        proto=rtnl.RTPROT_BOOT, flags=rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL))
-    codes = host.request(host_msgs)
-    if codes[0]:
-        raise rtnl.NetlinkError(codes[0], f"set {host_ifname} up", host.last_details.get(0))
-    for n, ip in enumerate(host_routes, start=1):
-        if codes[n] == errno.EEXIST:
-            raise AttachError(
-                f"a route to {ip} already exists on this node",
-                "another interface uses this address; look for a leaked workload (podnet ipam check)",
-            )
-        if codes[n]:
-            raise rtnl.NetlinkError(codes[n], f"route {ip} dev {host_ifname}", host.last_details.get(n))
-    pod_index = _index_in(fd, pod_ifname)
-    if pod_index is None:
-        raise AttachError(f"{pod_ifname} vanished from the pod's namespace while it was being set up")
-    if ipv6:
-        with entered(fd):
+    host.check([rtnl.link_set_msg(host_index, up=True)], f"set {host_ifname} up")
+    with entered(fd):
+        pod_index = _index(pod_ifname)
+        if pod_index is None:
+            raise AttachError(f"{pod_ifname} vanished from the pod's namespace while it was being set up")
+        if ipv6:
             sysctl.write(sysctl.conf_path(6, pod_ifname, "accept_dad"), 0)
-    set_ = rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE
-    msgs = [rtnl.link_set_msg(pod_index, up=True)]
-    if ipv4:
-        msgs += [
-            rtnl.addr_msg(rtnl.RTM_NEWADDR, pod_index, ipv4, 32, flags=set_),
-            rtnl.route_msg(rtnl.RTM_NEWROUTE, f"{GATEWAY_V4}/32", oif=pod_index, scope=rtnl.RT_SCOPE_LINK,
-                           proto=rtnl.RTPROT_BOOT, flags=set_),
-            rtnl.route_msg(rtnl.RTM_NEWROUTE, "0.0.0.0/0", gateway=GATEWAY_V4, oif=pod_index,
-                           proto=rtnl.RTPROT_BOOT, flags=set_),
-        ]
-    if ipv6:
-        msgs += [
-            rtnl.addr_msg(rtnl.RTM_NEWADDR, pod_index, ipv6, 128, flags=set_, ifa_flags=IFA_F_NODAD),
-            rtnl.route_msg(rtnl.RTM_NEWROUTE, "::/0", gateway=GATEWAY_V6, oif=pod_index,
-                           proto=rtnl.RTPROT_BOOT, flags=set_),
-        ]
-    pod.check(msgs, f"configure {pod_ifname} in the pod")
+    pod_sock.check([rtnl.link_set_msg(pod_index, up=True)], f"set {pod_ifname} up in the pod")
+    return Pair(host, fd, pod_sock, host_ifname, host_index, pod_ifname, pod_index, pod_mac, mtu)
 
 
 def detach(host: rtnl.RtnlSocket, host_ifname: str | None, netns: str | None = None,

@@ -17,6 +17,7 @@ import re
 import subprocess
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
@@ -669,11 +670,14 @@ def node_ctx(lab):
     ns = lab.node_netns("node-1")
     store = open_datastore(lab.datastore_url)
     host = rtnl.RtnlSocket(ns)
+    workers = ThreadPoolExecutor(max_workers=4)  # as the agent runs it: IPAM beside the kernel work
     ctx = handler.NodeContext(node="node-1", resources=Resources(store), ipam=Ipam(store), host=host,
-                              pod_mtu=lambda: 1450, ready=lambda: True, ipam_lock=threading.Lock())
+                              pod_mtu=lambda: 1450, ready=lambda: True, ipam_lock=threading.Lock(),
+                              workers=workers)
     try:
         yield ctx
     finally:
+        workers.shutdown()
         host.close()
         store.close()
 
