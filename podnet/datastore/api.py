@@ -80,13 +80,30 @@ class Delete:
 
 
 @dataclass(frozen=True)
+class Get:
+    """A read inside a transaction: the key (0 or 1 results), or with `prefix` every key under it
+    in key order. It sees the writes that come before it in the same branch."""
+
+    key: str
+    prefix: bool = False
+
+
+@dataclass(frozen=True)
 class TxnResult:
     succeeded: bool
     revision: int  # the store's revision after the transaction
+    # One tuple per Get of the branch that ran, in order. Reads of a failed compare-and-swap come
+    # from the same atomic step as the compare, so a retry needs no separate (racing) read.
+    reads: tuple[tuple[KeyValue, ...], ...] = ()
+
+    def read(self, index: int) -> KeyValue | None:
+        """The single result of the `index`-th Get of a key (None: absent)."""
+        kvs = self.reads[index]
+        return kvs[0] if kvs else None
 
 
 Compare = ModRevisionIs
-Op = Put | Delete
+Op = Put | Delete | Get
 
 
 class Watch(abc.ABC):
@@ -120,7 +137,9 @@ class Datastore(abc.ABC):
 
     @abc.abstractmethod
     def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
-        """Atomically: if every compare holds apply `success`, else apply `failure`."""
+        """Atomically: if every compare holds apply `success`, else apply `failure`. Get ops in the
+        branch that ran come back in TxnResult.reads; a branch of only Gets changes nothing (the
+        revision stays), so `txn((), [Get(...), ...])` is a consistent multi-key read."""
 
     @abc.abstractmethod
     def watch(self, prefix: str, start_revision: int) -> Watch:
@@ -183,3 +202,7 @@ def prefix_end(prefix: str) -> str:
 
 def ops_keys(ops: Iterable[Op]) -> list[str]:
     return [op.key for op in ops]
+
+
+def writes(ops: Iterable[Op]) -> list[Put | Delete]:
+    return [op for op in ops if not isinstance(op, Get)]

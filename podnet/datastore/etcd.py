@@ -65,12 +65,14 @@ from podnet.datastore.api import (
     DatastoreUnavailable,
     Delete,
     Event,
+    Get,
     KeyValue,
     Op,
     Put,
     TxnResult,
     Watch,
     prefix_end,
+    writes,
 )
 
 DEFAULT_PORT = 2379
@@ -208,12 +210,29 @@ def _compare(c: Compare) -> dict:
     return {"key": _b64key(c.key), "target": "MOD", "result": "EQUAL", "mod_revision": str(c.revision)}
 
 
+def _range(get: Get) -> dict:
+    if get.prefix:
+        return {"key": _b64key(get.key or "\0"), "range_end": _b64key(prefix_end(get.key))}
+    return {"key": _b64key(get.key)}
+
+
 def _op(op: Op) -> dict:
     if isinstance(op, Put):
         return {"request_put": {"key": _b64key(op.key), "value": _b64(op.value)}}
     if isinstance(op, Delete):
         return {"request_delete_range": {"key": _b64key(op.key)}}
+    if isinstance(op, Get):
+        return {"request_range": _range(op)}
     raise TypeError(f"not a datastore operation: {op!r}")
+
+
+def _txn_reads(doc: dict, branch: Sequence[Op]) -> tuple[tuple[KeyValue, ...], ...]:
+    """What the Gets of the branch that ran read, from a txn answer (one response per op, in order)."""
+    responses = doc.get("responses") or []
+    if len(responses) != len(branch):
+        raise DatastoreError(f"etcd answered {len(responses)} operations of a transaction of {len(branch)}")
+    return tuple(tuple(_kv(raw) for raw in (resp.get("response_range") or {}).get("kvs") or [])
+                 for op, resp in zip(branch, responses) if isinstance(op, Get))
 
 
 def _describe(e: BaseException) -> str:
@@ -648,7 +667,10 @@ class EtcdDatastore(Datastore):
                 time.sleep(pause)
                 delay = min(delay * 2, _BACKOFF_MAX)
                 continue
-            return TxnResult(bool(doc.get("succeeded", False)), _header_revision(doc))
+            ok = bool(doc.get("succeeded", False))
+            reads = _txn_reads(doc, success if ok else failure) if any(
+                isinstance(op, Get) for op in (*success, *failure)) else ()
+            return TxnResult(ok, _header_revision(doc), reads)
 
     def _settle(
         self,
@@ -684,6 +706,8 @@ class EtcdDatastore(Datastore):
 
         if not compares:
             return None  # unconditional writes: applying them again leaves the same state
+        if not writes(success) and not writes(failure):
+            return None  # reads only: nothing was changed, asking again is harmless
         try:
             current = {c.key: self._get_for_settle(c.key, deadline) for c in compares}
         except DatastoreUnavailable as e:
@@ -695,7 +719,7 @@ class EtcdDatastore(Datastore):
 
         if all(mod(c.key) == c.revision for c in compares):
             return None
-        written = {op.key: op for op in success}
+        written = {op.key: op for op in writes(success)}
         probe = next((c for c in compares if c.key in written and (c.revision or isinstance(written[c.key], Put))),
                      None)
         if probe is None:
@@ -709,7 +733,7 @@ class EtcdDatastore(Datastore):
             except DatastoreUnavailable as e:
                 raise unknown(f"reading the key's history failed: {e.message}") from None
         if applied_as is not None:
-            return TxnResult(True, applied_as)
+            return TxnResult(True, applied_as, self._reads_at(success, applied_as, deadline))
         # Our success branch did not apply, and never will: a compare now fails.
         if not failure:
             return TxnResult(False, self._seen_revision)
@@ -732,6 +756,22 @@ class EtcdDatastore(Datastore):
             if isinstance(op, Delete) and ev.kind == "delete":
                 return ev.mod_revision
         return None
+
+    def _reads_at(self, ops: Sequence[Op], revision: int, deadline: float) -> tuple[tuple[KeyValue, ...], ...]:
+        """The Gets of a branch applied at `revision` whose answer was lost, read again at that
+        revision (so they see exactly what the transaction saw)."""
+        out = []
+        for op in ops:
+            if not isinstance(op, Get):
+                continue
+            try:
+                doc = self._call("/v3/kv/range", dict(_range(op), revision=str(revision)), deadline)
+            except _EtcdError as e:
+                raise DatastoreError(
+                    f"etcd applied a transaction at revision {revision} but its reads are lost: {e}",
+                    "read the keys again") from None
+            out.append(tuple(_kv(raw) for raw in doc.get("kvs") or []))
+        return tuple(out)
 
     def _get_for_settle(self, key: str, deadline: float) -> KeyValue | None:
         try:

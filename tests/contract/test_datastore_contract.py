@@ -16,6 +16,7 @@ from podnet.datastore.api import (
     DatastoreUnavailable,
     Delete,
     Event,
+    Get,
     ModRevisionIs,
     Put,
 )
@@ -211,6 +212,48 @@ def test_multi_op_txn_is_atomic(datastore):
             Event("put", "/test/m/b", b"new", res.revision),
             Event("delete", "/test/m/c", b"", res.revision),
         ]
+
+
+def test_txn_failure_branch_reads_what_failed_the_compare(datastore):
+    r1 = datastore.put("/test/r/k", b"v1")
+    datastore.put("/test/r/p/1", b"a")
+    r3 = datastore.put("/test/r/p/2", b"b")
+    res = datastore.txn([ModRevisionIs("/test/r/k", r1 - 1)], [Put("/test/r/k", b"lost")],
+                        [Get("/test/r/k"), Get("/test/r/absent"), Get("/test/r/p/", prefix=True)])
+    assert not res.succeeded and res.revision == r3  # reads alone change nothing
+    assert len(res.reads) == 3
+    kv = res.read(0)
+    assert (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version) == ("/test/r/k", b"v1", r1, r1, 1)
+    assert res.read(1) is None and res.reads[1] == ()
+    assert [(kv.key, kv.value) for kv in res.reads[2]] == [("/test/r/p/1", b"a"), ("/test/r/p/2", b"b")]
+    assert datastore.get("/test/r/k").value == b"v1"
+    # The reads let the caller retry at once, without a read of its own that could race.
+    res = datastore.txn([ModRevisionIs("/test/r/k", kv.mod_revision)], [Put("/test/r/k", b"v2")], [Get("/test/r/k")])
+    assert res.succeeded and res.reads == () and res.revision == r3 + 1
+    assert datastore.get("/test/r/k").mod_revision == res.revision
+
+
+def test_txn_reads_see_earlier_writes_of_their_branch(datastore):
+    rev = datastore.put("/test/s/old", b"x")
+    res = datastore.txn([ModRevisionIs("/test/s/old", rev)],
+                        [Get("/test/s/", prefix=True), Put("/test/s/new", b"y"), Delete("/test/s/old"),
+                         Get("/test/s/", prefix=True), Get("/test/s/new")])
+    assert res.succeeded and res.revision == rev + 1
+    assert [kv.key for kv in res.reads[0]] == ["/test/s/old"]
+    assert [(kv.key, kv.mod_revision) for kv in res.reads[1]] == [("/test/s/new", rev + 1)]
+    assert res.read(2).value == b"y" and res.read(2).create_revision == rev + 1
+
+
+def test_read_only_txn_is_a_consistent_multi_read(datastore):
+    r1 = datastore.put("/test/q/a", b"1")
+    r2 = datastore.put("/test/q/b", b"2")
+    res = datastore.txn((), [Get("/test/q/a"), Get("/test/q/b"), Get("/test/q/c")])
+    assert res.succeeded and res.revision == r2 == datastore.revision()
+    assert [kv.mod_revision if kv else None for kv in res.reads[0] + res.reads[1]] == [r1, r2]
+    assert res.read(2) is None
+    # Compares decide which branch's reads come back; nothing is written either way.
+    res = datastore.txn([ModRevisionIs("/test/q/a", r2)], [Get("/test/q/a")], [Get("/test/q/b")])
+    assert not res.succeeded and res.read(0).value == b"2" and res.revision == r2
 
 
 def test_concurrent_cas_increments_give_the_exact_total(datastore):
