@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 ROOT = "/podnet/"
@@ -45,8 +46,14 @@ def blocks(version: int) -> str:
     return f"{IPAM}assignment/ipv{version}/block/"
 
 
+@functools.lru_cache(maxsize=4096)
+def _version(cidr: str) -> int:
+    # Parsing a network costs ~15 us; IPAM derives a few keys from the same block per allocation.
+    return ipaddress.ip_network(cidr).version
+
+
 def block(cidr: str) -> str:
-    return blocks(ipaddress.ip_network(cidr).version) + _cidr_part(cidr)
+    return blocks(_version(cidr)) + _cidr_part(cidr)
 
 
 def affinities(node_name: str, version: int) -> str:
@@ -54,7 +61,7 @@ def affinities(node_name: str, version: int) -> str:
 
 
 def affinity(node_name: str, cidr: str) -> str:
-    return affinities(node_name, ipaddress.ip_network(cidr).version) + _cidr_part(cidr)
+    return affinities(node_name, _version(cidr)) + _cidr_part(cidr)
 
 
 def parse_affinity(key: str) -> tuple[str, str] | None:

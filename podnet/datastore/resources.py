@@ -35,6 +35,10 @@ class Resources:
         """Every pool; a record unchanged since the last call is not parsed and validated again
         (IPAM asks on every allocation)."""
         kvs, _ = self.store.list(keys.POOLS)
+        return self.decode_pools(kvs)
+
+    def decode_pools(self, kvs) -> list[IPPool]:
+        """The pools of records listed under keys.POOLS, parsing only those changed since last seen."""
         out = []
         for kv in kvs:
             cached = self._pool_cache.get(kv.key)

@@ -2,28 +2,34 @@
 
 A node takes addresses from blocks affine to it; when they are full it claims
 the next unclaimed block of a usable pool. Every write is a transaction that
-compares the mod_revision of each record it read, so two allocators (threads,
-processes, machines) that race never hand out one address twice: the loser
-re-reads and tries again. A block and the handle that indexes its
+compares the mod_revision of each record it was computed from, so two
+allocators (threads, processes, machines) that race never hand out one address
+twice: the loser's transaction fails and returns those records as they are now
+(etcd's txn failure branch can read), and it tries again from them. An
+allocator starts from the records it last read or wrote (see _Hints), so a
+warm allocation or release is one transaction. A block and the handle that indexes its
 allocations are written in the same transaction, so a crash never leaves an
 address that no handle can release.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from dataclasses import dataclass
 
 from podnet.datastore import keys
-from podnet.datastore.api import Datastore, Delete, KeyValue, ModRevisionIs, Put
-from podnet.datastore.resources import Resources
+from podnet.datastore.api import Datastore, Delete, Get, KeyValue, ModRevisionIs, Put, TxnResult
+from podnet.datastore.resources import Resources, decode_node
 from podnet.errors import PodnetError
 from podnet.model import Block, IPPool
 
 MAX_CAS_RETRIES = 100
 _UNREAD = object()  # "the caller has not read this record"
 DEFAULT_MAX_BLOCKS_PER_HOST = 20
+_READS_PER_TXN = 100  # etcd takes at most 128 operations per transaction by default
+_HINTS_MAX = 4096  # remembered records per allocator (a few KB each at most)
 
 
 class IpamError(PodnetError):
@@ -64,13 +70,39 @@ class BlockRecord:
     kv: KeyValue
 
 
+class _Hints:
+    """Blocks and handles as this allocator last read or wrote them: where a compare-and-swap
+    starts from, to save a read. Never a source of truth: a write computed from a stale record
+    fails its compare (which reads the record back), and no decision that writes nothing is taken
+    from here. Plain dict operations, so threads may share it."""
+
+    def __init__(self, limit: int = _HINTS_MAX):
+        self._records: dict[str, KeyValue] = {}
+        self._limit = limit
+
+    def get(self, key: str) -> KeyValue | None:
+        return self._records.get(key)
+
+    def put(self, key: str, kv: KeyValue | None) -> None:
+        if kv is None:
+            self._records.pop(key, None)
+            return
+        if len(self._records) >= self._limit:
+            self._records.clear()  # crude but bounded; a miss costs one read
+        self._records[key] = kv
+
+
 class Ipam:
     def __init__(self, store: Datastore, max_blocks_per_host: int | None = None):
         """`max_blocks_per_host`: overrides the stored IPAM config (tests, benchmarks)."""
         self.store = store
         self.resources = Resources(store)
         self._max_blocks_override = max_blocks_per_host
+        # Remembered records, see _Hints; each is compared before anything is written from it.
         self._affine_cache: dict[tuple[str, int], list[str]] = {}
+        self._pool_kvs: tuple[KeyValue, ...] | None = None  # every record under keys.POOLS
+        self._node_kvs: dict[str, KeyValue | None] = {}  # node records (their labels pick pools)
+        self._hints = _Hints()
 
     def config(self) -> IpamConfig:
         kv = self.store.get(keys.IPAM_CONFIG)
@@ -92,23 +124,36 @@ class Ipam:
                      node: str | None = None, labels: dict | None = None) -> list[IPPool]:
         """Enabled pools of the family for this use whose nodeSelector matches the node's labels;
         with `names`, only those pools (a pod may narrow the choice, never widen it past a selector)."""
-        pools = [p for p in self.resources.pools() if p.version == version]
+        kvs, _ = self.store.list(keys.POOLS)
+        node_record = (lambda: self.store.get(keys.node(node))) if node is not None else None
+        return self._select_pools(kvs, version, names, use, node, labels, node_record)[0]
+
+    def _select_pools(self, pool_kvs, version, names, use, node, labels,
+                      node_record) -> tuple[list[IPPool], list[ModRevisionIs]]:
+        """usable_pools over given pool records; also the compares that keep the choice valid: the
+        chosen pools' records unchanged (not deleted, disabled or narrowed) and, when the node's
+        labels came from its record, that record unchanged. `node_record()` reads it when needed."""
+        by_key = dict(zip((kv.key for kv in pool_kvs), self.resources.decode_pools(pool_kvs)))
+        revs = {kv.key: kv.mod_revision for kv in pool_kvs}
+        pools = [(k, p) for k, p in by_key.items() if p.version == version]
         if names:
-            by_name = {p.name: p for p in pools}
-            by_cidr = {p.cidr: p for p in pools}
+            by_name = {p.name: (k, p) for k, p in pools}
+            by_cidr = {p.cidr: (k, p) for k, p in pools}
             chosen = []
             for n in names:
-                p = by_name.get(n) or by_cidr.get(str(_network_or_none(n)))
-                if p is None:
+                kp = by_name.get(n) or by_cidr.get(str(_network_or_none(n)))
+                if kp is None:
                     raise NoUsablePool(f"IPv{version} pool {n!r} does not exist")
-                chosen.append(p)
+                chosen.append(kp)
             pools = chosen
-        usable = [p for p in pools if not p.disabled and use in p.allowed_uses]
-        if node is not None and any(p.node_selector.strip() != "all()" for p in usable):
+        usable = [(k, p) for k, p in pools if not p.disabled and use in p.allowed_uses]
+        deps = []
+        if node is not None and any(p.node_selector.strip() != "all()" for _, p in usable):
             if labels is None:
-                record = self.resources.node(node)
-                labels = record.labels if record else {}
-            usable = [p for p in usable if p.selects(labels)]
+                record = node_record()
+                deps.append(ModRevisionIs(keys.node(node), record.mod_revision if record else 0))
+                labels = decode_node(record.value).labels if record else {}
+            usable = [(k, p) for k, p in usable if p.selects(labels)]
         if not usable:
             what = (f"named {', '.join(names)}" if names else "") + (f" for node {node}" if node else "")
             what = what.strip() or "at all"
@@ -116,7 +161,8 @@ class Ipam:
                 f"no enabled IPv{version} pool {what}",
                 "create one with `podnet apply -f pool.yaml` or enable an existing pool",
             )
-        return usable
+        deps += [ModRevisionIs(k, revs[k]) for k, _ in usable]
+        return [p for _, p in usable], deps
 
     def auto_assign(
         self,
@@ -129,33 +175,49 @@ class Ipam:
         labels: dict | None = None,
     ) -> str:
         """Allocate one address for `handle` on `node`; returns it without prefix.
-        `labels`: the node's labels when its record is not written yet (else read from it)."""
-        candidates = self.usable_pools(version, pools, use, node, labels)
-        networks = [p.network for p in candidates]
-        config = None  # read only when the node's own blocks are full
+        `labels`: the node's labels when its record is not written yet (else read from it).
+
+        The common case is one transaction: from what this allocator last read or wrote (the pools,
+        the node's block, the handle) it assigns an address and writes block and handle comparing
+        every record it decided from. A compare that fails returns those records as they are now,
+        and the next attempt starts from them. Decisions that write nothing (errors, claiming a
+        new block) are only taken on records just read."""
         attrs = dict(attrs or {}, node=node)  # who uses the address, also when it is borrowed
-        fresh = False  # whether the node's block list was just read from the store
+        hkey = keys.handle(handle)
+        config = None  # read only when the node's own blocks are full
+        fresh = False  # whether the records below were just read from the store (not remembered)
         for _ in range(MAX_CAS_RETRIES):
-            affine = [c for c in self._affine(node, version, refresh=fresh) if _within(c, networks)]
-            outcome = self._assign_from(affine, node, handle, attrs)
+            if fresh or self._pool_kvs is None or (node, version) not in self._affine_cache:
+                self._read_view(node, version, hkey)
+            try:
+                candidates, deps = self._select_pools(self._pool_kvs, version, pools, use, node, labels,
+                                                      lambda: self._node_kvs.get(node))
+            except NoUsablePool:
+                if fresh:
+                    raise
+                fresh = True  # maybe from remembered pools: look again before failing
+                continue
+            networks = [p.network for p in candidates]
+            affine = [c for c in self._affine_cache[(node, version)] if _within(c, networks)]
+            outcome = self._assign_from(affine, node, handle, attrs, deps, fresh)
             if isinstance(outcome, str):
                 return outcome
             if outcome is _CONFLICT:
                 continue
-            if not fresh:  # full by a possibly stale list: look again before claiming
+            if not fresh:  # full by possibly stale records: look again before claiming
                 fresh = True
                 continue
             # Every affine block is full: claim another, unless the node may hold no more.
             config = config or self.config()
             limit = config.max_blocks_per_host
-            at_limit = limit and len(self.node_block_cidrs(node, version)) >= limit
+            at_limit = limit and len(self._affine_cache[(node, version)]) >= limit
             cidr = None if at_limit else self._free_block(candidates)
             if cidr is not None:
                 self._claim(node, cidr)  # a lost race simply means another loop
                 continue  # `fresh` stays True: the next pass re-reads the node's blocks
             # No block to claim: borrow a free address from another node's block.
             if not config.strict_affinity:
-                outcome = self._borrow(candidates, node, handle, attrs)
+                outcome = self._borrow(candidates, deps, node, handle, attrs)
                 if isinstance(outcome, str):
                     return outcome
                 if outcome is _CONFLICT:
@@ -174,29 +236,52 @@ class Ipam:
             f"gave up allocating for {handle} after {MAX_CAS_RETRIES} conflicting writes", "try again later"
         )
 
-    def _affine(self, node: str, version: int, refresh: bool) -> list[str]:
-        """The node's block CIDRs, from a per-instance cache unless `refresh`. A stale list is safe:
-        every block is read before use and must still be affine to the node."""
-        key = (node, version)
-        if refresh or key not in self._affine_cache:
-            self._affine_cache[key] = self.node_block_cidrs(node, version)
-        return self._affine_cache[key]
+    def _read_view(self, node: str, version: int, hkey: str) -> None:
+        """Read at one revision, in one round trip, what an allocation decides from: the pools, the
+        node's record (labels) and block affinities, and the handle."""
+        res = self.store.txn((), [Get(keys.POOLS, prefix=True), Get(keys.node(node)),
+                                  Get(keys.affinities(node, version), prefix=True), Get(hkey)])
+        self._pool_kvs = res.reads[0]
+        self._node_kvs[node] = res.read(1)
+        cidrs = [keys.cidr_from_part(kv.key.rsplit("/", 1)[1]) for kv in res.reads[2]]
+        self._affine_cache[(node, version)] = sorted(cidrs, key=lambda c: ipaddress.ip_network(c))
+        self._hints.put(hkey, res.read(3))
 
-    def _assign_from(self, cidrs: list[str], node: str, handle: str, attrs: dict):
-        for cidr in cidrs:
-            bkv, hkv = self.store.get_many([keys.block(cidr), keys.handle(handle)])  # one round trip
+    def _assign_from(self, cidrs: list[str], node: str, handle: str, attrs: dict, deps, fresh: bool):
+        """Assign from the first of `cidrs` with room, by the remembered records unless `fresh`
+        (those not remembered are read, all in one round trip)."""
+        bkeys = [keys.block(c) for c in cidrs]
+        records = {} if fresh else {k: self._hints.get(k) for k in bkeys}
+        missing = [k for k in bkeys if records.get(k) is None]
+        for k, kv in zip(missing, self._read_keys(missing)):
+            records[k] = kv
+        for bkey in bkeys:
+            bkv = records[bkey]
             if bkv is None:
                 continue
-            rec = BlockRecord(Block.from_json(bkv.value), bkv)
-            if rec.block.node != node or rec.block.free == 0:
+            block = Block.from_json(bkv.value)
+            if block.node != node or block.free == 0:
                 continue
-            ips = rec.block.assign(handle, attrs)
-            if self._write_block_and_handle(rec, handle, hkv):
-                return ips[0]
+            ip = block.assign(handle, attrs)[0]
+            hkv = self._hints.get(keys.handle(handle))  # absent unless seen: a wrong guess fails the compare
+            if self._cas(bkv, block, handle, hkv, deps, node).succeeded:
+                return ip
             return _CONFLICT
         return _FULL
 
-    def _borrow(self, pools: list[IPPool], node: str, handle: str, attrs: dict):
+    def _read_keys(self, keys_: list[str]) -> list[KeyValue | None]:
+        """Several keys at one revision, also remembered as hints."""
+        out: list[KeyValue | None] = []
+        for i in range(0, len(keys_), _READS_PER_TXN):
+            chunk = keys_[i:i + _READS_PER_TXN]
+            res = self.store.txn((), [Get(k) for k in chunk])
+            for j, k in enumerate(chunk):
+                kv = res.read(j)
+                self._hints.put(k, kv)
+                out.append(kv)
+        return out
+
+    def _borrow(self, pools: list[IPPool], deps, node: str, handle: str, attrs: dict):
         networks = [p.network for p in pools]
         for block in self.blocks(pools[0].version):
             if block.free and block.node != node and _within(block.cidr, networks):
@@ -204,31 +289,48 @@ class Ipam:
                 if rec is None or rec.block.free == 0:
                     continue
                 ip = rec.block.assign(handle, attrs)[0]
-                if self._write_block_and_handle(rec, handle):
+                if self._cas(rec.kv, rec.block, handle, _UNREAD, deps, node).succeeded:
                     return ip
                 return _CONFLICT
         return _FULL
 
-    def _write_block_and_handle(self, rec: BlockRecord, handle: str, hkv=_UNREAD) -> bool:
+    def _cas(self, bkv: KeyValue, block: Block, handle: str, hkv=_UNREAD, deps=(), node: str | None = None
+             ) -> TxnResult:
         """Write the changed block, and the handle's count of addresses in it, atomically.
-        `hkv`: the handle record as already read (None: absent); read here when not given.
-        Compare-and-swap on both, so a stale read only costs a retry."""
-        hkey = keys.handle(handle)
+        Compare-and-swap on both (and on `deps`: the pools and node record the choice of block
+        came from), so a stale record only costs a retry: a failed compare reads back block and
+        handle (reads 0 and 1) and, with deps, the pools and `node`'s record, and all of them are
+        remembered for the next attempt. `hkv`: the handle record as it is believed to be (None:
+        absent); read here if _UNREAD."""
+        hkey, bkey = keys.handle(handle), keys.block(block.cidr)
         if hkv is _UNREAD:
             hkv = self.store.get(hkey)
         doc = json.loads(hkv.value) if hkv else {"handle": handle, "blocks": {}}
-        count = len(rec.block.ips_of(handle))
+        count = len(block.ips_of(handle))
         if count > 0:
-            doc["blocks"][rec.block.cidr] = count
+            doc["blocks"][block.cidr] = count
         else:
-            doc["blocks"].pop(rec.block.cidr, None)
-        ops = [Put(keys.block(rec.block.cidr), rec.block.to_json())]
-        ops.append(Put(hkey, json.dumps(doc).encode()) if doc["blocks"] else Delete(hkey))
-        compares = [
-            ModRevisionIs(keys.block(rec.block.cidr), rec.kv.mod_revision),
-            ModRevisionIs(hkey, hkv.mod_revision if hkv else 0),
-        ]
-        return self.store.txn(compares, ops).succeeded
+            doc["blocks"].pop(block.cidr, None)
+        bvalue = block.to_json()
+        hvalue = json.dumps(doc).encode() if doc["blocks"] else None
+        ops = [Put(bkey, bvalue), Put(hkey, hvalue) if hvalue else Delete(hkey)]
+        compares = [*deps, ModRevisionIs(bkey, bkv.mod_revision), ModRevisionIs(hkey, hkv.mod_revision if hkv else 0)]
+        failure = [Get(bkey), Get(hkey)]
+        if deps:
+            failure += [Get(keys.POOLS, prefix=True), Get(keys.node(node))]
+        res = self.store.txn(compares, ops, failure)
+        if res.succeeded:
+            rev = res.revision
+            self._hints.put(bkey, KeyValue(bkey, bvalue, bkv.create_revision, rev, bkv.version + 1))
+            self._hints.put(hkey, KeyValue(hkey, hvalue, hkv.create_revision if hkv else rev, rev,
+                                           hkv.version + 1 if hkv else 1) if hvalue else None)
+        else:
+            self._hints.put(bkey, res.read(0))
+            self._hints.put(hkey, res.read(1))
+            if deps:
+                self._pool_kvs = res.reads[2]
+                self._node_kvs[node] = res.read(3)
+        return res
 
     def _free_block(self, pools: list[IPPool]) -> str | None:
         taken = set()
@@ -252,28 +354,57 @@ class Ipam:
     # Release -----------------------------------------------------------
 
     def release_handle(self, handle: str) -> list[str]:
-        """Release every address of handle; returns them. Releasing nothing is fine."""
+        """Release every address of handle; returns them. Releasing nothing is fine.
+
+        Starts from the handle and block as this allocator last wrote or read them (after an
+        allocation here: one transaction). Only a read from the store, never a remembered record,
+        can conclude that the handle is gone."""
         released: list[str] = []
+        hkey = keys.handle(handle)
+        hkv = self._hints.get(hkey)
+        read = {}  # key -> record as just read from the store (None: absent), this call only
         for _ in range(MAX_CAS_RETRIES):
-            hkv = self.store.get(keys.handle(handle))
             if hkv is None:
-                return released
+                if hkey in read:
+                    return released
+                hkv = read[hkey] = self._read_keys([hkey])[0]
+                continue
             cidrs = list(json.loads(hkv.value)["blocks"])
             if not cidrs:
-                self.store.compare_and_delete(hkv.key, hkv.mod_revision)
+                res = self.store.txn([ModRevisionIs(hkey, hkv.mod_revision)], [Delete(hkey)], [Get(hkey)])
+                hkv = read[hkey] = None if res.succeeded else res.read(0)
+                self._hints.put(hkey, hkv)
                 continue
-            rec = self.block(cidrs[0])
-            if rec is None:
+            bkey = keys.block(cidrs[0])
+            bkv = read[bkey] if bkey in read else self._hints.get(bkey)
+            if bkv is None and bkey not in read:
+                bkv, hkv = self._read_keys([bkey, hkey])
+                read[bkey], read[hkey] = bkv, hkv
+                continue
+            if bkv is None:
                 # The block vanished (e.g. deleted by hand): drop it from the handle.
                 doc = json.loads(hkv.value)
                 doc["blocks"].pop(cidrs[0])
-                self.store.compare_and_swap(hkv.key, json.dumps(doc).encode(), hkv.mod_revision)
+                value = json.dumps(doc).encode()
+                res = self.store.txn([ModRevisionIs(hkey, hkv.mod_revision)], [Put(hkey, value)], [Get(hkey)])
+                if res.succeeded:
+                    hkv = KeyValue(hkey, value, hkv.create_revision, res.revision, hkv.version + 1)
+                else:
+                    hkv = res.read(0)
+                read[hkey] = hkv
+                self._hints.put(hkey, hkv)
                 continue
-            ips = rec.block.release_handle(handle)
-            if self._write_block_and_handle(rec, handle, hkv):
+            block = Block.from_json(bkv.value)
+            ips = block.release_handle(handle)
+            res = self._cas(bkv, block, handle, hkv)
+            if res.succeeded:
                 released += ips
                 if len(cidrs) == 1:  # that was its last block: the handle record is gone too
                     return released
+                hkv = self._hints.get(hkey)
+            else:
+                read[bkey], hkv = res.read(0), res.read(1)
+                read[hkey] = hkv
         raise IpamConflict(f"gave up releasing {handle} after {MAX_CAS_RETRIES} conflicting writes", "try again later")
 
     def release_ip(self, ip: str) -> str | None:
@@ -286,7 +417,7 @@ class Ipam:
             if alloc is None:
                 return None
             rec.block.release_ip(ip)
-            if self._write_block_and_handle(rec, alloc.handle):
+            if self._cas(rec.kv, rec.block, alloc.handle).succeeded:
                 return alloc.handle
         raise IpamConflict(f"gave up releasing {ip} after {MAX_CAS_RETRIES} conflicting writes", "try again later")
 
@@ -300,7 +431,10 @@ class Ipam:
         ops = [Delete(keys.block(cidr))]
         if rec.block.node:
             ops.append(Delete(keys.affinity(rec.block.node, cidr)))
-        return self.store.txn([ModRevisionIs(rec.kv.key, rec.kv.mod_revision)], ops).succeeded
+        ok = self.store.txn([ModRevisionIs(rec.kv.key, rec.kv.mod_revision)], ops).succeeded
+        if ok:
+            self._hints.put(rec.kv.key, None)
+        return ok
 
     # Queries -----------------------------------------------------------
 
@@ -327,6 +461,7 @@ class Ipam:
 
     def block(self, cidr: str) -> BlockRecord | None:
         kv = self.store.get(keys.block(cidr))
+        self._hints.put(keys.block(cidr), kv)
         return BlockRecord(Block.from_json(kv.value), kv) if kv else None
 
     def blocks(self, version: int | None = None) -> list[Block]:
@@ -357,6 +492,11 @@ def _network_or_none(text: str):
         return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _network(cidr: str):
+    return ipaddress.ip_network(cidr)  # parsed once: every allocation tests its blocks against the pools
+
+
 def _within(cidr: str, networks) -> bool:
-    net = ipaddress.ip_network(cidr)
+    net = _network(cidr)
     return any(net.version == n.version and net.subnet_of(n) for n in networks)

@@ -5,14 +5,18 @@ Store level only: no kernel state, no root needed.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
 import pytest
 
-from podnet.datastore import open_datastore
-from podnet.datastore.api import DatastoreError, DatastoreUnavailable, Event
+from podnet.datastore import keys, open_datastore
+from podnet.datastore.api import DatastoreError, DatastoreUnavailable, Event, Get, ModRevisionIs, Put
 from podnet.datastore.etcd import EtcdDatastore, Endpoint, TxnOutcomeUnknown
+from podnet.datastore.resources import Resources
+from podnet.ipam import Ipam
+from podnet.model import Block, IPPool
 
 COUNTER = "/test/counter"
 
@@ -94,6 +98,105 @@ def test_cas_increments_stay_exact_when_the_leader_is_killed(etcd_cluster):
     assert sorted(history) == sorted(succeeded), "applied increments differ from those reported as succeeded"
     assert count == len(succeeded)
     assert not {tag for tag, _ in unavailable} & set(history)
+
+
+def test_ipam_cycles_stay_exact_when_the_leader_is_killed(etcd_cluster):
+    """Allocate-and-release cycles from three allocators (one per node) while the leader dies.
+
+    The allocators start from remembered records and retry from what a failed compare read back,
+    so a transaction whose answer the kill lost is settled by the store, and one that is sent
+    again after that meets records that changed under it. Afterwards every address handed out
+    was released exactly once, for its own handle, and the blocks and handle records agree."""
+    leader = etcd_cluster.leader()
+    others = [m for m in etcd_cluster.members if m is not leader]
+    store = EtcdDatastore([leader.endpoint] + [m.endpoint for m in others], timeout=6.0)
+    Resources(store).apply_pool(IPPool("fault-pool", "10.91.0.0/24", block_size=28))
+    stop, killed = threading.Event(), threading.Event()
+    cycles: list[tuple[str, str, list[str]]] = []  # handle, address, what its release returned
+    uncertain: list[str] = []  # handles whose allocation or release raised DatastoreUnavailable
+    after_kill: list[str] = []
+    errors: list[str] = []
+
+    def cycle(node: str) -> None:
+        ipam, seq = Ipam(store), 0
+        while not stop.is_set():
+            seq += 1
+            handle = f"{node}-{seq}"
+            try:
+                ip = ipam.auto_assign(node, handle)
+                cycles.append((handle, ip, ipam.release_handle(handle)))
+                if killed.is_set():
+                    after_kill.append(handle)
+            except TxnOutcomeUnknown as e:
+                errors.append(f"{handle}: {e}")
+            except DatastoreUnavailable:
+                uncertain.append(handle)
+            except Exception as e:  # noqa: BLE001  (reported below)
+                errors.append(f"{handle}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=cycle, args=(f"node-{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(cycles) < 30 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        leader.kill()
+        killed.set()
+        time.sleep(2.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    assert len(after_kill) >= 5, "the cluster did not keep taking allocations after losing its leader"
+    assert all(released == [ip] for _, ip, released in cycles), [c for c in cycles if c[2] != [c[1]]]
+
+    # What is left belongs to handles whose operation raised, and is consistent.
+    blocks = [Block.from_json(kv.value) for kv in store.list(keys.blocks(4))[0]]
+    in_blocks: dict[tuple[str, str], int] = {}
+    for b in blocks:
+        assert sorted(b.unallocated + list(b.allocations)) == list(range(b.size)), b.cidr
+        for alloc in b.allocations.values():
+            in_blocks[(alloc.handle, b.cidr)] = in_blocks.get((alloc.handle, b.cidr), 0) + 1
+    handles = {kv.key[len(keys.HANDLES):]: json.loads(kv.value) for kv in store.list(keys.HANDLES)[0]}
+    assert {(h, c): n for h, doc in handles.items() for c, n in doc["blocks"].items()} == in_blocks
+    assert set(handles) <= set(uncertain)
+    cleaner = Ipam(store)
+    for handle in uncertain:
+        cleaner.release_handle(handle)
+    assert store.list(keys.HANDLES)[0] == []
+    assert all(not Block.from_json(kv.value).allocations for kv in store.list(keys.blocks(4))[0])
+    store.close()
+
+
+def test_lost_answer_of_a_txn_with_reads_is_settled_with_them(etcd_server):
+    """When a transaction's answer is lost, the store settles it by looking at the keys. If it
+    was applied, the reads of its branch are read again as of the revision it was applied at."""
+    store = EtcdDatastore.from_url(etcd_server.url, timeout=5.0)
+    try:
+        r1 = store.put("/test/settle/k", b"v1")
+        store.put("/test/settle/other", b"o")
+        compares = [ModRevisionIs("/test/settle/k", r1)]
+        success = [Put("/test/settle/k", b"v2"), Get("/test/settle/", prefix=True)]
+        failure = [Get("/test/settle/k")]
+        applied = store.txn(compares, success, failure)
+        assert applied.succeeded
+        store.put("/test/settle/other", b"changed later")
+        # As if the answer of `applied` had been lost:
+        settled = store._settle(compares, success, failure, r1, time.monotonic() + 5, "a test")
+        assert settled == applied
+        assert [(kv.key, kv.value) for kv in settled.reads[0]] == [
+            ("/test/settle/k", b"v2"), ("/test/settle/other", b"o")]
+        # A transaction that was not applied and whose failure branch only reads is simply sent
+        # again: nothing can have been applied twice.
+        stale = [ModRevisionIs("/test/settle/k", r1)]
+        assert store._settle(stale, [Put("/test/settle/k", b"v3")], failure, applied.revision,
+                             time.monotonic() + 5, "a test") is None
+        assert store.get("/test/settle/k").value == b"v2"
+    finally:
+        store.close()
 
 
 def test_watch_survives_the_death_of_its_member(etcd_cluster):
