@@ -328,6 +328,12 @@ def _ipam(e: dict) -> list[str]:
                        f"{r['per_client_per_s']} | {a.get('p50', 0):.2f} / {a.get('p99', 0):.1f} | "
                        f"{rl.get('p50', 0):.2f} / {rl.get('p99', 0):.1f} | {c.get('p50', 0):.2f} / "
                        f"{c.get('p99', 0):.1f} | {r['errors']} | {r['handles_left']} |")
+    for st in e["stores"].values():
+        f = st.get("fdatasync_ms")
+        if f:  # durable SQLite's ceiling: two of these per cycle, each under the write lock
+            out += ["", f"This disk's fdatasync of 4 pages ({st['label']}'s directory): in place p50 "
+                        f"{f['in_place']['p50']} ms, appending p50 {f['append']['p50']} ms."]
+            break
     return out
 
 
