@@ -32,14 +32,34 @@ class KernelWatcher:
         self.on_change = on_change
         self.on_address_change = on_address_change
         self.sock = rtnl.RtnlSocket(groups=_GROUPS)
+        self._filter: tuple[frozenset, frozenset] | None = None  # (ports, link indexes) the kernel filters on
+        self._filter_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="kernel events", daemon=True)
 
     def start(self) -> None:
+        self.refresh()
         self._thread.start()
 
+    def refresh(self) -> None:
+        """Tell the kernel which notifications to keep from this socket: none caused by the agent's
+        own sockets, and link and neighbour changes only of the devices and links watched, by their
+        current index. Otherwise every veth a CNI ADD or DEL makes would wake this thread, which
+        would take the interpreter lock from the very request that caused it. Call again when a
+        watched device was (re)created: its new index must pass. Cheap when nothing changed."""
+        ports = frozenset(self.own_ports())
+        links = frozenset(self._device_indexes() | self._indexes(self.also_links()))
+        with self._filter_lock:
+            if (ports, links) != self._filter:
+                self.sock.filter_notifications(set(ports), set(links))
+                self._filter = (ports, links)
+
     def _device_indexes(self) -> set[int]:
+        return self._indexes(self.devices)
+
+    @staticmethod
+    def _indexes(names) -> set[int]:
         found = set()
-        for name in self.devices:
+        for name in names:
             try:
                 found.add(socket.if_nametoindex(name))
             except OSError:
@@ -73,6 +93,7 @@ class KernelWatcher:
                     continue
                 log.error("kernel event socket failed: %s", e)
                 return
+            self.refresh()  # e.g. the device was just deleted: its new index must pass once it is back
             dev_indexes = self._device_indexes()
             ours = self.own_ports()
             events = [(kind, payload) for kind, payload, port in events if not (port and port in ours)]

@@ -102,6 +102,7 @@ class Agent:
         self.started = time.time()
         self.underlay_changed = threading.Event()
         self.gc = None
+        self.kernel_watcher: KernelWatcher | None = None
 
     def _retry(self, what: str, fn):
         delay = 0.2
@@ -138,9 +139,10 @@ class Agent:
             self.gc = NodeGc(node.name, args.ipam_gc_grace)
         self.view.start()
         own_ports = {self.host.port_id}
-        KernelWatcher((self.config.device, self.config.device6), self.dirty.set, self._on_address_change,
-                      lambda: {self.reconciler.local.interface}, lambda: own_ports,
-                      lambda: self.reconciler.fdb_being_added).start()
+        self.kernel_watcher = KernelWatcher((self.config.device, self.config.device6), self.dirty.set,
+                                            self._on_address_change, lambda: {self.reconciler.local.interface},
+                                            lambda: own_ports, lambda: self.reconciler.fdb_being_added)
+        self.kernel_watcher.start()
         ctx = NodeContext(
             node=node.name,
             resources=self.resources,
@@ -228,6 +230,7 @@ class Agent:
                 if self.underlay_changed.is_set() or not woken:  # and on every periodic resync
                     self._follow_underlay()
                 result = self.reconciler.reconcile(full=not woken)
+                self.kernel_watcher.refresh()  # a device it (re)created has a new index to watch
                 self._record(result)
                 if result.changes:
                     log.info("reconciled: %d changes in %.1f ms, %d remote nodes", result.changes,

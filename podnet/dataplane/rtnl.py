@@ -15,6 +15,7 @@ matter into typed exceptions (NetlinkError).
 
 from __future__ import annotations
 
+import ctypes
 import errno as _errno
 import ipaddress
 import os
@@ -363,6 +364,55 @@ def iter_messages(data: bytes):
 # The socket -----------------------------------------------------------------
 
 _BATCH_BYTES = 60 * 1024  # stay under the kernel's per-send limit with room to spare
+_SO_ATTACH_FILTER = 26
+_BPF_LD_W_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS
+_BPF_JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
+_BPF_RET_K = 0x06  # BPF_RET | BPF_K
+_NLMSG_PID_OFFSET = 12  # struct nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32
+_NLMSG_TYPE_OFFSET = 4
+_IFINDEX_OFFSET = 20  # the header, then ifinfomsg's and ndmsg's index, both 4 bytes in
+_BPF_LD_H_ABS = 0x28  # BPF_LD | BPF_H | BPF_ABS
+_BPF_ACCEPT, _BPF_DROP = 0xFFFFFFFF, 0
+
+
+def _be32(value: int) -> int:
+    """A host-order u32 as BPF's absolute loads (big-endian) see it."""
+    return int.from_bytes(struct.pack("=I", value & 0xFFFFFFFF), "big")
+
+
+def _be16(value: int) -> int:
+    return int.from_bytes(struct.pack("=H", value), "big")
+
+
+def notification_filter(ignore_ports: set[int], links: set[int] | None = None) -> list[tuple[int, int, int, int]]:
+    """The BPF program of RtnlSocket.filter_notifications: (code, jt, jf, k) instructions."""
+    ports = sorted(p for p in ignore_ports if p)
+    indexed = (RTM_NEWLINK, RTM_DELLINK, RTM_NEWNEIGH, RTM_DELNEIGH)
+    wanted = sorted(links) if links is not None else []
+    # Layout: [pid checks] [type checks] ret accept | [index checks] ret drop | ret accept | ret drop
+    n_pid = 1 + len(ports)
+    n_type = (1 + len(indexed) + 1) if links is not None else 0
+    n_index = (1 + len(wanted) + 1) if links is not None else 0
+    accept = n_pid + n_type + n_index
+    drop = accept + 1
+    prog: list[tuple[int, int, int, int]] = [(_BPF_LD_W_ABS, 0, 0, _NLMSG_PID_OFFSET)]
+    for port in ports:
+        i = len(prog)
+        prog.append((_BPF_JEQ_K, drop - i - 1, 0, _be32(port)))
+    if links is not None:
+        index_start = n_pid + n_type
+        prog.append((_BPF_LD_H_ABS, 0, 0, _NLMSG_TYPE_OFFSET))
+        for kind in indexed:
+            i = len(prog)
+            prog.append((_BPF_JEQ_K, index_start - i - 1, 0, _be16(kind)))
+        prog.append((_BPF_RET_K, 0, 0, _BPF_ACCEPT))  # other kinds: not filtered by interface
+        prog.append((_BPF_LD_W_ABS, 0, 0, _IFINDEX_OFFSET))
+        for index in wanted:
+            i = len(prog)
+            prog.append((_BPF_JEQ_K, accept - i - 1, 0, _be32(index)))
+        prog.append((_BPF_RET_K, 0, 0, _BPF_DROP))
+    prog += [(_BPF_RET_K, 0, 0, _BPF_ACCEPT), (_BPF_RET_K, 0, 0, _BPF_DROP)]
+    return prog
 
 
 class RtnlSocket:
@@ -403,6 +453,17 @@ class RtnlSocket:
     def port_id(self) -> int:
         """The kernel's id for this socket; change notifications carry the id of the socket that caused them."""
         return self.sock.getsockname()[0]
+
+    def filter_notifications(self, ignore_ports: set[int], links: set[int] | None = None) -> None:
+        """Have the kernel drop, before they reach this socket, notifications a listener would only
+        discard: those caused by the sockets `ignore_ports` (port ids; the kernel stamps route,
+        address and neighbour changes with the requester's), and, when `links` is given, link and
+        neighbour changes of interfaces whose index is not in it (link changes carry no requester,
+        so every veth a CNI ADD creates would otherwise wake the listener). Replaces any earlier
+        filter. A classic BPF socket filter; each notification is a datagram of its own."""
+        program = notification_filter(ignore_ports, links)
+        buf = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *insn) for insn in program))
+        self.sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, struct.pack("HL", len(program), ctypes.addressof(buf)))
 
     def request(self, messages: list[bytes]) -> list[int]:
         """Send messages in as few datagrams as fit; return each one's errno (0 = done)."""
