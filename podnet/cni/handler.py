@@ -10,6 +10,7 @@ when a later step fails.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -128,39 +129,39 @@ def add(ctx: NodeContext, req: Request) -> dict:
         "network": req.network,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    # IPAM (datastore round trips) runs on a worker while this thread creates the
-    # veth pair (kernel work that needs no address); the two meet at pair.address().
-    allocation = _submit(ctx, _allocate, ctx, req, handle, attrs)
+    # The datastore work (addresses, then the endpoint record) runs on a worker while this
+    # thread creates the veth pair, which needs no address; they meet at pair.address().
+    pod_mac = pod.random_mac()
+    endpoint = WorkloadEndpoint(
+        node=ctx.node,
+        container_id=req.container_id,
+        interface=req.ifname,
+        host_interface=host_ifname,
+        ips=(),
+        mac=pod_mac,
+        netns=req.netns,
+        pod_namespace=req.pod_namespace,
+        pod_name=req.pod_name,
+        network=req.network,
+    )
+    booked = _submit(ctx, _allocate_and_record, ctx, req, handle, attrs, endpoint)
     pair = None
-    recorded = None
     try:
-        pair = pod.create_pair(ctx.host, req.netns, req.ifname, host_ifname, mtu, req.assigns(4), req.assigns(6))
-        taken = allocation.result()
+        pair = pod.create_pair(ctx.host, req.netns, req.ifname, host_ifname, mtu, req.assigns(4), req.assigns(6),
+                               pod_mac=pod_mac)
+        taken = booked.result()
         ipv4 = next((ip for ip in taken if ":" not in ip), None)
         ipv6 = next((ip for ip in taken if ":" in ip), None)
-        ips = ((f"{ipv4}/32",) if ipv4 else ()) + ((f"{ipv6}/128",) if ipv6 else ())
-        recorded = _submit(ctx, ctx.resources.put_endpoint, WorkloadEndpoint(
-            node=ctx.node,
-            container_id=req.container_id,
-            interface=req.ifname,
-            host_interface=host_ifname,
-            ips=ips,
-            mac=pair.pod_mac,
-            netns=req.netns,
-            pod_namespace=req.pod_namespace,
-            pod_name=req.pod_name,
-            network=req.network,
-        ))
         attached = pair.address(ipv4, ipv6)
-        recorded.result()
     except BaseException:
         # Give back what this ADD took, whatever failed.
-        if recorded is not None and _settled_ok(recorded):
-            ctx.resources.delete_endpoint(ctx.node, f"{req.container_id}-{req.ifname}")
         if pair is not None:
             pair.remove()
-        for ip in _settled_value(allocation) or []:
-            _release_quietly(ctx, ip)
+        taken = _settled_value(booked)
+        if taken:
+            ctx.resources.delete_endpoint(ctx.node, endpoint.key_name)
+            for ip in taken:
+                _release_quietly(ctx, ip)
         raise
     finally:
         if pair is not None:
@@ -200,6 +201,20 @@ def _allocate(ctx: NodeContext, req: Request, handle: str, attrs: dict) -> list[
     return taken
 
 
+def _allocate_and_record(ctx: NodeContext, req: Request, handle: str, attrs: dict,
+                         endpoint: WorkloadEndpoint) -> list[str]:
+    """The ADD's addresses, then its endpoint record holding them; all or nothing."""
+    taken = _allocate(ctx, req, handle, attrs)
+    ips = tuple(f"{ip}/{128 if ':' in ip else 32}" for ip in taken)
+    try:
+        ctx.resources.put_endpoint(dataclasses.replace(endpoint, ips=ips))
+    except BaseException:
+        for ip in taken:
+            _release_quietly(ctx, ip)
+        raise
+    return taken
+
+
 def _submit(ctx: NodeContext, fn: Callable, *args) -> Future:
     """Run fn on the context's workers, or here and now when it has none."""
     if ctx.workers is not None:
@@ -210,15 +225,6 @@ def _submit(ctx: NodeContext, fn: Callable, *args) -> Future:
     except BaseException as e:  # noqa: BLE001 - handed to whoever reads the future
         done.set_exception(e)
     return done
-
-
-def _settled_ok(future: Future) -> bool:
-    """Wait for future; whether it succeeded (its failure was or will be reported elsewhere)."""
-    try:
-        future.result()
-        return True
-    except BaseException:  # noqa: BLE001
-        return False
 
 
 def _settled_value(future: Future):

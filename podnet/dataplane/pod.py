@@ -48,7 +48,8 @@ class Attachment:
     mtu: int
 
 
-def _random_mac() -> str:
+def random_mac() -> str:
+    """A pod interface's MAC: random, unicast, locally administered."""
     b = bytearray(os.urandom(6))
     b[0] = (b[0] & 0xFE) | 0x02  # unicast, locally administered
     return ":".join(f"{x:02x}" for x in b)
@@ -137,7 +138,7 @@ class Pair:
 
 
 def create_pair(host: rtnl.RtnlSocket, netns: str, pod_ifname: str, host_ifname: str, mtu: int,
-                ipv4: bool = True, ipv6: bool = False) -> Pair:
+                ipv4: bool = True, ipv6: bool = False, pod_mac: str | None = None) -> Pair:
     """Create the veth pair, its sysctls for the families asked for, and bring both ends up.
 
     Nothing here needs the pod's address. On failure the pair is removed again."""
@@ -148,7 +149,7 @@ def create_pair(host: rtnl.RtnlSocket, netns: str, pod_ifname: str, host_ifname:
             pod_sock = rtnl.RtnlSocket()  # lives in the pod's namespace from now on
             if _index(pod_ifname) is not None:
                 raise InterfaceExists(f"interface {pod_ifname} already exists in {netns}")
-        pod_mac = _random_mac()
+        pod_mac = pod_mac or random_mac()
         # Both ends are born down (the kernel refuses IFF_UP on a new pair
         # whose peer is elsewhere) and brought up below.
         create = rtnl.veth_msg(host_ifname, HOST_MAC, mtu, pod_ifname, fd, pod_mac, up=False)
