@@ -108,6 +108,11 @@ class Block:
     def in_use(self) -> dict[str, Allocation]:
         return {self.address(o): a for o, a in sorted(self.allocations.items())}
 
+    def copy(self) -> Block:
+        """A copy whose allocations can change without touching this one's (allocations themselves
+        are replaced, never changed, so they are shared)."""
+        return Block(self.cidr, self.affinity, dict(self.allocations), list(self.unallocated), self.sequence)
+
     def to_json(self) -> bytes:
         return json.dumps(
             {

@@ -443,3 +443,15 @@ def test_concurrent_allocation_and_release(db_path, layout):
         blocks = ipam.blocks()
         assert blocks and all(b.empty and b.free == b.size for b in blocks)
         assert_consistent(ipam)
+
+
+def test_a_remembered_block_is_never_changed_by_its_users(store, ipam):
+    """Blocks decoded once are handed out as copies: what one allocation assigns in its copy must
+    not show in the next one's, or a failed compare-and-swap would leave a phantom allocation."""
+    add_pool(store)
+    ip = ipam.auto_assign("node-a", "h1")
+    kv = store.get(keys.block(block_of(ipam, ip).cidr))
+    first, second = ipam._decoded(kv), ipam._decoded(kv)
+    first.assign("h2", {})
+    assert second.allocations == ipam._decoded(kv).allocations
+    assert len(second.allocations) == 1
