@@ -114,9 +114,16 @@ def add(ctx: NodeContext, req: Request) -> dict:
     if not ctx.ready():
         raise CniError(p.TRY_AGAIN_LATER, "the podnet agent on this node is still starting", "retry in a moment")
     try:
-        os.close(open_netns(req.netns))  # fail early (code 3) when the sandbox is gone
+        netns_fd = open_netns(req.netns)  # fail early (code 3) when the sandbox is gone
     except NamespaceNotFound as e:
         raise CniError(p.CONTAINER_UNKNOWN, e.message) from None
+    try:
+        return _add(ctx, req, netns_fd)
+    finally:
+        os.close(netns_fd)
+
+
+def _add(ctx: NodeContext, req: Request, netns_fd: int) -> dict:
     host_ifname = host_veth_name(req.pod_namespace, req.pod_name, req.container_id)
     handle = ipam_handle(req.container_id)
     mtu = req.config.get("mtu") or ctx.pod_mtu()
@@ -147,7 +154,7 @@ def add(ctx: NodeContext, req: Request) -> dict:
     booked = _submit(ctx, _allocate_and_record, ctx, req, handle, attrs, endpoint)
     pair = None
     try:
-        pair = pod.create_pair(ctx.host, req.netns, req.ifname, host_ifname, mtu, req.assigns(4), req.assigns(6),
+        pair = pod.create_pair(ctx.host, netns_fd, req.ifname, host_ifname, mtu, req.assigns(4), req.assigns(6),
                                pod_mac=pod_mac)
         taken = booked.result()
         ipv4 = next((ip for ip in taken if ":" not in ip), None)

@@ -137,12 +137,13 @@ class Pair:
         self.close()
 
 
-def create_pair(host: rtnl.RtnlSocket, netns: str, pod_ifname: str, host_ifname: str, mtu: int,
+def create_pair(host: rtnl.RtnlSocket, netns: str | int, pod_ifname: str, host_ifname: str, mtu: int,
                 ipv4: bool = True, ipv6: bool = False, pod_mac: str | None = None) -> Pair:
     """Create the veth pair, its sysctls for the families asked for, and bring both ends up.
+    `netns`: the pod's namespace, by path or as an open descriptor (which stays the caller's).
 
     Nothing here needs the pod's address. On failure the pair is removed again."""
-    fd = open_netns(netns)
+    fd = os.dup(netns) if isinstance(netns, int) else open_netns(netns)
     pod_sock = None
     try:
         with entered(fd):
@@ -194,15 +195,20 @@ def _index(ifname: str) -> int | None:
 def _bring_up(host: rtnl.RtnlSocket, fd: int, pod_sock: rtnl.RtnlSocket, host_ifname: str, pod_ifname: str,
               pod_mac: str, mtu: int, ipv4: bool, ipv6: bool) -> Pair:
     host_index = socket.if_nametoindex(host_ifname)
-    if ipv4:
-        sysctl.write(sysctl.conf_path(4, host_ifname, "proxy_arp"), 1)
-        sysctl.write(sysctl.neigh_path(4, host_ifname, "proxy_delay"), 0)
-        sysctl.write(sysctl.conf_path(4, host_ifname, "forwarding"), 1)
     if ipv6:
         # Set before the link comes up: its link-local address (the pod's gateway) is then usable at once.
+        # (IPv6's per-device sysctls cannot be set over netlink.)
         for key, value in (("accept_dad", 0), ("accept_ra", 0), ("proxy_ndp", 1), ("forwarding", 1)):
             sysctl.write(sysctl.conf_path(6, host_ifname, key), value)
-    host.check([rtnl.link_set_msg(host_index, up=True)], f"set {host_ifname} up")
+    if ipv4:
+        # proxy_arp, forwarding and proxy_delay in the same round trip as bringing the link up:
+        # three procfs writes cost more than the whole batch.
+        host.check([rtnl.arp_proxy_delay_msg(host_index, 0),
+                    rtnl.link_set_ipv4_conf_msg(host_index, {rtnl.IPV4_DEVCONF_PROXY_ARP: 1,
+                                                             rtnl.IPV4_DEVCONF_FORWARDING: 1}, up=True)],
+                   f"set up {host_ifname} with proxy ARP")
+    else:
+        host.check([rtnl.link_set_msg(host_index, up=True)], f"set {host_ifname} up")
     with entered(fd):
         pod_index = _index(pod_ifname)
         if pod_index is None:

@@ -173,6 +173,34 @@ def link_set_msg(ifindex: int, up: bool | None = None, mtu: int | None = None) -
     return _msg(RTM_NEWLINK, 0, body)
 
 
+IFLA_AF_SPEC, IFLA_INET_CONF = 26, 1
+IPV4_DEVCONF_FORWARDING, IPV4_DEVCONF_PROXY_ARP = 1, 3
+RTM_SETNEIGHTBL = 67
+NDTA_NAME, NDTA_PARMS = 1, 6
+NDTPA_IFINDEX, NDTPA_PROXY_DELAY = 1, 13
+_NDTMSG = struct.Struct("=BBH")
+_U64 = struct.Struct("=Q")
+
+
+def link_set_ipv4_conf_msg(ifindex: int, conf: dict[int, int], up: bool | None = None) -> bytes:
+    """Set an interface's IPv4 sysctls (net.ipv4.conf.<dev>.*, by IPV4_DEVCONF_* id) in a netlink
+    message, optionally with the link state: one round trip instead of a procfs write each."""
+    flags = change = 0
+    if up is not None:
+        flags, change = (IFF_UP if up else 0), IFF_UP
+    values = b"".join(_attr(key, _U32.pack(value)) for key, value in conf.items())
+    spec = _attr(socket.AF_INET, _attr(IFLA_INET_CONF, values))
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, ifindex, flags, change) + _attr(IFLA_AF_SPEC, spec)
+    return _msg(RTM_NEWLINK, 0, body)
+
+
+def arp_proxy_delay_msg(ifindex: int, milliseconds: int) -> bytes:
+    """net.ipv4.neigh.<dev>.proxy_delay, as a netlink message (the ARP table's per-device parameters)."""
+    parms = _attr(NDTPA_IFINDEX, _U32.pack(ifindex)) + _attr(NDTPA_PROXY_DELAY, _U64.pack(milliseconds))
+    body = _NDTMSG.pack(socket.AF_INET, 0, 0) + _attr(NDTA_NAME, b"arp_cache\0") + _attr(NDTA_PARMS, parms)
+    return _msg(RTM_SETNEIGHTBL, 0, body)
+
+
 def link_del_msg(ifindex: int = 0, ifname: str | None = None) -> bytes:
     body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, ifindex, 0, 0)
     if ifname:
