@@ -61,18 +61,32 @@ def _utf8(raw):
         return False
 
 
-def _address(data):
-    address = _getenv("PODNET_AGENT_SOCKET")
-    if not address and b'"agent_socket"' in data:
+def _string_field(data, name):
+    """The string value of "name" in the config, scanned for (json would cost ~10 ms of imports);
+    None when absent or not a plain string (the agent reports a wrong type properly)."""
+    i = data.find(b'"' + name + b'"')
+    if i < 0:
+        return None
+    j = i + len(name) + 2
+    while data[j:j + 1] in (b" ", b"\t", b"\n", b"\r", b":"):
+        j += 1
+    if data[j:j + 1] != b'"':
+        return None
+    k = data.find(b'"', j + 1)
+    value = data[j + 1:k] if k > j else b""
+    if b"\\" in value:  # escapes: let json decode it
         import json
 
         try:
-            address = json.loads(data).get("agent_socket") or ""
+            value = json.loads(data).get(name.decode())
         except Exception:
-            pass  # the agent reports the decode error properly
-        if not isinstance(address, str):
-            address = ""  # the agent reports the type error properly
-    address = address or DEFAULT_ADDRESS
+            return None
+        return value if isinstance(value, str) else None
+    return value.decode("utf-8", "replace")
+
+
+def _address(data):
+    address = _getenv("PODNET_AGENT_SOCKET") or _string_field(data, b"agent_socket") or DEFAULT_ADDRESS
     return "\0" + address[1:] if address.startswith("@") else address
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 
 import pytest
 
@@ -65,3 +66,50 @@ def test_install_plugin_writes_an_executable_that_answers(tmp_path):
 def test_a_plugin_that_cannot_be_compiled_is_a_clear_error(tmp_path):
     with pytest.raises(PodnetError, match="could not compile the CNI plugin"):
         install.compile_with(INTERPRETER, "def broken(:\n", str(tmp_path / "podnet"))
+
+
+class _FakeAgent:
+    """Answers every request on an abstract socket with a fixed reply; records what it was sent."""
+
+    def __init__(self, address: str):
+        import socket
+        import threading
+
+        self.requests: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind("\0" + address.lstrip("@"))
+        self.sock.listen(8)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rb") as f:
+                head = f.readline().split()
+                self.requests.append(f.read(int(head[1]) + int(head[2])))
+                conn.sendall(b'0\n{"cniVersion": "1.0.0", "ips": []}')
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize("spelling", ['"agent_socket": "{a}"', '"agent_socket":"{a}"', '"agent_socket" :\n "{e}"'])
+def test_the_plugin_dials_the_agent_socket_named_in_its_config(tmp_path, spelling):
+    address = f"@pnt-shim-{uuid.uuid4().hex[:8]}"
+    escaped = "".join(f"\\u{ord(c):04x}" if c == "-" else c for c in address)  # the json fallback
+    agent = _FakeAgent(address)
+    try:
+        plugin = install.install_plugin(str(tmp_path), interpreter=INTERPRETER)
+        config = '{"cniVersion": "1.0.0", "name": "n", "type": "podnet", ' + \
+            spelling.format(a=address, e=escaped) + '}'
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
+               "CNI_PATH": str(tmp_path)}
+        proc = subprocess.run([plugin], input=config.encode(), env=env, capture_output=True, timeout=30)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert json.loads(proc.stdout) == {"cniVersion": "1.0.0", "ips": []}
+        assert len(agent.requests) == 1 and b"CNI_CONTAINERID=c1" in agent.requests[0]
+    finally:
+        agent.close()
