@@ -60,6 +60,12 @@ def affinities(node_name: str, version: int) -> str:
     return f"{AFFINITY}{node_name}/ipv{version}/block/"
 
 
+def block_claims(node_name: str, version: int) -> str:
+    """Bumped by every block claim of the node: claims compare it, so two allocators of one node
+    that race to claim cannot both pass the node's block limit. Outside the affinity prefix."""
+    return f"{AFFINITY}{node_name}/ipv{version}/claims"
+
+
 def affinity(node_name: str, cidr: str) -> str:
     return affinities(node_name, _version(cidr)) + _cidr_part(cidr)
 

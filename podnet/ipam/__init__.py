@@ -2,10 +2,11 @@
 
 from podnet.ipam.allocator import (
     Ipam,
+    IpamConfig,
     IpamError,
     IpamConflict,
     NoUsablePool,
     PoolExhausted,
 )
 
-__all__ = ["Ipam", "IpamError", "IpamConflict", "NoUsablePool", "PoolExhausted"]
+__all__ = ["Ipam", "IpamConfig", "IpamError", "IpamConflict", "NoUsablePool", "PoolExhausted"]

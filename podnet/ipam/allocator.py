@@ -122,6 +122,7 @@ class Ipam:
         self._node_kvs: dict[str, KeyValue | None] = {}  # node records (their labels pick pools)
         self._hints = _Hints()
         self._blocks = _DecodedBlocks()
+        self._claims: dict[tuple[str, int], KeyValue | None] = {}  # the node's claims record, see _claim
 
     def config(self) -> IpamConfig:
         kv = self.store.get(keys.IPAM_CONFIG)
@@ -232,7 +233,7 @@ class Ipam:
             at_limit = limit and len(self._affine_cache[(node, version)]) >= limit
             cidr = None if at_limit else self._free_block(candidates)
             if cidr is not None:
-                self._claim(node, cidr)  # a lost race simply means another loop
+                self._claim(node, version, cidr)  # a lost race simply means another loop
                 continue  # `fresh` stays True: the next pass re-reads the node's blocks
             # No block to claim: borrow a free address from another node's block.
             if not config.strict_affinity:
@@ -259,7 +260,9 @@ class Ipam:
         """Read at one revision, in one round trip, what an allocation decides from: the pools, the
         node's record (labels) and block affinities, and the handle."""
         res = self.store.txn((), [Get(keys.POOLS, prefix=True), Get(keys.node(node)),
-                                  Get(keys.affinities(node, version), prefix=True), Get(hkey)])
+                                  Get(keys.affinities(node, version), prefix=True), Get(hkey),
+                                  Get(keys.block_claims(node, version))])
+        self._claims[(node, version)] = res.read(4)
         self._pool_kvs = res.reads[0]
         self._node_kvs[node] = res.read(1)
         cidrs = [keys.cidr_from_part(kv.key.rsplit("/", 1)[1]) for kv in res.reads[2]]
@@ -372,12 +375,17 @@ class Ipam:
                     return str(net)
         return None
 
-    def _claim(self, node: str, cidr: str) -> bool:
-        """Claim a block for node: the block and its affinity appear together or not at all."""
-        bkey, akey = keys.block(cidr), keys.affinity(node, cidr)
+    def _claim(self, node: str, version: int, cidr: str) -> bool:
+        """Claim a block for node: the block and its affinity appear together or not at all. The
+        claim also compares and bumps the node's claims record as read with its block list
+        (_read_view), so of two allocators that both saw room for one more block only one claims."""
+        bkey, akey, ckey = keys.block(cidr), keys.affinity(node, cidr), keys.block_claims(node, version)
+        seen = self._claims.get((node, version))
+        claims = (json.loads(seen.value).get("claims", 0) if seen else 0) + 1
         return self.store.txn(
-            [ModRevisionIs(bkey, 0), ModRevisionIs(akey, 0)],
-            [Put(bkey, Block.new(cidr, node).to_json()), Put(akey, b'{"state":"confirmed"}')],
+            [ModRevisionIs(bkey, 0), ModRevisionIs(akey, 0), ModRevisionIs(ckey, seen.mod_revision if seen else 0)],
+            [Put(bkey, Block.new(cidr, node).to_json()), Put(akey, b'{"state":"confirmed"}'),
+             Put(ckey, json.dumps({"claims": claims}).encode())],
         ).succeeded
 
     # Release -----------------------------------------------------------

@@ -12,6 +12,7 @@ import calendar
 import time
 from dataclasses import asdict, dataclass, field
 
+from podnet.datastore import keys
 from podnet.datastore.resources import Resources
 from podnet.ipam.allocator import Ipam
 from podnet.model.endpoint import tunnel_handle, tunnel_handle6
@@ -139,5 +140,8 @@ def delete_node(ipam: Ipam, resources: Resources, name: str) -> dict:
     blocks, kept = [], []
     for cidr in ipam.node_block_cidrs(name, 4) + ipam.node_block_cidrs(name, 6):
         (blocks if ipam.release_block(cidr) else kept).append(cidr)
+    if not kept:
+        for version in (4, 6):
+            ipam.store.delete(keys.block_claims(name, version))
     return {"node_existed": existed, "released": sorted(set(released)), "blocks_released": blocks,
             "blocks_kept": kept, "endpoints_removed": len(endpoints)}

@@ -129,7 +129,7 @@ class Snapshot:
     free list and its allocations; every block has exactly one affinity key and
     every affinity key a block; the handle records count exactly the
     allocations in the blocks and list no block they have nothing in; nothing
-    else is stored (the pool and the IPAM config aside)."""
+    else is stored (the pool, the IPAM config and each node's claims stamp aside)."""
 
     def __init__(self, store):
         kvs, self.revision = store.list(keys.ROOT)
@@ -149,6 +149,8 @@ class Snapshot:
                 self.affinities.add(keys.parse_affinity(kv.key))
             elif kv.key == keys.IPAM_CONFIG:
                 self.config = IpamConfig.from_json(kv.value)
+            elif kv.key.startswith(keys.AFFINITY) and kv.key.endswith("/claims"):
+                assert json.loads(kv.value)["claims"] >= 1  # a node's block-claim stamp
             elif kv.key != keys.pool(POOL.name):
                 stray.append(kv.key)
         assert not stray, f"unexpected keys: {stray}"

@@ -105,7 +105,7 @@ def test_agent_collects_leaked_addresses_and_empty_blocks(lab_factory):
         fresh = ipam.auto_assign("node-1", f"k8s-pod-network.{uuid.uuid4().hex}",
                                  {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         spare = "10.244.255.192/26"
-        assert ipam._claim("node-1", spare)
+        assert ipam._claim("node-1", 4, spare)
         lab.restart_agent("node-1", ["--resync-interval", "0.2", "--ipam-gc-grace", "600"])
         assert wait_for(lambda: ipam.block_of(stale).block.allocations.get(ipam.block_of(stale).block.ordinal(stale))
                         is None)

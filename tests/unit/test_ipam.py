@@ -10,7 +10,7 @@ import pytest
 from podnet.datastore import keys
 from podnet.datastore.resources import Resources
 from podnet.datastore.sqlite import SqliteDatastore
-from podnet.ipam import Ipam, NoUsablePool, PoolExhausted
+from podnet.ipam import Ipam, IpamConfig, NoUsablePool, PoolExhausted
 from podnet.model import IPPool
 from podnet.model.endpoint import ipam_handle, tunnel_handle
 
@@ -317,6 +317,48 @@ def test_pool_exhausted_at_max_blocks_per_host(store):
     # The limit is per host: another node still gets a block.
     assert ipam.auto_assign("node-2", "other") == "10.244.0.32"
     assert_consistent(ipam)
+
+
+def test_two_allocators_of_one_node_cannot_both_claim_the_last_block(store):
+    """Both saw room for one more block (their views were read before either claimed): only the
+    first claim may pass, or the node would end up above its limit."""
+    add_pool(store, cidr="10.244.0.0/16", block_size=28)
+    first, second = Ipam(store, max_blocks_per_host=1), Ipam(store, max_blocks_per_host=1)
+    first._read_view("node-1", 4, keys.handle("h1"))
+    second._read_view("node-1", 4, keys.handle("h2"))
+    assert first._claim("node-1", 4, "10.244.0.0/28")
+    assert not second._claim("node-1", 4, "10.244.0.16/28")
+    assert first.node_block_cidrs("node-1", 4) == ["10.244.0.0/28"]
+
+
+def _allocate_until_full(path, node, handles, barrier, results):
+    try:
+        store = SqliteDatastore(path)
+        ipam = Ipam(store, max_blocks_per_host=2)
+        barrier.wait(timeout=30)
+        out = []
+        for h in handles:
+            try:
+                out.append(ipam.auto_assign(node, h, {"node": node}))
+            except PoolExhausted:
+                pass
+        store.close()
+        results.put(("ok", out))
+    except BaseException:
+        results.put(("error", traceback.format_exc()))
+
+
+def test_racing_allocators_of_one_node_keep_to_its_block_limit(db_path):
+    """Four processes (an agent's pods, its tunnel address, a restarted agent...) fill one node
+    past what two /28 blocks hold, with strict affinity: never a third block."""
+    with SqliteDatastore(db_path) as setup:
+        add_pool(setup, cidr="10.244.0.0/16", block_size=28)
+        Ipam(setup).set_config(IpamConfig(strict_affinity=True, max_blocks_per_host=2))
+    jobs = [(db_path, "node-a", [f"w{w}-{i}" for i in range(12)]) for w in range(4)]
+    ips = _run_all(_allocate_until_full, jobs)
+    assert len(ips) == len(set(ips)) == 32  # both blocks full, nothing twice
+    with SqliteDatastore(db_path) as store:
+        assert len(Ipam(store).node_block_cidrs("node-a", 4)) == 2
 
 
 # The VXLAN tunnel address ------------------------------------------------------------
