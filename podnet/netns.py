@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import socket
 
@@ -43,6 +44,17 @@ def open_netns(name_or_path: str) -> int:
         raise NamespaceNotFound(f"network namespace {path} does not exist") from None
     except OSError as e:
         raise NamespaceError(f"cannot open network namespace {path}: {e.strerror}") from None
+
+
+NS_GET_NSTYPE = 0xB703  # ioctl: the CLONE_NEW* type of a namespace file
+
+
+def is_netns_fd(fd: int) -> bool:
+    """Whether an open file is a network namespace (one ioctl)."""
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:
+        return False
 
 
 def _setns(fd: int, what: str) -> None:

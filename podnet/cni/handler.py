@@ -11,7 +11,6 @@ when a later step fails.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from typing import Callable
 from podnet.cni import protocol as p
 from podnet.cni.protocol import CniError, Request
 from podnet.dataplane import pod, rtnl
-from podnet.netns import CLONE_NEWNET, NamespaceError, NamespaceNotFound, open_netns
+from podnet.netns import NamespaceError, NamespaceNotFound, is_netns_fd, open_netns
 from podnet.datastore.api import DatastoreError, DatastoreUnavailable
 from podnet.datastore.resources import Resources
 from podnet.errors import PodnetError
@@ -34,7 +33,6 @@ from podnet.model.endpoint import ipam_handle
 
 log = logging.getLogger(__name__)
 
-NS_GET_NSTYPE = 0xB703  # ioctl: the CLONE_NEW* type of a namespace file
 POD_HANDLE_PREFIX = ipam_handle("")  # "k8s-pod-network.": GC never looks at other handles (tunnel addresses)
 
 
@@ -118,6 +116,9 @@ def add(ctx: NodeContext, req: Request) -> dict:
     except NamespaceNotFound as e:
         raise CniError(p.CONTAINER_UNKNOWN, e.message) from None
     try:
+        if not is_netns_fd(netns_fd):
+            raise NamespaceError(f"{req.netns} is not a network namespace",
+                                 "CNI_NETNS must name a network namespace, e.g. /run/netns/<name>")
         return _add(ctx, req, netns_fd)
     finally:
         os.close(netns_fd)
@@ -270,9 +271,7 @@ def _is_netns(path: str) -> bool:
     except (NamespaceNotFound, NamespaceError):
         return False
     try:
-        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
-    except OSError:
-        return False
+        return is_netns_fd(fd)
     finally:
         os.close(fd)
 

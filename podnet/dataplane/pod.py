@@ -144,32 +144,27 @@ def create_pair(host: rtnl.RtnlSocket, netns: str | int, pod_ifname: str, host_i
 
     Nothing here needs the pod's address. On failure the pair is removed again."""
     fd = os.dup(netns) if isinstance(netns, int) else open_netns(netns)
-    pod_sock = None
     try:
-        with entered(fd):
-            pod_sock = rtnl.RtnlSocket()  # lives in the pod's namespace from now on
-            if _index(pod_ifname) is not None:
-                raise InterfaceExists(f"interface {pod_ifname} already exists in {netns}")
         pod_mac = pod_mac or random_mac()
         # Both ends are born down (the kernel refuses IFF_UP on a new pair
         # whose peer is elsewhere) and brought up below.
         create = rtnl.veth_msg(host_ifname, HOST_MAC, mtu, pod_ifname, fd, pod_mac, up=False)
         code = host.request([create])[0]
         if code == errno.EEXIST:
-            # A host end left behind by an earlier sandbox of the same pod.
+            # Either the pod already has an interface of that name (looked for only now: the
+            # common case pays nothing for it), or a host end is left from an earlier sandbox.
+            if _index_in(fd, pod_ifname) is not None:
+                raise InterfaceExists(f"interface {pod_ifname} already exists in {netns}")
             host.check([rtnl.link_del_msg(ifname=host_ifname)], f"delete stale {host_ifname}", ignore=(errno.ENODEV,))
             code = host.request([create])[0]
         if code:
             raise rtnl.NetlinkError(code, f"create veth {host_ifname} <-> {pod_ifname}", host.last_details.get(0))
         try:
-            pair = _bring_up(host, fd, pod_sock, host_ifname, pod_ifname, pod_mac, mtu, ipv4, ipv6)
+            return _bring_up(host, fd, host_ifname, pod_ifname, pod_mac, mtu, ipv4, ipv6)
         except BaseException:
             host.request([rtnl.link_del_msg(ifname=host_ifname)])
             raise
-        return pair
     except BaseException:
-        if pod_sock is not None:
-            pod_sock.close()
         os.close(fd)
         raise
 
@@ -192,8 +187,8 @@ def _index(ifname: str) -> int | None:
         return None
 
 
-def _bring_up(host: rtnl.RtnlSocket, fd: int, pod_sock: rtnl.RtnlSocket, host_ifname: str, pod_ifname: str,
-              pod_mac: str, mtu: int, ipv4: bool, ipv6: bool) -> Pair:
+def _bring_up(host: rtnl.RtnlSocket, fd: int, host_ifname: str, pod_ifname: str, pod_mac: str, mtu: int,
+              ipv4: bool, ipv6: bool) -> Pair:
     host_index = socket.if_nametoindex(host_ifname)
     if ipv6:
         # Set before the link comes up: its link-local address (the pod's gateway) is then usable at once.
@@ -210,12 +205,21 @@ def _bring_up(host: rtnl.RtnlSocket, fd: int, pod_sock: rtnl.RtnlSocket, host_if
     else:
         host.check([rtnl.link_set_msg(host_index, up=True)], f"set {host_ifname} up")
     with entered(fd):
-        pod_index = _index(pod_ifname)
-        if pod_index is None:
-            raise AttachError(f"{pod_ifname} vanished from the pod's namespace while it was being set up")
-        if ipv6:
-            sysctl.write(sysctl.conf_path(6, pod_ifname, "accept_dad"), 0)
-    pod_sock.check([rtnl.link_set_msg(pod_index, up=True)], f"set {pod_ifname} up in the pod")
+        pod_sock = rtnl.RtnlSocket(small=True)  # lives in the pod's namespace from now on
+        try:
+            pod_index = _index(pod_ifname)
+            if pod_index is None:
+                raise AttachError(f"{pod_ifname} vanished from the pod's namespace while it was being set up")
+            if ipv6:
+                sysctl.write(sysctl.conf_path(6, pod_ifname, "accept_dad"), 0)
+        except BaseException:
+            pod_sock.close()
+            raise
+    try:
+        pod_sock.check([rtnl.link_set_msg(pod_index, up=True)], f"set {pod_ifname} up in the pod")
+    except BaseException:
+        pod_sock.close()
+        raise
     return Pair(host, fd, pod_sock, host_ifname, host_index, pod_ifname, pod_index, pod_mac, mtu)
 
 
@@ -238,7 +242,7 @@ def detach(host: rtnl.RtnlSocket, host_ifname: str | None, netns: str | None = N
                 index = _index_in(fd, pod_ifname)
                 if index is not None:
                     with entered(fd):
-                        pod = rtnl.RtnlSocket()
+                        pod = rtnl.RtnlSocket(small=True)
                     try:
                         if pod.request([rtnl.link_del_msg(index)])[0] == 0:
                             return True

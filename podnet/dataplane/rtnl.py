@@ -446,14 +446,17 @@ def notification_filter(ignore_ports: set[int], links: set[int] | None = None) -
 class RtnlSocket:
     """One NETLINK_ROUTE socket, optionally in another namespace. Thread-safe."""
 
-    def __init__(self, netns: str | int | None = None, groups: int = 0):
+    def __init__(self, netns: str | int | None = None, groups: int = 0, small: bool = False):
+        """`small`: for a socket that sends a few messages and is closed (a pod's, during a CNI
+        ADD): default kernel buffers and a 64 KiB receive buffer, which are cheaper to set up."""
         self.netns = netns
         self.sock = socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        try:  # root may exceed rmem_max; a big buffer keeps bulk acks and event bursts from overflowing
-            self.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
-        except OSError:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        if not small:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            try:  # root may exceed rmem_max; a big buffer keeps bulk acks and event bursts from overflowing
+                self.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
+            except OSError:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
@@ -462,7 +465,7 @@ class RtnlSocket:
         self._lock = threading.Lock()
         # One receive buffer for the socket's life: recv(1 MiB) would allocate a fresh 1 MiB
         # object per datagram, which costs more than decoding the acknowledgements in it.
-        self._buf = bytearray(1 << 20)
+        self._buf = bytearray(64 << 10 if small else 1 << 20)
         self.last_details: dict[int, str] = {}  # batch position -> the kernel's extended-ack text
 
     def close(self) -> None:
