@@ -94,7 +94,6 @@ def broken_agent(lab):
         yield address
     finally:
         server.shutdown()
-        server.server_close()
         thread.join(5)
         host.close()
         store.close()
