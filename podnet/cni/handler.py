@@ -167,7 +167,7 @@ def _add(ctx: NodeContext, req: Request, netns_fd: int) -> dict:
             pair.remove()
         taken = _settled_value(booked)
         if taken:
-            ctx.resources.delete_endpoint(ctx.node, endpoint.key_name)
+            _forget_endpoint_quietly(ctx, endpoint.key_name)
             for ip in taken:
                 _release_quietly(ctx, ip)
         raise
@@ -241,6 +241,13 @@ def _settled_value(future: Future):
         return future.result()
     except BaseException:  # noqa: BLE001
         return None
+
+
+def _forget_endpoint_quietly(ctx: NodeContext, key_name: str) -> None:
+    try:
+        ctx.resources.delete_endpoint(ctx.node, key_name)
+    except Exception:
+        log.exception("could not delete endpoint %s after a failed ADD; CNI GC will", key_name)
 
 
 def _release_quietly(ctx: NodeContext, ip: str) -> None:

@@ -57,10 +57,7 @@ def random_mac() -> str:
 
 def _index_in(fd: int, ifname: str) -> int | None:
     with entered(fd):
-        try:
-            return socket.if_nametoindex(ifname)
-        except OSError:
-            return None
+        return _index(ifname)
 
 
 class Pair:
@@ -169,17 +166,6 @@ def create_pair(host: rtnl.RtnlSocket, netns: str | int, pod_ifname: str, host_i
         raise
 
 
-def attach(host: rtnl.RtnlSocket, netns: str, pod_ifname: str, host_ifname: str, ipv4: str | None, mtu: int,
-           ipv6: str | None = None) -> Attachment:
-    """Create and configure the pair when the addresses are already known. On failure the pair is removed."""
-    with create_pair(host, netns, pod_ifname, host_ifname, mtu, ipv4 is not None, ipv6 is not None) as pair:
-        try:
-            return pair.address(ipv4, ipv6)
-        except BaseException:
-            pair.remove()
-            raise
-
-
 def _index(ifname: str) -> int | None:
     try:
         return socket.if_nametoindex(ifname)
@@ -257,7 +243,8 @@ def detach(host: rtnl.RtnlSocket, host_ifname: str | None, netns: str | None = N
 
 def inspect(host: rtnl.RtnlSocket, netns: str, host_ifname: str, pod_ifname: str, ipv4: str | None,
             ipv6: str | None = None) -> list[str]:
-    """Everything about the attachment that differs from what attach() made; [] if all is well."""
+    """Everything about the attachment that differs from what create_pair() and Pair.address() made;
+    [] if all is well."""
     problems: list[str] = []
     try:
         host_index = socket.if_nametoindex(host_ifname)
