@@ -2,8 +2,8 @@
 
 The plugin is shim.py behind a `#!<python3> -IS` line, with the shim's bytecode embedded: compiling the
 source on every call would cost ~2 ms of each ADD. The bytecode is compiled by the plugin's own interpreter;
-should that interpreter later change minor version (a distribution upgrade), the plugin compiles the embedded
-source instead, slower but correct. The runtime runs the plugin on the host, so the interpreter must exist on
+should that interpreter later change minor version (a distribution upgrade), or not be runnable where
+install-cni runs (an init container), the plugin compiles the embedded source instead, ~2 ms slower but correct. The runtime runs the plugin on the host, so the interpreter must exist on
 the host: from an init container set PODNET_CNI_INTERPRETER (e.g. /usr/bin/python3) rather than letting the
 container's own interpreter be picked.
 
@@ -14,12 +14,15 @@ plugins of Debian 12 (1.1.1) stop at 1.0.0 and refuse a list they cannot speak. 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 
 from podnet.errors import PodnetError
+
+log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "podnet"
 
@@ -51,7 +54,14 @@ def install_plugin(bin_dir: str, interpreter: str | None = None, name: str = PLU
         source = f.read()
     os.makedirs(bin_dir, exist_ok=True)
     path = os.path.join(bin_dir, name)
-    version, bytecode = compile_with(interpreter, source, path)
+    try:
+        version, bytecode = compile_with(interpreter, source, path)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        # The host's interpreter need not exist where install-cni runs (a DaemonSet's init container):
+        # the plugin then compiles its source on each call, ~2 ms slower but the same plugin.
+        log.warning("cannot run %s here (%s): the plugin will compile its source on every call; run "
+                    "`podnet install-cni` where that interpreter exists to embed its bytecode", interpreter, e)
+        version, bytecode = 0, b""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(render_plugin(interpreter, source, version, bytecode))

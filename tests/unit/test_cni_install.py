@@ -113,3 +113,15 @@ def test_the_plugin_dials_the_agent_socket_named_in_its_config(tmp_path, spellin
         assert len(agent.requests) == 1 and b"CNI_CONTAINERID=c1" in agent.requests[0]
     finally:
         agent.close()
+
+
+def test_an_interpreter_missing_here_gives_a_plugin_that_compiles_its_source(tmp_path, caplog):
+    """install-cni in an init container names the host's interpreter, which the container may lack."""
+    path = install.install_plugin(str(tmp_path), interpreter="/nonexistent/python3")
+    text = open(path).read()
+    assert text.startswith("#!/nonexistent/python3 -IS\n") and "sys.hexversion >> 16 == 0x0:" in text
+    assert "embed its bytecode" in caplog.text
+    # The same file run by a real interpreter takes the source path and answers.
+    (tmp_path / "podnet").write_text(text.replace("/nonexistent/python3", INTERPRETER, 1))
+    rc, out, err = _version(str(tmp_path / "podnet"))
+    assert rc == 0 and out["cniVersion"] == "0.4.0", err
