@@ -20,6 +20,7 @@ from podnet.datastore.api import (
     ModRevisionIs,
     Put,
 )
+from tests.contract.events import collect
 
 BATCH = 100  # operations per transaction when filling (etcd allows 128 by default)
 
@@ -30,17 +31,6 @@ def fill(store, items: dict[str, bytes]) -> int:
     for i in range(0, len(pairs), BATCH):
         rev = store.txn((), [Put(k, v) for k, v in pairs[i:i + BATCH]]).revision
     return rev
-
-
-def collect(watch, count: int, timeout: float = 10.0) -> list[Event]:
-    """Exactly `count` events (fails on fewer within the timeout)."""
-    events: list[Event] = []
-    deadline = time.monotonic() + timeout
-    while len(events) < count:
-        left = deadline - time.monotonic()
-        assert left > 0, f"got {len(events)} of {count} events: {events[-5:]}"
-        events.extend(watch.next_events(timeout=left))
-    return events
 
 
 # Reads and writes ----------------------------------------------------------

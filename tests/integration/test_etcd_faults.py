@@ -12,23 +12,14 @@ import time
 import pytest
 
 from podnet.datastore import keys, open_datastore
-from podnet.datastore.api import DatastoreError, DatastoreUnavailable, Event, Get, ModRevisionIs, Put
+from podnet.datastore.api import DatastoreError, DatastoreUnavailable, Get, ModRevisionIs, Put
 from podnet.datastore.etcd import EtcdDatastore, Endpoint, TxnOutcomeUnknown
 from podnet.datastore.resources import Resources
 from podnet.ipam import Ipam
 from podnet.model import Block, IPPool
+from tests.contract.events import collect
 
 COUNTER = "/test/counter"
-
-
-def _collect(watch, count: int, timeout: float) -> list[Event]:
-    events: list[Event] = []
-    deadline = time.monotonic() + timeout
-    while len(events) < count:
-        left = deadline - time.monotonic()
-        assert left > 0, f"got {len(events)} of {count} events; last: {events[-3:]}"
-        events.extend(watch.next_events(timeout=left))
-    return events
 
 
 # Members die -----------------------------------------------------------------
@@ -89,7 +80,7 @@ def test_cas_increments_stay_exact_when_the_leader_is_killed(etcd_cluster):
     final = store.get(COUNTER)
     count = int(final.value.split()[0])
     with store.watch(COUNTER, start + 1) as w:
-        history = [e.value.decode().split()[1] for e in _collect(w, count, timeout=15)]
+        history = [e.value.decode().split()[1] for e in collect(w, count, timeout=15)]
     store.close()
 
     unknown = [(tag, str(e)) for tag, e in unavailable if isinstance(e, TxnOutcomeUnknown)]
@@ -218,9 +209,9 @@ def test_watch_survives_the_death_of_its_member(etcd_cluster):
     t = threading.Thread(target=write)
     t.start()
     try:
-        first = _collect(w, 60, timeout=15)
+        first = collect(w, 60, timeout=15)
         m0.kill()
-        rest = _collect(w, n - len(first), timeout=20)
+        rest = collect(w, n - len(first), timeout=20)
         t.join(timeout=30)
         assert w.next_events(timeout=0.3) == []  # and nothing more
     finally:
@@ -276,7 +267,7 @@ def test_all_members_stopped_then_restarted(etcd_cluster):
     r2 = store.put("/test/persist", b"after")
     assert r2 > r1
     with store.watch("/test/", r1 + 1) as w:
-        assert [e.value for e in _collect(w, 1, timeout=10)] == [b"after"]
+        assert [e.value for e in collect(w, 1, timeout=10)] == [b"after"]
     store.close()
 
 
@@ -313,7 +304,7 @@ def test_quorum_lost_then_regained(etcd_cluster):
     assert store.get("/test/q").value == b"before"
     r2 = store.put("/test/q", b"after")
     with store.watch("/test/", r1 + 1) as w:
-        assert [(e.value, e.mod_revision) for e in _collect(w, 1, timeout=10)] == [(b"after", r2)]
+        assert [(e.value, e.mod_revision) for e in collect(w, 1, timeout=10)] == [(b"after", r2)]
     store.close()
 
 
@@ -328,7 +319,7 @@ def test_fails_over_from_a_dead_endpoint(etcd_server, unused_port):
         assert time.monotonic() - t0 < 2.0  # a refused connection costs next to nothing
         assert store.get("/test/failover").mod_revision == rev
         with store.watch("/test/failover", rev) as w:
-            assert [e.value for e in _collect(w, 1, timeout=5)] == [b"x"]
+            assert [e.value for e in collect(w, 1, timeout=5)] == [b"x"]
     finally:
         store.close()
 
@@ -343,7 +334,7 @@ def test_tls_with_client_certificates(etcd_tls_server):
         assert store.create("/test/tls2", b"x")
         assert [kv.key for kv in store.list("/test/")[0]] == ["/test/tls", "/test/tls2"]
         with store.watch("/test/", rev) as w:
-            assert [e.value for e in _collect(w, 2, timeout=5)] == [b"secret", b"x"]
+            assert [e.value for e in collect(w, 2, timeout=5)] == [b"secret", b"x"]
     finally:
         store.close()
     # etcd:// with certificate options means TLS as well.

@@ -50,7 +50,6 @@ from tests.runtimes.runtime_util import (
     prepare_cni_dirs,
     remove_cgroup_tree,
     remove_netns_file,
-    read_owner,
     require_binaries,
     rmdir_if_empty,
     runc_containers,
@@ -90,17 +89,8 @@ class Containerd(RuntimeDirs):
         self.seen: set[str] = set()  # every sandbox id this instance ran (for leftovers in shared dirs)
         self._run_shim_dir_existed = os.path.isdir(SHIM_SOCKET_DIR)
 
-    @classmethod
-    def orphan(cls, directory: str) -> "Containerd":
-        """The instance behind a dir whose test process died without teardown (for sweep_orphans)."""
-        owner = read_owner(directory) or {}
-        self = cls(owner.get("node_netns", ""))
-        self.dir = directory
-        if owner.get("cgroup_parent"):
-            self.cgroup_parent = owner["cgroup_parent"]
-        self.libcni.existed = True  # a sweep removes entries, never the shared directory
+    def _adopted(self) -> None:
         self._run_shim_dir_existed = False
-        return self
 
     # Paths -----------------------------------------------------------------
 

@@ -35,7 +35,6 @@ from tests.runtimes.runtime_util import (
     prepare_cni_dirs,
     remove_cgroup_tree,
     remove_netns_file,
-    read_owner,
     require_binaries,
     rmdir_if_empty,
     runc_containers,
@@ -67,17 +66,8 @@ class Podman(RuntimeDirs):
         self.cgroup_parent = f"/podnet-test-{uuid.uuid4().hex[:10]}"
         self.containers: set[str] = set()  # names we created
 
-    @classmethod
-    def orphan(cls, directory: str) -> "Podman":
-        """The instance behind a dir whose test process died without teardown (for sweep_orphans)."""
-        owner = read_owner(directory) or {}
-        self = cls(owner.get("node_netns", ""))
-        self.dir = directory
-        if owner.get("cgroup_parent"):
-            self.cgroup_parent = owner["cgroup_parent"]
-        self.libcni.existed = True  # a sweep removes entries, never the shared directories
+    def _adopted(self) -> None:
         self._runc_root_existed = True
-        return self
 
     @property
     def network(self) -> str:

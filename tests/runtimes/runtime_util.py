@@ -360,6 +360,22 @@ class RuntimeDirs:
 
     dir: str = ""
 
+    @classmethod
+    def orphan(cls, directory: str):
+        """The instance behind a dir whose test process died without teardown (for sweep_orphans):
+        rebuilt from the dir's owner record, it removes what it recorded, never shared directories."""
+        owner = read_owner(directory) or {}
+        self = cls(owner.get("node_netns", ""))
+        self.dir = directory
+        if owner.get("cgroup_parent"):
+            self.cgroup_parent = owner["cgroup_parent"]
+        self.libcni.existed = True  # a sweep removes entries, never the shared directory
+        self._adopted()
+        return self
+
+    def _adopted(self) -> None:
+        """Mark the runtime's own shared directories as not this instance's to remove."""
+
     def path(self, *parts: str) -> str:
         return os.path.join(self.dir, *parts)
 
