@@ -9,8 +9,9 @@ kernel as one batch and reads the acknowledgements back in bulk. pyroute2
 still manages the VXLAN device itself (vxlan.py), where clarity matters more
 than microseconds.
 
-Errors come back per message as errno values; callers turn the ones that
-matter into typed exceptions (NetlinkError).
+Errors come back per message; `apply` turns each into its typed NetlinkError
+(NotFound, Exists, ...: `error_class` is the one errno -> kind mapping) and
+treats the delete of something already gone as done.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ SOL_NETLINK = 270
 NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK = 10, 11, 12
 
 # Multicast groups for change events.
-RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE = 0x1, 0x4, 0x10, 0x40, 0x400
+RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x4, 0x10, 0x40
+RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
 
 # Routes.
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 6, 7, 15
@@ -83,12 +85,81 @@ NLMSGERR_ATTR_MSG = 1
 
 
 class NetlinkError(PodnetError):
+    """The kernel refused a netlink request. `NetlinkError(code, ...)` builds the typed subclass
+    that `error_class` names for the errno, so callers catch NotFound, Exists, ... instead of
+    comparing errno values; `.errno` stays for the rare caller that needs the number."""
+
+    def __new__(cls, code: int, what: str = "", detail: str | None = None):
+        if cls is NetlinkError:
+            cls = error_class(code)
+        return super().__new__(cls)
+
     def __init__(self, code: int, what: str, detail: str | None = None):
         reason = os.strerror(code) + (f": {detail}" if detail else "")
         super().__init__(f"{what}: {reason} (errno {code})")
         self.errno = code
         self.what = what
         self.detail = detail
+
+    def __reduce__(self):
+        return NetlinkError, (self.errno, self.what, self.detail)
+
+
+class NotFound(NetlinkError):
+    """The entry, device or address does not exist (deleting it again is success)."""
+
+
+class Exists(NetlinkError):
+    """The entry or device exists already (a create without replace)."""
+
+
+class Busy(NetlinkError):
+    """The kernel holds the object busy; trying again later may work."""
+
+
+class Invalid(NetlinkError):
+    """The kernel rejected the request's content (the extended-ack text says which part)."""
+
+
+class PermissionDenied(NetlinkError):
+    """The caller lacks the capability (CAP_NET_ADMIN) or the namespace forbids it."""
+
+
+class Unsupported(NetlinkError):
+    """This kernel does not support the request (an attribute, a device kind, a change)."""
+
+
+class Unreachable(NetlinkError):
+    """A route's gateway or an address cannot be used from here."""
+
+
+class NoBuffers(NetlinkError):
+    """A socket buffer overflowed: notifications were lost, or a request could not be queued."""
+
+
+_ERROR_CLASSES: dict[int, type[NetlinkError]] = {
+    _errno.ENOENT: NotFound, _errno.ESRCH: NotFound, _errno.ENODEV: NotFound, _errno.EADDRNOTAVAIL: NotFound,
+    _errno.EEXIST: Exists, _errno.ENOTEMPTY: Exists,
+    _errno.EBUSY: Busy, _errno.EAGAIN: Busy, _errno.EINTR: Busy,
+    _errno.EINVAL: Invalid, _errno.ERANGE: Invalid, _errno.E2BIG: Invalid, _errno.EAFNOSUPPORT: Unsupported,
+    _errno.EPERM: PermissionDenied, _errno.EACCES: PermissionDenied,
+    _errno.EOPNOTSUPP: Unsupported, _errno.EPROTONOSUPPORT: Unsupported,
+    _errno.ENETUNREACH: Unreachable, _errno.EHOSTUNREACH: Unreachable,
+    _errno.ENOBUFS: NoBuffers, _errno.ENOMEM: NoBuffers,
+}
+
+
+def error_class(code: int) -> type[NetlinkError]:
+    """The one place an errno becomes a kind of failure."""
+    return _ERROR_CLASSES.get(code, NetlinkError)
+
+
+_DELETES = frozenset((17, 21, 25, 29))  # RTM_DELLINK, RTM_DELADDR, RTM_DELROUTE, RTM_DELNEIGH
+
+
+def is_delete(message: bytes) -> bool:
+    """Whether an encoded request removes something (its type is one of the RTM_DEL*)."""
+    return _HDR.unpack_from(message)[1] in _DELETES
 
 
 # Encoding -------------------------------------------------------------------
@@ -535,6 +606,17 @@ class RtnlSocket:
                             details[seq] = text.rstrip(b"\0").decode(errors="replace")
         seqs = [(first + n) & 0xFFFFFFFF or 1 for n in range(len(batch))]
         return [errors.get(s, 0) for s in seqs], {n: details[s] for n, s in enumerate(seqs) if s in details}
+
+    def apply(self, messages: list[bytes], what: list[str]) -> list[NetlinkError | None]:
+        """Send messages as one batch; per message None (done) or its typed error. A delete of
+        what is already gone is done: deletes are idempotent here, so no caller judges errno."""
+        out: list[NetlinkError | None] = []
+        for n, code in enumerate(self.request(messages)):
+            err = NetlinkError(code, what[n], self.last_details.get(n)) if code else None
+            if isinstance(err, NotFound) and is_delete(messages[n]):
+                err = None
+            out.append(err)
+        return out
 
     def check(self, messages: list[bytes], what: str, ignore: tuple[int, ...] = ()) -> None:
         """Like request(), but raise NetlinkError for the first failure not in `ignore`."""
