@@ -133,6 +133,7 @@ class Agent:
         node = self._retry("registering the node", lambda: register(self.resources, self.ipam, args.node, address,
                                                                      interface, labels or None, address6))
         self.reconciler = Reconciler(node, self.view, self.config, self.host, self.ipr)
+        self.reconciler.offloads.publish = lambda status: self.resources.put_node_status(node.name, status)
         if args.ipam_gc_grace > 0:
             from podnet.ipam.maintenance import NodeGc
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 
+from podnet.agent.offloads import OffloadKeeper
 from podnet.agent.syncer import DatastoreView
 import dataclasses
-import platform
 import socket
 
 import re
@@ -24,7 +24,7 @@ from podnet.calc import VxlanConfig, compute_desired, diff_state
 from podnet.calc.config import effective_config
 from podnet.calc.nat import nat_ruleset
 from podnet.calc.state import DesiredState
-from podnet.dataplane import ethtool, rtnl, vxlan
+from podnet.dataplane import rtnl, vxlan
 from podnet.dataplane.nat import NatTable
 from podnet.dataplane.tables import KernelTables
 from podnet.model import Node
@@ -52,6 +52,7 @@ class Reconciler:
         self.last: ReconcileResult | None = None
         self.desired: DesiredState | None = None
         self.nat = NatTable()
+        self.offloads = OffloadKeeper()
         # FDB entries being added now: the kernel announces VXLAN FDB changes without the port id of
         # the socket that made them, so the kernel watcher recognises ours by content instead.
         self.fdb_being_added: frozenset[tuple[str, str]] = frozenset()
@@ -82,11 +83,7 @@ class Reconciler:
         for name in {config.device, config.device6} - set(devices):
             if vxlan.delete_device(self.ipr, name):  # e.g. the node lost its IPv6 underlay
                 log.info("removed %s: this node no longer needs it", name)
-        want_csum = config.tx_checksum_on(platform.release())
-        for name in devices:
-            if ethtool.tx_checksum(name) != want_csum:
-                ethtool.set_tx_checksum(name, want_csum)
-                log.info("turned TX checksum offload %s on %s", "on" if want_csum else "off", name)
+        self.offloads.ensure(devices, config)
         dev = config.device
         ifindexes = dict(devices)
         if local.interface:

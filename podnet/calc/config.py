@@ -17,7 +17,7 @@ class VxlanConfig:
     mtu: int | None = None  # None: the underlay MTU minus the encapsulation overhead
     device: str = "vxlan.calico"
     mtu_iface_pattern: str | None = None  # None: the parent interface's MTU is the host MTU
-    tx_checksum_offload: bool | None = None  # None: off where the kernel is known to be affected
+    tx_checksum_offload: bool | None = None  # None: as the node's self-test decides (calc.offload)
     device6: str = "vxlan-v6.calico"
     mtu6: int | None = None  # None: the underlay MTU minus the IPv6 encapsulation overhead
 
@@ -35,19 +35,6 @@ class VxlanConfig:
             return configured
         overhead = VXLAN_OVERHEAD_V4 if family == 4 else VXLAN_OVERHEAD_V6
         return (underlay_mtu or DEFAULT_HOST_MTU) - overhead
-
-    def tx_checksum_on(self, kernel_release: str) -> bool:
-        """Whether TX checksum offload should be on for the VXLAN devices of this kernel.
-
-        Kernels 6.12 and later mangle checksums of VXLAN traffic with offload on (Calico issue
-        11435: 50-300 Mbit/s); unless configured, podnet turns it off there."""
-        if self.tx_checksum_offload is not None:
-            return self.tx_checksum_offload
-        try:
-            major, minor = (int(x) for x in kernel_release.split("-")[0].split(".")[:2])
-        except ValueError:
-            return True
-        return (major, minor) < (6, 12)
 
     def device_name(self, family: int) -> str:
         return self.device if family == 4 else self.device6

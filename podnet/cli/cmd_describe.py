@@ -11,6 +11,15 @@ def _kv(rows: list[tuple[str, object]]) -> None:
         print(f"{k + ':':<{width + 1}} {v if v not in (None, '', []) else '-'}")
 
 
+def _offload_rows(status: dict | None) -> list[tuple[str, object]]:
+    """The agent's TX checksum offload decision per VXLAN device, and why (podnet.agent.offloads)."""
+    offloads = (status or {}).get("offloads") or {}
+    if not offloads:
+        return [("TX checksum offload", "not reported (has the node's agent run?)")]
+    return [(f"TX checksum offload {dev}", f"{'on' if d['txChecksumOffload'] else 'off'} ({d['source']}): {d['reason']}")
+            for dev, d in sorted(offloads.items())]
+
+
 def cmd_describe(args) -> int:
     from podnet.cli.output import table
     from podnet.datastore import open_datastore
@@ -47,7 +56,8 @@ def cmd_describe(args) -> int:
              ("VTEP MAC", node.effective_vtep_mac), ("Tunnel address", node.tunnel_address),
              ("Labels", ", ".join(f"{k}={v}" for k, v in sorted(node.labels.items()))),
              ("Blocks", ", ".join(b.cidr for b in blocks)),
-             ("Borrowed addresses", ", ".join(f"{ip} (from {c})" for ip, c in borrowed))])
+             ("Borrowed addresses", ", ".join(f"{ip} (from {c})" for ip, c in borrowed)),
+             *_offload_rows(res.node_status(node.name))])
         eps = res.endpoints(node.name)
         if eps:
             print()

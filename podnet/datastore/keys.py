@@ -15,6 +15,7 @@ IPAM = ROOT + "ipam/v2/"
 HANDLES = IPAM + "handle/"
 IPAM_CONFIG = IPAM + "config"
 AFFINITY = IPAM + "host/"
+NODE_STATUS = ROOT + "status/v1/nodes/"  # what each agent reports about its node (no agent follows it)
 
 
 def pool(name: str) -> str:
@@ -23,6 +24,10 @@ def pool(name: str) -> str:
 
 def node(name: str) -> str:
     return NODES + name
+
+
+def node_status(name: str) -> str:
+    return NODE_STATUS + name
 
 
 def endpoints_of(node_name: str) -> str:

@@ -114,7 +114,20 @@ class Resources:
         self.store.put(keys.node(node.name), _dump(node.to_manifest()))
 
     def delete_node(self, name: str) -> bool:
+        self.store.delete(keys.node_status(name))
         return self.store.delete(keys.node(name))
+
+    def node_status(self, name: str) -> dict | None:
+        """What the node's agent last reported about it (e.g. its offload decisions), None if nothing."""
+        kv = self.store.get(keys.node_status(name))
+        return json.loads(kv.value) if kv else None
+
+    def node_statuses(self) -> dict[str, dict]:
+        kvs, _ = self.store.list(keys.NODE_STATUS)
+        return {kv.key[len(keys.NODE_STATUS):]: json.loads(kv.value) for kv in kvs}
+
+    def put_node_status(self, name: str, status: dict) -> None:
+        self.store.put(keys.node_status(name), _dump(status))
 
     # Workload endpoints ------------------------------------------------
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 
 from podnet.calc.config import VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6
 from podnet.calc.state import FdbEntry, Neighbour, Route
+from podnet.calc.offload import decide_tx_checksum
 from podnet.observe.facts import ClusterFacts, KernelFacts, NodeFacts
 from podnet.observe.trace import blocking_rules, desired_for, guess_router, in_netns, nft_delete_cmd, sysctl_cmd
 
@@ -213,33 +214,42 @@ def check_tx_checksum(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
     out = []
     for dev in (n.config.device, n.config.device6):
         out += _tx_checksum(n, dev)
+    errors = {k: v for k, v in n.kernel.csum_errors.items() if v}
+    if errors:
+        counted = ", ".join(f"{v} {k}" for k, v in sorted(errors.items()))
+        out.append(Finding(NOTE, "tx-checksum", n.name,
+                           f"the kernel on {n.name} counted {counted} packets with a bad checksum (InCsumErrors): "
+                           "if they grow while traffic crosses the tunnel, a sender's VXLAN TX checksum offload "
+                           "mangles checksums (calico issues 3145, 11435)",
+                           "on the nodes that send them, apply an AgentConfiguration with "
+                           "spec.vxlanTxChecksumOffload: false"))
     return out
 
 
 def _tx_checksum(n: NodeFacts, dev: str) -> list[Finding]:
-    if not n.kernel.features.get(dev, {}).get("tx-checksum-ip-generic"):
+    """The device's TX checksum offload against what its agent decided, and why it decided so."""
+    features = n.kernel.features.get(dev)
+    if not features or "tx-checksum-ip-generic" not in features:
         return []
-    now = in_netns(n.netns, f"ethtool -K {dev} tx-checksum-ip-generic off")
-    if not n.config.tx_checksum_on(n.kernel.release):
-        why = ("the agent configuration turns it off" if n.config.tx_checksum_offload is False
-               else "the agent turns it off on kernels 6.12+ (calico issue 11435)")
+    actual = features["tx-checksum-ip-generic"]
+    reported = ((n.status or {}).get("offloads") or {}).get(dev)
+    if reported is not None:
+        want, source, reason = reported["txChecksumOffload"], reported["source"], reported["reason"]
+    else:
+        d = decide_tx_checksum(n.config.tx_checksum_offload, None)
+        want, source, reason = d.tx_checksum, d.source, d.reason + " (the agent reported no decision)"
+    onoff = "on" if want else "off"
+    if actual != want:
         return [Finding(WARNING, "tx-checksum", n.name,
-                        f"TX checksum offload is on for {dev} although {why} "
-                        f"(is the agent on {n.name} running?)", now)]
-    affected = kernel_at_least(n.kernel.release, (6, 12))
-    return [Finding(WARNING if affected else NOTE, "tx-checksum", n.name,
-                    f"TX checksum offload is on for {dev}: "
-                    + ("on this kernel (6.12+) VXLAN throughput collapses (calico issue 11435); " if affected else "")
-                    + "with masquerading, packets are dropped (calico issue 3145); to keep it off, apply an "
-                    "AgentConfiguration with spec.vxlanTxChecksumOffload: false", now)]
-
-
-def kernel_at_least(release: str, version: tuple[int, int]) -> bool:
-    try:
-        major, minor = (int(x) for x in release.split("-")[0].split(".")[:2])
-    except ValueError:
-        return False
-    return (major, minor) >= version
+                        f"TX checksum offload is {'on' if actual else 'off'} for {dev}, but the agent keeps it "
+                        f"{onoff}: {reason} (is the agent on {n.name} running?)",
+                        in_netns(n.netns, f"ethtool -K {dev} tx-checksum-ip-generic {onoff}"))]
+    if not want and source == "self-test":
+        return [Finding(NOTE, "tx-checksum", n.name,
+                        f"TX checksum offload is off for {dev}, which costs most of the tunnel's TCP throughput: "
+                        f"{reason}", "none needed: it stays off while this node's self-test fails; "
+                        "spec.vxlanTxChecksumOffload: true in an AgentConfiguration overrides it")]
+    return []
 
 
 def check_rp_filter(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:

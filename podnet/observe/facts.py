@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from podnet.calc.config import VxlanConfig, effective_config
-from podnet.dataplane import ethtool, rtnl, sysctl
+from podnet.dataplane import csum_selftest, ethtool, rtnl, sysctl
 from podnet import netns as _netns
 from podnet.errors import PodnetError
 
@@ -188,6 +188,7 @@ class KernelFacts:
     features: dict[str, dict[str, bool]] = field(default_factory=dict)  # ifname -> ethtool feature -> active
     firewall: list[FirewallRule] | None = None  # None: not read (nft missing or failed)
     release: str = ""  # the kernel's version (uname -r)
+    csum_errors: dict[str, int] = field(default_factory=dict)  # /proc/net/snmp InCsumErrors: {"Tcp": n, "Udp": n}
     notes: list[str] = field(default_factory=list)  # what could not be read
 
     def link_by_index(self, index: int | None) -> Link | None:
@@ -230,6 +231,7 @@ class NodeFacts:
     tunnel_ip6: str | None = None
     vtep_mac6: str | None = None  # vxlan-v6.calico's MAC
     blocks6: list[str] = field(default_factory=list)
+    status: dict | None = None  # what its agent reported (offload decisions and their evidence); None: nothing
 
     @property
     def ip(self) -> str | None:
@@ -399,6 +401,7 @@ def from_datastore(store, access: NodeAccess, config: VxlanConfig | None = None)
     res, ipam = Resources(store), Ipam(store)
     config = config or VxlanConfig()
     agent_configs = res.agent_configs()
+    statuses = res.node_statuses()
     blocks: dict[tuple[str, int], list[str]] = {}
     borrowed = []
     for version in (4, 6):
@@ -413,7 +416,7 @@ def from_datastore(store, access: NodeAccess, config: VxlanConfig | None = None)
                           effective_config(config, agent_configs, n.name),
                           address6=n.address6, tunnel_ip6=n.tunnel_address6,
                           vtep_mac6=n.vtep_mac6 if n.address6 else None,
-                          blocks6=sorted(blocks.get((n.name, 6), [])))
+                          blocks6=sorted(blocks.get((n.name, 6), [])), status=statuses.get(n.name))
         for n in res.nodes()
     }
     pods = []
@@ -495,7 +498,15 @@ def read_node(netns: str | None, device: str, underlay: str | None, device6: str
     facts.sysctls = _read("sysctls", facts.notes, lambda: read_sysctls(netns, keys), {})
     facts.sysctls6 = _read("IPv6 sysctls", facts.notes, lambda: read_sysctls(netns, keys6, 6), {})
     facts.firewall = _read("the firewall", facts.notes, lambda: read_firewall(netns))
+    facts.csum_errors = _read("checksum error counters", facts.notes, lambda: read_csum_errors(netns), {})
     return facts
+
+
+def read_csum_errors(netns: str | None) -> dict[str, int]:
+    if netns is None:
+        return csum_selftest.checksum_errors()
+    with _netns.entered(netns):
+        return csum_selftest.checksum_errors()
 
 
 def read_pod(netns: str) -> KernelFacts:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import platform
 import re
 import subprocess
+import sys
 
-from podnet.calc import VxlanConfig
 from podnet.datastore import open_datastore
 from podnet.datastore.resources import Resources
 from podnet.model.agentconfig import AgentConfiguration
@@ -33,16 +32,34 @@ def tx_checksum(lab, node: str) -> str:
     return re.search(r"tx-checksum-ip-generic: (\w+)", out).group(1)
 
 
+def offload_status(lab, node: str) -> dict | None:
+    store = open_datastore(lab.datastore_url)
+    try:
+        return Resources(store).node_status(node)
+    finally:
+        store.close()
+
+
+def describe_node(lab, node: str) -> str:
+    return subprocess.run([sys.executable, "-m", "podnet", "--datastore", lab.datastore_url, "describe", "node", node],
+                          capture_output=True, text=True, check=True).stdout
+
+
 def test_mtu_checksum_and_per_node_overrides_apply_live_without_loss(lab_factory):
     lab = lab_factory("pnt-a", nodes=2, pods_per_node=1)
     a, b = lab.status()["pods"]
-    # By default offload follows the kernel: off on 6.12+ (calico issue 11435).
-    default = "on" if VxlanConfig().tx_checksum_on(platform.release()) else "off"
-    assert mtu(lab, "node-1") == 1450 and tx_checksum(lab, "node-1") == default
+    # By default TX checksum offload stays as the kernel sets it (on) where the node's self-test passes,
+    # whatever the kernel's version; the node's status and `podnet describe node` say why.
+    assert mtu(lab, "node-1") == 1450 and tx_checksum(lab, "node-1") == "on"
+    assert wait_for(lambda: offload_status(lab, "node-1") is not None)
+    decided = offload_status(lab, "node-1")["offloads"]["vxlan.calico"]
+    assert (decided["txChecksumOffload"], decided["source"]) == (True, "self-test"), decided
+    assert "checksums through a VXLAN tunnel were valid" in describe_node(lab, "node-1")
     with Pinger(a["netns"], b["ip"]) as ping:
         apply(lab, AgentConfiguration("default", mtu=1400, tx_checksum_offload=False))
         assert wait_for(lambda: mtu(lab, "node-1") == 1400 and mtu(lab, "node-2") == 1400)
         assert wait_for(lambda: tx_checksum(lab, "node-1") == "off" and tx_checksum(lab, "node-2") == "off")
+        assert wait_for(lambda: "off (configuration)" in describe_node(lab, "node-2"))
         apply(lab, AgentConfiguration("node.node-2", mtu=1300))
         assert wait_for(lambda: mtu(lab, "node-2") == 1300)
         assert mtu(lab, "node-1") == 1400

@@ -17,7 +17,7 @@ from podnet.calc.config import VxlanConfig
 from podnet.dataplane import rtnl
 from podnet.dataplane.pod import GATEWAY_V6
 from podnet.model import IPPool, vtep_mac
-from podnet.observe.doctor import ERROR, NOTE, WARNING, diagnose, format_report, kernel_at_least
+from podnet.observe.doctor import ERROR, NOTE, WARNING, diagnose, format_report
 from podnet.observe.facts import (Address, ClusterFacts, FdbFact, FirewallRule, KernelFacts, Link, NeighFact,
                                   NodeFacts, PodFacts, RouteFact, VxlanInfo, udp_drop_rules)
 from podnet.observe.svg import render_svg
@@ -60,7 +60,7 @@ def node_kernel(name: str) -> KernelFacts:
     k.fdb = [FdbFact(vtep_mac(other_name), other["ip"], "vxlan.calico", True)]
     k.sysctls = {"ip_forward": "1", "conf/all/rp_filter": "0", "conf/eth0/rp_filter": "0",
                  "conf/vxlan.calico/rp_filter": "0"}
-    k.features = {"vxlan.calico": {"tx-checksum-ip-generic": False}}
+    k.features = {"vxlan.calico": {"tx-checksum-ip-generic": True}}  # the kernel's default
     for pod, node, ip, cali, index in PODS:
         if node == name:
             k.links[cali] = Link(index, cali, "veth", 1450, "ee:ee:ee:ee:ee:ee", True, POD_ETH0)
@@ -493,24 +493,40 @@ def test_doctor_checks(mutate, check, severity, fix):
     assert f"fix: {mine[0].fix}" in text and mine[0].problem in text
 
 
-def test_doctor_tx_checksum_depends_on_configuration_and_kernel():
+def _offload_status(on: bool, source: str, reason: str) -> dict:
+    return {"offloads": {"vxlan.calico": {"txChecksumOffload": on, "source": source, "reason": reason}}}
+
+
+def test_doctor_tx_checksum_follows_the_agents_decision_not_the_kernel_version():
     f = cluster()
-    node(f, "node-1").features["vxlan.calico"]["tx-checksum-ip-generic"] = True
-    old = [x for x in diagnose(f).findings if x.check == "tx-checksum"]
-    assert [(x.severity, x.node) for x in old] == [(NOTE, "node-1")]  # 6.1: only the masquerade bug
+    node(f, "node-1").release = "6.12.9"  # the version alone decides nothing
+    assert [x for x in diagnose(f).findings if x.check == "tx-checksum"] == []  # on, as the kernel sets it
+    node(f, "node-1").features["vxlan.calico"]["tx-checksum-ip-generic"] = False
+    drift = [x for x in diagnose(f).findings if x.check == "tx-checksum"]
+    assert [(x.severity, x.node) for x in drift] == [(WARNING, "node-1")] and "keeps it on" in drift[0].problem
+    assert drift[0].fix == "ip netns exec lab-node-1 ethtool -K vxlan.calico tx-checksum-ip-generic on"
+    # The node's self-test saw bad checksums: off is right, and doctor says why.
+    f.nodes["node-1"].status = _offload_status(False, "self-test", "turned off: 3 bad inner checksums")
+    why = [x for x in diagnose(f).findings if x.check == "tx-checksum"]
+    assert [x.severity for x in why] == [NOTE] and "3 bad inner checksums" in why[0].problem
     assert diagnose(f).ok
-    node(f, "node-1").release = "6.12.9"
-    new = [x for x in diagnose(f).findings if x.check == "tx-checksum"]
-    # By default the agent turns it off on 6.12+: still on means the agent did not.
-    assert [x.severity for x in new] == [WARNING] and "11435" in new[0].problem and "agent" in new[0].problem
-    f.nodes["node-1"].config = VxlanConfig(tx_checksum_offload=True)  # the user wants it on anyway
-    chosen = [x for x in diagnose(f).findings if x.check == "tx-checksum"]
-    assert [x.severity for x in chosen] == [WARNING] and "collapses" in chosen[0].problem
-    assert new[0].fix.endswith("ip netns exec lab-node-1 ethtool -K vxlan.calico tx-checksum-ip-generic off")
+    node(f, "node-1").features["vxlan.calico"]["tx-checksum-ip-generic"] = True
+    back_on = [x for x in diagnose(f).findings if x.check == "tx-checksum"]
+    assert [x.severity for x in back_on] == [WARNING] and back_on[0].fix.endswith("tx-checksum-ip-generic off")
+    # An explicit setting without an agent's report: the configuration is what the agent keeps.
+    f.nodes["node-1"].status = None
     f.nodes["node-1"].config = VxlanConfig(tx_checksum_offload=False)
     drift = [x for x in diagnose(f).findings if x.check == "tx-checksum"]
-    assert [x.severity for x in drift] == [WARNING] and "agent configuration turns it off" in drift[0].problem
-    assert kernel_at_least("6.18.44-fc-v657", (6, 12)) and not kernel_at_least("5.15.0", (6, 12))
+    assert [x.severity for x in drift] == [WARNING] and "vxlanTxChecksumOffload is false" in drift[0].problem
+
+
+def test_doctor_reports_checksum_error_counters():
+    f = cluster()
+    node(f, "node-2").csum_errors = {"Tcp": 0, "Udp": 0}
+    assert [x for x in diagnose(f).findings if x.check == "tx-checksum"] == []
+    node(f, "node-2").csum_errors = {"Tcp": 17, "Udp": 0}
+    seen = [x for x in diagnose(f).findings if x.check == "tx-checksum"]
+    assert [(x.severity, x.node) for x in seen] == [(NOTE, "node-2")] and "17 Tcp" in seen[0].problem
 
 
 def test_doctor_networkmanager_only_when_it_runs_without_unmanaged_devices():
@@ -594,7 +610,7 @@ def dual_stack(f: ClusterFacts | None = None, pod_mtu: int = 1430) -> ClusterFac
                          NeighFact("ff02::16", "33:33:00:00:00:16", "vxlan-v6.calico", "NOARP")]
         k.fdb.append(FdbFact(vtep_mac(other_name, True), other["ip"], "vxlan-v6.calico", True))
         k.sysctls6 = {"conf/all/forwarding": "1"}
-        k.features["vxlan-v6.calico"] = {"tx-checksum-ip-generic": False}
+        k.features["vxlan-v6.calico"] = {"tx-checksum-ip-generic": True}
     for p in f.pods:
         p.ip6 = POD_IP6[p.name]
         k = node(f, p.node)
@@ -981,10 +997,10 @@ def test_doctor_ipv6_stale_entries_name_the_node_and_its_ipv6_side():
 
 def test_doctor_ipv6_tx_checksum_and_networkmanager_cover_vxlan_v6():
     f = dual_stack()
-    node(f, "node-1").features["vxlan-v6.calico"]["tx-checksum-ip-generic"] = True
+    node(f, "node-1").features["vxlan-v6.calico"]["tx-checksum-ip-generic"] = False
     tx = [x for x in diagnose(f).findings if x.check == "tx-checksum"]
-    assert [x.severity for x in tx] == [NOTE]
-    assert tx[0].fix.endswith("ethtool -K vxlan-v6.calico tx-checksum-ip-generic off")
+    assert [x.severity for x in tx] == [WARNING]
+    assert tx[0].fix.endswith("ethtool -K vxlan-v6.calico tx-checksum-ip-generic on")
     f.nodes["node-1"].host = {"networkmanager": {"running": True, "unmanaged_devices": ["interface-name:cali*",
                                                                                         "interface-name:vxlan.calico"]}}
     nm = [x for x in diagnose(f).findings if x.check == "networkmanager"]
