@@ -14,6 +14,9 @@ the datastore layer sees nothing else.
 from __future__ import annotations
 
 import abc
+import base64
+import json
+import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -102,6 +105,15 @@ class TxnResult:
         return kvs[0] if kvs else None
 
 
+@dataclass(frozen=True)
+class Liveness:
+    """A liveness record as read: what its holder wrote, and how long it lives unless renewed."""
+
+    key: str
+    value: bytes
+    expires_in: float  # seconds left before it expires if its holder stops renewing it
+
+
 Compare = ModRevisionIs
 Op = Put | Delete | Get
 
@@ -162,6 +174,34 @@ class Datastore(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+    # Liveness: a record that lives only while its holder keeps renewing it. On etcd a lease
+    # (etcd deletes the key when the lease runs out); here, for stores on one machine such as
+    # SQLite, a heartbeat record that carries its own expiry time on this machine's clock.
+
+    def keep_alive(self, key: str, value: bytes, ttl: float) -> None:
+        """Create or renew the liveness record `key`: it reads as live for `ttl` seconds after this
+        call, unless renewed again. A record deleted by someone else is created again."""
+        envelope = {"expires": time.time() + ttl, "ttl": ttl, "value": base64.b64encode(value).decode()}
+        self.put(key, json.dumps(envelope).encode())
+
+    def end_liveness(self, key: str) -> None:
+        """The holder leaves: the record is gone at once (not after its ttl)."""
+        self.delete(key)
+
+    def live(self, prefix: str) -> dict[str, Liveness]:
+        """The liveness records under prefix that have not expired, by key."""
+        now = time.time()
+        out = {}
+        for kv in self.list(prefix)[0]:
+            try:
+                doc = json.loads(kv.value)
+                left, value = float(doc["expires"]) - now, base64.b64decode(doc["value"])
+            except (ValueError, KeyError, TypeError):
+                continue  # not a liveness record: never live
+            if left > 0:
+                out[kv.key] = Liveness(kv.key, value, left)
+        return out
 
     def get_many(self, keys: Sequence[str]) -> list[KeyValue | None]:
         """Several keys read at one revision, in one round trip where the backend can."""

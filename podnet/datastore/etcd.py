@@ -44,6 +44,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import math
 import queue
 import random
 import select
@@ -67,6 +68,7 @@ from podnet.datastore.api import (
     Event,
     Get,
     KeyValue,
+    Liveness,
     Op,
     Put,
     TxnResult,
@@ -483,6 +485,7 @@ class EtcdDatastore(Datastore):
         # The highest revision any answer has shown: a lower bound for the revision a
         # transaction sent later is applied at (used to settle lost answers).
         self._seen_revision = 0
+        self._leases: dict[str, int] = {}  # liveness key -> the lease it is attached to
         self._watches: weakref.WeakSet[_EtcdWatch] = weakref.WeakSet()
         self._closed = False
 
@@ -812,6 +815,53 @@ class EtcdDatastore(Datastore):
             finally:
                 stream.close()
         raise self._unavailable(errors)
+
+    # Liveness: an etcd lease, renewed by keep_alive; etcd deletes the key when it runs out. ---------
+
+    def keep_alive(self, key: str, value: bytes, ttl: float) -> None:
+        lease = self._leases.get(key)
+        if lease is not None:
+            answer = self._lease_request("/v3/lease/keepalive", {"ID": str(lease)})
+            if _int(answer.get("result", answer), "TTL") <= 0:
+                lease = None  # it ran out (we were cut off too long): the key is gone, start over
+            else:
+                kv = (self._request("/v3/kv/range", {"key": _b64key(key)}).get("kvs") or [None])[0]
+                if kv and _int(kv, "lease") == lease and base64.b64decode(kv.get("value", "")) == value:
+                    return
+        if lease is None:
+            lease = _int(self._lease_request("/v3/lease/grant", {"TTL": str(max(2, math.ceil(ttl)))}), "ID")
+        self._request("/v3/kv/put", {"key": _b64key(key), "value": _b64(value), "lease": str(lease)})
+        self._leases[key] = lease
+
+    def end_liveness(self, key: str) -> None:
+        lease = self._leases.pop(key, None)
+        if lease is not None:
+            try:
+                self._lease_request("/v3/lease/revoke", {"ID": str(lease)})  # deletes the key with it
+            except DatastoreError:
+                pass  # expired already
+        self.delete(key)
+
+    def live(self, prefix: str) -> dict[str, Liveness]:
+        out = {}
+        for raw in self._request("/v3/kv/range", {"key": _b64key(prefix), "range_end": _b64key(prefix_end(prefix))}
+                                 ).get("kvs") or []:
+            lease = _int(raw, "lease")
+            if not lease:
+                continue  # written without a lease: not a liveness record
+            left = _int(self._lease_request("/v3/lease/timetolive", {"ID": str(lease)}), "TTL")
+            if left > 0:
+                kv = _kv(raw)
+                out[kv.key] = Liveness(kv.key, kv.value, float(left))
+        return out
+
+    def _lease_request(self, path: str, body: dict) -> dict:
+        try:
+            return self._request(path, body)
+        except DatastoreError as e:
+            if "lease not found" in str(e):
+                return {"TTL": "0"}
+            raise
 
     def compact(self, upto: int) -> None:
         """Drop change history up to and including revision `upto` (as SqliteDatastore.compact).

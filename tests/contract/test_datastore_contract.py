@@ -356,3 +356,43 @@ def test_unavailable_store_fails_promptly(unavailable_datastore):
     with pytest.raises(DatastoreUnavailable):
         unavailable_datastore.put("/test/k", b"v")
     assert time.monotonic() - t0 < 5.0
+
+
+# Liveness (a lease on etcd, a heartbeat record with an expiry on SQLite) ----------------------
+
+
+def test_liveness_record_lives_while_renewed(datastore):
+    datastore.keep_alive("/test/live/a", b"agent a", ttl=3)
+    datastore.put("/test/live/plain", b"not a liveness record")
+    live = datastore.live("/test/live/")
+    assert list(live) == ["/test/live/a"]
+    assert live["/test/live/a"].value == b"agent a" and 0 < live["/test/live/a"].expires_in <= 3
+    deadline = time.monotonic() + 4.5  # past the first ttl: only the renewals keep it
+    while time.monotonic() < deadline:
+        datastore.keep_alive("/test/live/a", b"agent a", ttl=3)
+        assert "/test/live/a" in datastore.live("/test/live/")
+        time.sleep(0.3)
+    datastore.keep_alive("/test/live/a", b"agent a, renewed", ttl=3)
+    assert datastore.live("/test/live/")["/test/live/a"].value == b"agent a, renewed"
+
+
+def test_liveness_record_expires_without_renewal(datastore):
+    datastore.keep_alive("/test/live/b", b"b", ttl=2)
+    assert "/test/live/b" in datastore.live("/test/live/")
+    deadline = time.monotonic() + 30
+    while "/test/live/b" in datastore.live("/test/live/"):
+        assert time.monotonic() < deadline, "a liveness record nobody renews never expired"
+        time.sleep(0.2)
+    datastore.keep_alive("/test/live/b", b"b again", ttl=3)  # after expiry: a new record
+    assert datastore.live("/test/live/")["/test/live/b"].value == b"b again"
+
+
+def test_liveness_ended_by_its_holder_or_deleted_by_others(datastore):
+    datastore.keep_alive("/test/live/c", b"c", ttl=30)
+    datastore.end_liveness("/test/live/c")
+    assert datastore.live("/test/live/") == {}
+    datastore.keep_alive("/test/live/c", b"c", ttl=30)
+    assert datastore.delete("/test/live/c")
+    assert datastore.live("/test/live/") == {}
+    datastore.keep_alive("/test/live/c", b"c", ttl=30)  # the holder's next renewal brings it back
+    assert list(datastore.live("/test/live/")) == ["/test/live/c"]
