@@ -53,6 +53,10 @@ def _worker() -> None:
     store = open_datastore(job["url"])
     ipam = Ipam(store)
     node, client = job["node"], job["client"]
+    from podnet.datastore.resources import Resources
+    from podnet.model import Node
+
+    Resources(store).put_node(Node(node))  # IPAM assigns only to a registered node (not timed)
     attrs = {"namespace": "bench", "node": node}
     try:
         for i in range(job["warmup"]):

@@ -1,9 +1,11 @@
 """Node join: a new node's record is written -> every other node's kernel holds its entries.
 
 A 10-node lab (10 agents). For each repetition a new node registers the way
-the agent's own registration does it: its tunnel address is allocated first
-(which claims a block and writes the block affinity), then its Node record is
-written. The clock starts just before the Node record is written and stops
+the agent's own registration does it: a Node record without a tunnel address
+first (IPAM assigns only to registered nodes; other agents cannot program a
+node without one), then its tunnel address is allocated (which claims a block
+and writes the block affinity), then the record gets the tunnel address. The
+clock starts just before that last write and stops
 when the last of the 10 nodes' kernels holds the new node's route, neighbour
 and FDB entry, as seen by a netlink notification socket in each node
 namespace (no polling of status files); a kernel read-back in every node
@@ -132,6 +134,7 @@ def measure(tag: str, quick: bool, datastore: str = "sqlite", etcd_members: int 
         for k in range(reps):
             joiner = f"joiner-{k}"
             address = spec.node_address(50 + k)
+            res.put_node(Node(joiner, address=address, interface="eth0"))  # registered first, as an agent does
             tunnel = ipam.auto_assign(joiner, tunnel_handle(joiner), {"type": "vxlanTunnelAddress", "node": joiner},
                                       version=4, use="Tunnel")
             block = ipam.node_block_cidrs(joiner, 4)[0]

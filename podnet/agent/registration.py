@@ -91,7 +91,9 @@ def _tunnel_address(ipam: Ipam, node: Node, version: int, current: str | None) -
 
 def register(resources: Resources, ipam: Ipam, name: str, address: str, interface: str,
              labels: dict | None = None, address6: str | None = None) -> Node:
-    """Create or refresh the node record and make sure it has its tunnel addresses."""
+    """Create or refresh the node record and make sure it has its tunnel addresses.
+
+    The record is written first: IPAM assigns addresses only to a node that has one."""
     existing = resources.node(name)
     node = Node(
         name=name,
@@ -100,11 +102,16 @@ def register(resources: Resources, ipam: Ipam, name: str, address: str, interfac
         vtep_mac=vtep_mac(name),
         labels=labels if labels is not None else (existing.labels if existing else {}),
         address6=address6,
+        tunnel_address=existing.tunnel_address if existing else None,
+        tunnel_address6=existing.tunnel_address6 if existing and address6 else None,
     )
-    tunnel = _tunnel_address(ipam, node, 4, existing.tunnel_address if existing else None)
-    tunnel6 = _tunnel_address(ipam, node, 6, existing.tunnel_address6 if existing else None) if address6 else None
-    node = dataclasses.replace(node, tunnel_address=tunnel, tunnel_address6=tunnel6)
     if node != existing:
         resources.put_node(node)
-        log.info("registered node %s: %s on %s, VTEP %s", name, address, interface, node.vtep_mac)
-    return node
+    tunnel = _tunnel_address(ipam, node, 4, node.tunnel_address)
+    tunnel6 = _tunnel_address(ipam, node, 6, node.tunnel_address6) if address6 else None
+    registered = dataclasses.replace(node, tunnel_address=tunnel, tunnel_address6=tunnel6)
+    if registered != node:
+        resources.put_node(registered)
+    if registered != existing:
+        log.info("registered node %s: %s on %s, VTEP %s", name, address, interface, registered.vtep_mac)
+    return registered

@@ -27,7 +27,7 @@ from podnet.netns import NamespaceError, NamespaceNotFound, is_netns_fd, open_ne
 from podnet.datastore.api import DatastoreError, DatastoreUnavailable
 from podnet.datastore.resources import Resources
 from podnet.errors import PodnetError
-from podnet.ipam import Ipam, IpamConflict, NoUsablePool, PoolExhausted
+from podnet.ipam import Ipam, IpamConflict, NodeNotRegistered, NoUsablePool, PoolExhausted
 from podnet.model import WorkloadEndpoint, host_veth_name
 from podnet.model.endpoint import ipam_handle
 
@@ -49,6 +49,7 @@ class NodeContext:
     ipam_lock: threading.Lock
     metrics: object | None = None  # AgentMetrics: observe_cni(command, ok, seconds), observe_ipam(ok)
     workers: Executor | None = None  # overlaps an ADD's IPAM with its kernel work; None: one after the other
+    fenced: Callable[[], str | None] | None = None  # why this node may serve no ADD (deleted), else None
 
 
 def handle(ctx: NodeContext, env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
@@ -76,6 +77,8 @@ def handle(ctx: NodeContext, env: dict[str, str], stdin: bytes) -> tuple[int, by
 def _as_cni_error(e: Exception) -> CniError:
     if isinstance(e, (DatastoreUnavailable, IpamConflict)):
         return CniError(p.TRY_AGAIN_LATER, str(e.message), "the datastore is busy or unreachable; retry")
+    if isinstance(e, NodeNotRegistered):
+        return CniError(p.NODE_NOT_REGISTERED, e.message, e.hint or "")
     if isinstance(e, (PoolExhausted, NoUsablePool)):
         return CniError(p.IPAM_EXHAUSTED, e.message, e.hint or "")
     if isinstance(e, NamespaceNotFound):
@@ -111,6 +114,7 @@ def _dispatch(ctx: NodeContext, req: Request):
 def add(ctx: NodeContext, req: Request) -> dict:
     if not ctx.ready():
         raise CniError(p.TRY_AGAIN_LATER, "the podnet agent on this node is still starting", "retry in a moment")
+    _refuse_if_fenced(ctx, p.NODE_NOT_REGISTERED)
     try:
         netns_fd = open_netns(req.netns)  # fail early (code 3) when the sandbox is gone
     except NamespaceNotFound as e:
@@ -309,6 +313,12 @@ def check(ctx: NodeContext, req: Request) -> None:
         raise CniError(p.CHECK_FAILED, "; ".join(problems))
 
 
+def _refuse_if_fenced(ctx: NodeContext, code: int) -> None:
+    why = ctx.fenced() if ctx.fenced else None
+    if why:
+        raise CniError(code, why, "restart the node's podnet agent to join the cluster again")
+
+
 # STATUS -----------------------------------------------------------------------------------------------
 
 
@@ -317,6 +327,7 @@ def status(ctx: NodeContext, req: Request) -> None:
     if not ctx.ready():
         raise CniError(p.STATUS_NOT_READY, "the podnet agent on this node is still starting",
                        "it has not finished reading the datastore")
+    _refuse_if_fenced(ctx, p.STATUS_NOT_READY_PERSISTENT)
     try:
         pools = ctx.ipam.usable_pools(4, req.ipv4_pools(), node=ctx.node)
         if not _has_room(ctx, pools):

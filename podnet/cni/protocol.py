@@ -39,6 +39,7 @@ INTERFACE_EXISTS = 101  # CNI_IFNAME already exists in the pod
 IPAM_EXHAUSTED = 102  # no usable pool, or the pools are full for this node
 DATAPLANE_FAILURE = 103  # the kernel refused part of the attachment
 CHECK_FAILED = 104  # CHECK found the attachment differs from what ADD made
+NODE_NOT_REGISTERED = 105  # this node has no Node record (deleted from the cluster): no addresses for it
 
 SPEC_CODES = frozenset({INCOMPATIBLE_VERSION, UNSUPPORTED_FIELD, CONTAINER_UNKNOWN, INVALID_ENVIRONMENT, IO_FAILURE,
                         DECODE_FAILURE, INVALID_CONFIG, TRY_AGAIN_LATER, STATUS_NOT_READY,

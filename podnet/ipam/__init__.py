@@ -6,7 +6,8 @@ from podnet.ipam.allocator import (
     IpamError,
     IpamConflict,
     NoUsablePool,
+    NodeNotRegistered,
     PoolExhausted,
 )
 
-__all__ = ["Ipam", "IpamConfig", "IpamError", "IpamConflict", "NoUsablePool", "PoolExhausted"]
+__all__ = ["Ipam", "IpamConfig", "IpamError", "IpamConflict", "NoUsablePool", "NodeNotRegistered", "PoolExhausted"]

@@ -44,6 +44,17 @@ class PoolExhausted(IpamError):
     """Every usable pool is full for this node."""
 
 
+class NodeNotRegistered(IpamError):
+    """The node has no Node record (never registered, or deleted from the cluster): IPAM assigns
+    nothing for it, so a deleted node can never be handed addresses, its own tunnel address included."""
+
+    def __init__(self, node: str):
+        super().__init__(f"node {node} has no Node record: it was deleted from the cluster or never registered",
+                         "start (or restart) the node's podnet agent, which registers it; "
+                         "`podnet get nodes` lists the registered nodes")
+        self.node = node
+
+
 class IpamConflict(IpamError):
     """Too many concurrent writers; nothing was allocated. Try again."""
 
@@ -209,14 +220,23 @@ class Ipam:
         for _ in range(MAX_CAS_RETRIES):
             if fresh or self._pool_kvs is None or (node, version) not in self._affine_cache:
                 self._read_view(node, version, hkey)
+            record = self._node_kvs.get(node)
+            if record is None:  # no Node record, no addresses (Calico's IPAM refuses a host without one)
+                if fresh:
+                    raise NodeNotRegistered(node)
+                fresh = True  # maybe a remembered absence: look again before failing
+                continue
             try:
                 candidates, deps = self._select_pools(self._pool_kvs, version, pools, use, node, labels,
-                                                      lambda: self._node_kvs.get(node))
+                                                      lambda: record)
             except NoUsablePool:
                 if fresh:
                     raise
                 fresh = True  # maybe from remembered pools: look again before failing
                 continue
+            node_dep = ModRevisionIs(keys.node(node), record.mod_revision)
+            if node_dep not in deps:  # the write holds only while the node's record does
+                deps = [*deps, node_dep]
             networks = [p.network for p in candidates]
             affine = [c for c in self._affine_cache[(node, version)] if _within(c, networks)]
             outcome = self._assign_from(affine, node, handle, attrs, deps, fresh)
@@ -233,7 +253,7 @@ class Ipam:
             at_limit = limit and len(self._affine_cache[(node, version)]) >= limit
             cidr = None if at_limit else self._free_block(candidates)
             if cidr is not None:
-                self._claim(node, version, cidr)  # a lost race simply means another loop
+                self._claim(node, version, cidr, node_dep)  # a lost race simply means another loop
                 continue  # `fresh` stays True: the next pass re-reads the node's blocks
             # No block to claim: borrow a free address from another node's block.
             if not config.strict_affinity:
@@ -375,15 +395,17 @@ class Ipam:
                     return str(net)
         return None
 
-    def _claim(self, node: str, version: int, cidr: str) -> bool:
+    def _claim(self, node: str, version: int, cidr: str, node_dep: ModRevisionIs | None = None) -> bool:
         """Claim a block for node: the block and its affinity appear together or not at all. The
         claim also compares and bumps the node's claims record as read with its block list
-        (_read_view), so of two allocators that both saw room for one more block only one claims."""
+        (_read_view), so of two allocators that both saw room for one more block only one claims; and
+        the node's record (`node_dep`), so no block is claimed for a node being deleted."""
         bkey, akey, ckey = keys.block(cidr), keys.affinity(node, cidr), keys.block_claims(node, version)
         seen = self._claims.get((node, version))
         claims = (json.loads(seen.value).get("claims", 0) if seen else 0) + 1
         return self.store.txn(
-            [ModRevisionIs(bkey, 0), ModRevisionIs(akey, 0), ModRevisionIs(ckey, seen.mod_revision if seen else 0)],
+            [ModRevisionIs(bkey, 0), ModRevisionIs(akey, 0), ModRevisionIs(ckey, seen.mod_revision if seen else 0),
+             *([node_dep] if node_dep else [])],
             [Put(bkey, Block.new(cidr, node).to_json()), Put(akey, b'{"state":"confirmed"}'),
              Put(ckey, json.dumps({"claims": claims}).encode())],
         ).succeeded

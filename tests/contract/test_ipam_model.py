@@ -57,6 +57,7 @@ from podnet.datastore.api import Delete
 from podnet.datastore.resources import Resources
 from podnet.ipam.allocator import DEFAULT_MAX_BLOCKS_PER_HOST, Ipam, IpamConfig, PoolExhausted
 from podnet.model import Block, IPPool
+from tests.nodes import register_nodes
 
 POOL = IPPool(name="model-pool", cidr="10.77.0.0/28", block_size=30)
 BLOCKS = [str(n) for n in POOL.blocks()]  # four blocks of four addresses, in address order
@@ -96,6 +97,7 @@ def wipe(store) -> None:
 def setup_store(store, config: IpamConfig | None = None) -> Ipam:
     wipe(store)
     assert Resources(store).apply_pool(POOL) == "created"
+    register_nodes(store, *NODES)
     ipam = Ipam(store)
     if config is not None:
         ipam.set_config(config)
@@ -151,6 +153,8 @@ class Snapshot:
                 self.config = IpamConfig.from_json(kv.value)
             elif kv.key.startswith(keys.AFFINITY) and kv.key.endswith("/claims"):
                 assert json.loads(kv.value)["claims"] >= 1  # a node's block-claim stamp
+            elif kv.key.startswith(keys.NODES):
+                pass  # the nodes' records (IPAM assigns only to registered nodes)
             elif kv.key != keys.pool(POOL.name):
                 stray.append(kv.key)
         assert not stray, f"unexpected keys: {stray}"

@@ -17,6 +17,7 @@ from podnet.datastore.etcd import EtcdDatastore, Endpoint, TxnOutcomeUnknown
 from podnet.datastore.resources import Resources
 from podnet.ipam import Ipam
 from podnet.model import Block, IPPool
+from tests.nodes import register_nodes
 from tests.contract.events import collect
 
 COUNTER = "/test/counter"
@@ -102,6 +103,7 @@ def test_ipam_cycles_stay_exact_when_the_leader_is_killed(etcd_cluster):
     others = [m for m in etcd_cluster.members if m is not leader]
     store = EtcdDatastore([leader.endpoint] + [m.endpoint for m in others], timeout=6.0)
     Resources(store).apply_pool(IPPool("fault-pool", "10.91.0.0/24", block_size=28))
+    register_nodes(store, "node-0", "node-1", "node-2")
     stop, killed = threading.Event(), threading.Event()
     cycles: list[tuple[str, str, list[str]]] = []  # handle, address, what its release returned
     uncertain: list[str] = []  # handles whose allocation or release raised DatastoreUnavailable

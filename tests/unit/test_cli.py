@@ -18,6 +18,7 @@ from podnet.datastore.sqlite import SqliteDatastore
 from podnet.ipam import Ipam
 from podnet.model import IPPool, Node, WorkloadEndpoint, vtep_mac
 from podnet.model.endpoint import ipam_handle, tunnel_handle
+from tests.nodes import register_nodes
 
 POOL_YAML = """\
 apiVersion: projectcalico.org/v3
@@ -249,6 +250,7 @@ def cluster(cli, tmp_path, store):
     res, ipam = Resources(store), Ipam(store)
     tunnels = {}
     for name, ip, ifname in (("node-1", "172.31.0.11/24", "eth0"), ("node-2", "172.31.0.12/24", "ens5")):
+        res.put_node(Node(name, address=ip, interface=ifname))  # as the agent registers: record first
         tunnels[name] = ipam.auto_assign(name, tunnel_handle(name), {"type": "vxlanTunnelAddress", "node": name},
                                          use="Tunnel")
         res.put_node(Node(name, address=ip, interface=ifname, tunnel_address=tunnels[name]))
@@ -401,6 +403,7 @@ def test_ipam_show_with_pools_of_both_families(cli, tmp_path, store):
         spec: {cidr: "fd00:10:244::/120"}
         """)
     ipam = Ipam(store)
+    register_nodes(store, "node-1")
     ipam.auto_assign("node-1", "h4a")
     ipam.auto_assign("node-1", "h4b")
     ipam.auto_assign("node-1", "h6", version=6)

@@ -13,6 +13,9 @@ from podnet.datastore.sqlite import SqliteDatastore
 from podnet.ipam import Ipam, IpamConfig, NoUsablePool, PoolExhausted
 from podnet.model import IPPool
 from podnet.model.endpoint import ipam_handle, tunnel_handle
+from tests.nodes import register_nodes
+
+TEST_NODES = [f"node-{i}" for i in range(10)] + ["node-a", "node-b"]
 
 
 @pytest.fixture
@@ -23,6 +26,7 @@ def db_path(tmp_path):
 @pytest.fixture
 def store(db_path):
     s = SqliteDatastore(db_path)
+    register_nodes(s, *TEST_NODES)
     yield s
     s.close()
 
@@ -353,6 +357,7 @@ def test_racing_allocators_of_one_node_keep_to_its_block_limit(db_path):
     past what two /28 blocks hold, with strict affinity: never a third block."""
     with SqliteDatastore(db_path) as setup:
         add_pool(setup, cidr="10.244.0.0/16", block_size=28)
+        register_nodes(setup, *TEST_NODES)
         Ipam(setup).set_config(IpamConfig(strict_affinity=True, max_blocks_per_host=2))
     jobs = [(db_path, "node-a", [f"w{w}-{i}" for i in range(12)]) for w in range(4)]
     ips = _run_all(_allocate_until_full, jobs)
@@ -446,6 +451,7 @@ def _run_all(target, args_per_worker):
 def test_concurrent_allocation_and_release(db_path, layout):
     with SqliteDatastore(db_path) as setup:
         add_pool(setup)
+        register_nodes(setup, *TEST_NODES)
     # No SQLite connection of this process may live across fork(): every worker opens its own.
     jobs = []
     for w in range(WORKERS):

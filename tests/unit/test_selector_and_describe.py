@@ -10,6 +10,7 @@ from podnet.datastore.resources import Resources
 from podnet.ipam import Ipam, NoUsablePool
 from podnet.model import IPPool, Node, ValidationError
 from podnet.model.selector import parse
+from tests.nodes import register_nodes
 
 LABELS = {"zone": "a", "rack": "1", "kubernetes.io/os": "linux"}
 
@@ -57,6 +58,7 @@ def store(tmp_path):
 
 def test_ipam_serves_a_node_only_from_pools_that_select_it(store):
     res, ipam = Resources(store), Ipam(store)
+    register_nodes(store, "na", "nb", "nc")
     res.apply_pool(IPPool("zone-a", "10.1.0.0/16", node_selector="zone == 'a'"))
     res.apply_pool(IPPool("zone-b", "10.2.0.0/16", node_selector="zone == 'b'"))
     res.apply_pool(IPPool("off", "10.3.0.0/16", disabled=True))
