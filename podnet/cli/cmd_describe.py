@@ -26,10 +26,14 @@ def cmd_describe(args) -> int:
     from podnet.datastore.resources import NotFound, Resources
     from podnet.ipam import Ipam
 
+    from podnet.model.kinds import lookup
+
+    kind = lookup(args.kind).name
+    if kind not in ("IPPool", "Node", "AgentConfiguration"):
+        raise PodnetError(f"cannot describe {args.kind!r}", "use ippool, node or agentconfiguration")
     store = open_datastore(args.datastore)
     res, ipam = Resources(store), Ipam(store)
-    kind = args.kind.lower().rstrip("s")
-    if kind == "ippool":
+    if kind == "IPPool":
         try:
             pool = res.pool(args.name)
         except NotFound as e:
@@ -45,7 +49,7 @@ def cmd_describe(args) -> int:
         if blocks:
             print()
             table(["BLOCK", "NODE", "IN USE", "FREE"], [[b.cidr, b.node, len(b.allocations), b.free] for b in blocks])
-    elif kind == "node":
+    elif kind == "Node":
         node = res.node(args.name)
         if node is None:
             raise PodnetError(f"node {args.name} does not exist")
@@ -63,15 +67,13 @@ def cmd_describe(args) -> int:
             print()
             table(["POD", "NAMESPACE", "IPS", "HOST-IF"],
                   [[e.pod_name, e.pod_namespace, ",".join(e.ips), e.host_interface] for e in eps])
-    elif kind in ("agentconfiguration", "felixconfiguration"):
+    elif kind == "AgentConfiguration":
         config = next((c for c in res.agent_configs() if c.name == args.name), None)
         if config is None:
             raise PodnetError(f"agentconfiguration {args.name} does not exist")
         _kv([("Name", config.name), ("Applies to", config.node or "every node"), ("VXLAN VNI", config.vni),
              ("VXLAN port", config.port), ("VXLAN MTU", config.mtu), ("MTU interface pattern", config.mtu_iface_pattern),
              ("TX checksum offload", config.tx_checksum_offload)])
-    else:
-        raise PodnetError(f"cannot describe {args.kind!r}", "use ippool, node or agentconfiguration")
     return 0
 
 

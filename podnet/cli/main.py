@@ -8,131 +8,6 @@ import sys
 from podnet.errors import PodnetError
 
 
-def _store(args):
-    from podnet.datastore import open_datastore
-
-    return open_datastore(args.datastore)
-
-
-# get -----------------------------------------------------------------------
-
-
-def cmd_get(args) -> int:
-    from podnet.cli.output import emit, manifest_list, table
-    from podnet.datastore.resources import Resources
-    from podnet.ipam import Ipam
-
-    store = _store(args)
-    res, ipam = Resources(store), Ipam(store)
-    kind = args.kind.rstrip("s") if args.kind != "ippools" else "ippool"
-    if kind in ("node",):
-        items = res.nodes()
-        if args.output != "wide" and args.output != "table":
-            emit(manifest_list([n.to_manifest() for n in items]) if items else
-                 {"apiVersion": "projectcalico.org/v3", "kind": "NodeList", "items": []}, args.output)
-            return 0
-        blocks: dict[str, list[str]] = {}
-        for b in ipam.blocks():
-            if b.node:
-                blocks.setdefault(b.node, []).append(b.cidr)
-        table(["NAME", "ADDRESS", "INTERFACE", "TUNNEL-IP", "VTEP-MAC", "BLOCKS"],
-              [[n.name, n.address, n.interface, n.tunnel_address, n.effective_vtep_mac,
-                ",".join(blocks.get(n.name, []))] for n in items])
-    elif kind == "ippool":
-        items = res.pools()
-        if args.output not in ("wide", "table"):
-            emit(manifest_list([p.to_manifest() for p in items]), args.output)
-            return 0
-        table(["NAME", "CIDR", "BLOCK", "VXLAN", "NAT", "DISABLED", "SELECTOR"],
-              [[p.name, p.cidr, p.block_size, p.vxlan_mode, p.nat_outgoing, p.disabled, p.node_selector]
-               for p in items])
-    elif kind == "block":
-        items = ipam.blocks()
-        if args.output not in ("wide", "table"):
-            emit([{"cidr": b.cidr, "affinity": b.affinity, "allocated": len(b.allocations), "free": b.free,
-                   "allocations": {ip: {"handle": a.handle, **a.attrs} for ip, a in b.in_use().items()}}
-                  for b in items], args.output)
-            return 0
-        table(["CIDR", "AFFINITY", "IN-USE", "FREE"],
-              [[b.cidr, b.affinity, len(b.allocations), b.free] for b in items])
-    elif kind in ("agentconfiguration", "felixconfiguration"):
-        items = res.agent_configs()
-        if args.output not in ("wide", "table"):
-            emit(manifest_list([c.to_manifest() for c in items]), args.output)
-            return 0
-        table(["NAME", "VNI", "PORT", "MTU", "MTU-IFACE-PATTERN", "TX-CHECKSUM"],
-              [[c.name, c.vni, c.port, c.mtu, c.mtu_iface_pattern, c.tx_checksum_offload] for c in items])
-    elif kind in ("workload", "workloadendpoint"):
-        items = res.endpoints()
-        if args.output not in ("wide", "table"):
-            emit(manifest_list([e.to_manifest() for e in items]), args.output)
-            return 0
-        table(["NODE", "POD", "NAMESPACE", "INTERFACE", "HOST-IF", "IPS", "CONTAINER"],
-              [[e.node, e.pod_name, e.pod_namespace, e.interface, e.host_interface, ",".join(e.ips),
-                e.container_id[:12]] for e in items])
-    else:
-        raise PodnetError(f"unknown resource {args.kind!r}",
-                          "use nodes, ippools, blocks, workloads or agentconfigurations")
-    return 0
-
-
-# apply / delete ---------------------------------------------------------------
-
-
-def _documents(path: str) -> list[dict]:
-    import yaml
-
-    try:
-        text = sys.stdin.read() if path == "-" else open(path).read()
-    except OSError as e:
-        raise PodnetError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d]
-    except yaml.YAMLError as e:
-        raise PodnetError(f"{path} is not valid YAML: {e}") from None
-    out = []
-    for d in docs:
-        if isinstance(d, dict) and str(d.get("kind", "")).endswith("List") and "items" in d:
-            out += d["items"]
-        else:
-            out.append(d)
-    return out
-
-
-def cmd_apply(args) -> int:
-    from podnet.datastore.resources import Resources
-    from podnet.model import IPPool, parse_resource
-    from podnet.model.agentconfig import AgentConfiguration
-
-    res = Resources(_store(args))
-    # Validate every document before writing any, so a bad file changes nothing.
-    resources = [parse_resource(doc) for doc in _documents(args.filename)]
-    for resource in resources:
-        if isinstance(resource, IPPool):
-            print(f"ippool/{resource.name} {res.apply_pool(resource)}")
-        elif isinstance(resource, AgentConfiguration):
-            print(f"agentconfiguration/{resource.name} {res.apply_agent_config(resource)}")
-    return 0
-
-
-def cmd_delete(args) -> int:
-    from podnet.datastore.resources import Resources
-
-    res = Resources(_store(args))
-    kind = args.kind.rstrip("s")
-    if kind in ("agentconfiguration", "felixconfiguration"):
-        if not res.delete_agent_config(args.name):
-            raise PodnetError(f"agentconfiguration {args.name} does not exist")
-        print(f"agentconfiguration/{args.name} deleted")
-        return 0
-    if kind != "ippool":
-        raise PodnetError(f"cannot delete {args.kind}", "podnet delete supports ippool and agentconfiguration")
-    if not res.delete_pool(args.name):
-        raise PodnetError(f"ippool {args.name} does not exist")
-    print(f"ippool/{args.name} deleted")
-    return 0
-
-
 # lab -------------------------------------------------------------------------------
 
 
@@ -196,6 +71,28 @@ def cmd_lab_status(args) -> int:
     return 0
 
 
+def cmd_lab_list(args) -> int:
+    from podnet.cli.output import emit, table
+    from podnet.lab.lab import Lab, all_labs
+
+    rows = []
+    for name in all_labs():
+        lab = Lab(name)
+        try:
+            state = lab.load()
+        except PodnetError:
+            continue
+        rows.append({"name": name, "nodes": len(state.get("nodes", [])), "pods": len(state.get("pods", [])),
+                     "datastore": "etcd" if str(state.get("datastore_url", "")).startswith("etcd") else "sqlite",
+                     "complete": not state.get("corrupt", False)})
+    if args.output in ("json", "yaml"):
+        emit(rows, args.output)
+    else:
+        table(["LAB", "NODES", "PODS", "DATASTORE"], [[r["name"], r["nodes"], r["pods"], r["datastore"]]
+                                                      for r in rows])
+    return 0
+
+
 def cmd_lab_down(args) -> int:
     from podnet.lab.lab import Lab, all_labs
 
@@ -223,43 +120,69 @@ def cmd_install_cni(args) -> int:
     return 0
 
 
+# version -------------------------------------------------------------------------------
+
+
+def cmd_version(args) -> int:
+    import podnet
+
+    print(f"Client Version:    {podnet.__version__}")
+    return 0
+
+
 # parser --------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from podnet.datastore import DEFAULT_URL
+GLOBAL_FLAGS = (
+    (("--datastore",), dict(dest="datastore", metavar="URL",
+                            help="datastore URL (default $PODNET_DATASTORE or the embedded store)")),
+    (("--lab",), dict(dest="global_lab", metavar="NAME",
+                      help="use this lab's datastore (where it listens, for an etcd lab)")),
+)
 
+
+def _accept_global_flags(parser: argparse.ArgumentParser) -> None:
+    """Let every subcommand take the global flags after its verb too (calicoctl and kubectl allow
+    both places). Their default there is SUPPRESS, so a flag given before the verb is not reset;
+    a subcommand with an option of the same spelling keeps its own."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if child.add_help:  # the agent's parser is its own (built when it runs)
+                    for flags, kw in GLOBAL_FLAGS:
+                        if not any(f in child._option_string_actions for f in flags):
+                            child.add_argument(*flags, default=argparse.SUPPRESS, **kw)
+                _accept_global_flags(child)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="podnet", description="Calico-style VXLAN pod networking on the Linux kernel")
-    p.add_argument("--datastore", default=None, help=f"datastore URL (default $PODNET_DATASTORE or {DEFAULT_URL})")
-    p.add_argument("--lab", dest="global_lab", metavar="NAME",
-                   help="use this lab's datastore (where it listens, for an etcd lab)")
+    for flags, kw in GLOBAL_FLAGS:
+        p.add_argument(*flags, default=None, **kw)
     p.add_argument("--version", action="version", version="podnet " + __import__("podnet").__version__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    from podnet.agent import main as agent_main
+    # The agent's own parser imports the agent (pyroute2 and all), so it is built only when the
+    # agent runs: every other command starts without those imports.
+    # main() hands `podnet agent ...` to the agent's parser before this one parses anything.
+    sub.add_parser("agent", help="run the per-node agent (podnet agent --help for its flags)", add_help=False)
 
-    a = sub.add_parser("agent", help="run the per-node agent")
-    agent_main.add_arguments(a)
-    a.set_defaults(func=lambda args: agent_main.run(args))
+    from podnet.cli import cmd_resources
 
-    g = sub.add_parser("get", help="list resources")
-    g.add_argument("kind", help="nodes | ippools | blocks | workloads")
-    g.add_argument("-o", "--output", choices=("table", "wide", "json", "yaml"), default="table")
-    g.set_defaults(func=cmd_get)
+    cmd_resources.register(sub)
 
-    ap = sub.add_parser("apply", help="create or update resources from calicoctl-style YAML")
-    ap.add_argument("-f", "--filename", required=True)
-    ap.set_defaults(func=cmd_apply)
-
-    d = sub.add_parser("delete", help="delete a resource")
-    d.add_argument("kind")
-    d.add_argument("name")
-    d.set_defaults(func=cmd_delete)
+    v = sub.add_parser("version", help="podnet's version")
+    v.set_defaults(func=cmd_version)
 
     lab = sub.add_parser("lab", help="a cluster of network namespaces on this machine")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True)
-    up = lab_sub.add_parser("up", help="build the lab")
-    up.add_argument("--name", default="podnet")
+
+    def lab_parser(name: str, text: str) -> argparse.ArgumentParser:
+        lp = lab_sub.add_parser(name, help=text)
+        lp.add_argument("--name", default=None, help="the lab (default: podnet; --lab NAME says the same)")
+        return lp
+
+    up = lab_parser("up", "build the lab")
     up.add_argument("--nodes", type=int, default=2)
     up.add_argument("--pods-per-node", type=int, default=1)
     up.add_argument("--pool", default="10.244.0.0/16")
@@ -271,12 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the embedded store, or etcd started in the underlay namespace")
     up.add_argument("--etcd-members", type=int, default=1, choices=(1, 3, 5))
     up.set_defaults(func=cmd_lab_up)
-    st = lab_sub.add_parser("status", help="nodes and pods of the lab")
-    st.add_argument("--name", default="podnet")
+    st = lab_parser("status", "nodes and pods of the lab")
     st.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     st.set_defaults(func=cmd_lab_status)
-    dn = lab_sub.add_parser("down", help="remove everything the lab created")
-    dn.add_argument("--name", default="podnet")
+    ls = lab_sub.add_parser("list", help="the labs on this machine")
+    ls.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    ls.set_defaults(func=cmd_lab_list)
+    dn = lab_parser("down", "remove everything the lab created")
     dn.add_argument("--all", action="store_true", help="every lab on this machine")
     dn.add_argument("-v", "--verbose", action="store_true")
     dn.set_defaults(func=cmd_lab_down)
@@ -292,7 +216,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in EXTRA_COMMANDS:
         importlib.import_module(module).register(sub)
+    _accept_global_flags(p)
     return p
+
+
+def _agent_argv(argv: list[str]) -> list[str] | None:
+    """The agent's flags when the verb is `agent` (global flags before it are passed on), else None."""
+    i, passed = 0, []
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--datastore", "--lab") and i + 1 < len(argv):
+            passed += argv[i:i + 2] if arg == "--datastore" else []
+            i += 2
+        elif arg.startswith("--datastore="):
+            passed.append(arg)
+            i += 1
+        elif arg.startswith("--lab="):
+            i += 1
+        else:
+            return passed + argv[i + 1:] if arg == "agent" else None
+    return None
 
 
 # Modules that add subcommands (each defines `register(subparsers)`); imported only to build the parser.
@@ -315,7 +258,16 @@ def _lab_context(args):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    agent_argv = _agent_argv(argv)
+    if agent_argv is not None:
+        from podnet.agent import main as agent_main
+
+        return agent_main.main(agent_argv)
     args = build_parser().parse_args(argv)
+    if args.command == "lab":
+        # A lab is named by --name or by --lab, before or after the verb.
+        args.name = getattr(args, "name", None) or args.global_lab or "podnet"
     try:
         with _lab_context(args):
             return args.func(args) or 0

@@ -1,17 +1,21 @@
 """Typed access to the resources in a Datastore: pools, nodes, workload endpoints.
 
-IPAM blocks and handles belong to the IPAM layer, which writes them itself.
+IPAM blocks and handles belong to the IPAM layer, which writes them itself; they are listed here
+read-only so that `get` and `describe` treat every kind of model/kinds.py alike.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Callable
 
 from podnet.datastore import keys
 from podnet.datastore.api import Datastore, ModRevisionIs, Put
 from podnet.errors import PodnetError
-from podnet.model import IPPool, Node, WorkloadEndpoint
+from podnet.model import Block, IPPool, Node, WorkloadEndpoint
 from podnet.model.agentconfig import AgentConfiguration
+from podnet.model.kinds import Kind
 from podnet.model.errors import ValidationError
 from podnet.model.ippool import check_pools_disjoint
 
@@ -20,14 +24,89 @@ class NotFound(PodnetError):
     pass
 
 
+class AlreadyExists(PodnetError):
+    pass
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where records of one kind live and how they are read back."""
+
+    prefixes: tuple[str, ...]  # listed in order; nested keys (endpoints under their node) included
+    decode: Callable[[bytes], object]
+    key: Callable[[object], str] | None = None  # the key of a resource; None: podnet writes these itself
+    name: Callable[[object], str] = lambda r: r.name
+    namespace: Callable[[object], str] = lambda r: ""
+
+
 def _dump(doc: dict) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _decode_manifest(cls):
+    return lambda value: cls.from_manifest(json.loads(value))
+
+
+STORAGE: dict[str, Storage] = {
+    "IPPool": Storage((keys.POOLS,), _decode_manifest(IPPool), key=lambda p: keys.pool(p.name)),
+    "Node": Storage((keys.NODES,), _decode_manifest(Node), key=lambda n: keys.node(n.name)),
+    "AgentConfiguration": Storage((keys.AGENT_CONFIGS,), _decode_manifest(AgentConfiguration),
+                                  key=lambda c: keys.AGENT_CONFIGS + c.name),
+    "WorkloadEndpoint": Storage((keys.ENDPOINTS,), _decode_manifest(WorkloadEndpoint),
+                                name=lambda e: e.key_name, namespace=lambda e: e.pod_namespace),
+    "IPAMBlock": Storage((keys.blocks(4), keys.blocks(6)), Block.from_json, name=lambda b: b.cidr),
+}
 
 
 class Resources:
     def __init__(self, store: Datastore):
         self.store = store
         self._pool_cache: dict[str, tuple[int, IPPool]] = {}  # key -> (mod_revision, parsed pool)
+
+    # Any kind (model/kinds.py) -------------------------------------------
+
+    def list(self, kind: Kind, namespace: str | None = None) -> list:
+        """Every resource of a kind (of one namespace when given), in key order."""
+        storage = STORAGE[kind.name]
+        out = []
+        for prefix in storage.prefixes:
+            kvs, _ = self.store.list(prefix)
+            out += [storage.decode(kv.value) for kv in kvs]
+        if namespace is not None:
+            out = [r for r in out if storage.namespace(r) == namespace]
+        return out
+
+    def get(self, kind: Kind, name: str, namespace: str | None = None):
+        """One resource by name, or None."""
+        storage = STORAGE[kind.name]
+        if storage.key is not None and not kind.namespaced:
+            kv = self.store.get(storage.key(_Named(name)))
+            return storage.decode(kv.value) if kv else None
+        return next((r for r in self.list(kind, namespace) if storage.name(r) == name), None)
+
+    def write(self, kind: Kind, resource, mode: str = "apply") -> str:
+        """Store a resource: mode `create` (must not exist), `replace` (must exist) or `apply` (either).
+        Returns 'created', 'updated' or 'unchanged'. Kind-specific rules (pools may not overlap,
+        a pool's cidr is immutable) hold in every mode."""
+        if kind.name == "IPPool":
+            return self.apply_pool(resource, mode)
+        storage = STORAGE[kind.name]
+        key = storage.key(resource)
+        for _ in range(20):
+            old = self.store.get(key)
+            _check_mode(kind, storage.name(resource), old is not None, mode)
+            if old is not None and storage.decode(old.value) == resource:
+                return "unchanged"
+            revision = old.mod_revision if old is not None else 0
+            if self.store.txn([ModRevisionIs(key, revision)], [Put(key, _dump(resource.to_manifest()))]).succeeded:
+                return "updated" if old is not None else "created"
+        raise PodnetError(f"could not write {kind.name} {storage.name(resource)}: too much concurrent change, "
+                          "try again")
+
+    def remove(self, kind: Kind, name: str, namespace: str | None = None) -> bool:
+        """Delete a resource by name; False when there was none."""
+        storage = STORAGE[kind.name]
+        return self.store.delete(storage.key(_Named(name)))
 
     # Pools -------------------------------------------------------------
 
@@ -53,7 +132,7 @@ class Resources:
             raise NotFound(f"IPPool {name} does not exist")
         return IPPool.from_manifest(json.loads(kv.value))
 
-    def apply_pool(self, pool: IPPool) -> str:
+    def apply_pool(self, pool: IPPool, mode: str = "apply") -> str:
         """Create or update a pool; returns 'created', 'updated' or 'unchanged'."""
         for _ in range(20):
             kvs, _ = self.store.list(keys.POOLS)
@@ -61,6 +140,7 @@ class Resources:
             others = [IPPool.from_manifest(json.loads(kv.value)) for n, kv in current.items() if n != pool.name]
             check_pools_disjoint(others + [pool])
             old_kv = current.get(pool.name)
+            _check_mode(KIND_IPPOOL, pool.name, old_kv is not None, mode)
             if old_kv is not None:
                 old = IPPool.from_manifest(json.loads(old_kv.value))
                 if old.cidr != pool.cidr:
@@ -157,3 +237,28 @@ def decode_pool(value: bytes) -> IPPool:
 
 def decode_agent_config(value: bytes) -> AgentConfiguration:
     return AgentConfiguration.from_manifest(json.loads(value))
+
+
+@dataclass(frozen=True)
+class _Named:
+    """Stands in for a resource when only its name is known (to derive its key)."""
+
+    name: str
+
+
+def _check_mode(kind: Kind, name: str, exists: bool, mode: str) -> None:
+    if mode == "create" and exists:
+        raise AlreadyExists(f"{kind.name} {name} already exists", "use `podnet apply` or `podnet replace`")
+    if mode == "replace" and not exists:
+        raise NotFound(f"{kind.name} {name} does not exist", "use `podnet create` or `podnet apply`")
+    if mode not in ("create", "replace", "apply"):
+        raise ValueError(mode)
+
+
+def _kind(name: str) -> Kind:
+    from podnet.model.kinds import lookup
+
+    return lookup(name)
+
+
+KIND_IPPOOL = _kind("IPPool")

@@ -73,9 +73,24 @@ def boolean(field: str, value) -> bool:
     return value
 
 
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
 def labels(field: str, value) -> dict:
+    """Kubernetes label syntax: keys `[prefix/]name` (prefix a DNS subdomain of <= 253 characters,
+    name <= 63 characters of letters, digits, `-_.`, starting and ending alphanumeric); values empty
+    or like a name. Selectors compare these strings, so anything else could never be matched."""
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise ValidationError(field, "must be a map of strings to strings")
+    for key, val in value.items():
+        prefix, slash, name = key.rpartition("/")
+        if not _LABEL_NAME.fullmatch(name) or (slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix))):
+            raise ValidationError(f"{field}.{key}", "is not a valid label key ([prefix/]name: name up to 63 letters, "
+                                                    "digits, '-', '_' or '.', starting and ending alphanumeric)")
+        if val and not _LABEL_NAME.fullmatch(val):
+            raise ValidationError(f"{field}.{key}", f"{val!r} is not a valid label value (up to 63 letters, digits, "
+                                                    "'-', '_' or '.', starting and ending alphanumeric)")
     return dict(value)

@@ -158,17 +158,3 @@ def _metadata_name(doc: dict) -> str:
     if not isinstance(meta, dict) or "name" not in meta:
         raise ValidationError("metadata.name", "is required")
     return meta["name"]
-
-
-def parse_resource(doc: dict):
-    """Turn one calicoctl-style manifest into a podnet resource."""
-    kind = doc.get("kind") if isinstance(doc, dict) else None
-    if kind == "IPPool":
-        return IPPool.from_manifest(doc)
-    from podnet.model.agentconfig import KINDS, AgentConfiguration
-
-    if kind in KINDS:
-        if doc.get("apiVersion") != API_VERSION:
-            raise ValidationError("apiVersion", f"must be {API_VERSION}, not {doc.get('apiVersion')!r}")
-        return AgentConfiguration.from_manifest(doc)
-    raise ValidationError("kind", f"{kind!r} is not a resource podnet can apply (IPPool, AgentConfiguration)")

@@ -485,4 +485,161 @@ def test_get_unknown_kind_fails_with_an_error_on_stderr(cli, kind):
     assert code == 1
     assert out == ""
     assert err.startswith("error: ") and repr(kind) in err
-    assert "nodes, ippools, blocks, workloads or agentconfigurations" in err
+    assert "kinds: ippools, nodes, agentconfigurations, workloadendpoints, ipamblocks" in err
+
+
+# calicoctl's habits: one registry of kinds behind every verb ---------------------------------------
+
+NODE_YAML = """\
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata:
+  name: node-9
+  labels: {rack: r1}
+spec:
+  address: 172.31.0.99/24
+  interface: eth0
+"""
+
+CONFIG_YAML = """\
+apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata:
+  name: default
+spec:
+  vxlanVNI: 4096
+  vxlanMTU: 1400
+"""
+
+
+@pytest.mark.parametrize("word", ["ippools", "IPPools", "ippool", "IPPool", "ipp", "pool", "IPPOOLS"])
+def test_get_takes_any_case_singular_plural_and_short_names(cli, tmp_path, word):
+    apply_text(cli, tmp_path, POOL_YAML.format(nat="true"))
+    _, expected, _ = cli("get", "ippools")
+    assert cli("get", word) == (0, expected, "")
+
+
+def test_get_by_name_prints_one_resource_not_a_list(cli, tmp_path):
+    apply_text(cli, tmp_path, POOL_YAML.format(nat="true"))
+    code, out, _ = cli("get", "ippool", "default-ipv4-ippool", "-o", "yaml")
+    assert code == 0
+    doc = yaml.safe_load(out)
+    assert doc["kind"] == "IPPool" and doc["metadata"]["name"] == "default-ipv4-ippool"
+    code, out, err = cli("get", "ippool", "nope")
+    assert (code, out) == (1, "") and "IPPool nope does not exist" in err
+
+
+def test_get_several_names_keeps_their_order(cli, tmp_path):
+    apply_text(cli, tmp_path, POOL_YAML.format(nat="true"))
+    apply_text(cli, tmp_path, POOL_YAML.format(nat="true").replace("default-ipv4-ippool", "second")
+               .replace("10.244.0.0/16", "10.245.0.0/16"))
+    code, out, _ = cli("get", "ippools", "second", "default-ipv4-ippool")
+    assert code == 0
+    assert [r[0] for r in table_rows(out)[1:]] == ["second", "default-ipv4-ippool"]
+
+
+def test_get_wide_adds_columns(cli, tmp_path):
+    apply_text(cli, tmp_path, POOL_YAML.format(nat="true"))
+    _, out, _ = cli("get", "ippools", "-o", "wide")
+    assert table_rows(out)[0] == ["NAME", "CIDR", "BLOCK", "VXLAN", "NAT", "DISABLED", "SELECTOR", "IPIP", "USES"]
+    assert table_rows(out)[1][-2:] == ["Never", "Workload,Tunnel"]
+
+
+def test_get_custom_columns_by_heading_and_by_path(cli, tmp_path):
+    apply_text(cli, tmp_path, POOL_YAML.format(nat="true"))
+    assert cli("get", "ippools", "-o", "custom-columns=name,CIDR")[1].split() == \
+        ["NAME", "CIDR", "default-ipv4-ippool", "10.244.0.0/16"]
+    _, out, _ = cli("get", "ippools", "-o", "custom-columns=POOL:.metadata.name,MODE:.spec.vxlanMode")
+    assert table_rows(out) == [["POOL", "MODE"], ["default-ipv4-ippool", "Always"]]
+    code, _, err = cli("get", "ippools", "-o", "custom-columns=NOPE")
+    assert code == 1 and "no column 'NOPE'" in err
+
+
+def test_unknown_output_format_is_an_error(cli):
+    code, out, err = cli("get", "ippools", "-o", "xml")
+    assert (code, out) == (1, "") and "unknown output format 'xml'" in err
+
+
+def test_global_flags_are_accepted_after_the_verb(db, capsys, tmp_path):
+    path = write(tmp_path, "pool.yaml", POOL_YAML.format(nat="false"))
+    assert main(["apply", "-f", path, "--datastore", f"sqlite://{db}"]) == 0
+    capsys.readouterr()
+    assert main(["get", "ippools", "--datastore", f"sqlite://{db}"]) == 0
+    after = capsys.readouterr().out
+    assert main(["--datastore", f"sqlite://{db}", "get", "ippools"]) == 0
+    assert capsys.readouterr().out == after and "default-ipv4-ippool" in after
+
+
+def test_create_fails_when_it_exists_and_replace_when_it_does_not(cli, tmp_path, store):
+    path = write(tmp_path, "pool.yaml", POOL_YAML.format(nat="false"))
+    code, _, err = cli("replace", "-f", path)
+    assert code == 1 and "does not exist" in err and Resources(store).pools() == []
+    assert cli("create", "-f", path) == (0, "ippool/default-ipv4-ippool created\n", "")
+    code, _, err = cli("create", "-f", path)
+    assert code == 1 and "already exists" in err
+    changed = write(tmp_path, "pool2.yaml", POOL_YAML.format(nat="true"))
+    assert cli("replace", "-f", changed) == (0, "ippool/default-ipv4-ippool updated\n", "")
+    assert Resources(store).pools()[0].nat_outgoing is True
+
+
+def test_delete_from_a_file_and_several_names(cli, tmp_path, store):
+    path = write(tmp_path, "pool.yaml", POOL_YAML.format(nat="false"))
+    cli("apply", "-f", path)
+    assert cli("delete", "-f", path) == (0, "ippool/default-ipv4-ippool deleted\n", "")
+    assert Resources(store).pools() == []
+    cli("apply", "-f", path)
+    apply_text(cli, tmp_path, CONFIG_YAML, name="c.yaml")
+    code, out, err = cli("delete", "ippools", "default-ipv4-ippool", "nope")
+    assert code == 1 and out == "ippool/default-ipv4-ippool deleted\n" and "IPPool nope does not exist" in err
+
+
+def test_delete_refuses_kinds_podnet_writes_itself(cli, cluster):
+    for kind in ("blocks", "workloads"):
+        code, out, err = cli("delete", kind, "x")
+        assert (code, out) == (1, "") and "podnet writes and removes them itself" in err
+
+
+def test_felixconfiguration_applies_and_round_trips(cli, tmp_path, store):
+    assert apply_text(cli, tmp_path, CONFIG_YAML, name="c.yaml") == (0, "agentconfiguration/default created\n", "")
+    _, out, _ = cli("get", "felixconfigurations", "-o", "yaml")
+    assert apply_text(cli, tmp_path, out, name="again.yaml") == (0, "agentconfiguration/default unchanged\n", "")
+
+
+def test_node_yaml_round_trips_and_labels_change(cli, tmp_path, store):
+    assert apply_text(cli, tmp_path, NODE_YAML, name="n.yaml") == (0, "node/node-9 created\n", "")
+    _, out, _ = cli("get", "node", "node-9", "-o", "yaml")
+    assert apply_text(cli, tmp_path, out, name="again.yaml") == (0, "node/node-9 unchanged\n", "")
+    assert cli("label", "nodes", "node-9", "zone=a") == (0, "node/node-9 labeled\n", "")
+    code, _, err = cli("label", "nodes", "node-9", "rack=r2")
+    assert code == 1 and "--overwrite" in err
+    assert cli("label", "nodes", "node-9", "rack=r2", "--overwrite")[0] == 0
+    assert Resources(store).node("node-9").labels == {"rack": "r2", "zone": "a"}
+    assert cli("label", "node", "node-9", "zone-")[0] == 0
+    assert Resources(store).node("node-9").labels == {"rack": "r2"}
+    code, _, err = cli("label", "node", "node-9", "bad key=x")
+    assert code == 1 and "metadata.labels" in err
+    assert Resources(store).node("node-9").labels == {"rack": "r2"}
+
+
+@pytest.mark.parametrize("kind", ["workloads", "nodes"])
+def test_yaml_of_kinds_podnet_writes_round_trips_through_the_model(cli, cluster, kind):
+    from podnet.model.kinds import lookup
+
+    k = lookup(kind)
+    _, out, _ = cli("get", kind, "-o", "yaml")
+    items = yaml.safe_load(out)["items"]
+    assert items and [k.cls.from_manifest(d).to_manifest() for d in items] == items
+
+
+def test_version_prints_the_client_version(cli):
+    import podnet
+
+    code, out, _ = cli("version")
+    assert code == 0 and podnet.__version__ in out
+
+
+def test_agent_flags_reach_the_agent_parser(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--datastore", "sqlite:///nonexistent/x.db", "agent", "--help"])
+    assert exit.value.code == 0
+    assert "--node" in capsys.readouterr().out
