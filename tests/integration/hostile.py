@@ -108,15 +108,24 @@ def _links(netns: str | None) -> set[tuple]:
             for l in found}
 
 
+def _kernel_made(address: str) -> bool:
+    """IPv6 link-local and multicast addresses and routes: the kernel adds them by itself (late, after
+    DAD, on a fresh link), so they are no witness; the links they belong to are."""
+    return address.startswith(("fe80:", "ff00:", "ff02:", "multicast"))
+
+
 def _addresses(netns: str | None) -> set[tuple]:
     found = kernel.ip_json(netns, "addr", "show") if netns else _host_json("addr", "show", "dev", "eth0")
-    return {(l["ifname"], a["family"], a["local"], a["prefixlen"]) for l in found for a in l.get("addr_info", ())}
+    return {(l["ifname"], a["family"], a["local"], a["prefixlen"]) for l in found for a in l.get("addr_info", ())
+            if not _kernel_made(a["local"])}
 
 
 def _routes(netns: str) -> set[tuple]:
     routes = set()
     for family in ("-4", "-6"):
         for r in kernel.ip_json(netns, family, "route", "show", "table", "all"):
+            if _kernel_made(r["dst"]):
+                continue
             routes.add((family, r.get("table", "main"), r.get("type", "unicast"), r["dst"], r.get("gateway"),
                         r.get("dev"), r.get("prefsrc"), tuple(sorted(r.get("flags", ())))))
     return routes
