@@ -1,16 +1,21 @@
-"""Calico's label selector syntax, over node labels.
+"""Calico's label selector language (libcalico-go's selector parser), over any label map.
 
-    all()   has(k)   k == 'v'   k != 'v'   k in {'a', 'b'}   k not in {'a'}   !has(k)
-    a && b   a || b   !a   ( ... )
+    all()   global()   has(k)   !has(k)   k == 'v'   k != 'v'   k in {'a', 'b'}   k not in {'a'}
+    k contains 's'   k starts with 's'   k ends with 's'   a && b   a || b   !a   ( ... )
 
-`parse(text)` returns a Selector whose `matches(labels)` answers for one node;
-a syntax error is a ValidationError that points at the offending position.
+The empty selector means all(). As in Calico, `k != 'v'` and `k not in {...}` also match when the
+label is absent; `contains`, `starts with` and `ends with` need the label. `global()` matches every
+label map; where it is a namespaceSelector it means "no namespace" (see `Selector.is_global`).
+
+`parse(text)` returns a Selector whose `matches(labels)` answers for one label map; a syntax error is
+a ValidationError that names the field and points at the offending position.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from podnet.model.errors import ValidationError
@@ -18,10 +23,14 @@ from podnet.model.errors import ValidationError
 _TOKEN = re.compile(r"""
     \s*(?:
       (?P<all>all\(\s*\))
+    | (?P<global>global\(\s*\))
     | (?P<has>has\(\s*(?P<has_key>[A-Za-z0-9_./-]+)\s*\))
     | (?P<op>==|!=|&&|\|\||!|\(|\)|\{|\}|,)
     | (?P<notin>not\s+in\b)
     | (?P<in>in\b)
+    | (?P<contains>contains\b)
+    | (?P<starts>starts\s+with\b)
+    | (?P<ends>ends\s+with\b)
     | (?P<str>'[^']*'|"[^"]*")
     | (?P<key>[A-Za-z0-9_][A-Za-z0-9_./-]*)
     )""", re.VERBOSE)
@@ -30,7 +39,9 @@ _TOKEN = re.compile(r"""
 @dataclass(frozen=True)
 class Selector:
     text: str
-    _match: Callable[[dict], bool]
+    _match: Callable[[dict], bool] = field(compare=False, repr=False)
+    is_all: bool = False  # all(), global() or empty: matches everything
+    is_global: bool = False  # exactly global()
 
     def matches(self, labels: dict) -> bool:
         return self._match(labels or {})
@@ -48,14 +59,15 @@ def _tokens(text: str, field: str) -> list[tuple[str, str, int]]:
         if not m or m.end() == pos:
             raise ValidationError(field, f"cannot parse selector {text!r} at position {pos}: {text[pos:pos + 12]!r}")
         kind = m.lastgroup if m.lastgroup != "has_key" else "has"
+        start = m.start(kind)
         if kind == "has":
-            out.append(("has", m.group("has_key"), pos))
+            out.append(("has", m.group("has_key"), start))
         elif kind == "op":
-            out.append((m.group("op"), m.group("op"), pos))
+            out.append((m.group("op"), m.group("op"), start))
         elif kind == "str":
-            out.append(("str", m.group("str")[1:-1], pos))
+            out.append(("str", m.group("str")[1:-1], start))
         else:
-            out.append((kind, m.group(kind), pos))
+            out.append((kind, m.group(kind), start))
         pos = m.end()
     return out
 
@@ -89,20 +101,22 @@ class _Parser:
         return expr
 
     def or_expr(self):
-        left = self.and_expr()
+        terms = [self.and_expr()]
         while self.peek() == "||":
             self.i += 1
-            right = self.and_expr()
-            left = (lambda a, b: lambda labels: a(labels) or b(labels))(left, right)
-        return left
+            terms.append(self.and_expr())
+        if len(terms) == 1:
+            return terms[0]
+        return lambda labels: any(t(labels) for t in terms)
 
     def and_expr(self):
-        left = self.unary()
+        terms = [self.unary()]
         while self.peek() == "&&":
             self.i += 1
-            right = self.unary()
-            left = (lambda a, b: lambda labels: a(labels) and b(labels))(left, right)
-        return left
+            terms.append(self.unary())
+        if len(terms) == 1:
+            return terms[0]
+        return lambda labels: all(t(labels) for t in terms)
 
     def unary(self):
         if self.peek() == "!":
@@ -118,29 +132,35 @@ class _Parser:
 
     def term(self):
         kind = self.peek()
-        if kind == "all":
+        if kind in ("all", "global"):
             self.i += 1
             return lambda labels: True
         if kind == "has":
             key = self.take("has")
             return lambda labels: key in labels
         if kind != "key":
-            self.fail("expected a label, has(), all(), '!' or '('")
+            self.fail("expected a label, has(), all(), global(), '!' or '('")
         key = self.take("key")
         op = self.peek()
-        if op in ("==", "!="):
+        if op in ("==", "!=", "contains", "starts", "ends"):
             self.i += 1
             value = self.take("str")
             if op == "==":
                 return lambda labels: labels.get(key) == value
-            return lambda labels: labels.get(key) != value
+            if op == "!=":
+                return lambda labels: labels.get(key) != value
+            if op == "contains":
+                return lambda labels: key in labels and value in labels[key]
+            if op == "starts":
+                return lambda labels: key in labels and labels[key].startswith(value)
+            return lambda labels: key in labels and labels[key].endswith(value)
         if op in ("in", "notin"):
             self.i += 1
             values = self.value_set()
             if op == "in":
                 return lambda labels: labels.get(key) in values
             return lambda labels: labels.get(key) not in values
-        self.fail(f"expected ==, !=, in or not in after {key!r}")
+        self.fail(f"expected ==, !=, in, not in, contains, starts with or ends with after {key!r}")
 
     def value_set(self) -> frozenset:
         self.take("{")
@@ -154,7 +174,25 @@ class _Parser:
         return frozenset(values)
 
 
+@functools.lru_cache(maxsize=8192)
+def _compile(text: str, field: str) -> Selector:
+    stripped = text.strip()
+    if not stripped:
+        return Selector(text, lambda labels: True, is_all=True)
+    match = _Parser(text, field).parse()
+    simple = re.sub(r"\s+", "", stripped)
+    return Selector(text, match, is_all=simple in ("all()", "global()"), is_global=simple == "global()")
+
+
 def parse(text: str, field: str = "spec.nodeSelector") -> Selector:
-    if not isinstance(text, str) or not text.strip():
-        raise ValidationError(field, "must be a selector such as all()")
-    return Selector(text, _Parser(text, field).parse())
+    """The selector `text` means; the empty selector is all(). Parsed once per (text, field)."""
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise ValidationError(field, f"must be a selector string such as all(), not {text!r}")
+    return _compile(text, field)
+
+
+def quote(value: str) -> str:
+    """`value` as a selector literal (Calico accepts either quote)."""
+    return f'"{value}"' if "'" in value else f"'{value}'"

@@ -66,7 +66,7 @@ def rejection(doc) -> ValidationError:
         ({"natOutgoing": "yes"}, "spec.natOutgoing", "true or false"),
         ({"disabled": 1}, "spec.disabled", "true or false"),
         ({"allowedUses": ["Workload", "LoadBalancer"]}, "spec.allowedUses", "LoadBalancer"),
-        ({"nodeSelector": "  "}, "spec.nodeSelector", "all()"),
+        ({"nodeSelector": "zone =="}, "spec.nodeSelector", "expected a quoted value"),
         # Unknown fields are errors, not silently ignored (a typo must not drop a setting).
         ({"blocksize": 24}, "spec.blocksize", "not a field"),
         ({"vxlanmode": "Never"}, "spec.vxlanmode", "not a field"),

@@ -32,16 +32,35 @@ LABELS = {"zone": "a", "rack": "1", "kubernetes.io/os": "linux"}
     ("!(zone == 'b' || has(gpu))", True),
     ("kubernetes.io/os == 'linux' && (zone == 'a' || zone == 'b')", True),
     ("zone == 'a' && rack == '1' || has(gpu)", True),
+    ("kubernetes.io/os contains 'inu'", True),
+    ("kubernetes.io/os starts with 'lin'", True),
+    ("kubernetes.io/os ends with 'ux'", True),
+    ("kubernetes.io/os ends with 'lin'", False),
+    ("missing contains ''", False),  # contains, starts with and ends with need the label
+    ("missing not in {'a'}", True),
+    ("zone in {}", False),
+    ("global()", True),
+    ("", True),  # the empty selector is all()
+    ("   ", True),
+    ("!(!has(zone))", True),
+    ("(zone == 'a' || zone == 'b') && !(rack in {'2', '3'})", True),
+    ("has(gpu) || zone == 'b' || rack starts with '1'", True),
 ])
 def test_selector_matches(text, expected):
     assert parse(text).matches(LABELS) is expected
 
 
-@pytest.mark.parametrize("text", ["zone ==", "zone = 'a'", "has(", "(all()", "zone in {'a'", "&& has(x)", "", "zone"])
+@pytest.mark.parametrize("text", ["zone ==", "zone = 'a'", "has(", "(all()", "zone in {'a'", "&& has(x)", "zone", "zone contains",
+                                  "zone starts 'a'", "all() &&", "zone == 'a')", "global("])
 def test_selector_syntax_errors_name_the_field(text):
     with pytest.raises(ValidationError) as e:
         parse(text)
     assert e.value.field == "spec.nodeSelector"
+
+
+def test_selector_flags_all_and_global():
+    assert parse("").is_all and parse("all()").is_all and parse(" global( ) ").is_global
+    assert not parse("has(a)").is_all and not parse("all()").is_global
 
 
 def test_pool_rejects_a_bad_selector():
@@ -118,3 +137,7 @@ def test_lab_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
     p.finish()
     out = tty.getvalue()
     assert "\r\033[K  [############------------] 2/4 b" in out and out.endswith("\n") and out.count("\n") == 1
+
+
+def test_pool_with_an_empty_node_selector_serves_every_node():
+    assert IPPool("p", "10.0.0.0/16", node_selector="").selects({"zone": "a"})

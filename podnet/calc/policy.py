@@ -1,0 +1,560 @@
+"""The filter layer a node must hold, as one nftables table (`inet podnet`). Pure: no I/O.
+
+Felix's invariants, in nftables terms:
+
+* Base chains: `forward-from` (hook forward, priority filter) dispatches by input interface to the
+  sending workload's from-workload chain (its egress policy); `forward-to` (priority filter + 1) by
+  output interface to the receiving workload's to-workload chain (its ingress policy). An accept in
+  the first base chain lets the packet on to the second, so pod-to-pod traffic on one node meets
+  both. `input` guards the node: VXLAN only from member nodes' underlay addresses; workload-to-host
+  traffic through `wl-to-host` (node-protection list, then the endpoint's egress policy, then
+  DefaultEndpointToHostAction). Each begins with conntrack ESTABLISHED/RELATED accept, INVALID drop.
+* Dispatch is a verdict map keyed on the interface name (constant time per packet, as Calico's
+  nftables mode does); a `cali*` interface without an element is dropped: fail closed.
+* A from-workload chain drops VXLAN and IPIP the workload sends and any source address that is not
+  the endpoint's (anti-spoofing, v4 and v6), then jumps to each policy that selects the endpoint.
+* A policy becomes one chain per direction, shared by every endpoint it selects: Allow accepts,
+  Deny drops, Log logs and goes on, Pass leaves the tier for the namespace profile, which allows
+  (podnet has the default tier only; Kubernetes namespaces' profiles allow everything). When a
+  policy of the tier selected the endpoint and none decided, the endpoint chain drops.
+* Selectors become sets of endpoint addresses (one per family), named ports sets of
+  (address . protocol . port); both follow endpoint and label changes by element updates only.
+
+`compute_filter` returns the desired `FilterRuleset`; `diff_filter` the nft commands that take the
+kernel from one ruleset to another in one transaction, touching only what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from podnet.model import selector as selectors
+from podnet.model.kube import NAMESPACE_NAME_LABEL, Namespace, Pod
+from podnet.model.policy import (NAMESPACE_LABEL, ORCHESTRATOR_LABEL, EntityRule, Policy, PortRange, Rule,
+                                 protocol_number)
+
+TABLE = "podnet"
+FAMILY = "inet"
+FROM_MAP, TO_MAP = "from-wl", "to-wl"
+NODES4, NODES6 = "nodes4", "nodes6"
+PROTECTED4, PROTECTED6, PROTECTED_PORTS = "protected4", "protected6", "protected-ports"
+WORKLOAD_PREFIX = "cali"
+ENDPOINT_TO_HOST_ACTIONS = ("Accept", "Drop", "Return")
+_PROTO_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132, "udplite": 136}
+
+
+# Inputs ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyEndpoint:
+    """A workload endpoint as policy sees it: where it is, its addresses, labels and named ports."""
+    node: str
+    namespace: str
+    pod: str
+    interface: str  # the host side, cali...
+    ips: tuple[str, ...]  # bare addresses
+    labels: Mapping = field(default_factory=dict, hash=False, compare=True)
+    namespace_labels: Mapping = field(default_factory=dict, hash=False, compare=True)
+    ports: tuple = ()  # ContainerPort
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.pod}"
+
+
+def policy_endpoint(wep, pod: Pod | None, namespace: Namespace | None) -> PolicyEndpoint:
+    """The endpoint with its pod's labels and ports and its namespace's labels, as Calico's
+    kube-controllers would sync them; a pod or namespace podnet was not told about has no labels but
+    the ones every endpoint carries."""
+    ns = wep.pod_namespace or "default"
+    labels = dict(pod.labels) if pod else {}
+    labels[NAMESPACE_LABEL] = ns
+    labels[ORCHESTRATOR_LABEL] = "k8s"
+    ns_labels = dict(namespace.labels) if namespace else {NAMESPACE_NAME_LABEL: ns}
+    return PolicyEndpoint(node=wep.node, namespace=ns, pod=wep.pod_name or wep.container_id[:12],
+                          interface=wep.host_interface, ips=tuple(ip.split("/")[0] for ip in wep.ips),
+                          labels=labels, namespace_labels=ns_labels, ports=pod.ports if pod else ())
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    vxlan_port: int = 4789
+    endpoint_to_host_action: str = "Accept"  # Calico's DefaultEndpointToHostAction (the k8s manifest's value)
+    # (address or None for this node, protocol number, port): pods may not reach these.
+    protected: tuple = ()
+
+
+# Selection ---------------------------------------------------------------------------------
+
+
+def policy_selects(policy: Policy, ep: PolicyEndpoint) -> bool:
+    if policy.namespace and policy.namespace != ep.namespace:
+        return False
+    if policy.namespace_selector is not None:
+        nsel = selectors.parse(policy.namespace_selector, "spec.namespaceSelector")
+        if nsel.is_global or not nsel.matches(ep.namespace_labels):
+            return False
+    return selectors.parse(policy.selector, "spec.selector").matches(ep.labels)
+
+
+def ordered(policies: Iterable[Policy]) -> list[Policy]:
+    return sorted(policies, key=lambda p: p.sort_key)
+
+
+def endpoint_policies(ep: PolicyEndpoint, policies: Iterable[Policy], direction: str) -> list[Policy]:
+    """The policies that apply to `ep` in `direction` ("Ingress" or "Egress"), in Felix's order.
+    `policies` must already be `ordered`."""
+    return [p for p in policies if direction in p.types and policy_selects(p, ep)]
+
+
+# Entity matching: which endpoints a rule's selector means --------------------------------------
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which endpoints a selector in a rule of `policy` may match: a namespace selector, the policy's
+    own namespace, or any namespace (a GlobalNetworkPolicy's rule without namespaceSelector)."""
+    namespace_selector: str | None = None
+    namespace: str | None = None
+
+    def admits(self, ep: PolicyEndpoint) -> bool:
+        if self.namespace_selector is not None:
+            nsel = selectors.parse(self.namespace_selector, "namespaceSelector")
+            return not nsel.is_global and nsel.matches(ep.namespace_labels)
+        if self.namespace is not None:
+            return ep.namespace == self.namespace
+        return True
+
+    def text(self) -> str:
+        if self.namespace_selector is not None:
+            return f"namespaces {self.namespace_selector or 'all()'}"
+        return f"namespace {self.namespace}" if self.namespace is not None else "all namespaces"
+
+
+def entity_scope(entity: EntityRule, policy: Policy) -> Scope:
+    if entity.namespace_selector is not None:
+        return Scope(namespace_selector=entity.namespace_selector)
+    return Scope(namespace=policy.namespace or None)
+
+
+def selector_members(text: str, scope: Scope, endpoints: Iterable[PolicyEndpoint]) -> list[PolicyEndpoint]:
+    sel = selectors.parse(text, "selector")
+    return [ep for ep in endpoints if scope.admits(ep) and sel.matches(ep.labels)]
+
+
+# The ruleset -----------------------------------------------------------------------------
+
+
+def rule_hash(body: str) -> str:
+    return hashlib.sha1(body.encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class NftRule:
+    body: str  # matches and verdict
+    info: str = ""  # who asked for it, for people reading `nft list` and for trace
+
+    @property
+    def hash(self) -> str:
+        return rule_hash(self.body)
+
+    def render(self) -> str:
+        note = f"{self.hash} {self.info}".strip()[:120].replace('"', "'")
+        return f'{self.body} comment "{note}"'
+
+
+@dataclass(frozen=True)
+class NftChain:
+    name: str
+    rules: tuple[NftRule, ...]
+    hook: str | None = None  # e.g. "type filter hook forward priority filter; policy accept;"
+
+    @property
+    def hashes(self) -> tuple[str, ...]:
+        return tuple(r.hash for r in self.rules)
+
+
+@dataclass(frozen=True)
+class NftSet:
+    name: str
+    type: str
+    elements: frozenset = frozenset()  # rendered element texts; for a map "key : verdict"
+    flags: str = ""
+    is_map: bool = False
+
+    def declaration(self) -> str:
+        flags = f" flags {self.flags};" if self.flags else ""
+        return f"{'map' if self.is_map else 'set'} {self.name} {{ type {self.type};{flags} }}"
+
+
+@dataclass
+class FilterRuleset:
+    sets: dict[str, NftSet] = field(default_factory=dict)
+    chains: dict[str, NftChain] = field(default_factory=dict)
+    # Per local endpoint interface: the policies of each direction, for describe and trace.
+    endpoint_policies: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+    def render(self) -> str:
+        """The whole table in `nft -f` syntax."""
+        out = [f"table {FAMILY} {TABLE} {{"]
+        for s in sorted(self.sets.values(), key=lambda s: s.name):
+            flags = f"\n    flags {s.flags}" if s.flags else ""
+            elements = f"\n    elements = {{ {', '.join(sorted(s.elements))} }}" if s.elements else ""
+            out.append(f"  {'map' if s.is_map else 'set'} {s.name} {{\n    type {s.type}{flags}{elements}\n  }}")
+        for c in sorted(self.chains.values(), key=lambda c: (c.hook is None, c.name)):
+            out.append(f"  chain {c.name} {{")
+            if c.hook:
+                out.append(f"    {c.hook}")
+            out.extend(f"    {r.render()}" for r in c.rules)
+            out.append("  }")
+        out.append("}")
+        return "\n".join(out) + "\n"
+
+
+def _addr_family(ip: str) -> int:
+    return 6 if ":" in ip else 4
+
+
+def _short(text: str, n: int = 12) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:n]
+
+
+def policy_chain(policy: Policy, direction: str) -> str:
+    base = ("pi-" if direction == "Ingress" else "po-") + policy.key
+    return base if len(base) <= 200 else base[:3] + _short(policy.key, 20)
+
+
+def endpoint_chain(interface: str, direction: str) -> str:
+    """tw-<if>: to the workload (its ingress policy); fw-<if>: from it (its egress policy)."""
+    return ("tw-" if direction == "Ingress" else "fw-") + interface
+
+
+class _Builder:
+    """Builds the ruleset; sets are created as rules ask for them, each computed once."""
+
+    def __init__(self, endpoints: list[PolicyEndpoint]):
+        self.endpoints = endpoints
+        self.sets: dict[str, NftSet] = {}
+        self._members: dict[tuple, list[PolicyEndpoint]] = {}
+
+    def members(self, text: str, scope: Scope) -> list[PolicyEndpoint]:
+        key = (text, scope)
+        if key not in self._members:
+            self._members[key] = selector_members(text, scope, self.endpoints)
+        return self._members[key]
+
+    def selector_set(self, text: str, scope: Scope, family: int) -> str:
+        """The set of addresses (of `family`) of endpoints the selector matches within the scope."""
+        name = f"s{family}-{_short(repr((text, scope)))}"
+        if name not in self.sets:
+            els = frozenset(ip for ep in self.members(text, scope) for ip in ep.ips if _addr_family(ip) == family)
+            self.sets[name] = NftSet(name, "ipv4_addr" if family == 4 else "ipv6_addr", els)
+        return name
+
+    def named_port_set(self, text: str, scope: Scope, port: str, protocol: int, family: int) -> str:
+        """(address . protocol . port) of every endpoint the selector matches that names `port`."""
+        name = f"n{family}-{_short(repr((text, scope, port, protocol)))}"
+        if name not in self.sets:
+            els = set()
+            for ep in self.members(text, scope):
+                for cp in ep.ports:
+                    if cp.name == port and protocol_number(cp.protocol) == protocol:
+                        els.update(f"{ip} . {protocol} . {cp.port}" for ip in ep.ips if _addr_family(ip) == family)
+            addr = "ipv4_addr" if family == 4 else "ipv6_addr"
+            self.sets[name] = NftSet(name, f"{addr} . inet_proto . inet_service", frozenset(els))
+        return name
+
+
+def _ports_expr(ports) -> str:
+    items = [str(p.first) if p.first == p.last else f"{p.first}-{p.last}" for p in ports]
+    return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
+
+
+def _nets_expr(nets) -> str:
+    return nets[0] if len(nets) == 1 else "{ " + ", ".join(nets) + " }"
+
+
+def _port_variants(ports) -> list:
+    """A rule's port list is an OR: numeric ones in one match, each named port in its own."""
+    if not ports:
+        return [None]
+    numeric = tuple(p for p in ports if isinstance(p, PortRange))
+    return ([("num", numeric)] if numeric else []) + [("named", p) for p in ports if isinstance(p, str)]
+
+
+def _families(rule: Rule) -> list[int | None]:
+    """The address families the rule needs a rule of its own for; [None] when it is family-blind."""
+    fams = {4, 6}
+    specific = False
+    if rule.ip_version:
+        fams &= {rule.ip_version}
+        specific = True
+    if rule.protocol in ("ICMP", "ICMPv6"):
+        fams &= {4 if rule.protocol == "ICMP" else 6}
+        specific = True
+    for e in (rule.source, rule.destination):
+        if e.nets:
+            fams &= {_addr_family(n) for n in e.nets}
+            specific = True
+        if (e.selector is not None or e.not_selector is not None or e.namespace_selector is not None or e.not_nets
+                or any(isinstance(p, str) for p in e.ports + e.not_ports)):
+            specific = True
+    if not specific:
+        return [None]
+    return sorted(fams)
+
+
+def compile_rule(rule: Rule, policy: Policy, b: _Builder, info: str) -> list[NftRule]:
+    out = []
+    proto = protocol_number(rule.protocol) if rule.protocol is not None else None
+    verdict = {"Allow": "accept", "Deny": "drop", "Pass": "accept", "Log": None}[rule.action]
+    if rule.action == "Log":
+        verdict = f'log prefix "podnet {policy.name[:16]} " level info'
+    for fam in _families(rule):
+        ipk = {4: "ip", 6: "ip6", None: None}[fam]
+        base = []
+        if proto is not None:
+            base.append(f"meta l4proto {proto}")
+        if rule.not_protocol is not None:
+            base.append(f"meta l4proto != {protocol_number(rule.not_protocol)}")
+        icmpk = "icmp" if rule.protocol == "ICMP" else "icmpv6"
+        if rule.icmp:
+            base.append(f"{icmpk} type {rule.icmp[0]}")
+            if rule.icmp[1] is not None:
+                base.append(f"{icmpk} code {rule.icmp[1]}")
+        if rule.not_icmp:
+            if rule.not_icmp[1] is None:
+                base.append(f"{icmpk} type != {rule.not_icmp[0]}")
+            else:
+                base.append(f"{icmpk} type . {icmpk} code != {{ {rule.not_icmp[0]} . {rule.not_icmp[1]} }}")
+        skip = False
+        for side, e, addr in (("source", rule.source, "saddr"), ("destination", rule.destination, "daddr")):
+            if fam is None:
+                continue
+            nets = [n for n in e.nets if _addr_family(n) == fam]
+            if e.nets and not nets:
+                skip = True  # no network of this family: the rule cannot match it
+            if nets:
+                base.append(f"{ipk} {addr} {_nets_expr(nets)}")
+            not_nets = [n for n in e.not_nets if _addr_family(n) == fam]
+            if not_nets:
+                base.append(f"{ipk} {addr} != {_nets_expr(not_nets)}")
+            scope = entity_scope(e, policy)
+            if e.selector is not None or e.namespace_selector is not None:
+                base.append(f"{ipk} {addr} @{b.selector_set(e.selector or 'all()', scope, fam)}")
+            if e.not_selector is not None:
+                base.append(f"{ipk} {addr} != @{b.selector_set(e.not_selector, scope, fam)}")
+        if skip:
+            continue
+        src_variants = _port_variants(rule.source.ports)
+        dst_variants = _port_variants(rule.destination.ports)
+        for sv in src_variants:
+            for dv in dst_variants:
+                m = list(base)
+                for side, variant, e, addr, th in (("source", sv, rule.source, "saddr", "sport"),
+                                                   ("destination", dv, rule.destination, "daddr", "dport")):
+                    if variant is not None:
+                        if variant[0] == "num":
+                            m.append(f"th {th} {_ports_expr(variant[1])}")
+                        else:
+                            s = b.named_port_set(e.selector or "all()", entity_scope(e, policy), variant[1], proto, fam)
+                            m.append(f"{ipk} {addr} . meta l4proto . th {th} @{s}")
+                    numeric_not = [p for p in e.not_ports if isinstance(p, PortRange)]
+                    if numeric_not:
+                        m.append(f"th {th} != {_ports_expr(numeric_not)}")
+                    for name in (p for p in e.not_ports if isinstance(p, str)):
+                        s = b.named_port_set(e.selector or "all()", entity_scope(e, policy), name, proto, fam)
+                        m.append(f"{ipk} {addr} . meta l4proto . th {th} != @{s}")
+                if fam is not None and not any(x.startswith((f"{ipk} ", "icmp")) for x in m):
+                    m.insert(0, f"meta nfproto ipv{fam}")  # nothing else in it binds the family
+                out.append(NftRule(" ".join(m + [verdict]), info))
+    return out
+
+
+def _policy_chains(policy: Policy, b: _Builder) -> list[NftChain]:
+    chains = []
+    for direction in policy.types:
+        rules: list[NftRule] = []
+        short = "ingress" if direction == "Ingress" else "egress"
+        for i, rule in enumerate(policy.rules(direction)):
+            info = f"{policy.display} {short}[{i}] {rule.action}"
+            rules.extend(compile_rule(rule, policy, b, info))
+        chains.append(NftChain(policy_chain(policy, direction), tuple(rules)))
+    return chains
+
+
+def _endpoint_chain(ep: PolicyEndpoint, pols: list[Policy], direction: str, config: FilterConfig) -> NftChain:
+    rules = []
+    if direction == "Egress":
+        rules.append(NftRule(f"udp dport {config.vxlan_port} drop", "workloads may not send VXLAN"))
+        rules.append(NftRule("meta l4proto 4 drop", "workloads may not send IPIP"))
+        v4 = sorted(ip for ip in ep.ips if _addr_family(ip) == 4)
+        v6 = sorted(ip for ip in ep.ips if _addr_family(ip) == 6)
+        rules.append(NftRule(f"ip saddr != {_nets_expr(v4)} drop" if v4 else "meta nfproto ipv4 drop",
+                             f"anti-spoofing: {ep.key} sends from its own IPv4 address only"))
+        # Link-local and unspecified sources are never forwarded; the host needs them for NDP and DAD.
+        rules.append(NftRule(f"ip6 saddr != {{ {', '.join(['::', 'fe80::/10'] + v6)} }} drop",
+                             f"anti-spoofing: {ep.key} sends from its own IPv6 address only"))
+    for p in pols:
+        rules.append(NftRule(f"jump {policy_chain(p, direction)}", f"policy {p.display}"))
+    if pols:
+        rules.append(NftRule("drop", "end of tier default: a policy selected the endpoint and none allowed"))
+    else:
+        rules.append(NftRule("accept", f"no {direction.lower()} policy selects {ep.key}: the profile allows"))
+    return NftChain(endpoint_chain(ep.interface, direction), tuple(rules))
+
+
+_CT = (NftRule("ct state established,related accept", "established and related flows"),
+       NftRule("ct state invalid drop", "invalid packets"))
+
+
+def _base_chains(config: FilterConfig) -> list[NftChain]:
+    wl = f'"{WORKLOAD_PREFIX}*"'
+    forward_from = NftChain("forward-from", _CT + (
+        NftRule(f"iifname {wl} ip daddr . meta l4proto . th dport @{PROTECTED4} drop", "node protection"),
+        NftRule(f"iifname {wl} ip6 daddr . meta l4proto . th dport @{PROTECTED6} drop", "node protection"),
+        NftRule(f"iifname vmap @{FROM_MAP}", "dispatch to the sending workload's chain"),
+        NftRule(f"iifname {wl} drop", "fail closed: a workload interface without a programmed endpoint"),
+    ), "type filter hook forward priority filter; policy accept;")
+    forward_to = NftChain("forward-to", _CT + (
+        NftRule(f"oifname vmap @{TO_MAP}", "dispatch to the receiving workload's chain"),
+        NftRule(f"oifname {wl} drop", "fail closed: a workload interface without a programmed endpoint"),
+    ), "type filter hook forward priority filter + 1; policy accept;")
+    to_host = [
+        NftRule("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
+                "workloads resolve their gateway"),
+        NftRule(f"meta l4proto . th dport @{PROTECTED_PORTS} drop", "node protection: pods may not reach these ports"),
+        NftRule(f"ip daddr . meta l4proto . th dport @{PROTECTED4} drop", "node protection"),
+        NftRule(f"ip6 daddr . meta l4proto . th dport @{PROTECTED6} drop", "node protection"),
+    ]
+    if config.endpoint_to_host_action == "Drop":
+        to_host.append(NftRule("drop", "DefaultEndpointToHostAction Drop"))
+    else:
+        # The endpoint's own chain: anti-spoofing and its egress policy; its accept is the action Accept.
+        to_host.append(NftRule(f"iifname vmap @{FROM_MAP}",
+                               f"the workload's egress policy, then DefaultEndpointToHostAction "
+                               f"{config.endpoint_to_host_action}"))
+        to_host.append(NftRule("drop", "fail closed: a workload interface without a programmed endpoint"))
+    wl_to_host = NftChain("wl-to-host", tuple(to_host))
+    input_chain = NftChain("input", _CT + (
+        NftRule(f"iifname {wl} goto wl-to-host", "workload to host"),
+        NftRule(f"udp dport {config.vxlan_port} ip saddr != @{NODES4} drop", "VXLAN only from member nodes"),
+        NftRule(f"udp dport {config.vxlan_port} ip6 saddr != @{NODES6} drop", "VXLAN only from member nodes"),
+    ), "type filter hook input priority filter; policy accept;")
+    return [forward_from, forward_to, input_chain, wl_to_host]
+
+
+def compute_filter(node: str, endpoints: Iterable[PolicyEndpoint], policies: Iterable[Policy],
+                   node_addresses: Iterable[str], config: FilterConfig = FilterConfig()) -> FilterRuleset:
+    """The table of `node`: its endpoints' chains, the policies they use, the sets those name."""
+    endpoints = sorted(endpoints, key=lambda e: (e.node, e.key, e.interface))
+    pols = ordered(policies)
+    b = _Builder(endpoints)
+    rs = FilterRuleset()
+    for c in _base_chains(config):
+        rs.chains[c.name] = c
+    used: dict[str, Policy] = {}
+    from_map, to_map = set(), set()
+    for ep in endpoints:
+        if ep.node != node or not ep.interface:
+            continue
+        per_dir = {}
+        for direction in ("Ingress", "Egress"):
+            selected = endpoint_policies(ep, pols, direction)
+            per_dir[direction] = [p.display for p in selected]
+            for p in selected:
+                used[p.key] = p
+            chain = _endpoint_chain(ep, selected, direction, config)
+            rs.chains[chain.name] = chain
+        rs.endpoint_policies[ep.interface] = per_dir
+        from_map.add(f'"{ep.interface}" : goto {endpoint_chain(ep.interface, "Egress")}')
+        to_map.add(f'"{ep.interface}" : goto {endpoint_chain(ep.interface, "Ingress")}')
+    # Only the policies some local endpoint uses are programmed (Felix programs only referenced chains).
+    for p in used.values():
+        for c in _policy_chains(p, b):
+            rs.chains[c.name] = c
+    rs.sets.update(b.sets)
+    rs.sets[FROM_MAP] = NftSet(FROM_MAP, "ifname : verdict", frozenset(from_map), is_map=True)
+    rs.sets[TO_MAP] = NftSet(TO_MAP, "ifname : verdict", frozenset(to_map), is_map=True)
+    addrs = [a.split("/")[0] for a in node_addresses if a]
+    rs.sets[NODES4] = NftSet(NODES4, "ipv4_addr", frozenset(a for a in addrs if _addr_family(a) == 4))
+    rs.sets[NODES6] = NftSet(NODES6, "ipv6_addr", frozenset(str(ipaddress.ip_address(a)) for a in addrs
+                                                            if _addr_family(a) == 6))
+    p4, p6, ports = set(), set(), set()
+    for addr, proto, port in config.protected:
+        if addr is None:
+            ports.add(f"{proto} . {port}")
+        elif _addr_family(addr) == 4:
+            p4.add(f"{addr} . {proto} . {port}")
+        else:
+            p6.add(f"{ipaddress.ip_address(addr)} . {proto} . {port}")
+    rs.sets[PROTECTED4] = NftSet(PROTECTED4, "ipv4_addr . inet_proto . inet_service", frozenset(p4))
+    rs.sets[PROTECTED6] = NftSet(PROTECTED6, "ipv6_addr . inet_proto . inet_service", frozenset(p6))
+    rs.sets[PROTECTED_PORTS] = NftSet(PROTECTED_PORTS, "inet_proto . inet_service", frozenset(ports))
+    return rs
+
+
+# Diff ----------------------------------------------------------------------------------------
+
+
+def _obj(kind: str, name: str) -> str:
+    return f"{kind} {FAMILY} {TABLE} {name}"
+
+
+def diff_filter(old: FilterRuleset | None, new: FilterRuleset) -> list[str]:
+    """nft commands (one transaction) from `old` to `new`; [] when nothing changed. Only changed sets,
+    elements and chains are touched. `old` None: create the table from nothing, replacing any."""
+    if old is None:
+        return [f"table {FAMILY} {TABLE} {{}}", f"delete table {FAMILY} {TABLE}", new.render()]
+    cmds: list[str] = []
+    # 1. New sets, then element changes of every set (maps whose verdicts name new chains come later).
+    for name, s in new.sets.items():
+        if name not in old.sets:
+            cmds.append(f"add {s.declaration().replace(f'{s.name} ', f'{FAMILY} {TABLE} {s.name} ', 1)}")
+    later: list[str] = []
+    for name, s in new.sets.items():
+        before = old.sets[name].elements if name in old.sets else frozenset()
+        removed, added = before - s.elements, s.elements - before
+        target = later if s.is_map else cmds
+        if removed:
+            keys = sorted(e.split(" : ")[0] for e in removed) if s.is_map else sorted(removed)
+            target.append(f"delete element {FAMILY} {TABLE} {name} {{ {', '.join(keys)} }}")
+        if added:
+            target.append(f"add element {FAMILY} {TABLE} {name} {{ {', '.join(sorted(added))} }}")
+    # 2. Chains: new ones exist (empty) before any rule jumps to them; changed ones are refilled.
+    for name, c in new.chains.items():
+        if name not in old.chains:
+            hook = f" {{ {c.hook} }}" if c.hook else ""
+            cmds.append(f"add chain {FAMILY} {TABLE} {name}{hook}")
+    for name, c in new.chains.items():
+        prev = old.chains.get(name)
+        if prev is not None and prev.hashes == c.hashes and prev.hook == c.hook:
+            continue
+        if prev is not None:
+            cmds.append(f"flush chain {FAMILY} {TABLE} {name}")
+        cmds.extend(f"add rule {FAMILY} {TABLE} {name} {r.render()}" for r in c.rules)
+    cmds.extend(later)
+    # 3. What is gone: chains (emptied first: they may jump to each other), then sets.
+    gone = [n for n in old.chains if n not in new.chains]
+    cmds.extend(f"flush chain {FAMILY} {TABLE} {n}" for n in gone)
+    cmds.extend(f"delete chain {FAMILY} {TABLE} {n}" for n in gone)
+    cmds.extend(f"delete {'map' if old.sets[n].is_map else 'set'} {FAMILY} {TABLE} {n}"
+                for n in old.sets if n not in new.sets)
+    return cmds
+
+
+# For describe and trace ------------------------------------------------------------------
+
+
+def effective_rules(ep: PolicyEndpoint, policies: Iterable[Policy]) -> dict[str, list[tuple[str, list[str]]]]:
+    """Per direction: [(policy, [rule descriptions])] in evaluation order, and what happens after."""
+    pols = ordered(policies)
+    out = {}
+    for direction in ("Ingress", "Egress"):
+        selected = endpoint_policies(ep, pols, direction)
+        out[direction] = [(p.display, [r.describe() for r in p.rules(direction)]) for p in selected]
+    return out
