@@ -58,6 +58,8 @@ def cmd_describe(args) -> int:
                     for ip, a in b.in_use().items() if a.attrs.get("node") == node.name]
         _kv([("Name", node.name), ("Underlay address", node.address), ("Interface", node.interface),
              ("VTEP MAC", node.effective_vtep_mac), ("Tunnel address", node.tunnel_address),
+             ("IPv6 underlay address", node.address6), ("IPv6 tunnel address", node.tunnel_address6),
+             ("IPv6 VTEP MAC", node.vtep_mac6 if node.address6 else None),
              ("Labels", ", ".join(f"{k}={v}" for k, v in sorted(node.labels.items()))),
              ("Blocks", ", ".join(b.cidr for b in blocks)),
              ("Borrowed addresses", ", ".join(f"{ip} (from {c})" for ip, c in borrowed)),

@@ -62,12 +62,16 @@ def cmd_lab_status(args) -> int:
     if args.output in ("json", "yaml"):
         emit(status, args.output)
         return 0
-    table(["NODE", "NETNS", "UNDERLAY-IP", "TUNNEL-IP", "BLOCKS", "AGENT"],
-          [[n["name"], n["netns"], n["underlay_ip"], n["tunnel_ip"], ",".join(n["blocks"]),
-            ("ready" if n["ready"] else "starting") if n["agent_running"] else "stopped"] for n in status["nodes"]])
+    dual = any(n.get("underlay_ip6") for n in status["nodes"])
+    v6 = (["UNDERLAY-IP6", "TUNNEL-IP6", "VTEP-MAC6"], lambda n: [n["underlay_ip6"], n["tunnel_ip6"], n["vtep_mac6"]])
+    table(["NODE", "NETNS", "UNDERLAY-IP", "TUNNEL-IP"] + (v6[0] if dual else []) + ["BLOCKS", "AGENT"],
+          [[n["name"], n["netns"], n["underlay_ip"], n["tunnel_ip"]] + (v6[1](n) if dual else []) +
+           [",".join(n["blocks"]), ("ready" if n["ready"] else "starting") if n["agent_running"] else "stopped"]
+           for n in status["nodes"]])
     print()
-    table(["POD", "NODE", "NETNS", "IP", "HOST-IF"],
-          [[p["name"], p["node"], p["netns"], p["ip"], p["interface"]] for p in status["pods"]])
+    table(["POD", "NODE", "NETNS", "IPS", "HOST-IF"],
+          [[p["name"], p["node"], p["netns"], ",".join(p.get("ips") or [p["ip"]]), p["interface"]]
+           for p in status["pods"]])
     return 0
 
 

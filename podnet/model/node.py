@@ -37,22 +37,23 @@ class Node:
     def __post_init__(self):
         fields.name("metadata.name", self.name)
         if self.address is not None:
-            object.__setattr__(self, "address", str(fields.interface("spec.address", self.address)))
+            object.__setattr__(self, "address", str(fields.interface("spec.bgp.ipv4Address", self.address)))
         if self.interface is not None:
-            fields.ifname("spec.interface", self.interface)
+            fields.ifname(f"metadata.annotations.{INTERFACE_ANNOTATION}", self.interface)
         if self.vtep_mac is not None:
-            object.__setattr__(self, "vtep_mac", fields.mac("spec.vtepMAC", self.vtep_mac))
+            object.__setattr__(self, "vtep_mac", fields.mac("spec.vxlanTunnelMACAddr", self.vtep_mac))
         if self.tunnel_address is not None:
-            object.__setattr__(self, "tunnel_address", str(fields.ip_address("spec.tunnelAddress", self.tunnel_address)))
+            object.__setattr__(self, "tunnel_address",
+                               str(fields.ip_address("spec.ipv4VXLANTunnelAddr", self.tunnel_address)))
         object.__setattr__(self, "labels", fields.labels("metadata.labels", self.labels))
         if self.address6 is not None:
-            a6 = fields.interface("spec.address6", self.address6)
+            a6 = fields.interface("spec.bgp.ipv6Address", self.address6)
             if a6.version != 6:
-                raise ValidationError("spec.address6", f"{self.address6} is not an IPv6 address")
+                raise ValidationError("spec.bgp.ipv6Address", f"{self.address6} is not an IPv6 address")
             object.__setattr__(self, "address6", str(a6))
         if self.tunnel_address6 is not None:
             object.__setattr__(self, "tunnel_address6",
-                               str(fields.ip_address("spec.tunnelAddress6", self.tunnel_address6)))
+                               str(fields.ip_address("spec.ipv6VXLANTunnelAddr", self.tunnel_address6)))
 
     # Parsed once per record: the agent reads these for every node on every reconcile.
     @cached_property
@@ -73,37 +74,48 @@ class Node:
         return vtep_mac(self.name, ipv6=True)
 
     def to_manifest(self) -> dict:
-        spec = {}
-        if self.address:
-            spec["address"] = self.address
-        if self.interface:
-            spec["interface"] = self.interface
-        if self.vtep_mac:
-            spec["vtepMAC"] = self.vtep_mac
+        """Calico's Node shape (calicoctl get node -o yaml), plus the parent interface podnet found
+        the underlay address on, as an annotation (Calico's Node has no field for it)."""
+        spec: dict = {}
+        if self.address or self.address6:
+            spec["bgp"] = {k: v for k, v in (("ipv4Address", self.address), ("ipv6Address", self.address6)) if v}
+            spec["addresses"] = [{"address": a, "type": "CalicoNodeIP"} for a in (self.address, self.address6) if a]
         if self.tunnel_address:
-            spec["tunnelAddress"] = self.tunnel_address
-        if self.address6:
-            spec["address6"] = self.address6
+            spec["ipv4VXLANTunnelAddr"] = self.tunnel_address
+        spec["vxlanTunnelMACAddr"] = self.effective_vtep_mac
         if self.tunnel_address6:
-            spec["tunnelAddress6"] = self.tunnel_address6
-        return {
-            "apiVersion": "projectcalico.org/v3",
-            "kind": "Node",
-            "metadata": {"name": self.name, "labels": dict(self.labels)},
-            "spec": spec,
-        }
+            spec["ipv6VXLANTunnelAddr"] = self.tunnel_address6
+        if self.address6:
+            spec["vxlanTunnelMACAddrV6"] = self.vtep_mac6
+        meta: dict = {"name": self.name, "labels": dict(self.labels)}
+        if self.interface:
+            meta["annotations"] = {INTERFACE_ANNOTATION: self.interface}
+        return {"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": meta, "spec": spec}
 
     @classmethod
     def from_manifest(cls, doc: dict) -> Node:
+        """Calico's shape, or podnet's earlier one (spec.address, spec.tunnelAddress, ...) that older
+        datastores hold. A VTEP MAC equal to the one derived from the name is not stored as set."""
         meta = doc.get("metadata") or {}
         spec = doc.get("spec") or {}
+        bgp = spec.get("bgp") or {}
+        if not isinstance(meta, dict) or not isinstance(spec, dict) or not isinstance(bgp, dict):
+            raise ValidationError("spec", "metadata, spec and spec.bgp must be mappings")
+        name = meta.get("name")
+        mac = spec.get("vxlanTunnelMACAddr", spec.get("vtepMAC"))
+        if isinstance(name, str) and isinstance(mac, str) and mac.lower() == vtep_mac(name):
+            mac = None
+        annotations = meta.get("annotations") or {}
         return cls(
-            name=meta.get("name"),
-            address=spec.get("address"),
-            interface=spec.get("interface"),
-            vtep_mac=spec.get("vtepMAC"),
-            tunnel_address=spec.get("tunnelAddress"),
+            name=name,
+            address=bgp.get("ipv4Address", spec.get("address")),
+            interface=annotations.get(INTERFACE_ANNOTATION, spec.get("interface")),
+            vtep_mac=mac,
+            tunnel_address=spec.get("ipv4VXLANTunnelAddr", spec.get("tunnelAddress")),
             labels=meta.get("labels") or {},
-            address6=spec.get("address6"),
-            tunnel_address6=spec.get("tunnelAddress6"),
+            address6=bgp.get("ipv6Address", spec.get("address6")),
+            tunnel_address6=spec.get("ipv6VXLANTunnelAddr", spec.get("tunnelAddress6")),
         )
+
+
+INTERFACE_ANNOTATION = "podnet.io/underlay-interface"

@@ -113,3 +113,28 @@ def test_ipv6_only_pod(lab):
         assert lab.cni("node-2", "DEL", "v6only", f"/run/netns/{ns}", "v6only", config=config)[0] == 0
     finally:
         topology.delete_netns(ns)
+
+
+def _podnet(lab, *args) -> str:
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "podnet", *args, "--lab", lab.name], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_ipv6_facts_appear_in_get_wide_describe_and_lab_status(lab):
+    status = lab.status()
+    node = status["nodes"][0]
+    assert node["underlay_ip6"] and node["tunnel_ip6"] and node["vtep_mac6"] == vtep_mac(node["name"], ipv6=True)
+    wide = _podnet(lab, "get", "nodes", "-o", "wide")
+    assert "ADDRESS6" in wide and node["tunnel_ip6"] in wide and node["vtep_mac6"] in wide
+    described = _podnet(lab, "describe", "node", node["name"])
+    assert f"IPv6 tunnel address:" in described and node["tunnel_ip6"] in described
+    assert node["vtep_mac6"] in described and node["underlay_ip6"] in described
+    shown = _podnet(lab, "lab", "status")
+    assert "TUNNEL-IP6" in shown and node["tunnel_ip6"] in shown
+    pod = status["pods"][0]
+    assert ",".join(pod["ips"]) in shown
+    workloads = _podnet(lab, "get", "workloads", "-o", "wide")
+    assert pod["ips"][1] in workloads

@@ -346,14 +346,14 @@ def test_node_address_keeps_its_prefix():
 def test_node_address_without_valid_prefix_rejected(address):
     with pytest.raises(ValidationError) as caught:
         Node(name="node-1", address=address)
-    assert caught.value.field == "spec.address"
+    assert caught.value.field == "spec.bgp.ipv4Address"
 
 
 @pytest.mark.parametrize("mac", ["66:1e:13:c0:bc", "66:1e:13:c0:bc:a9:00", "661e13c0bca9", "66-1e-13-c0-bc-a9", "zz:1e:13:c0:bc:a9", ""])
 def test_node_bad_vtep_mac_rejected(mac):
     with pytest.raises(ValidationError) as caught:
         Node(name="node-1", vtep_mac=mac)
-    assert caught.value.field == "spec.vtepMAC"
+    assert caught.value.field == "spec.vxlanTunnelMACAddr"
 
 
 @pytest.mark.parametrize(
@@ -361,9 +361,9 @@ def test_node_bad_vtep_mac_rejected(mac):
     [
         ({"name": "Node_1"}, "metadata.name"),
         ({"name": ""}, "metadata.name"),
-        ({"name": "n", "interface": "an-interface-name-too-long"}, "spec.interface"),
-        ({"name": "n", "interface": "eth/0"}, "spec.interface"),
-        ({"name": "n", "tunnel_address": "100.76.131.3/32"}, "spec.tunnelAddress"),
+        ({"name": "n", "interface": "an-interface-name-too-long"}, "metadata.annotations.podnet.io/underlay-interface"),
+        ({"name": "n", "interface": "eth/0"}, "metadata.annotations.podnet.io/underlay-interface"),
+        ({"name": "n", "tunnel_address": "100.76.131.3/32"}, "spec.ipv4VXLANTunnelAddr"),
         ({"name": "n", "labels": {"zone": 1}}, "metadata.labels"),
     ],
 )
@@ -547,3 +547,55 @@ def test_ipv6_block():
     assert block.size == 64
     assert block.assign("h", count=2) == ["fd00:10:244::40", "fd00:10:244::41"]
     assert Block.from_json(block.to_json()) == block
+
+
+CALICOCTL_NODE_YAML = """\
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata:
+  name: node-1
+  labels: {kubernetes.io/hostname: node-1}
+  annotations: {podnet.io/underlay-interface: ens5}
+  resourceVersion: "1234"
+  uid: 5c0c7f3e-0d5b-4b5e-9b0a-1a2b3c4d5e6f
+spec:
+  addresses:
+  - address: 172.31.0.11/24
+    type: CalicoNodeIP
+  bgp:
+    ipv4Address: 172.31.0.11/24
+    ipv6Address: fd00:31::11/64
+  ipv4VXLANTunnelAddr: 10.244.0.0
+  ipv6VXLANTunnelAddr: "fd00:244::"
+  vxlanTunnelMACAddr: 66:aa:bb:cc:dd:ee
+  orchRefs:
+  - nodeName: node-1
+    orchestrator: k8s
+status:
+  podCIDRs: [10.244.0.0/24]
+"""
+
+
+def test_node_reads_calicoctl_output():
+    node = Node.from_manifest(yaml.safe_load(CALICOCTL_NODE_YAML))
+    assert (node.address, node.interface, node.tunnel_address, node.vtep_mac) == \
+        ("172.31.0.11/24", "ens5", "10.244.0.0", "66:aa:bb:cc:dd:ee")
+    assert (node.address6, node.tunnel_address6) == ("fd00:31::11/64", "fd00:244::")
+
+
+def test_node_writes_calicos_shape_and_round_trips():
+    node = Node("node-1", address="172.31.0.11/24", interface="eth0", tunnel_address="10.244.0.0",
+                address6="fd00:31::11/64", tunnel_address6="fd00:244::")
+    doc = node.to_manifest()
+    assert doc["spec"]["bgp"] == {"ipv4Address": "172.31.0.11/24", "ipv6Address": "fd00:31::11/64"}
+    assert doc["spec"]["ipv4VXLANTunnelAddr"] == "10.244.0.0"
+    assert doc["spec"]["vxlanTunnelMACAddr"] == vtep_mac("node-1")
+    assert doc["spec"]["vxlanTunnelMACAddrV6"] == vtep_mac("node-1", ipv6=True)
+    assert Node.from_manifest(doc) == node  # the derived MAC is not read back as an explicit one
+
+
+def test_node_reads_podnets_earlier_shape():
+    old = {"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": "n", "labels": {}},
+           "spec": {"address": "172.31.0.2/24", "interface": "eth0", "tunnelAddress": "10.244.0.64"}}
+    assert Node.from_manifest(old) == Node("n", address="172.31.0.2/24", interface="eth0",
+                                           tunnel_address="10.244.0.64")
