@@ -1,4 +1,4 @@
-"""`python3 -m bench [--quick] [add|program|drift|join|ipam|join-etcd|burst|sandbox|address ...]`: run podnet's benchmarks.
+"""`python3 -m bench [--quick] [add|program|drift|join|ipam|join-etcd|burst|sandbox|address|throughput|fanout ...]`: run podnet's benchmarks.
 
 Results go to bench/results/latest.json (benchmarks not run this time keep
 their previous entry) and a markdown summary is printed and written into
@@ -27,10 +27,12 @@ BENCHMARKS = {
     "burst": "bench.burst",
     "sandbox": "bench.sandbox",
     "address": "bench.address_change",
+    "throughput": "bench.throughput",
+    "fanout": "bench.fanout",
 }
 ALIASES = {"add_latency": "add", "program_nodes": "program", "drift_repair": "drift", "node_join": "join",
            "ipam_rate": "ipam", "node_join_etcd": "join-etcd", "burst": "burst", "sandbox": "sandbox",
-           "address_change": "address"}
+           "address_change": "address", "throughput": "throughput", "fanout": "fanout"}
 FULL_NAMES = {v: k for k, v in ALIASES.items()}
 
 

@@ -121,7 +121,8 @@ def markdown(doc: dict) -> str:
     lines.append("")
     for name, render in (("add_latency", _add), ("program_nodes", _program), ("drift_repair", _drift),
                          ("node_join", _join), ("node_join_etcd", _join), ("ipam_rate", _ipam), ("burst", _burst),
-                         ("sandbox", _sandbox), ("address_change", _address)):
+                         ("sandbox", _sandbox), ("address_change", _address), ("throughput", _throughput),
+                         ("fanout", _fanout)):
         e = b.get(name)
         if e is None:
             continue
@@ -234,7 +235,63 @@ def _summary_rows(b: dict) -> list[str]:
                         f"<= {e['targets']['max_ms']:.0f} ms | {_met(d['pass'])} |")
     elif e:
         rows.append("| Address change | | failed | | | | **no** |")
+    e = b.get("throughput")
+    if e and e.get("status") == "ok":
+        p, q, r, t = e["summary"]["podnet"], e["summary"]["hand"], e["ratios"], e["targets"]
+        n = e["params"]["repetitions"]
+        flowed = e["checks"]["traffic_flowed_and_crossed_vxlan"]
+        rows.append(f"| Pod-to-pod TCP across nodes, iperf3, defaults | median of {n} | {p['tcp_gbps']:.2f} Gbit/s | "
+                    f"{q['tcp_gbps']:.2f} Gbit/s (hand-wired VXLAN) | {_x(r['tcp'])} | >= {t['tcp_ratio']}x | "
+                    f"{_met(e['checks']['tcp'] and flowed)} |")
+        rows.append(f"| Pod-to-pod UDP, 1400-byte datagrams | median of {n} | {p['udp_gbps']:.2f} Gbit/s | "
+                    f"{q['udp_gbps']:.2f} Gbit/s | {_x(r['udp'])} | >= {t['udp_ratio']}x | "
+                    f"{_met(e['checks']['udp'] and flowed)} |")
+        rows.append(f"| Pod-to-pod ping RTT | p50 / p99 | {p['ping_p50_ms']:.3f} / {p['ping_p99_ms']:.3f} ms | "
+                    f"{q['ping_p50_ms']:.3f} / {q['ping_p99_ms']:.3f} ms | {_x(r['ping_p50'])} / {_x(r['ping_p99'])} | "
+                    "(informational) | |")
+        rows.append(f"| Pod-to-pod TCP request/response | median of {n} | {p['rr_per_s']:.0f}/s | {q['rr_per_s']:.0f}/s | "
+                    f"{_x(r['rr'])} | (informational) | |")
+    elif e:
+        rows.append("| Pod-to-pod throughput | | failed | | | | **no** |")
+    e = b.get("fanout")
+    if e and e.get("status") == "ok":
+        s, et = e["seen_all_ms"], e["etcd"]
+        rows.append(f"| Node join -> seen by {e['params']['agents']} watching agents, 3-member etcd "
+                    f"({s.get('n')}x) | p50 / p99 | {s.get('p50', 0):.1f} / {s.get('p99', 0):.1f} ms | none | | "
+                    f"p99 <= {e['targets']['p99_ms']:.0f} ms | {_met(e['pass'])} |")
+        rows.append(f"| | etcd members: CPU, RSS | {et['cpu_percent_of_one_core']:.0f}% of a core in all, "
+                    f"{et['rss_mib_total']:.0f} MiB | | | (informational) | |")
+    elif e:
+        rows.append("| Fan-out to 1000 agents | | failed | | | | **no** |")
     return rows
+
+
+def _throughput(e: dict) -> list[str]:
+    out = ["| Side | TCP Gbit/s (each run) | UDP Gbit/s (each run) | UDP lost % | ping p50 / p99 ms | RR/s | "
+           "TX checksum offload (node-1, node-2) |", "|---|---|---|---|---|--:|---|"]
+    for k, label in (("podnet", "podnet lab, defaults"), ("hand", "hand-wired kernel VXLAN")):
+        s = e["summary"][k]
+        out.append(f"| {label} | {s['tcp_gbps']:.2f} ({', '.join(map(str, s['tcp_gbps_all']))}) | {s['udp_gbps']:.2f} "
+                   f"({', '.join(map(str, s['udp_gbps_all']))}) | {', '.join(map(str, s['udp_lost_percent']))} | "
+                   f"{s['ping_p50_ms']:.3f} / {s['ping_p99_ms']:.3f} | {s['rr_per_s']:.0f} | "
+                   f"{', '.join(s['tx_checksum_offload'])} |")
+    out += ["", "Checks: " + ", ".join(f"{k} {_met(v)}" for k, v in e["checks"].items())]
+    if e.get("failed_checks"):
+        out += [""] + [f"- failed check: {x}" for x in e["failed_checks"]]
+    return out
+
+
+def _fanout(e: dict) -> list[str]:
+    p, et = e["params"], e["etcd"]
+    out = [f"{p['agents']} watch streams in {p['processes']} processes, {p['joins']} node joins; the clock runs from "
+           "the write of the Node record to the moment the last agent decoded it.", ""]
+    out += _dist_table([("join -> seen by all agents", e["seen_all_ms"]),
+                        ("join -> seen, every agent", e["seen_each_ms"])])
+    out += ["", f"etcd members: {et['cpu_seconds_total']:.1f} CPU-seconds during the joins "
+                f"({et['cpu_percent_of_one_core']:.0f}% of one core), RSS {et['rss_mib_total']:.0f} MiB in all "
+                f"({', '.join(f'{x:.0f}' for x in et['rss_mib'])} MiB); watchers that missed a join: "
+                f"{e['misses']}; checks: " + ", ".join(f"{k} {_met(v)}" for k, v in e["checks"].items())]
+    return out
 
 
 def _add(e: dict) -> list[str]:

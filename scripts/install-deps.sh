@@ -17,7 +17,7 @@ VENV=${VENV:-.venv}
 debs=(python3-venv iproute2 iputils-ping procps kmod util-linux)
 if [ "$want" = all ]; then
   debs+=(containernetworking-plugins etcd-server etcd-client tcpdump tshark ethtool nftables openssl
-         containerd runc podman busybox-static)
+         containerd runc podman busybox-static iperf3)
 fi
 
 missing=()
