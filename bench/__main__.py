@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m bench", description=__doc__.split("\n")[0])
     p.add_argument("which", nargs="*", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
     p.add_argument("--quick", action="store_true",
-                   help="fewer repetitions (about 3 minutes in all; the full run takes 4-6)")
+                   help="fewer repetitions (about 4 minutes in all; the full run takes 7-9)")
     p.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results", "latest.json"),
                    help="where to write the JSON results")
     p.add_argument("--docs", default=os.path.join(common.ROOT, "docs", "benchmarks.md"),
