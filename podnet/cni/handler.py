@@ -28,12 +28,10 @@ from podnet.datastore.api import DatastoreError, DatastoreUnavailable
 from podnet.datastore.resources import Resources
 from podnet.errors import PodnetError
 from podnet.ipam import Ipam, IpamConflict, NodeNotRegistered, NoUsablePool, PoolExhausted
-from podnet.model import WorkloadEndpoint, host_veth_name
-from podnet.model.endpoint import ipam_handle
+from podnet.model import WorkloadEndpoint
+from podnet.model.endpoint import POD_HANDLE_PREFIX, explained_handles, host_veth_names, ipam_handle
 
 log = logging.getLogger(__name__)
-
-POD_HANDLE_PREFIX = ipam_handle("")  # "k8s-pod-network.": GC never looks at other handles (tunnel addresses)
 
 
 @dataclass
@@ -129,8 +127,10 @@ def add(ctx: NodeContext, req: Request) -> dict:
 
 
 def _add(ctx: NodeContext, req: Request, netns_fd: int) -> dict:
-    host_ifname = host_veth_name(req.pod_namespace, req.pod_name, req.container_id)
-    handle = ipam_handle(req.container_id)
+    # The host end's name: the first free one of the candidates (Calico's name first); the record
+    # starts with that first one and is corrected in the rare case that it was held.
+    host_ifnames = list(host_veth_names(req.pod_namespace, req.pod_name, req.container_id, req.ifname))
+    handle = ipam_handle(req.container_id, req.ifname)
     mtu = req.config.get("mtu") or ctx.pod_mtu()
     attrs = {
         "node": ctx.node,
@@ -148,7 +148,7 @@ def _add(ctx: NodeContext, req: Request, netns_fd: int) -> dict:
         node=ctx.node,
         container_id=req.container_id,
         interface=req.ifname,
-        host_interface=host_ifname,
+        host_interface=host_ifnames[0],
         ips=(),
         mac=pod_mac,
         netns=req.netns,
@@ -159,27 +159,30 @@ def _add(ctx: NodeContext, req: Request, netns_fd: int) -> dict:
     booked = _submit(ctx, _allocate_and_record, ctx, req, handle, attrs, endpoint)
     pair = None
     try:
-        pair = pod.create_pair(ctx.host, netns_fd, req.ifname, host_ifname, mtu, req.assigns(4), req.assigns(6),
-                               pod_mac=pod_mac)
-        taken = booked.result()
-        ipv4 = next((ip for ip in taken if ":" not in ip), None)
-        ipv6 = next((ip for ip in taken if ":" in ip), None)
+        pair = pod.create_pair(ctx.host, netns_fd, req.ifname, host_ifnames, mtu, req.assigns(4), req.assigns(6),
+                               pod_mac=pod_mac, owner=endpoint.owner_mark)
+        recorded = booked.result()
+        if pair.host_ifname != recorded.endpoint.host_interface:
+            _rename_recorded(ctx, recorded, pair.host_ifname)
+        ipv4 = next((ip for ip in recorded.ips if ":" not in ip), None)
+        ipv6 = next((ip for ip in recorded.ips if ":" in ip), None)
         attached = pair.address(ipv4, ipv6)
     except BaseException:
-        # Give back what this ADD took, whatever failed.
+        # Give back what this ADD took, and only that, whatever failed: the pair by its index,
+        # the addresses it was given, the record it created (if still the one it wrote).
         if pair is not None:
             pair.remove()
-        taken = _settled_value(booked)
-        if taken:
-            _forget_endpoint_quietly(ctx, endpoint.key_name)
-            for ip in taken:
+        recorded = _settled_value(booked)
+        if recorded is not None:
+            _forget_endpoint_quietly(ctx, recorded)
+            for ip in recorded.ips:
                 _release_quietly(ctx, ip)
         raise
     finally:
         if pair is not None:
             pair.close()
     result = p.Result(
-        host_ifname=host_ifname,
+        host_ifname=pair.host_ifname,
         host_mac=pod.HOST_MAC,
         pod_ifname=req.ifname,
         pod_mac=attached.pod_mac,
@@ -191,6 +194,31 @@ def _add(ctx: NodeContext, req: Request, netns_fd: int) -> dict:
         dns=req.config.get("dns") or {},
     )
     return result.to_json(req.version)
+
+
+@dataclass
+class _Recorded:
+    """What an ADD's worker took: its addresses and the endpoint record it created (at revision)."""
+
+    ips: list[str]
+    endpoint: WorkloadEndpoint
+    revision: int
+
+
+def _rename_recorded(ctx: NodeContext, recorded: _Recorded, host_ifname: str) -> None:
+    """The host end got another name than the record's first guess: record the one it has."""
+    renamed = dataclasses.replace(recorded.endpoint, host_interface=host_ifname)
+    revision = ctx.resources.replace_endpoint(renamed, recorded.revision)
+    if not revision:
+        raise CniError(p.TRY_AGAIN_LATER, f"the endpoint of {renamed.container_id} {renamed.interface} "
+                                          "changed while it was being added", "a DEL ran at the same time; retry")
+    recorded.endpoint, recorded.revision = renamed, revision
+
+
+def _duplicate(req: Request) -> CniError:
+    return CniError(p.INTERFACE_EXISTS,
+                    f"container {req.container_id} already has interface {req.ifname} attached by podnet",
+                    "an attachment is added once; DEL it before adding it again")
 
 
 def _allocate(ctx: NodeContext, req: Request, handle: str, attrs: dict) -> list[str]:
@@ -214,17 +242,23 @@ def _allocate(ctx: NodeContext, req: Request, handle: str, attrs: dict) -> list[
 
 
 def _allocate_and_record(ctx: NodeContext, req: Request, handle: str, attrs: dict,
-                         endpoint: WorkloadEndpoint) -> list[str]:
-    """The ADD's addresses, then its endpoint record holding them; all or nothing."""
+                         endpoint: WorkloadEndpoint) -> _Recorded:
+    """The ADD's addresses, then its endpoint record holding them; all or nothing. An attachment
+    that is already recorded is refused before anything is taken; the record is only created
+    where none exists, so two ADDs of one attachment cannot both succeed."""
+    if ctx.resources.endpoint_of(ctx.node, req.container_id, req.ifname) is not None:
+        raise _duplicate(req)
     taken = _allocate(ctx, req, handle, attrs)
-    ips = tuple(f"{ip}/{128 if ':' in ip else 32}" for ip in taken)
+    recorded = dataclasses.replace(endpoint, ips=tuple(f"{ip}/{128 if ':' in ip else 32}" for ip in taken))
     try:
-        ctx.resources.put_endpoint(dataclasses.replace(endpoint, ips=ips))
+        revision = ctx.resources.create_endpoint(recorded)
+        if not revision:
+            raise _duplicate(req)
     except BaseException:
         for ip in taken:
             _release_quietly(ctx, ip)
         raise
-    return taken
+    return _Recorded(taken, recorded, revision)
 
 
 def _submit(ctx: NodeContext, fn: Callable, *args) -> Future:
@@ -247,9 +281,11 @@ def _settled_value(future: Future):
         return None
 
 
-def _forget_endpoint_quietly(ctx: NodeContext, key_name: str) -> None:
+def _forget_endpoint_quietly(ctx: NodeContext, recorded: _Recorded) -> None:
+    """Delete the record this ADD created, if it is still the one it wrote."""
+    key_name = recorded.endpoint.key_name
     try:
-        ctx.resources.delete_endpoint(ctx.node, key_name)
+        ctx.resources.delete_endpoint(ctx.node, key_name, recorded.revision)
     except Exception:
         log.exception("could not delete endpoint %s after a failed ADD; CNI GC will", key_name)
 
@@ -265,14 +301,18 @@ def _release_quietly(ctx: NodeContext, ip: str) -> None:
 
 
 def delete(ctx: NodeContext, req: Request) -> None:
-    """Undo ADD. Idempotent: what is already gone is success. prevResult is not needed."""
-    key = f"{req.container_id}-{req.ifname}"
-    ep = ctx.resources.endpoint(ctx.node, key)
-    netns = req.netns if req.netns and _is_netns(req.netns) else None  # a sandbox already gone is fine
-    pod.detach(ctx.host, ep.host_interface if ep else None, netns, req.ifname)
-    ctx.ipam.release_handle(ipam_handle(req.container_id))
-    if ep:
-        ctx.resources.delete_endpoint(ctx.node, key)
+    """Undo ADD of (container, interface). Idempotent: what is already gone is success; prevResult
+    is not needed. Only what that attachment's endpoint record names, verified in the kernel
+    (pod.detach), is removed: never an interface because of its name, never another container's
+    or another sandbox's, also when no record exists (a DEL after a failed ADD). The addresses go
+    by the attachment's own IPAM handle."""
+    ep = ctx.resources.endpoint_of(ctx.node, req.container_id, req.ifname)
+    if ep is not None:
+        netns = req.netns if req.netns and _is_netns(req.netns) else None  # a sandbox already gone is fine
+        pod.detach(ctx.host, ep.host_interface, ep.owner_mark, ep.mac, netns, req.ifname)
+    ctx.ipam.release_handle(ipam_handle(req.container_id, req.ifname))
+    if ep is not None:
+        ctx.resources.delete_endpoint(ctx.node, ep.key_name, ep.revision)
 
 
 def _is_netns(path: str) -> bool:
@@ -293,7 +333,7 @@ def _is_netns(path: str) -> bool:
 def check(ctx: NodeContext, req: Request) -> None:
     """Compare the attachment with prevResult (the chain's final result) and with what ADD programmed."""
     prev = req.prev_result
-    ep = ctx.resources.endpoint(ctx.node, f"{req.container_id}-{req.ifname}")
+    ep = ctx.resources.endpoint_of(ctx.node, req.container_id, req.ifname)
     if ep is None:
         raise CniError(p.CHECK_FAILED, f"podnet has no endpoint for container {req.container_id} {req.ifname}")
     prev_ips = sorted(ip["address"] for ip in prev.get("ips", []))
@@ -308,7 +348,8 @@ def check(ctx: NodeContext, req: Request) -> None:
                        "it was released behind the runtime's back; recreate the pod")
     ipv4 = next((c.split("/")[0] for c in ep.ips if ":" not in c), None)
     ipv6 = next((c.split("/")[0] for c in ep.ips if ":" in c), None)
-    problems = pod.inspect(ctx.host, req.netns, ep.host_interface, req.ifname, ipv4, ipv6)
+    problems = pod.inspect(ctx.host, req.netns, ep.host_interface, req.ifname, ipv4, ipv6,
+                           owner=None if ep.legacy else ep.owner_mark, pod_mac=ep.mac or None)
     if problems:
         raise CniError(p.CHECK_FAILED, "; ".join(problems))
 
@@ -366,38 +407,30 @@ def gc(ctx: NodeContext, req: Request) -> None:
     """Remove this node's attachments of this network that the runtime no longer holds.
 
     For each stale workload endpoint (this node, endpoint.network == the config's name, not in
-    cni.dev/valid-attachments): its veth pair, its addresses, its record. Then reservations with a pod
-    handle (k8s-pod-network.<id>) on this node that no endpoint explains (an ADD that died halfway).
+    cni.dev/valid-attachments): its veth pair (only the one carrying its owner mark), its addresses, its
+    record. Then reservations with a pod handle (k8s-pod-network.…) on this node that neither an endpoint
+    nor a valid attachment explains (an ADD that died halfway).
     Other handles, such as the node's tunnel address, are never touched. The spec guarantees no ADD or
     DEL runs while the runtime calls GC. Errors do not stop the sweep; they are reported at the end.
     """
     valid = req.valid_attachments
-    valid_ids = {cid for cid, _ in valid}
     endpoints = ctx.resources.endpoints(ctx.node)
     stale = [ep for ep in endpoints if ep.network == req.network and (ep.container_id, ep.interface) not in valid]
-    keep = [ep for ep in endpoints if ep not in stale]
-    kept_ifs = {ep.host_interface for ep in keep}
-    kept_ids = {ep.container_id for ep in keep}
     failures: list[tuple[str, Exception]] = []
     removed = 0
     for ep in stale:
         try:
-            # A newer sandbox of the same pod reuses the host veth name: leave that one alone.
-            pod.detach(ctx.host, None if ep.host_interface in kept_ifs else ep.host_interface,
-                       ep.netns if ep.netns and _is_netns(ep.netns) else None, ep.interface)
-            if ep.container_id in kept_ids:  # another interface of the container stays: release only ours
-                for cidr in ep.ips:
-                    ctx.ipam.release_ip(cidr.split("/")[0])
-            else:
-                ctx.ipam.release_handle(ep.handle)
-            ctx.resources.delete_endpoint(ctx.node, ep.key_name)
+            # Only the veth that carries this endpoint's owner mark: a name alone proves nothing.
+            pod.detach(ctx.host, ep.host_interface, ep.owner_mark)
+            ctx.ipam.release_handle(ep.handle)
+            ctx.resources.delete_endpoint(ctx.node, ep.key_name, ep.revision)
             removed += 1
             log.info("GC removed %s (%s, %s)", ep.key_name, ep.host_interface, ", ".join(ep.ips))
         except Exception as e:
             failures.append((ep.key_name, e))
-    explained = {ep.container_id for ep in endpoints}
+    explained = explained_handles(endpoints) | {ipam_handle(cid, ifname) for cid, ifname in valid}
     try:
-        orphans = _orphan_handles(ctx, req.network, explained | valid_ids)
+        orphans = _orphan_handles(ctx, req.network, explained)
     except Exception as e:
         orphans = []
         failures.append(("IPAM scan", e))
@@ -415,7 +448,7 @@ def gc(ctx: NodeContext, req: Request) -> None:
                        "; ".join(f"{what}: {e}" for what, e in failures))
 
 
-def _orphan_handles(ctx: NodeContext, network: str, explained_ids: set[str]) -> list[str]:
+def _orphan_handles(ctx: NodeContext, network: str, explained: set[str]) -> list[str]:
     """Pod handles of this node (and this network, when the allocation recorded one) that nothing explains."""
     handles = set()
     for block in ctx.ipam.blocks(4):
@@ -423,6 +456,6 @@ def _orphan_handles(ctx: NodeContext, network: str, explained_ids: set[str]) -> 
             if (alloc.handle.startswith(POD_HANDLE_PREFIX)
                     and alloc.attrs.get("node", block.node) == ctx.node
                     and alloc.attrs.get("network", network) == network
-                    and alloc.handle[len(POD_HANDLE_PREFIX):] not in explained_ids):
+                    and alloc.handle not in explained):
                 handles.add(alloc.handle)
     return sorted(handles)

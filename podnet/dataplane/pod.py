@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from podnet.dataplane import rtnl, sysctl
@@ -118,8 +119,9 @@ class Pair:
         return Attachment(self.host_ifname, self.pod_ifname, self.pod_mac, ips, self.mtu)
 
     def remove(self) -> None:
-        """Delete the pair (both ends and their routes go with it)."""
-        self.host.request([rtnl.link_del_msg(ifname=self.host_ifname)])
+        """Delete the pair this ADD created (both ends and their routes go with it): by its index,
+        never by its name, which may since name something else."""
+        self.host.request([rtnl.link_del_msg(self.host_index)])
 
     def close(self) -> None:
         if self._open:
@@ -134,36 +136,56 @@ class Pair:
         self.close()
 
 
-def create_pair(host: rtnl.RtnlSocket, netns: str | int, pod_ifname: str, host_ifname: str, mtu: int,
-                ipv4: bool = True, ipv6: bool = False, pod_mac: str | None = None) -> Pair:
+def create_pair(host: rtnl.RtnlSocket, netns: str | int, pod_ifname: str, host_ifnames: Iterable[str] | str,
+                mtu: int, ipv4: bool = True, ipv6: bool = False, pod_mac: str | None = None,
+                owner: str | None = None) -> Pair:
     """Create the veth pair, its sysctls for the families asked for, and bring both ends up.
     `netns`: the pod's namespace, by path or as an open descriptor (which stays the caller's).
+    `host_ifnames`: the names the host end may take, best first (model.host_veth_names); one that
+    an existing interface holds is skipped, never taken over. `owner` is written as the host end's
+    alias: the mark DEL, CHECK and GC require before they touch it (model.owner_mark).
 
     Nothing here needs the pod's address. On failure the pair is removed again."""
     fd = os.dup(netns) if isinstance(netns, int) else open_netns(netns)
     try:
         pod_mac = pod_mac or random_mac()
-        # Both ends are born down (the kernel refuses IFF_UP on a new pair
-        # whose peer is elsewhere) and brought up below.
-        create = rtnl.veth_msg(host_ifname, HOST_MAC, mtu, pod_ifname, fd, pod_mac, up=False)
-        code = host.request([create])[0]
-        if code == errno.EEXIST:
-            # Either the pod already has an interface of that name (looked for only now: the
-            # common case pays nothing for it), or a host end is left from an earlier sandbox.
-            if _index_in(fd, pod_ifname) is not None:
-                raise InterfaceExists(f"interface {pod_ifname} already exists in {netns}")
-            host.check([rtnl.link_del_msg(ifname=host_ifname)], f"delete stale {host_ifname}", ignore=(errno.ENODEV,))
+        names = [host_ifnames] if isinstance(host_ifnames, str) else list(host_ifnames)
+        taken = []
+        for host_ifname in names:
+            # Both ends are born down (the kernel refuses IFF_UP on a new pair
+            # whose peer is elsewhere) and brought up below.
+            create = rtnl.veth_msg(host_ifname, HOST_MAC, mtu, pod_ifname, fd, pod_mac, up=False)
             code = host.request([create])[0]
+            if code != errno.EEXIST:
+                break
+            # Either the pod already has an interface of that name (looked for only now: the
+            # common case pays nothing for it), or the host name is held: by the pair of another
+            # sandbox or interface whose DEL has not come, or by something podnet did not make.
+            if _index_in(fd, pod_ifname) is not None:
+                raise InterfaceExists(f"interface {pod_ifname} already exists in {_describe(netns)}")
+            taken.append(host_ifname)
+        else:
+            raise AttachError(f"every host interface name for {pod_ifname} is taken: {', '.join(taken)}",
+                              "they belong to live pods or to interfaces podnet did not create; "
+                              "podnet never takes one over")
         if code:
             raise rtnl.NetlinkError(code, f"create veth {host_ifname} <-> {pod_ifname}", host.last_details.get(0))
+        created = host.get_link(ifname=host_ifname)  # on the host socket: the node's namespace, whatever this thread's
+        if created is None:
+            raise AttachError(f"{host_ifname} vanished from the node while it was being set up")
+        host_index = created["index"]
         try:
-            return _bring_up(host, fd, host_ifname, pod_ifname, pod_mac, mtu, ipv4, ipv6)
+            return _bring_up(host, fd, host_ifname, host_index, pod_ifname, pod_mac, mtu, ipv4, ipv6, owner)
         except BaseException:
-            host.request([rtnl.link_del_msg(ifname=host_ifname)])
+            host.request([rtnl.link_del_msg(host_index)])
             raise
     except BaseException:
         os.close(fd)
         raise
+
+
+def _describe(netns: str | int) -> str:
+    return netns if isinstance(netns, str) else "the pod's network namespace"
 
 
 def _index(ifname: str) -> int | None:
@@ -173,9 +195,8 @@ def _index(ifname: str) -> int | None:
         return None
 
 
-def _bring_up(host: rtnl.RtnlSocket, fd: int, host_ifname: str, pod_ifname: str, pod_mac: str, mtu: int,
-              ipv4: bool, ipv6: bool) -> Pair:
-    host_index = socket.if_nametoindex(host_ifname)
+def _bring_up(host: rtnl.RtnlSocket, fd: int, host_ifname: str, host_index: int, pod_ifname: str, pod_mac: str,
+              mtu: int, ipv4: bool, ipv6: bool, owner: str | None) -> Pair:
     if ipv6:
         # Set before the link comes up: its link-local address (the pod's gateway) is then usable at once.
         # (IPv6's per-device sysctls cannot be set over netlink.)
@@ -186,10 +207,10 @@ def _bring_up(host: rtnl.RtnlSocket, fd: int, host_ifname: str, pod_ifname: str,
         # three procfs writes cost more than the whole batch.
         host.check([rtnl.arp_proxy_delay_msg(host_index, 0),
                     rtnl.link_set_ipv4_conf_msg(host_index, {rtnl.IPV4_DEVCONF_PROXY_ARP: 1,
-                                                             rtnl.IPV4_DEVCONF_FORWARDING: 1}, up=True)],
+                                                             rtnl.IPV4_DEVCONF_FORWARDING: 1}, up=True, alias=owner)],
                    f"set up {host_ifname} with proxy ARP")
     else:
-        host.check([rtnl.link_set_msg(host_index, up=True)], f"set {host_ifname} up")
+        host.check([rtnl.link_set_msg(host_index, up=True, alias=owner)], f"set {host_ifname} up")
     with entered(fd):
         pod_sock = rtnl.RtnlSocket(small=True)  # lives in the pod's namespace from now on
         try:
@@ -209,49 +230,63 @@ def _bring_up(host: rtnl.RtnlSocket, fd: int, host_ifname: str, pod_ifname: str,
     return Pair(host, fd, pod_sock, host_ifname, host_index, pod_ifname, pod_index, pod_mac, mtu)
 
 
-def detach(host: rtnl.RtnlSocket, host_ifname: str | None, netns: str | None = None,
-           pod_ifname: str | None = None) -> bool:
-    """Remove the pair (its routes go with it). Already gone is success; True if something was removed.
-
-    The pod's end, found in the pod's namespace, is the safest handle: deleting
-    it deletes the pair, and it cannot belong to another sandbox. The host end
-    is deleted by name only when the caller knows it is this pod's (from the
-    workload endpoint), because a newer sandbox of the same pod reuses the name.
-    """
-    if netns and pod_ifname:
-        try:
-            fd = open_netns(netns)
-        except PodnetError:
-            fd = None
-        if fd is not None:
-            try:
-                index = _index_in(fd, pod_ifname)
-                if index is not None:
-                    with entered(fd):
-                        pod = rtnl.RtnlSocket(small=True)
-                    try:
-                        if pod.request([rtnl.link_del_msg(index)])[0] == 0:
-                            return True
-                    finally:
-                        pod.close()
-            finally:
-                os.close(fd)
-    if host_ifname:
-        return host.request([rtnl.link_del_msg(ifname=host_ifname)])[0] == 0
-    return False
+def owned_host_link(host: rtnl.RtnlSocket, host_ifname: str, owner: str) -> dict | None:
+    """The host end of an attachment, if the link of that name is one: a veth with podnet's host MAC
+    and the attachment's owner mark. Anything else of that name is not podnet's to touch."""
+    link = host.get_link(ifname=host_ifname) if host_ifname else None
+    if link and link["kind"] == "veth" and link["address"] == HOST_MAC and link["alias"] == owner:
+        return link
+    return None
 
 
-def inspect(host: rtnl.RtnlSocket, netns: str, host_ifname: str, pod_ifname: str, ipv4: str | None,
-            ipv6: str | None = None) -> list[str]:
-    """Everything about the attachment that differs from what create_pair() and Pair.address() made;
-    [] if all is well."""
-    problems: list[str] = []
+def detach(host: rtnl.RtnlSocket, host_ifname: str, owner: str, pod_mac: str = "",
+           netns: str | int | None = None, pod_ifname: str | None = None) -> bool:
+    """Remove one attachment's pair (its routes go with it), only where it is provably that
+    attachment's: the host end named in its endpoint record that carries its owner mark
+    (owned_host_link), else the pod end in `netns` named pod_ifname whose MAC is the one the
+    record holds. Never an interface merely because of its name. Already gone is success;
+    True if something was removed."""
+    link = owned_host_link(host, host_ifname, owner)
+    if link is not None:
+        code = host.request([rtnl.link_del_msg(link["index"])])[0]
+        if code == 0:
+            return True
+        if code != errno.ENODEV:
+            raise rtnl.NetlinkError(code, f"delete {host_ifname}", host.last_details.get(0))
+    if netns is None or not (pod_ifname and pod_mac):
+        return False
     try:
-        host_index = socket.if_nametoindex(host_ifname)
-    except OSError:
+        fd = os.dup(netns) if isinstance(netns, int) else open_netns(netns)
+    except PodnetError:
+        return False
+    try:
+        with entered(fd):
+            pod = rtnl.RtnlSocket(small=True)
+        try:
+            inside = pod.get_link(ifname=pod_ifname)
+            if inside is None or inside["address"] != pod_mac:
+                return False
+            code = pod.request([rtnl.link_del_msg(inside["index"])])[0]
+            if code and code != errno.ENODEV:
+                raise rtnl.NetlinkError(code, f"delete {pod_ifname} in the pod", pod.last_details.get(0))
+            return code == 0
+        finally:
+            pod.close()
+    finally:
+        os.close(fd)
+
+
+def inspect(host: rtnl.RtnlSocket, netns: str | int, host_ifname: str, pod_ifname: str, ipv4: str | None,
+            ipv6: str | None = None, owner: str | None = None, pod_mac: str | None = None) -> list[str]:
+    """Everything about the attachment that differs from what create_pair() and Pair.address() made;
+    [] if all is well. `owner` and `pod_mac`, when given, must be on the host end and the pod end."""
+    problems: list[str] = []
+    link = host.get_link(ifname=host_ifname)
+    if link is None:
         return [f"host interface {host_ifname} does not exist"]
-    links = {l["index"]: l for l in (rtnl.parse_link(p) for _, p in host.dump(rtnl.link_dump_msg()))}
-    link = links.get(host_index, {})
+    host_index = link["index"]
+    if owner is not None and link.get("alias") != owner:
+        return [f"host interface {host_ifname} is not this attachment's (its alias is {link.get('alias')!r})"]
     if link.get("address") != HOST_MAC:
         problems.append(f"{host_ifname} has MAC {link.get('address')}, not {HOST_MAC}")
     if not link.get("up"):
@@ -267,16 +302,19 @@ def inspect(host: rtnl.RtnlSocket, netns: str, host_ifname: str, pod_ifname: str
         if not any(r["dst"] == f"{ip}/{plen}" and r["oif"] == host_index for r in routes):
             problems.append(f"host route {ip}/{plen} dev {host_ifname} is missing")
     try:
-        fd = open_netns(netns)
+        fd = os.dup(netns) if isinstance(netns, int) else open_netns(netns)
     except PodnetError as e:
         return problems + [str(e)]
     try:
-        pod_index = _index_in(fd, pod_ifname)
-        if pod_index is None:
-            return problems + [f"interface {pod_ifname} does not exist in {netns}"]
         with entered(fd):
             pod = rtnl.RtnlSocket()
         try:
+            inside = pod.get_link(ifname=pod_ifname)
+            if inside is None:
+                return problems + [f"interface {pod_ifname} does not exist in {_describe(netns)}"]
+            if pod_mac and inside["address"] != pod_mac:
+                return problems + [f"{pod_ifname} in the pod has MAC {inside['address']}, not the attachment's {pod_mac}"]
+            pod_index = inside["index"]
             for family, ip, plen, gateway, default in families:
                 addrs = [rtnl.parse_addr(p) for _, p in pod.dump(rtnl.addr_dump_msg(family))]
                 if not any(a["index"] == pod_index and a["address"] == ip and a["prefixlen"] == plen for a in addrs):

@@ -68,6 +68,7 @@ IFA_ADDRESS, IFA_LOCAL = 1, 2
 # Links.
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 5, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_IFALIAS = 20
 VETH_INFO_PEER = 1
 IFF_UP = 0x1
 
@@ -234,13 +235,15 @@ def addr_msg(kind: int, ifindex: int, address: str, prefixlen: int, scope: int =
     return _msg(kind, flags, body)
 
 
-def link_set_msg(ifindex: int, up: bool | None = None, mtu: int | None = None) -> bytes:
+def link_set_msg(ifindex: int, up: bool | None = None, mtu: int | None = None, alias: str | None = None) -> bytes:
     flags = change = 0
     if up is not None:
         flags, change = (IFF_UP if up else 0), IFF_UP
     body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, ifindex, flags, change)
     if mtu:
         body += _attr(IFLA_MTU, _U32.pack(mtu))
+    if alias is not None:
+        body += _attr(IFLA_IFALIAS, alias.encode() + b"\0")
     return _msg(RTM_NEWLINK, 0, body)
 
 
@@ -253,15 +256,18 @@ _NDTMSG = struct.Struct("=BBH")
 _U64 = struct.Struct("=Q")
 
 
-def link_set_ipv4_conf_msg(ifindex: int, conf: dict[int, int], up: bool | None = None) -> bytes:
+def link_set_ipv4_conf_msg(ifindex: int, conf: dict[int, int], up: bool | None = None,
+                           alias: str | None = None) -> bytes:
     """Set an interface's IPv4 sysctls (net.ipv4.conf.<dev>.*, by IPV4_DEVCONF_* id) in a netlink
-    message, optionally with the link state: one round trip instead of a procfs write each."""
+    message, optionally with the link state and alias: one round trip instead of a procfs write each."""
     flags = change = 0
     if up is not None:
         flags, change = (IFF_UP if up else 0), IFF_UP
     values = b"".join(_attr(key, _U32.pack(value)) for key, value in conf.items())
     spec = _attr(socket.AF_INET, _attr(IFLA_INET_CONF, values))
     body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, ifindex, flags, change) + _attr(IFLA_AF_SPEC, spec)
+    if alias is not None:
+        body += _attr(IFLA_IFALIAS, alias.encode() + b"\0")
     return _msg(RTM_NEWLINK, 0, body)
 
 
@@ -277,6 +283,14 @@ def link_del_msg(ifindex: int = 0, ifname: str | None = None) -> bytes:
     if ifname:
         body += _attr(IFLA_IFNAME, ifname.encode() + b"\0")
     return _msg(RTM_DELLINK, 0, body)
+
+
+def link_get_msg(ifindex: int = 0, ifname: str | None = None) -> bytes:
+    """Ask for one link, by index or by name (RtnlSocket.get_link)."""
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, ifindex, 0, 0)
+    if ifname:
+        body += _attr(IFLA_IFNAME, ifname.encode() + b"\0")
+    return _msg(RTM_GETLINK, 0, body)
 
 
 def veth_msg(name: str, mac: str, mtu: int, peer_name: str, peer_netns_fd: int, peer_mac: str | None = None,
@@ -398,6 +412,7 @@ def parse_link(payload: bytes) -> dict:
         "up": bool(flags & IFF_UP),
         "kind": kind,
         "link": _U32.unpack(attrs[IFLA_LINK])[0] if IFLA_LINK in attrs else None,
+        "alias": attrs[IFLA_IFALIAS].rstrip(b"\0").decode(errors="replace") if IFLA_IFALIAS in attrs else None,
     }
     if kind == "vxlan":
         link["vxlan"] = parse_vxlan_info(info.get(IFLA_INFO_DATA, b""))
@@ -623,6 +638,28 @@ class RtnlSocket:
         for n, code in enumerate(self.request(messages)):
             if code and code not in ignore:
                 raise NetlinkError(code, what, self.last_details.get(n))
+
+    def get_link(self, ifindex: int = 0, ifname: str | None = None) -> dict | None:
+        """One link (parse_link's fields) by index or name; None when there is no such link."""
+        with self._lock:
+            self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
+            msg = bytearray(link_get_msg(ifindex, ifname))
+            struct.pack_into("=I", msg, 8, self._seq)
+            self.sock.send(bytes(msg))
+            found = None
+            while True:
+                for kind, _, seq, payload in iter_messages(self._recv()):
+                    if seq != self._seq:
+                        continue
+                    if kind == RTM_NEWLINK:
+                        found = parse_link(payload)
+                    elif kind == NLMSG_ERROR:  # the acknowledgement ends the reply
+                        code = -_I32.unpack_from(payload)[0]
+                        if code in (_errno.ENODEV, _errno.ENOENT):
+                            return None
+                        if code:
+                            raise NetlinkError(code, f"get link {ifname or ifindex}")
+                        return found
 
     def dump(self, message: bytes, retries: int = 5) -> list[tuple[int, bytes]]:
         """(type, payload) of every message in a dump; retried if the table changed mid-dump."""

@@ -35,6 +35,8 @@ def endpoints_of(node_name: str) -> str:
 
 
 def endpoint(node_name: str, key_name: str) -> str:
+    """key_name: model.endpoint.endpoint_name(container, interface), `<container>:<interface>` (older
+    records: `<container>-<interface>`, read by Resources.endpoint_of only)."""
     return f"{ENDPOINTS}{node_name}/{key_name}"
 
 

@@ -15,6 +15,7 @@ from podnet.datastore.api import Datastore, ModRevisionIs, Put
 from podnet.errors import PodnetError
 from podnet.model import Block, IPPool, Node, WorkloadEndpoint
 from podnet.model.agentconfig import AgentConfiguration
+from podnet.model.endpoint import endpoint_name, legacy_endpoint_name
 from podnet.model.kinds import Kind
 from podnet.model.errors import ValidationError
 from podnet.model.ippool import check_pools_disjoint
@@ -214,17 +215,48 @@ class Resources:
     def endpoints(self, node: str | None = None) -> list[WorkloadEndpoint]:
         prefix = keys.endpoints_of(node) if node else keys.ENDPOINTS
         kvs, _ = self.store.list(prefix)
-        return [WorkloadEndpoint.from_manifest(json.loads(kv.value)) for kv in kvs]
+        return [_endpoint(kv) for kv in kvs]
 
     def endpoint(self, node: str, key_name: str) -> WorkloadEndpoint | None:
         kv = self.store.get(keys.endpoint(node, key_name))
-        return WorkloadEndpoint.from_manifest(json.loads(kv.value)) if kv else None
+        return _endpoint(kv) if kv else None
+
+    def endpoint_of(self, node: str, container_id: str, interface: str) -> WorkloadEndpoint | None:
+        """The endpoint of one attachment, also when a podnet before endpoint_name() recorded it under
+        its legacy name (then only if the record itself names this container and interface). One read."""
+        names = [endpoint_name(container_id, interface), legacy_endpoint_name(container_id, interface)]
+        for kv in self.store.get_many([keys.endpoint(node, n) for n in names]):
+            if kv is not None:
+                ep = _endpoint(kv)
+                if (ep.container_id, ep.interface) == (container_id, interface):
+                    return ep
+        return None
 
     def put_endpoint(self, ep: WorkloadEndpoint) -> None:
         self.store.put(keys.endpoint(ep.node, ep.key_name), _dump(ep.to_manifest()))
 
-    def delete_endpoint(self, node: str, key_name: str) -> bool:
+    def create_endpoint(self, ep: WorkloadEndpoint) -> int:
+        """Record ep only if nothing is recorded under its name: its revision, or 0 when one exists."""
+        result = self.store.txn((ModRevisionIs(keys.endpoint(ep.node, ep.key_name), 0),),
+                                (Put(keys.endpoint(ep.node, ep.key_name), _dump(ep.to_manifest())),))
+        return result.revision if result.succeeded else 0
+
+    def replace_endpoint(self, ep: WorkloadEndpoint, revision: int) -> int:
+        """Overwrite the record only if it is still at `revision`: the new revision, or 0."""
+        key = keys.endpoint(ep.node, ep.key_name)
+        result = self.store.txn((ModRevisionIs(key, revision),), (Put(key, _dump(ep.to_manifest())),))
+        return result.revision if result.succeeded else 0
+
+    def delete_endpoint(self, node: str, key_name: str, revision: int = 0) -> bool:
+        """Delete the record; with a revision, only if it is still the record of that revision."""
+        if revision:
+            return self.store.compare_and_delete(keys.endpoint(node, key_name), revision)
         return self.store.delete(keys.endpoint(node, key_name))
+
+
+def _endpoint(kv) -> WorkloadEndpoint:
+    return WorkloadEndpoint.from_manifest(json.loads(kv.value), revision=kv.mod_revision,
+                                          stored_name=kv.key.rsplit("/", 1)[-1])
 
 
 def decode_node(value: bytes) -> Node:

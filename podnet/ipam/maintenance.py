@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from podnet.datastore import keys
 from podnet.datastore.resources import Resources
 from podnet.ipam.allocator import Ipam
-from podnet.model.endpoint import tunnel_handle, tunnel_handle6
+from podnet.model.endpoint import explained_handles, tunnel_handle, tunnel_handle6
 
 POD_HANDLE_PREFIX = "k8s-pod-network."
 TUNNEL_HANDLE_PREFIXES = ("vxlan-tunnel-addr-", "vxlan-v6-tunnel-addr-")
@@ -44,7 +44,7 @@ class IpamReport:
 def check(ipam: Ipam, resources: Resources) -> IpamReport:
     nodes = {n.name for n in resources.nodes()}
     endpoints = resources.endpoints()
-    containers = {e.container_id for e in endpoints}
+    containers = explained_handles(endpoints)
     report = IpamReport()
     allocated: dict[str, str] = {}
     for block in ipam.blocks():
@@ -65,8 +65,9 @@ def check(ipam: Ipam, resources: Resources) -> IpamReport:
     return report
 
 
-def _leak_reason(handle: str, containers: set[str], nodes: set[str]) -> str | None:
-    if handle.startswith(POD_HANDLE_PREFIX) and handle[len(POD_HANDLE_PREFIX):] not in containers:
+def _leak_reason(handle: str, explained: set[str], nodes: set[str]) -> str | None:
+    """Why an address under this handle is leaked; explained: the pod handles endpoints account for."""
+    if handle.startswith(POD_HANDLE_PREFIX) and handle not in explained:
         return "no workload endpoint holds it"
     for prefix in TUNNEL_HANDLE_PREFIXES:
         if handle.startswith(prefix) and handle[len(prefix):] not in nodes:
@@ -104,7 +105,7 @@ class NodeGc:
         """Release leaked pod addresses used by this node once older than the grace period, and
         this node's blocks found empty on two passes in a row."""
         now = time.time() if now is None else now
-        containers = {e.container_id for e in resources.endpoints(self.node)}
+        containers = explained_handles(resources.endpoints(self.node))
         released, freed = [], []
         empty_now = set()
         for block in ipam.blocks():

@@ -12,6 +12,7 @@ import pytest
 
 from podnet.dataplane import topology
 from podnet.lab.lab import Lab
+from podnet.model.endpoint import endpoint_name
 from tests.integration import kernel
 from tests.integration.witness import footprint
 from tests.integration.conftest import built_lab
@@ -84,7 +85,7 @@ def test_add_check_del(lab, sandbox):
     assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}]
     after_add = footprint(lab)
     assert len(after_add["allocations"]) == len(before["allocations"]) + 1
-    assert env["CNI_CONTAINERID"] + "-eth0" in after_add["endpoints"]
+    assert endpoint_name(env["CNI_CONTAINERID"], "eth0") in after_add["endpoints"]
     other = next(p for p in lab.status()["pods"] if p["node"] == "node-2")
     assert kernel.ping(os.path.basename(netns), other["ip"]).returncode == 0
 

@@ -34,7 +34,7 @@ from podnet.datastore.resources import Resources
 from podnet.ipam import Ipam
 from podnet.lab.lab import Lab, LabSpec
 from podnet.model import IPPool
-from podnet.model.endpoint import ipam_handle, tunnel_handle
+from podnet.model.endpoint import endpoint_name, host_veth_name, ipam_handle, tunnel_handle
 from tests.integration import kernel, witness
 from tests.integration.conftest import unique
 
@@ -463,7 +463,7 @@ def _add(lab, sandbox, node="node-1", name=NETWORK, pod=None):
     assert code == 0, (result, err)
     return {"env": env, "netns": netns, "result": result, "node": node, "name": name,
             "ip": result["ips"][0]["address"].split("/")[0], "host_if": result["interfaces"][0]["name"],
-            "key": f"{env['CNI_CONTAINERID']}-eth0"}
+            "key": endpoint_name(env["CNI_CONTAINERID"], "eth0")}
 
 
 def _gc(lab, node, valid, name=NETWORK):
@@ -532,14 +532,15 @@ def test_gc_removes_only_stale_attachments(lab, sandbox):
 
 
 def test_gc_leaves_the_veth_of_a_newer_sandbox_of_the_same_pod(lab, sandbox):
-    """Both sandboxes of pod web-x get the same host veth name; GC of the old one must not cut the new one."""
+    """Two live sandboxes of pod web-x: the old one keeps Calico's veth name, the new one gets a name of
+    its own; GC of the old one must not cut the new one."""
     before = footprint(lab)
     pod = f"web-{uuid.uuid4().hex[:4]}"
     old = _add(lab, sandbox, pod=pod)
     new = _add(lab, sandbox, pod=pod)
-    assert old["host_if"] == new["host_if"]
+    assert old["host_if"] == host_veth_name("default", pod, "") != new["host_if"]
     assert _gc(lab, "node-1", _lab_pods(lab) + [(new["env"]["CNI_CONTAINERID"], "eth0")])[0] == 0
-    assert _attached(lab, new)
+    assert not _attached(lab, old) and _attached(lab, new)
     assert kernel.ping(os.path.basename(new["netns"]), remote_pod(lab)["ip"]).returncode == 0
     assert run_plugin(lab, dict(new["env"], CNI_COMMAND="DEL"), config("1.1.0"))[0] == 0
     assert footprint(lab) == before

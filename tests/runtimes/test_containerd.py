@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 
+from podnet.model.endpoint import endpoint_name
 from tests.runtimes.leaks import footprint, in_blocks, node_blocks, remote_pod
 
 
@@ -38,7 +39,7 @@ def test_run_pod_sandbox_gets_its_address_from_podnet(runtime_lab, containerd):
 
         after = footprint(runtime_lab)
         assert after["allocations"] == sorted(before["allocations"] + [ip])
-        assert f"{sandbox}-eth0" in set(after["endpoints"]) - set(before["endpoints"])
+        assert endpoint_name(sandbox, "eth0") in set(after["endpoints"]) - set(before["endpoints"])
         assert len(after["links"]) == len(before["links"]) + 1
 
         # Inside the sandbox: the /32 and the single way out that podnet programs.

@@ -1,14 +1,18 @@
 """Unit tests of the resource model: IPPool, Node and its VTEP MAC, host veth names, IPAM blocks."""
 
 import copy
+import dataclasses
 import hashlib
 import ipaddress
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from podnet.model import Block, IPPool, Node, ValidationError, WorkloadEndpoint, host_veth_name, parse_resource, vtep_mac
-from podnet.model.endpoint import ipam_handle, tunnel_handle
+from podnet.model.endpoint import (endpoint_name, explained_handles, host_veth_names, ipam_handle, owner_mark,
+                                   tunnel_handle)
 from podnet.model.ippool import check_pools_disjoint
 
 
@@ -424,9 +428,67 @@ def test_workload_endpoint_manifest_round_trip():
         network="k8s-pod-network",
     )
     assert WorkloadEndpoint.from_manifest(ep.to_manifest()) == ep
-    assert ep.key_name == "abc123-eth0"
+    assert ep.key_name == "abc123:eth0" == endpoint_name("abc123", "eth0")
     assert ep.handle == ipam_handle("abc123") == "k8s-pod-network.abc123"
     assert tunnel_handle("node-1") == "vxlan-tunnel-addr-node-1"
+
+
+# Endpoint identity: names, handles, host veths ------------------------------------------
+
+AWKWARD_PAIRS = [("k1-eth0", "x"), ("k1", "eth0-x"), ("k1", "eth0"), ("k1-", "eth0"), ("k1", "-eth0"),
+                 ("a.eth1", "eth0"), ("a", "eth1"), ("a", "eth0"), ("a", "e%3Ath"), ("a", "e:th"), ("a:e", "th"),
+                 ("a", "\u00e9" * 7), ("a", "x/y"), ("a", "x%2Fy")]
+
+
+def test_endpoint_names_never_collide():
+    names = [endpoint_name(c, i) for c, i in AWKWARD_PAIRS]
+    assert len(set(names)) == len(names)
+    assert endpoint_name("k1-eth0", "x") == "k1-eth0:x" and endpoint_name("k1", "eth0-x") == "k1:eth0-x"
+    assert all(n.count(":") == 1 and "/" not in n for n in names)
+
+
+@given(st.tuples(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=15)),
+       st.tuples(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=15)))
+def test_endpoint_name_is_injective(a, b):
+    assert (endpoint_name(*a) == endpoint_name(*b)) == (a == b)
+    assert (ipam_handle(*a) == ipam_handle(*b)) == (a == b)
+
+
+def test_handles_keep_calicos_form_for_eth0_and_never_collide():
+    assert ipam_handle("abc", "eth0") == ipam_handle("abc") == "k8s-pod-network.abc"
+    assert ipam_handle("abc", "eth1") == "k8s-pod-network.abc:eth1"
+    handles = [ipam_handle(c, i) for c, i in AWKWARD_PAIRS]
+    assert len(set(handles)) == len(handles)
+
+
+def test_host_veth_names_keep_calicos_form_and_stay_unique():
+    first = host_veth_name("default", "web", "c1")
+    assert first == "cali" + hashlib.sha1(b"default.web").hexdigest()[:11]
+    old = list(host_veth_names("default", "web", "c1"))
+    new = list(host_veth_names("default", "web", "c2"))
+    eth1 = list(host_veth_names("default", "web", "c1", "eth1"))
+    assert old[0] == new[0] == first  # Calico's name: the first choice of every sandbox of the pod
+    assert eth1[0] != first
+    every = old + new[1:] + eth1
+    assert len(set(every)) == len(every)  # past the first, each sandbox and interface has names of its own
+    assert all(n.startswith("cali") and len(n.encode()) == 15 for n in every)
+
+
+def test_owner_mark_fits_the_kernels_alias_limit():
+    assert owner_mark("abc", "eth0") == "podnet abc:eth0"
+    long = owner_mark("a" * 300, "eth0")
+    assert len(long.encode()) <= 255 and long != owner_mark("a" * 301, "eth0")
+
+
+def test_legacy_records_are_read_under_their_own_name():
+    ep = WorkloadEndpoint(node="n", container_id="k1", interface="eth0", host_interface="cali0", ips=(), mac="")
+    legacy = WorkloadEndpoint.from_manifest(ep.to_manifest(), stored_name="k1-eth0")
+    assert legacy.legacy and legacy.key_name == "k1-eth0"
+    assert not WorkloadEndpoint.from_manifest(ep.to_manifest()).legacy
+    eth1 = dataclasses.replace(ep, interface="eth1")
+    assert explained_handles([ep, eth1]) == {ipam_handle("k1"), ipam_handle("k1", "eth1")}
+    old_eth1 = WorkloadEndpoint.from_manifest(eth1.to_manifest(), stored_name="k1-eth1")
+    assert explained_handles([old_eth1]) == {ipam_handle("k1", "eth1"), ipam_handle("k1")}
 
 
 # IPAM blocks -------------------------------------------------------------------------
