@@ -32,6 +32,8 @@ from podnet.model import IPPool
 
 log = logging.getLogger("podnet.agent")
 
+STORE_CHECK_SECONDS = 1.0
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node", required=True, help="this node's name")
@@ -88,7 +90,8 @@ class Agent:
     def __init__(self, args):
         self.args = args
         self.config = VxlanConfig(vni=args.vni, port=args.vxlan_port, mtu=args.vxlan_mtu)
-        self.store = open_datastore(args.datastore, **_store_options(args))
+        self.store = open_datastore(args.datastore, create=True, **_store_options(args))
+        self.store_problem: str | None = None  # what store.check() last found wrong (None: usable)
         self.resources = Resources(self.store)
         self.ipam = Ipam(self.store)
         self.ipr = IPRoute()
@@ -155,6 +158,7 @@ class Agent:
             metrics=self.metrics,
             workers=ThreadPoolExecutor(max_workers=8, thread_name_prefix="cni-worker"),
         )
+        threading.Thread(target=self._watch_store, name="datastore check", daemon=True).start()
         if args.health_listen:
             HealthServer(args.health_listen, self.metrics, self.heartbeat.alive, self._ready).start()
             log.info("serving /metrics, /healthz and /readyz on %s", args.health_listen)
@@ -165,7 +169,32 @@ class Agent:
         server.shutdown()
         return 0
 
+    def _watch_store(self) -> None:
+        """Every STORE_CHECK_SECONDS: is the datastore still usable (its file not removed, replaced,
+        damaged or read-only)? When it is not, readiness fails with the reason and the log says it once;
+        the kernel state is kept as it is."""
+        while not self.stop.wait(STORE_CHECK_SECONDS):
+            try:
+                self.store.check()
+                problem = None
+            except DatastoreError as e:
+                problem = str(e)
+            except Exception as e:  # noqa: BLE001 - a check that cannot run is a problem to report
+                problem = f"cannot check the datastore: {type(e).__name__}: {e}"
+            if problem == self.store_problem:
+                continue
+            if problem:
+                log.error("datastore problem: %s; the kernel state is kept as it is, and CNI requests fail "
+                          "until it is fixed", problem)
+            else:
+                log.info("the datastore is usable again")
+            self.store_problem = problem
+            self.metrics.datastore_ok.set(0 if problem else 1)
+            self.dirty.set()  # the status file follows
+
     def _ready(self) -> tuple[bool, str]:
+        if self.store_problem:
+            return False, f"datastore: {self.store_problem}"
         if not self.view.in_sync.is_set():
             return False, "the datastore view is not in sync yet"
         last = self.reconciler.last if self.reconciler else None
@@ -279,7 +308,8 @@ class Agent:
         last = self.reconciler.last
         status = {
             "node": self.args.node,
-            "ready": self.view.in_sync.is_set() and last is not None and not last.failures,
+            "ready": self._ready()[0],
+            "reason": self._ready()[1],
             "pid": os.getpid(),
             "tunnel_address": self.reconciler.local.tunnel_address,
             "remote_nodes": list(last.remote_nodes) if last else [],

@@ -2,7 +2,8 @@
 
   /metrics  Prometheus text format
   /healthz  200 while the reconcile loop is alive (it ran within three resync intervals)
-  /readyz   200 when the datastore view is in sync and the last reconcile applied everything
+  /readyz   200 when the datastore is usable, the datastore view is in sync and the last reconcile
+            applied everything; else 503 with the reason
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class AgentMetrics:
                                   "entries this node holds", registry=r)
         self.in_sync = Gauge("podnet_datastore_in_sync", "1 when the agent's view of the datastore is complete",
                              registry=r)
+        self.datastore_ok = Gauge("podnet_datastore_usable", "0 while the datastore's file is removed, replaced, "
+                                  "damaged or read-only (the reason is in /readyz and the log)", registry=r)
+        self.datastore_ok.set(1)
         self.reconcile_seconds = Histogram("podnet_reconcile_duration_seconds", "Time of one reconcile pass",
                                            buckets=_FAST, registry=r)
         self.reconcile_changes = Counter("podnet_reconcile_changes_total", "Kernel entries added, replaced or "

@@ -31,7 +31,7 @@ def cmd_describe(args) -> int:
     kind = lookup(args.kind).name
     if kind not in ("IPPool", "Node", "AgentConfiguration"):
         raise PodnetError(f"cannot describe {args.kind!r}", "use ippool, node or agentconfiguration")
-    store = open_datastore(args.datastore)
+    store = open_datastore(args.datastore, create=False)
     res, ipam = Resources(store), Ipam(store)
     if kind == "IPPool":
         try:

@@ -13,7 +13,7 @@ def _clients(args):
     from podnet.datastore.resources import Resources
     from podnet.ipam import Ipam
 
-    store = open_datastore(args.datastore)
+    store = open_datastore(args.datastore, create=False)
     return Resources(store), Ipam(store)
 
 

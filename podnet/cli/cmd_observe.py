@@ -81,12 +81,12 @@ class _Target:
             from podnet.netns import entered
 
             with entered(lab.underlay_netns) if status["datastore"].startswith("etcd") else contextlib.nullcontext():
-                self.store = open_datastore(status["datastore"])
+                self.store = open_datastore(status["datastore"], create=False)
             self.access = NodeAccess.for_lab(status)
         else:
             from podnet.datastore.resources import Resources
 
-            self.store = open_datastore(args.observe_datastore or args.datastore)
+            self.store = open_datastore(args.observe_datastore or args.datastore, create=False)
             try:
                 node = _this_host(Resources(self.store), args.node)
             except BaseException:

@@ -13,11 +13,12 @@ from podnet.errors import PodnetError
 OUTPUT_HELP = "table (default) | wide | json | yaml | custom-columns=HEAD[:.json.path],..."
 
 
-def _resources(args):
+def _resources(args, create: bool = False):
+    """The store named by --datastore; only verbs that write resources may create it."""
     from podnet.datastore import open_datastore
     from podnet.datastore.resources import Resources
 
-    return Resources(open_datastore(args.datastore))
+    return Resources(open_datastore(args.datastore, create=create))
 
 
 def _lookup(word: str):
@@ -147,7 +148,7 @@ def _parsed(path: str) -> list[tuple[object, object]]:
 
 
 def _write(args, mode: str) -> int:
-    res = _resources(args)
+    res = _resources(args, create=True)
     for kind, resource in _parsed(args.filename):
         from podnet.datastore.resources import STORAGE
 

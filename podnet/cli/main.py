@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from podnet.errors import PodnetError
@@ -261,6 +262,10 @@ def _lab_context(args):
     return entered(lab.underlay_netns) if args.datastore.startswith("etcd") else contextlib.nullcontext()
 
 
+EXIT_ERROR = 1  # a PodnetError: the message says what is wrong and what to do
+EXIT_INTERNAL = 3  # a defect in podnet: the message names the file holding the traceback
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     agent_argv = _agent_argv(argv)
@@ -277,9 +282,28 @@ def main(argv=None) -> int:
             return args.func(args) or 0
     except PodnetError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # never a traceback on the terminal: it goes to a file the message names
+        print(f"error: podnet failed unexpectedly: {type(e).__name__}: {e} ({_save_traceback(argv)})",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _save_traceback(argv: list[str]) -> str:
+    import tempfile
+    import time
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix=time.strftime("podnet-error-%Y%m%dT%H%M%S-"), suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"podnet {' '.join(argv)}\n")
+            traceback.print_exc(file=f)
+        return f"the traceback is in {path}; please report it"
+    except OSError as e:
+        return f"the traceback could not be saved: {e.strerror}"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
   sqlite:///var/lib/podnet/podnet.db  (or a bare path)  the embedded store, the default;
       ?durable=false skips the fsync of every commit (for throwaway stores such as a lab's)
   etcd://host:2379[,host:2379...]                         etcd v3
+`create=False` (what every read-only command passes): a missing embedded store is DatastoreMissing,
+never a new, empty store.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ import os
 from podnet.datastore.api import (
     CompactedError,
     Datastore,
+    DatastoreCorrupt,
     DatastoreError,
+    DatastoreGone,
+    DatastoreMissing,
+    DatastoreReadOnly,
     DatastoreUnavailable,
     Delete,
     Event,
@@ -42,7 +48,7 @@ def default_url() -> str:
     return os.environ.get("PODNET_DATASTORE", DEFAULT_URL)
 
 
-def open_datastore(url: str | None = None, **options) -> Datastore:
+def open_datastore(url: str | None = None, create: bool = True, **options) -> Datastore:
     url = url or default_url()
     if url.startswith("sqlite://"):
         from podnet.datastore.sqlite import SqliteDatastore
@@ -53,7 +59,7 @@ def open_datastore(url: str | None = None, **options) -> Datastore:
             if key != "durable" or value not in ("true", "false"):
                 raise DatastoreError(f"unknown option {item!r} in {url}", "sqlite URLs take ?durable=true|false")
             options.setdefault("durable", value == "true")
-        return SqliteDatastore(path, **options)
+        return SqliteDatastore(path, create=create, **options)
     if url.startswith(("etcd://", "etcds://", "http://", "https://")):
         from podnet.datastore.etcd import EtcdDatastore  # noqa: F401  (issue 3)
 
@@ -61,14 +67,18 @@ def open_datastore(url: str | None = None, **options) -> Datastore:
     if "://" not in url:
         from podnet.datastore.sqlite import SqliteDatastore
 
-        return SqliteDatastore(url, **options)
+        return SqliteDatastore(url, create=create, **options)
     raise DatastoreError(f"unknown datastore {url!r}", "use sqlite:///path or etcd://host:2379")
 
 
 __all__ = [
     "CompactedError",
     "Datastore",
+    "DatastoreCorrupt",
     "DatastoreError",
+    "DatastoreGone",
+    "DatastoreMissing",
+    "DatastoreReadOnly",
     "DatastoreUnavailable",
     "Delete",
     "Event",

@@ -31,6 +31,23 @@ class DatastoreUnavailable(DatastoreError):
     """The store cannot be reached or is too busy now; the caller may try again later."""
 
 
+class DatastoreMissing(DatastoreError):
+    """The store does not exist, and the caller only reads (it never creates one)."""
+
+
+class DatastoreGone(DatastoreUnavailable):
+    """The store's file was removed or replaced while it was open: writing on would split the cluster's
+    state in two, so every later request fails until the process opens the store again."""
+
+
+class DatastoreCorrupt(DatastoreError):
+    """The store's content is damaged (SQLite: "database disk image is malformed")."""
+
+
+class DatastoreReadOnly(DatastoreError):
+    """The store cannot be written: the file, its directory or its filesystem is read-only."""
+
+
 class CompactedError(DatastoreError):
     """A watch asked for a revision the store no longer keeps history for: list again."""
 
@@ -163,6 +180,10 @@ class Datastore(abc.ABC):
 
     def close(self) -> None:
         pass
+
+    def check(self) -> None:
+        """Raise a DatastoreError if the store is known to be unusable (its file removed, replaced,
+        damaged or read-only). Cheap enough to call every second; a backend that cannot tell does nothing."""
 
     def reconnect(self) -> None:
         """Drop every network connection; later requests and open watches make new ones (watches

@@ -7,6 +7,11 @@ nodes do); SQLite's write lock serialises their transactions and WAL mode lets
 readers proceed meanwhile. Watchers poll a counter SQLite bumps on every
 commit by another connection, which costs microseconds, and read the log only
 when it moved.
+
+The store notices when its file is removed or replaced under it (every request compares the path's
+device and inode with the file it opened) and then fails every request with DatastoreGone instead of
+writing on into a file no one else sees; `check()` also finds a damaged or read-only file. Only a
+store opened with `create=True` (the agent's, the lab's) may create the file, once, when it opens.
 """
 
 from __future__ import annotations
@@ -16,12 +21,18 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from typing import Sequence
 
 from podnet.datastore.api import (
     CompactedError,
     Compare,
     Datastore,
+    DatastoreCorrupt,
+    DatastoreError,
+    DatastoreGone,
+    DatastoreMissing,
+    DatastoreReadOnly,
     DatastoreUnavailable,
     Delete,
     Event,
@@ -60,6 +71,13 @@ WAL_AUTOCHECKPOINT_PAGES = 256
 # Far above what WAL_AUTOCHECKPOINT_PAGES needs, so in steady state it is never truncated (and then
 # appended to again); it only bounds the file after a long reader held checkpoints back.
 WAL_SIZE_LIMIT_BYTES = 8 << 20
+# check() reads every page (PRAGMA quick_check) at most this often; its cheap checks run every call.
+DEEP_CHECK_SECONDS = 10.0
+SQLITE_MAGIC = b"SQLite format 3\x00"
+_GONE_HINT = ("the agents keep the kernel as it is; put the file back, or restart the agents and commands "
+              "that use it so they open the store again")
+_CORRUPT_HINT = ("restore it from a backup (the agents keep the kernel as it is meanwhile) and restart the "
+                 "agents; `sqlite3 FILE .recover` may save what is left")
 
 
 class SqliteDatastore(Datastore):
@@ -69,10 +87,12 @@ class SqliteDatastore(Datastore):
         busy_timeout: float = 5.0,
         history: int = 10000,
         durable: bool = True,
+        create: bool = True,
     ):
         """`history`: revisions of change log kept for watchers that fall behind.
         `durable`: fsync every commit (SQLite synchronous=FULL); off trades the
-        last transactions before a power loss for speed."""
+        last transactions before a power loss for speed.
+        `create`: make the store if it does not exist (else DatastoreMissing)."""
         self.path = path
         self.busy_timeout = busy_timeout
         self.history = history
@@ -80,26 +100,47 @@ class SqliteDatastore(Datastore):
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
+        self._failed: DatastoreError | None = None  # once set, every request raises it again
+        self._deep_problem: DatastoreError | None = None  # what the last quick_check found
+        self._next_deep_check = 0.0
+        # Every connection opens the file as it exists (mode=rw): none can make a new, empty store
+        # at the path after the file was removed.
+        self._uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
+        if create and not os.path.exists(path):
+            _create_file(path)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise DatastoreMissing(f"there is no embedded datastore at {path}",
+                                   "the podnet agent creates it when it starts; name another store with "
+                                   "--datastore or $PODNET_DATASTORE") from None
+        except OSError as e:
+            raise DatastoreUnavailable(f"cannot open the embedded datastore {path}: {e.strerror}") from None
+        self._identity = (st.st_dev, st.st_ino)
         conn = self._conn()
         with _translate_errors(path):
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            if not conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0]:
+                if not create:
+                    raise DatastoreMissing(f"{path} is not a podnet datastore (it has no podnet tables)",
+                                           "name the store with --datastore or $PODNET_DATASTORE")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
 
     def __repr__(self):
         return f"SqliteDatastore({self.path!r})"
 
     def _connect(self) -> sqlite3.Connection:
-        try:
+        with _translate_errors(self.path):
             conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+                self._uri, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False, uri=True
             )
-        except sqlite3.Error as e:
-            raise DatastoreUnavailable(f"cannot open the embedded datastore {self.path}: {e}") from None
-        conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
-        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
-        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
+            try:
+                conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+                conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+                conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
+            except BaseException:
+                conn.close()
+                raise
         with self._conns_lock:
             self._conns.append(conn)
         return conn
@@ -114,9 +155,60 @@ class SqliteDatastore(Datastore):
             conn = local.conn = self._connect()
             local.waits = True
         if local.waits != wait:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000) if wait else 0}")
+            with _translate_errors(self.path):
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000) if wait else 0}")
             local.waits = wait
         return conn
+
+    def _guard(self) -> None:
+        """Refuse to go on when the path no longer names the file this store opened: requests would
+        read and write a file that is gone, or that others no longer use (a split brain). One stat,
+        about a microsecond."""
+        if self._failed is not None:
+            raise type(self._failed)(self._failed.message, self._failed.hint)
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._fail(f"the embedded datastore {self.path} was removed while it was open")
+        except OSError:
+            return  # e.g. a directory made unreadable: the requests themselves say what is wrong
+        else:
+            if (st.st_dev, st.st_ino) != self._identity:
+                self._fail(f"the embedded datastore {self.path} was replaced by another file while it was open")
+
+    def _fail(self, message: str) -> None:
+        self._failed = DatastoreGone(message, _GONE_HINT)
+        raise DatastoreGone(message, _GONE_HINT)
+
+    def check(self) -> None:
+        """Raise what is wrong with the store: its file removed or replaced, damaged, or not writable.
+        The pages are all read (PRAGMA quick_check) at most every DEEP_CHECK_SECONDS."""
+        self._guard()
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(len(SQLITE_MAGIC))
+        except OSError as e:
+            raise DatastoreUnavailable(f"cannot read the embedded datastore {self.path}: {e.strerror}") from None
+        if head != SQLITE_MAGIC:
+            raise DatastoreCorrupt(f"the embedded datastore {self.path} is damaged: its header is not SQLite's",
+                                   _CORRUPT_HINT)
+        blocker = write_blocker(self.path)
+        if blocker:
+            raise DatastoreReadOnly(f"the embedded datastore {self.path} is read-only: {blocker}",
+                                    "make it writable again; the agents keep the kernel as it is meanwhile")
+        if time.monotonic() >= self._next_deep_check:
+            self._next_deep_check = time.monotonic() + DEEP_CHECK_SECONDS
+            self._deep_problem = None
+            try:
+                with _translate_errors(self.path):
+                    rows = self._conn().execute("PRAGMA quick_check").fetchall()
+                if rows != [("ok",)]:
+                    raise DatastoreCorrupt(f"the embedded datastore {self.path} is damaged: {rows[0][0]}",
+                                           _CORRUPT_HINT)
+            except DatastoreCorrupt as e:
+                self._deep_problem = e
+        if self._deep_problem is not None:
+            raise DatastoreCorrupt(self._deep_problem.message, self._deep_problem.hint)
 
     def close(self) -> None:
         with self._conns_lock:
@@ -131,6 +223,7 @@ class SqliteDatastore(Datastore):
     # Reads -------------------------------------------------------------
 
     def get(self, key: str) -> KeyValue | None:
+        self._guard()
         with _translate_errors(self.path):
             row = self._conn().execute(
                 "SELECT key, value, create_rev, mod_rev, version FROM kv WHERE key = ?", (key,)
@@ -138,18 +231,22 @@ class SqliteDatastore(Datastore):
         return KeyValue(*row) if row else None
 
     def get_many(self, keys: Sequence[str]) -> list[KeyValue | None]:
+        self._guard()
         conn = self._conn()
         with _translate_errors(self.path):
             conn.execute("BEGIN")  # one read transaction: every key at one revision
             try:
                 rows = [conn.execute("SELECT key, value, create_rev, mod_rev, version FROM kv WHERE key = ?",
                                      (k,)).fetchone() for k in keys]
-            finally:
-                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+            conn.execute("COMMIT")
         return [KeyValue(*r) if r else None for r in rows]
 
     def list(self, prefix: str, keys_only: bool = False) -> tuple[list[KeyValue], int]:
         cols = "key, x'', create_rev, mod_rev, version" if keys_only else "key, value, create_rev, mod_rev, version"
+        self._guard()
         conn = self._conn()
         with _translate_errors(self.path):
             # One read transaction so the rows and the revision agree.
@@ -160,11 +257,14 @@ class SqliteDatastore(Datastore):
                     (prefix, prefix_end(prefix)),
                 ).fetchall()
                 rev = conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
-            finally:
-                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+            conn.execute("COMMIT")
         return [KeyValue(*r) for r in rows], rev
 
     def revision(self) -> int:
+        self._guard()
         with _translate_errors(self.path):
             return self._conn().execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
 
@@ -197,7 +297,13 @@ class SqliteDatastore(Datastore):
         local = self._local
         fd = getattr(local, "turn_fd", None)
         if fd is None:
-            fd = local.turn_fd = os.open(self.path + "-writers", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(self.path + "-writers", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                raise DatastoreReadOnly(f"the embedded datastore {self.path} cannot be written: cannot open its "
+                                        f"lock file {self.path}-writers: {e.strerror}",
+                                        "podnet needs to write the store's directory") from None
+            local.turn_fd = fd
         fcntl.flock(fd, fcntl.LOCK_EX)
 
     def _writer_done(self) -> None:
@@ -207,12 +313,17 @@ class SqliteDatastore(Datastore):
 
     def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
         read_only = not any(isinstance(op, (Put, Delete)) for op in (*success, *failure))
+        self._guard()
         conn = self._conn(wait=read_only)
         with _translate_errors(self.path):
             if read_only:  # a snapshot is enough: no write lock, so writers are not held up
                 conn.execute("BEGIN")
             else:
-                self._begin_write(conn)
+                try:
+                    self._begin_write(conn)
+                except BaseException:
+                    self._writer_done()
+                    raise
             try:
                 rev = conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
                 ok = self._compares_hold(conn, compares)
@@ -224,7 +335,7 @@ class SqliteDatastore(Datastore):
                         self._compact(conn, rev - self.history)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
             finally:
                 if not read_only:
@@ -292,15 +403,21 @@ class SqliteDatastore(Datastore):
 
     def compact(self, upto: int) -> None:
         """Drop change history up to and including revision `upto`."""
+        self._guard()
         conn = self._conn()
         with _translate_errors(self.path):
             conn.execute("BEGIN IMMEDIATE")
-            self._compact(conn, upto)
-            conn.execute("COMMIT")
+            try:
+                self._compact(conn, upto)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
 
     # Watches -----------------------------------------------------------
 
     def watch(self, prefix: str, start_revision: int) -> Watch:
+        self._guard()
         return _SqliteWatch(self, prefix, start_revision)
 
 
@@ -317,6 +434,7 @@ class _SqliteWatch(Watch):
     def next_events(self, timeout: float | None = None) -> list[Event]:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._closed:
+            self._store._guard()
             with _translate_errors(self._store.path):
                 version = self._conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != self._seen_version:
@@ -341,8 +459,10 @@ class _SqliteWatch(Watch):
                 (self._next, self._prefix, self._end),
             ).fetchall()
             head = conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
-        finally:
-            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        conn.execute("COMMIT")
         self._next = head + 1
         return [Event(kind, key, bytes(value), rev) for rev, kind, key, value in rows]
 
@@ -352,6 +472,75 @@ class _SqliteWatch(Watch):
             self._conn.close()
         except sqlite3.Error:
             pass
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """End a failed transaction without hiding why it failed: SQLite has already rolled back after
+    some errors (a read-only or damaged file), and a ROLLBACK then only says "no transaction is active"."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
+def _create_file(path: str) -> None:
+    """Make the store's (empty) file and its directory; SQLite writes its header on the first commit."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    except OSError as e:
+        raise DatastoreReadOnly(f"cannot create the embedded datastore {path}: {e.strerror}") from None
+
+
+def write_blocker(path: str) -> str:
+    """Why the store at `path` cannot be written, as far as the file system says; "" if it can."""
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            os.close(os.open(name, os.O_WRONLY | os.O_CLOEXEC))  # no O_CREAT, no O_TRUNC: changes nothing
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            return f"{name} cannot be opened for writing: {e.strerror}"
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        if os.statvfs(parent).f_flag & os.ST_RDONLY:
+            return f"{parent} is on a read-only file system"
+    except OSError:
+        pass
+    if not os.access(parent, os.W_OK):
+        return f"its directory {parent} is not writable"
+    return ""
+
+
+# SQLite's primary result codes (sqlite3.h)
+_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _CANTOPEN, _FULL, _NOTADB = 5, 6, 8, 10, 11, 14, 13, 26
+_READONLY_DBMOVED = _READONLY | (4 << 8)
+
+
+def translate(path: str, exc: sqlite3.Error) -> DatastoreError:
+    """sqlite3's error as the datastore's typed one, naming the cause."""
+    code = getattr(exc, "sqlite_errorcode", None) or 0
+    primary = code & 0xFF
+    text = str(exc)
+    if primary in (_CORRUPT, _NOTADB) or "malformed" in text or "not a database" in text:
+        return DatastoreCorrupt(f"the embedded datastore {path} is damaged: {text}", _CORRUPT_HINT)
+    if code == _READONLY_DBMOVED:
+        return DatastoreGone(f"the embedded datastore {path} was moved or removed while it was open", _GONE_HINT)
+    if primary in (_READONLY, _IOERR, _CANTOPEN) or "readonly" in text:
+        blocker = write_blocker(path) if os.path.exists(path) else ""
+        if blocker or primary == _READONLY:
+            return DatastoreReadOnly(f"the embedded datastore {path} cannot be written: "
+                                     f"{blocker or text}", "make the file and its directory writable")
+        what = "cannot open" if primary == _CANTOPEN else "I/O error on"
+        return DatastoreUnavailable(f"{what} the embedded datastore {path}: {text}")
+    if primary == _FULL:
+        return DatastoreUnavailable(f"the embedded datastore {path} cannot grow: {text}",
+                                    "free space on its file system")
+    if primary in (_BUSY, _LOCKED) or "locked" in text or "busy" in text:
+        return DatastoreUnavailable(f"embedded datastore {path}: {text}",
+                                    "another process holds it locked for too long")
+    return DatastoreUnavailable(f"embedded datastore {path}: {text}")
 
 
 class _translate_errors:
@@ -364,11 +553,6 @@ class _translate_errors:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None and issubclass(exc_type, sqlite3.OperationalError):
-            raise DatastoreUnavailable(
-                f"embedded datastore {self.path}: {exc}",
-                "another process holds it locked for too long, or the file is not writable",
-            ) from None
         if exc_type is not None and issubclass(exc_type, sqlite3.DatabaseError):
-            raise DatastoreUnavailable(f"embedded datastore {self.path} is unusable: {exc}") from None
+            raise translate(self.path, exc) from None
         return False

@@ -140,12 +140,13 @@ class Lab:
         return os.path.join(self.root, f"{node}.status.json")
 
     @contextlib.contextmanager
-    def datastore(self):
+    def datastore(self, create: bool = False):
         """The lab's datastore, opened from where it can be reached: an etcd lab's store listens in
-        the underlay namespace, so the calling thread enters it while it uses the store."""
+        the underlay namespace, so the calling thread enters it while it uses the store. Only
+        building the lab creates it: a lab whose store file is gone says so."""
         url = self.datastore_url
         with entered(self.underlay_netns) if url.startswith("etcd") else contextlib.nullcontext():
-            store = open_datastore(url)
+            store = open_datastore(url, create=create)
             try:
                 yield store
             finally:
@@ -218,7 +219,7 @@ class Lab:
 
         if spec.datastore == "etcd":
             self._start_etcd(spec)
-        with self.datastore() as store:
+        with self.datastore(create=True) as store:
             Resources(store).apply_pool(IPPool("default-ipv4-ippool", spec.pool, block_size=spec.block_size,
                                                vxlan_mode=spec.vxlan_mode, nat_outgoing=spec.nat_outgoing))
             if spec.ipv6:

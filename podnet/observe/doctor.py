@@ -432,7 +432,22 @@ def check_node_address(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
                     "prefix from the interface)")]
 
 
-NODE_CHECKS = [check_vxlan_device, check_vxlan6_device, check_mtu, check_mtu6, check_tx_checksum, check_rp_filter,
+def check_agent(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    """What the node's agent says of itself: a datastore file removed, replaced, damaged or read-only
+    under it, a reconcile that left changes unapplied, a view not in sync."""
+    a = n.agent
+    # An endpoint that does not answer says nothing: the agent may serve it elsewhere (--health-listen);
+    # what a missing agent leaves undone, the other checks find.
+    if a is None or not a.answered or a.ready:
+        return []
+    fix = f"look at the podnet agent's log on {n.name}"
+    if a.reason.startswith("datastore:"):
+        fix = (f"repair or restore the datastore as the reason says, then restart the podnet agent on {n.name} "
+               "(it keeps the kernel state meanwhile)")
+    return [Finding(ERROR, "agent", n.name, f"the podnet agent is not ready: {a.reason}", fix)]
+
+
+NODE_CHECKS = [check_agent, check_vxlan_device, check_vxlan6_device, check_mtu, check_mtu6, check_tx_checksum, check_rp_filter,
                check_default_route, check_ip_forward, check_ipv6_forward, check_entries, check_vxlan_port,
                check_networkmanager]
 

@@ -214,6 +214,16 @@ class KernelFacts:
         return next((r for r in self.routes if r.dst == dst and r.type == "unicast"), None)
 
 
+@dataclass(frozen=True)
+class AgentHealth:
+    """The node's agent as its /readyz answers: `answered` False when nothing listens there."""
+
+    answered: bool
+    ready: bool = False
+    reason: str = ""
+    address: str = ""
+
+
 @dataclass
 class NodeFacts:
     name: str
@@ -232,6 +242,7 @@ class NodeFacts:
     vtep_mac6: str | None = None  # vxlan-v6.calico's MAC
     blocks6: list[str] = field(default_factory=list)
     status: dict | None = None  # what its agent reported (offload decisions and their evidence); None: nothing
+    agent: AgentHealth | None = None  # what the node's agent says of itself (None: not asked)
 
     @property
     def ip(self) -> str | None:
@@ -447,6 +458,7 @@ def read_kernels(facts: ClusterFacts, access: NodeAccess, nodes: Iterable[str] |
                 continue
             if node.netns is None:
                 node.host = {"networkmanager": read_networkmanager()}
+            node.agent = read_agent_health(node.netns)
     for pod in facts.pods:
         node = facts.nodes.get(pod.node)
         if node is None or node.kernel is None:
@@ -597,6 +609,34 @@ def read_sysctls(netns: str | None, keys: Iterable[str], version: int = 4) -> di
             except FileNotFoundError:
                 pass
     return out
+
+
+AGENT_HEALTH_ADDRESS = ("127.0.0.1", 9099)  # the agent's --health-listen default
+
+
+def read_agent_health(netns: str | None, address: tuple[str, int] = AGENT_HEALTH_ADDRESS,
+                      timeout: float = 2.0) -> AgentHealth:
+    """GET /readyz from the agent's health endpoint, from inside the node's namespace (each node of a lab
+    has its own loopback)."""
+    where = f"{address[0]}:{address[1]}"
+    try:
+        sock = _netns.socket_in(netns, socket.AF_INET, socket.SOCK_STREAM)
+    except (OSError, PodnetError):
+        return AgentHealth(False, address=where)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+        sock.sendall(b"GET /readyz HTTP/1.0\r\nHost: podnet\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    except OSError:
+        return AgentHealth(False, address=where)
+    finally:
+        sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = head.split(b" ", 2)[1:2]
+    return AgentHealth(True, status == [b"200"], body.decode(errors="replace").strip(), where)
 
 
 # --- ethtool: offload features (podnet.dataplane.ethtool reads them) --------------------------

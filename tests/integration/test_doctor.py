@@ -141,8 +141,15 @@ def test_on_a_node_itself_doctor_checks_that_node_and_networkmanager(healthy_lab
 
 
 def test_a_datastore_without_this_host_is_a_clean_error(tmp_path, capsys):
+    open_datastore(f"sqlite://{tmp_path}/empty.db").close()
     code = main(["doctor", "--datastore", f"sqlite://{tmp_path}/empty.db"])
     assert code == 1 and "cannot tell which node this host is" in capsys.readouterr().err
+
+
+def test_a_missing_datastore_is_named_and_not_created(tmp_path, capsys):
+    code = main(["doctor", "--datastore", f"sqlite://{tmp_path}/none.db"])
+    assert code == 1 and f"no embedded datastore at {tmp_path}/none.db" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()
 
 
 # --- a dual-stack lab: the IPv6 side of every node -------------------------------------------------------------

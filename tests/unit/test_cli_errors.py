@@ -1,0 +1,38 @@
+"""No traceback reaches a user: podnet's own errors print their message (exit 1), anything unexpected
+prints one line naming the file that holds the traceback (exit 3)."""
+
+from __future__ import annotations
+
+import re
+
+from podnet.cli import main as cli
+
+
+def test_an_unexpected_error_prints_one_line_and_saves_the_traceback(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+
+    def broken(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "cmd_get", broken)
+    code = cli.main(["--datastore", f"sqlite://{tmp_path}/x.db", "get", "nodes"])
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_INTERNAL == 3
+    assert "Traceback" not in out + err and len(err.splitlines()) == 1, err
+    assert err.startswith("error: podnet failed unexpectedly: RuntimeError: boom")
+    path = re.search(r"the traceback is in (\S+);", err).group(1)
+    assert path.startswith(str(tmp_path))
+    with open(path) as f:
+        saved = f.read()
+    assert "Traceback" in saved and "RuntimeError: boom" in saved and "get nodes" in saved
+
+
+def test_a_missing_store_is_an_error_naming_it(capsys, tmp_path):
+    for argv in (["get", "nodes"], ["ipam", "check"], ["ipam", "show"], ["describe", "node", "n1"]):
+        code = cli.main(["--datastore", f"sqlite://{tmp_path}/x.db", *argv])
+        err = capsys.readouterr().err
+        assert code == 1 and err == (f"error: there is no embedded datastore at {tmp_path}/x.db (the podnet agent "
+                                     "creates it when it starts; name another store with --datastore or "
+                                     "$PODNET_DATASTORE)\n"), (argv, err)
+    assert not (tmp_path / "x.db").exists()
