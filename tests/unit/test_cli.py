@@ -37,6 +37,8 @@ spec:
 
 @pytest.fixture
 def db(tmp_path):
+    """An empty store: read-only commands never create one (test_cli_errors.py)."""
+    SqliteDatastore(str(tmp_path / "x.db")).close()
     return tmp_path / "x.db"
 
 

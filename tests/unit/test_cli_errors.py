@@ -15,7 +15,7 @@ def test_an_unexpected_error_prints_one_line_and_saves_the_traceback(monkeypatch
     def broken(args):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "cmd_get", broken)
+    monkeypatch.setattr("podnet.cli.cmd_resources.cmd_get", broken)
     code = cli.main(["--datastore", f"sqlite://{tmp_path}/x.db", "get", "nodes"])
     out, err = capsys.readouterr()
     assert code == cli.EXIT_INTERNAL == 3
