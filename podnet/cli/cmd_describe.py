@@ -76,6 +76,11 @@ def cmd_describe(args) -> int:
         _kv([("Name", config.name), ("Applies to", config.node or "every node"), ("VXLAN VNI", config.vni),
              ("VXLAN port", config.port), ("VXLAN MTU", config.mtu), ("MTU interface pattern", config.mtu_iface_pattern),
              ("TX checksum offload", config.tx_checksum_offload)])
+        ignored = config.not_applied()
+        if ignored:
+            print()
+            print("Not applied by podnet (stored as given):")
+            table(["FIELD", "VALUE", "WHY"], [[k, v, why] for k, v, why in ignored])
     return 0
 
 

@@ -1,13 +1,15 @@
 """AgentConfiguration: the agent's settings in the datastore, Calico's FelixConfiguration for podnet.
 
 `metadata.name: default` applies to every node; `node.<name>` overrides it for one node.
-Accepted as kind FelixConfiguration too, so calicoctl users can apply what they know.
+Accepted as kind FelixConfiguration too, so calicoctl users can apply what they know: every field
+of Calico's spec is accepted; those podnet does not implement are kept (`extra`) and shown by
+`podnet describe` as not applied, never rejected.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from podnet.model import fields
 from podnet.model.errors import ValidationError
@@ -30,6 +32,7 @@ class AgentConfiguration:
     mtu: int | None = None
     mtu_iface_pattern: str | None = None  # regex: the host MTU is the smallest MTU of matching interfaces
     tx_checksum_offload: bool | None = None  # False: turn it off on the VXLAN device (calico issues 3145, 11435)
+    extra: dict = field(default_factory=dict, hash=False, compare=True)  # spec fields podnet does not apply
 
     def __post_init__(self):
         if self.name != "default" and not self.name.startswith("node."):
@@ -48,12 +51,21 @@ class AgentConfiguration:
         if self.tx_checksum_offload is not None:
             fields.boolean("spec.vxlanTxChecksumOffload", self.tx_checksum_offload)
 
+    def not_applied(self) -> list[tuple[str, object, str]]:
+        """(field, value, why) of every stored field podnet does not apply."""
+        from podnet.model.felixfields import CALICO_FIELDS
+
+        return [(k, v, "a Calico setting podnet does not implement" if k in CALICO_FIELDS
+                 else "not a FelixConfiguration field podnet knows (a newer Calico's, or a typo?)")
+                for k, v in sorted(self.extra.items())]
+
     @property
     def node(self) -> str | None:
         return self.name[5:] if self.name.startswith("node.") else None
 
     def to_manifest(self) -> dict:
         spec = {k: getattr(self, a) for k, a in _SPEC.items() if getattr(self, a) is not None}
+        spec.update(self.extra)
         return {"apiVersion": "projectcalico.org/v3", "kind": "AgentConfiguration", "metadata": {"name": self.name},
                 "spec": spec}
 
@@ -62,8 +74,9 @@ class AgentConfiguration:
         if doc.get("kind") not in KINDS:
             raise ValidationError("kind", f"must be one of {', '.join(KINDS)}")
         spec = doc.get("spec") or {}
-        unknown = sorted(set(spec) - set(_SPEC))
-        if unknown:
-            raise ValidationError(f"spec.{unknown[0]}", f"is not a setting podnet knows ({', '.join(_SPEC)})")
+        if not isinstance(spec, dict):
+            raise ValidationError("spec", "must be a mapping")
         meta = doc.get("metadata") or {}
-        return cls(name=meta.get("name", "default"), **{a: spec[k] for k, a in _SPEC.items() if k in spec})
+        extra = {k: v for k, v in spec.items() if k not in _SPEC}
+        return cls(name=meta.get("name", "default"), extra=extra,
+                   **{a: spec[k] for k, a in _SPEC.items() if k in spec})

@@ -645,3 +645,45 @@ def test_agent_flags_reach_the_agent_parser(capsys):
         main(["--datastore", "sqlite:///nonexistent/x.db", "agent", "--help"])
     assert exit.value.code == 0
     assert "--node" in capsys.readouterr().out
+
+
+CALICOCTL_FELIX_YAML = """\
+apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata:
+  creationTimestamp: "2026-11-02T10:00:00Z"
+  name: default
+  resourceVersion: "812"
+  uid: 0b8e1f0e-6a3c-4c33-9a55-3f0d4a6b1d2e
+spec:
+  bpfConnectTimeLoadBalancing: TCP
+  bpfHostNetworkedNATWithoutCTLB: Enabled
+  bpfLogLevel: ""
+  floatingIPs: Disabled
+  healthPort: 9099
+  logSeverityScreen: Info
+  reportingInterval: 0s
+  vxlanEnabled: true
+  vxlanVNI: 4096
+  failsafeInboundHostPorts:
+  - {protocol: tcp, port: 22}
+  someFutureSetting: 3
+"""
+
+
+def test_calicoctls_felixconfiguration_applies_and_describe_names_what_is_not_applied(cli, tmp_path, store):
+    code, out, err = apply_text(cli, tmp_path, CALICOCTL_FELIX_YAML, name="felix.yaml")
+    assert (code, out, err) == (0, "agentconfiguration/default created\n", "")
+    code, out, _ = cli("describe", "felixconfiguration", "default")
+    assert code == 0
+    assert "VXLAN VNI:" in out and "4096" in out
+    not_applied = out.split("Not applied by podnet", 1)[1]
+    rows = {line.split()[0]: line for line in not_applied.strip().splitlines()[2:]}
+    assert set(rows) == {"bpfConnectTimeLoadBalancing", "bpfHostNetworkedNATWithoutCTLB", "bpfLogLevel",
+                         "floatingIPs", "healthPort", "logSeverityScreen", "reportingInterval", "vxlanEnabled",
+                         "failsafeInboundHostPorts", "someFutureSetting"}
+    assert "does not implement" in rows["healthPort"] and "typo" in rows["someFutureSetting"]
+    # Stored as given: what get prints applies again unchanged.
+    _, exported, _ = cli("get", "felixconfiguration", "default", "-o", "yaml")
+    assert yaml.safe_load(exported)["spec"]["failsafeInboundHostPorts"] == [{"protocol": "tcp", "port": 22}]
+    assert apply_text(cli, tmp_path, exported, name="again.yaml")[1] == "agentconfiguration/default unchanged\n"
