@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 from podnet.cni import protocol as p
+from podnet.cni import requestlog
 from podnet.cni.protocol import CniError, Request
 from podnet.dataplane import pod, rtnl
 from podnet.netns import NamespaceError, NamespaceNotFound, is_netns_fd, open_netns
 from podnet.datastore.api import DatastoreError, DatastoreUnavailable
 from podnet.datastore.resources import Resources
 from podnet.errors import PodnetError
-from podnet.ipam import Ipam, IpamConflict, NodeNotRegistered, NoUsablePool, PoolExhausted
+from podnet.ipam import AddressUnavailable, Ipam, IpamConflict, NodeNotRegistered, NoUsablePool, PoolExhausted
 from podnet.model import WorkloadEndpoint
 from podnet.model.endpoint import POD_HANDLE_PREFIX, explained_handles, host_veth_names, ipam_handle
 
@@ -54,6 +55,7 @@ def handle(ctx: NodeContext, env: dict[str, str], stdin: bytes) -> tuple[int, by
     """Run one CNI request; returns (exit code, stdout). Never raises."""
     started = time.perf_counter()
     command = env.get("CNI_COMMAND", "?")
+    req = None
     try:
         req = p.parse_request(env, stdin)
         out = _dispatch(ctx, req)
@@ -65,6 +67,8 @@ def handle(ctx: NodeContext, env: dict[str, str], stdin: bytes) -> tuple[int, by
             log.exception("CNI %s %s failed unexpectedly", command, env.get("CNI_CONTAINERID", ""))
         else:
             log.warning("CNI %s %s failed: %s", command, env.get("CNI_CONTAINERID", ""), err)
+    if req is not None and req.config.get("log_file_path"):
+        _record(req, code, body, time.perf_counter() - started)
     if ctx.metrics is not None:
         ctx.metrics.observe_cni(command, code == 0, time.perf_counter() - started)
     log.debug("CNI %s %s took %.1f ms", command, env.get("CNI_CONTAINERID", ""),
@@ -72,11 +76,23 @@ def handle(ctx: NodeContext, env: dict[str, str], stdin: bytes) -> tuple[int, by
     return code, body
 
 
+def _record(req: Request, code: int, body: bytes, seconds: float) -> None:
+    """The request in the config's log file (Calico's log_file_path), at its log_level."""
+    who = f"{req.command} {req.container_id} {req.pod_namespace}/{req.pod_name} {req.ifname}".rstrip(" /")
+    if requestlog.wants(req.config, logging.DEBUG):
+        requestlog.record(req.config, logging.DEBUG, f"{who}: network configuration {req.raw_config.decode(errors='replace')}")
+    level = logging.INFO if code == 0 else logging.ERROR
+    requestlog.record(req.config, level, f"{who}: {'ok' if code == 0 else 'failed'} in {seconds * 1e3:.1f} ms: "
+                                         f"{body.decode(errors='replace') or '(no output)'}")
+
+
 def _as_cni_error(e: Exception) -> CniError:
     if isinstance(e, (DatastoreUnavailable, IpamConflict)):
         return CniError(p.TRY_AGAIN_LATER, str(e.message), "the datastore is busy or unreachable; retry")
     if isinstance(e, NodeNotRegistered):
         return CniError(p.NODE_NOT_REGISTERED, e.message, e.hint or "")
+    if isinstance(e, AddressUnavailable):
+        return CniError(p.IPAM_EXHAUSTED, e.message, e.hint or "")
     if isinstance(e, (PoolExhausted, NoUsablePool)):
         return CniError(p.IPAM_EXHAUSTED, e.message, e.hint or "")
     if isinstance(e, NamespaceNotFound):
@@ -93,6 +109,7 @@ def _as_cni_error(e: Exception) -> CniError:
 def _dispatch(ctx: NodeContext, req: Request):
     if req.command == "VERSION":
         return p.version_result(req.config.get("cniVersion") or p.LATEST)
+    _check_agreement(ctx, req)
     if req.command == "ADD":
         return add(ctx, req)
     if req.command == "DEL":
@@ -104,6 +121,64 @@ def _dispatch(ctx: NodeContext, req: Request):
     elif req.command == "STATUS":
         status(ctx, req)
     return None
+
+
+# What the config says about the node and the datastore ------------------------------------------------
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _check_agreement(ctx: NodeContext, req: Request) -> None:
+    """The config's node and datastore (Calico's nodename, nodename_file, datastore_type, etcd_*; podnet's
+    datastore) must be this agent's: the agent, not the plugin, decides both. A disagreement fails ADD,
+    CHECK and STATUS (the pod would be recorded where the config's owner does not look); DEL and GC go on,
+    as they must, and it is logged. Warnings go to the agent's log once per network, and to the config's
+    log file."""
+    problem = None
+    named = req.nodename() or _nodename_from_file(req.config)
+    if named and named != ctx.node:
+        problem = (f"the config's nodename {named!r} is not this node's agent's node {ctx.node!r}",
+                   "set nodename to the name the agent registered (podnet get nodes)")
+    if problem is None:
+        disagreement, warnings = p.datastore_disagreement(req.config, store_facts(ctx.resources.store))
+        if disagreement:
+            problem = (disagreement, "the plugin's requests are served by this node's agent and its datastore; "
+                                     "make the config name the same datastore, or remove the datastore fields")
+        for w in warnings:
+            requestlog.record(req.config, logging.WARNING, w)
+            if (req.network, w) not in _warned:
+                _warned.add((req.network, w))
+                log.warning("network %s: %s", req.network, w)
+    if problem is None:
+        return
+    if req.command in ("ADD", "CHECK", "STATUS"):
+        raise CniError(p.INVALID_CONFIG, *problem)
+    log.warning("CNI %s %s: %s", req.command, req.container_id, problem[0])
+
+
+def _nodename_from_file(config: dict) -> str | None:
+    """Calico's nodename_file (written by calico/node): its contents name the node when nodename is absent.
+    A missing file is an error unless nodename_file_optional is true."""
+    path = config.get("nodename_file")
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except OSError as e:
+        if config.get("nodename_file_optional"):
+            return None
+        raise CniError(p.INVALID_CONFIG, f"cannot read nodename_file {path}: {e.strerror}",
+                       "set nodename_file_optional to true, or name the node with nodename") from None
+
+
+def store_facts(store) -> p.StoreFacts:
+    """What the agent's datastore is, in the terms a network configuration names one."""
+    endpoints = getattr(store, "endpoints", None)
+    if endpoints is not None:
+        return p.StoreFacts("etcd", endpoints=tuple(endpoints),
+                            client_cert=bool(getattr(store, "client_certificate", False)))
+    return p.StoreFacts("sqlite", path=str(getattr(store, "path", "")))
 
 
 # ADD --------------------------------------------------------------------------------------------------
@@ -226,10 +301,12 @@ def _allocate(ctx: NodeContext, req: Request, handle: str, attrs: dict) -> list[
     taken: list[str] = []
     try:
         with ctx.ipam_lock:  # one allocator per node at a time; CAS still guards other processes
-            if req.assigns(4):
-                taken.append(ctx.ipam.auto_assign(ctx.node, handle, attrs, 4, req.ipv4_pools()))
-            if req.assigns(6):
-                taken.append(ctx.ipam.auto_assign(ctx.node, handle, attrs, 6, req.ipv6_pools()))
+            fixed = req.fixed_ips()  # asked-for addresses replace automatic assignment, as in Calico
+            for version, pools in ((4, req.ipv4_pools), (6, req.ipv6_pools)):
+                if version in fixed:
+                    taken.append(ctx.ipam.assign_ip(fixed[version], ctx.node, handle, attrs))
+                elif req.assigns(version):
+                    taken.append(ctx.ipam.auto_assign(ctx.node, handle, attrs, version, pools()))
     except BaseException:
         if ctx.metrics is not None:
             ctx.metrics.observe_ipam(False)

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 from podnet.errors import PodnetError
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+# Every version the reference plugins accept; 0.1.0 and 0.2.0 (Calico's documented examples) get the old
+# result shape (ip4/ip6).
+SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = SUPPORTED_VERSIONS[-1]
 CHECK_SINCE = "0.4.0"  # CHECK arrived in 0.4.0
 GC_SINCE = "1.1.0"  # GC and STATUS arrived in 1.1.0
@@ -61,7 +63,7 @@ _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _NETWORK_NAME = _CONTAINER_ID  # the spec words both the same way
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 KNOWN_ARGS = {"IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID",
-              "IPV4POOLS"}
+              "IPV4POOLS", "IPV6POOLS", "IP"}
 _BOOLS = {"1": True, "true": True, "0": False, "false": False}  # as libcni's UnmarshallableBool reads them
 
 
@@ -154,9 +156,22 @@ class Request:
         return {(a["containerID"], a["ifname"]) for a in self.config.get(VALID_ATTACHMENTS, [])}
 
     def assigns(self, version: int) -> bool:
-        """Whether ADD gives the pod an address of this family (IPv4 unless turned off, IPv6 if asked)."""
+        """Whether ADD gives the pod an address of this family: with fixed addresses, those families
+        (as Calico's IPAM: a requested address replaces automatic assignment); else IPv4 unless
+        turned off, IPv6 if asked."""
+        fixed = self.fixed_ips()
+        if fixed:
+            return version in fixed
         value = self.config.get("ipam", {}).get(f"assign_ipv{version}", version == 4)
         return value in (True, "true")
+
+    def fixed_ips(self) -> dict[int, str]:
+        """The addresses the runtime asked for, by family (empty: podnet chooses). See fixed_addresses()."""
+        return fixed_addresses(self.config, self.args)
+
+    def nodename(self) -> str | None:
+        """The node the config names (Calico's `nodename`); None: the agent's own node."""
+        return self.config.get("nodename") or None
 
     def ipv6_pools(self) -> list[str] | None:
         if self.args.get("IPV6POOLS"):
@@ -268,10 +283,18 @@ def parse_config(raw: bytes) -> dict:
     return config
 
 
-_TYPED = {"mtu": int, "nodename": str, "datastore_type": str, "datastore": str, "log_level": str,
-          "log_file_path": str, "agent_socket": str, "etcd_endpoints": str, "ipam": dict, "dns": dict,
-          "args": dict, "runtimeConfig": dict, "prevResult": dict, "capabilities": dict,
-          VALID_ATTACHMENTS: list}
+# Calico's fields keep Calico's types and meaning (its cni-plugin's NetConf); podnet's own: agent_socket, datastore.
+_TYPED = {"mtu": int, "nodename": str, "nodename_file": str, "nodename_file_optional": bool, "datastore_type": str,
+          "datastore": str, "log_level": str, "log_file_path": str, "log_file_max_size": int,
+          "log_file_max_age": int, "log_file_max_count": int, "agent_socket": str, "etcd_endpoints": str,
+          "etcd_authority": str, "etcd_scheme": str, "etcd_discovery_srv": str, "etcd_key_file": str,
+          "etcd_cert_file": str, "etcd_ca_cert_file": str, "policy": dict, "kubernetes": dict,
+          "feature_control": dict, "container_settings": dict, "ipam": dict, "dns": dict, "args": dict,
+          "runtimeConfig": dict, "prevResult": dict, "capabilities": dict, VALID_ATTACHMENTS: list}
+# As Calico's plugin parses log_level (logrus); podnet maps them onto Python's levels.
+LOG_LEVELS = {"panic": 50, "fatal": 50, "error": 40, "warn": 30, "warning": 30, "info": 20, "debug": 10,
+              "trace": 10}
+DATASTORE_TYPES = ("etcdv3", "kubernetes")
 
 
 def _kind(value) -> str:
@@ -282,13 +305,29 @@ def _kind(value) -> str:
 def _check_types(config: dict) -> None:
     for key, kind in _TYPED.items():
         if key in config and (not isinstance(config[key], kind) or (kind is int and isinstance(config[key], bool))):
-            want = {int: "a whole number", str: "a string", dict: "an object", list: "a list"}[kind]
+            want = {int: "a whole number", str: "a string", dict: "an object", list: "a list", bool: "a boolean"}[kind]
             raise CniError(INVALID_CONFIG, f"network configuration field {key!r} must be {want}, "
                                            f"not {_kind(config[key])}")
-    if "mtu" in config and not 68 <= config["mtu"] <= 65535:
-        raise CniError(INVALID_CONFIG, f"mtu {config['mtu']} is outside 68-65535")
+    # mtu 0 means "work it out", as in Calico: the agent's pod MTU (the underlay's less VXLAN's 50 bytes).
+    if "mtu" in config and config["mtu"] != 0 and not 68 <= config["mtu"] <= 65535:
+        raise CniError(INVALID_CONFIG, f"mtu {config['mtu']} is outside 68-65535", "or 0 to let podnet choose")
+    if "log_level" in config and config["log_level"].lower() not in LOG_LEVELS:
+        raise CniError(INVALID_CONFIG, f"log_level {config['log_level']!r} is not a log level",
+                       "one of ERROR, WARNING, INFO, DEBUG")
+    for key in ("log_file_max_size", "log_file_max_age", "log_file_max_count"):
+        if config.get(key, 0) < 0:
+            raise CniError(INVALID_CONFIG, f"{key} must not be negative")
+    if config.get("datastore_type", "etcdv3") not in DATASTORE_TYPES:
+        raise CniError(INVALID_CONFIG, f"datastore_type {config['datastore_type']!r} is not a Calico datastore type",
+                       "etcdv3 or kubernetes")
+    if config.get("etcd_scheme", "http") not in ("http", "https"):
+        raise CniError(INVALID_CONFIG, f"etcd_scheme {config['etcd_scheme']!r} is neither http nor https")
+    policy_type = config.get("policy", {}).get("type")
+    if policy_type is not None and not isinstance(policy_type, str):
+        raise CniError(INVALID_CONFIG, f"policy.type must be a string, not {_kind(policy_type)}")
     _check_ipam(config.get("ipam", {}))
     _check_dns(config.get("dns", {}))
+    fixed_addresses(config, {})  # runtimeConfig.ips and args.cni.ips are well formed
 
 
 def _check_ipam(ipam: dict) -> None:
@@ -315,6 +354,132 @@ def _check_ipam(ipam: dict) -> None:
         raise CniError(INVALID_CONFIG, "ipam.assign_ipv4 is \"false\" and assign_ipv6 is not \"true\", "
                                        "which leaves no address to assign",
                        "set assign_ipv4 or assign_ipv6 to \"true\"")
+
+
+@dataclass(frozen=True)
+class StoreFacts:
+    """The agent's datastore, as far as a network configuration can name it."""
+
+    kind: str  # "etcd" or "sqlite"
+    endpoints: tuple[str, ...] = ()  # etcd: "http(s)://host:port"
+    path: str = ""  # sqlite: the database file
+    client_cert: bool = False  # etcd: the agent presents a client certificate
+
+    def __str__(self) -> str:
+        return f"etcd at {','.join(self.endpoints)}" if self.kind == "etcd" else f"the embedded store {self.path}"
+
+
+def datastore_disagreement(config: dict, agent: StoreFacts) -> tuple[str | None, list[str]]:
+    """Whether the datastore the config names is the one this node's agent uses: the agent, not the
+    plugin, talks to the datastore, so Calico's datastore fields (and podnet's own `datastore`) are
+    checked against it rather than used. Returns (the disagreement that makes ADD wrong, or None;
+    differences worth a warning). Pure."""
+    warnings: list[str] = []
+    own = config.get("datastore")
+    if own:
+        named = _store_of_url(own)
+        if named is not None and not _same_store(named, agent):
+            return f"the config's datastore {own} is not this node's agent's, which uses {agent}", warnings
+    dtype = config.get("datastore_type")
+    if dtype == "kubernetes":
+        warnings.append(f"datastore_type kubernetes: podnet keeps pods, addresses and nodes in its agent's "
+                        f"datastore ({agent}), not in the Kubernetes API; the kubernetes section is not used")
+    etcd_named = [k for k in ("etcd_endpoints", "etcd_authority", "etcd_discovery_srv") if config.get(k)]
+    if dtype == "etcdv3" or etcd_named:
+        where = ", ".join(f"{k} {config[k]}" for k in etcd_named) or "datastore_type etcdv3"
+        if agent.kind != "etcd":
+            return f"the config names etcd ({where}) but this node's agent uses {agent}", warnings
+        scheme = config.get("etcd_scheme", "http")
+        if config.get("etcd_endpoints"):
+            named = [e.strip() for e in config["etcd_endpoints"].split(",") if e.strip()]
+        elif config.get("etcd_authority"):
+            named = [f"{scheme}://{config['etcd_authority']}"]
+        else:
+            named = []
+        if named:
+            ours = {_host_port(e) for e in agent.endpoints}
+            if not ours & {_host_port(e) for e in named}:
+                return (f"etcd_endpoints {','.join(named)} share no member with this node's agent's etcd "
+                        f"({','.join(agent.endpoints)})"), warnings
+        if config.get("etcd_discovery_srv"):
+            warnings.append(f"etcd_discovery_srv {config['etcd_discovery_srv']} is not resolved by podnet; "
+                            f"the agent uses {agent}")
+        tls_files = [k for k in ("etcd_ca_cert_file", "etcd_cert_file", "etcd_key_file") if config.get(k)]
+        wants_tls = bool(tls_files) or scheme == "https" or any(e.startswith("https://") for e in named)
+        agent_tls = any(e.startswith("https://") for e in agent.endpoints)
+        if wants_tls != agent_tls:
+            why = (", ".join(tls_files) or "https endpoints") if wants_tls else "plain http endpoints"
+            return (f"the config asks for etcd {'with' if wants_tls else 'without'} TLS ({why}) but this node's "
+                    f"agent talks to etcd {'with' if agent_tls else 'without'} it"), warnings
+        if config.get("etcd_cert_file") and not agent.client_cert:
+            warnings.append(f"etcd_cert_file {config['etcd_cert_file']}: this node's agent presents no client "
+                            "certificate to etcd (its own --etcd-cert-file decides)")
+    return None, warnings
+
+
+def _host_port(endpoint: str) -> str:
+    return endpoint.split("://", 1)[-1].rstrip("/").lower()
+
+
+def _store_of_url(url: str) -> StoreFacts | None:
+    """What a podnet datastore URL names (open_datastore's forms); None when it is not one."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return StoreFacts("sqlite", path=url)
+    if scheme == "sqlite":
+        return StoreFacts("sqlite", path=rest.partition("?")[0])
+    if scheme in ("etcd", "etcds", "http", "https"):
+        items = [i.strip() for i in rest.partition("?")[0].split(",") if i.strip()]
+        return StoreFacts("etcd", endpoints=tuple(items))
+    return None
+
+
+def _same_store(a: StoreFacts, b: StoreFacts) -> bool:
+    import os.path
+
+    if a.kind != b.kind:
+        return False
+    if a.kind == "sqlite":
+        return os.path.normpath(a.path) == os.path.normpath(b.path)
+    return bool({_host_port(e) for e in a.endpoints} & {_host_port(e) for e in b.endpoints})
+
+
+def fixed_addresses(config: dict, args: dict) -> dict[int, str]:
+    """The addresses asked for, by IP version, as Calico takes them: CNI_ARGS IP= (comma-separated, as
+    podman passes several), else runtimeConfig "ips" (the CNI `ips` capability), else args.cni.ips (the
+    CNI convention, and what Calico's cni.projectcalico.org/ipAddrs annotation means: these exact addresses
+    from IPAM, inside an IP pool). At most one per family; a prefix length, if given, is ignored (pods get /32
+    and /128). Empty when none is asked for."""
+    if args.get("IP"):
+        return _fixed_addresses(args["IP"].split(","), "CNI_ARGS IP", INVALID_ENVIRONMENT)
+    runtime = config.get("runtimeConfig", {}).get("ips")
+    if runtime is not None:
+        return _fixed_addresses(runtime, "runtimeConfig.ips", INVALID_CONFIG)
+    conventional = config.get("args", {}).get("cni", {})
+    if isinstance(conventional, dict) and conventional.get("ips") is not None:
+        return _fixed_addresses(conventional["ips"], "args.cni.ips", INVALID_CONFIG)
+    return {}
+
+
+def _fixed_addresses(items, where: str, code: int) -> dict[int, str]:
+    import ipaddress
+
+    if not isinstance(items, list):
+        raise CniError(code, f"{where} must be a list of addresses, not {_kind(items)}")
+    out: dict[int, str] = {}
+    for item in items:
+        text = item.strip() if isinstance(item, str) else item
+        try:
+            if not isinstance(text, str) or not text:
+                raise ValueError
+            addr = ipaddress.ip_interface(text).ip
+        except ValueError:
+            raise CniError(code, f"{where} has {item!r}, which is not an IP address") from None
+        if addr.version in out:
+            raise CniError(code, f"{where} asks for two IPv{addr.version} addresses ({out[addr.version]}, {addr})",
+                           "a pod gets one address per family")
+        out[addr.version] = str(addr)
+    return out
 
 
 def _check_dns(dns: dict) -> None:
@@ -369,9 +534,7 @@ def parse_args(text: str) -> dict:
             raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS IgnoreUnknown={args['IgnoreUnknown']!r} is not a boolean",
                            "use 1, true, 0 or false")
     if "IP" in args:
-        # Known to users of Calico and podman (--ip); ignoring it would hand out another address silently.
-        raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS IP={args['IP']} asks for a fixed address, which podnet "
-                                            "does not support", "let podnet choose the address")
+        _fixed_addresses(args["IP"].split(","), "CNI_ARGS IP", INVALID_ENVIRONMENT)
     unknown = sorted(set(args) - KNOWN_ARGS)
     if unknown and not ignore:
         raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS has unknown keys: {', '.join(unknown)}",
@@ -402,6 +565,8 @@ class Result:
     dns: dict = field(default_factory=dict)
 
     def to_json(self, version: str) -> dict:
+        if _older(version, "0.3.0"):
+            return self._to_json_020(version)
         legacy = _older(version, "1.0.0")
         host_if = {"name": self.host_ifname, "mac": self.host_mac}
         pod_if = {"name": self.pod_ifname, "mac": self.pod_mac, "sandbox": self.sandbox}
@@ -423,3 +588,16 @@ class Result:
             "routes": self.routes,
             "dns": self.dns,
         }
+
+    def _to_json_020(self, version: str) -> dict:
+        """0.1.0 and 0.2.0: one ip4 and one ip6 object, each with its routes; no interfaces."""
+        out: dict = {"cniVersion": version}
+        for cidr in self.ips:
+            family = "ip6" if ":" in cidr else "ip4"
+            entry: dict = {"ip": cidr}
+            if self.gateway and family == "ip4":
+                entry["gateway"] = self.gateway
+            entry["routes"] = [r for r in self.routes if (":" in r["dst"]) == (family == "ip6")]
+            out[family] = entry
+        out["dns"] = self.dns
+        return out

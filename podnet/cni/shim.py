@@ -19,7 +19,7 @@ The only error codes decided here (the rest live in podnet/cni/protocol.py):
 import posix  # built in and already loaded: os would cost ~1.5 ms of module imports
 import sys
 
-SUPPORTED = '["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]'
+SUPPORTED = '["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]'
 LATEST = "1.1.0"
 DEFAULT_ADDRESS = "@podnet/cni"
 TIMEOUT = 120.0

@@ -512,6 +512,11 @@ class EtcdDatastore(Datastore):
     def endpoints(self) -> list[str]:
         return [str(e) for e in self._transport.endpoints]
 
+    @property
+    def client_certificate(self) -> bool:
+        """Whether this client presents a certificate to etcd (cert_file given)."""
+        return self._transport._client_cert
+
     def __repr__(self) -> str:
         return f"EtcdDatastore({','.join(self.endpoints)!r})"
 

@@ -1,6 +1,7 @@
 """IPAM: per-node block affinity and address allocation on top of the datastore."""
 
 from podnet.ipam.allocator import (
+    AddressUnavailable,
     Ipam,
     IpamConfig,
     IpamError,
@@ -10,4 +11,5 @@ from podnet.ipam.allocator import (
     PoolExhausted,
 )
 
-__all__ = ["Ipam", "IpamConfig", "IpamError", "IpamConflict", "NoUsablePool", "NodeNotRegistered", "PoolExhausted"]
+__all__ = ["AddressUnavailable", "Ipam", "IpamConfig", "IpamError", "IpamConflict", "NoUsablePool", "NodeNotRegistered",
+           "PoolExhausted"]

@@ -59,6 +59,10 @@ class IpamConflict(IpamError):
     """Too many concurrent writers; nothing was allocated. Try again."""
 
 
+class AddressUnavailable(IpamError):
+    """A requested address is outside every usable pool, or already in use."""
+
+
 @dataclass(frozen=True)
 class IpamConfig:
     """Cluster-wide IPAM settings (calicoctl ipam configure)."""
@@ -275,6 +279,37 @@ class Ipam:
         raise IpamConflict(
             f"gave up allocating for {handle} after {MAX_CAS_RETRIES} conflicting writes", "try again later"
         )
+
+    def assign_ip(self, ip: str, node: str, handle: str, attrs: dict | None = None, use: str = "Workload") -> str:
+        """Take one given address for `handle` (Calico's AssignIP: a pod that asks for a fixed address).
+
+        It must lie in an enabled pool of its family for this use. Its block is claimed for `node` when
+        nobody holds it yet, and used as it is (borrowed) when another node does. Returns the address."""
+        addr = ipaddress.ip_address(ip)
+        attrs = dict(attrs or {}, node=node)
+        for _ in range(MAX_CAS_RETRIES):
+            pools = [p for p in self.resources.pools() if p.version == addr.version and not p.disabled
+                     and use in p.allowed_uses and addr in p.network]
+            if not pools:
+                raise AddressUnavailable(f"{ip} is in no enabled IPv{addr.version} pool",
+                                         "ask for an address inside a pool (podnet get ippools)")
+            cidr = str(ipaddress.ip_network(f"{ip}/{pools[0].block_size}", strict=False))
+            rec = self.block(cidr)
+            if rec is None:
+                self._read_view(node, addr.version, keys.handle(handle))
+                if self._node_kvs.get(node) is None:  # as auto_assign: no Node record, no block for it
+                    raise NodeNotRegistered(node)
+                self._claim(node, addr.version, cidr)  # a lost race: someone else's block, used next pass
+                continue
+            block = rec.block
+            if not block.assign_ip(str(addr), handle, attrs):
+                owner = block.allocations[block.ordinal(str(addr))].handle
+                raise AddressUnavailable(f"{ip} is already in use ({owner})",
+                                         "ask for a free address, or let podnet choose one")
+            if self._cas(rec.kv, block, handle).succeeded:
+                return str(addr)
+        raise IpamConflict(f"gave up assigning {ip} to {handle} after {MAX_CAS_RETRIES} conflicting writes",
+                           "try again later")
 
     def _read_view(self, node: str, version: int, hkey: str) -> None:
         """Read at one revision, in one round trip, what an allocation decides from: the pools, the

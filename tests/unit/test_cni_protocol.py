@@ -105,7 +105,7 @@ def test_every_supported_version_parses(version):
     assert p.parse_request(env(), conf(version)).version == version
 
 
-@pytest.mark.parametrize("version,code", [("0.1.0", 1), ("0.2.0", 1), ("2.0.0", 1), ("1.1", 7), ("", 7),
+@pytest.mark.parametrize("version,code", [("0.0.1", 1), ("0.5.0", 1), ("2.0.0", 1), ("1.1", 7), ("", 7),
                                           ("v1.0.0", 7)])
 def test_unsupported_versions(version, code):
     assert error_of(p.parse_config, conf(version)).code == code
@@ -256,7 +256,8 @@ def test_args_parsing():
     ("IgnoreUnknown=maybe", "not a boolean"),
     ("word", "not KEY=VALUE"),
     ("=v", "not KEY=VALUE"),
-    ("IgnoreUnknown=1;IP=10.0.0.1", "fixed address"),
+    ("IgnoreUnknown=1;IP=10.0.0.x", "not an IP address"),
+    ("IP=10.0.0.1,10.0.0.2", "two IPv4 addresses"),
     ("IgnoreUnknown=1;IPV6POOLS=x;FOO=1", None),
 ])
 def test_args_errors(text, fragment):
@@ -282,7 +283,7 @@ RESULT = p.Result(host_ifname="cali0123456789a", host_mac="ee:ee:ee:ee:ee:ee", p
                   routes=[{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}])
 
 
-@pytest.mark.parametrize("version", p.SUPPORTED_VERSIONS)
+@pytest.mark.parametrize("version", [v for v in p.SUPPORTED_VERSIONS if p.at_least(v, "0.3.0")])
 def test_result_shape_per_version(version):
     out = RESULT.to_json(version)
     json.dumps(out)
@@ -296,6 +297,18 @@ def test_result_shape_per_version(version):
     if "version" in ip:
         assert ip["version"] == "4"
     assert ("mtu" in pod_if) == ("mtu" in host_if) == (version == "1.1.0")
+
+
+@pytest.mark.parametrize("version", ["0.1.0", "0.2.0"])
+def test_result_shape_before_0_3_0_is_ip4_and_ip6(version):
+    dual = p.Result(**{**RESULT.__dict__, "ips": ["10.244.0.5/32", "fd00::5/128"],
+                       "routes": [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}, {"dst": "::/0", "gw": "fe80::1"}]})
+    assert dual.to_json(version) == {
+        "cniVersion": version,
+        "ip4": {"ip": "10.244.0.5/32", "routes": [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}]},
+        "ip6": {"ip": "fd00::5/128", "routes": [{"dst": "::/0", "gw": "fe80::1"}]},
+        "dns": {},
+    }
 
 
 def test_result_gateway_only_when_given():
