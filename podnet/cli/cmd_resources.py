@@ -178,17 +178,18 @@ def cmd_delete(args) -> int:
     if args.filename:
         if args.kind:
             raise PodnetError("give either -f FILE or KIND NAME, not both")
-        targets = [(kind, STORAGE[kind.name].name(r)) for kind, r in _parsed(args.filename)]
+        targets = [(kind, STORAGE[kind.name].name(r), STORAGE[kind.name].namespace(r) or None)
+                   for kind, r in _parsed(args.filename)]
     else:
         if not args.kind or not args.names:
             raise PodnetError("say what to delete", "podnet delete KIND NAME [NAME ...] or podnet delete -f FILE")
         kind = _lookup(args.kind)
-        targets = [(kind, name) for name in args.names]
+        targets = [(kind, name, args.namespace if kind.namespaced else None) for name in args.names]
     res = _resources(args)
     missing = []
-    for kind, name in targets:
+    for kind, name, namespace in targets:
         _check_deletable(kind)
-        if res.remove(kind, name):
+        if res.remove(kind, name, namespace):
             print(f"{kind.name.lower()}/{name} deleted")
         else:
             missing.append(f"{kind.name} {name}")
@@ -282,6 +283,7 @@ def register(sub) -> None:
     d.add_argument("kind", nargs="?")
     d.add_argument("names", nargs="*", metavar="NAME")
     d.add_argument("-f", "--filename", help="delete what this file's manifests name")
+    d.add_argument("-n", "--namespace", default="default", help="for namespaced kinds (default: default)")
     d.set_defaults(func=cmd_delete)
 
     lb = sub.add_parser("label", help="set (key=value) or remove (key-) labels")

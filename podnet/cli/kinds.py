@@ -76,7 +76,31 @@ VIEWS: dict[str, View] = {
         (("CIDR", lambda b, c: b.cidr), ("AFFINITY", lambda b, c: b.affinity),
          ("IN-USE", lambda b, c: len(b.allocations)), ("FREE", lambda b, c: b.free)),
         document=_block_document, list_kind=False),
+    "NetworkPolicy": View(
+        (("NAMESPACE", lambda p, c: p.namespace), ("NAME", lambda p, c: p.name),
+         ("ORDER", lambda p, c: _order(p.order)), ("SELECTOR", lambda p, c: p.selector),
+         ("TYPES", lambda p, c: _join(p.types))),
+        wide=(("INGRESS", lambda p, c: len(p.ingress)), ("EGRESS", lambda p, c: len(p.egress)))),
+    "GlobalNetworkPolicy": View(
+        (("NAME", lambda p, c: p.name), ("ORDER", lambda p, c: _order(p.order)),
+         ("SELECTOR", lambda p, c: p.selector), ("NAMESPACE-SELECTOR", lambda p, c: p.namespace_selector),
+         ("TYPES", lambda p, c: _join(p.types))),
+        wide=(("INGRESS", lambda p, c: len(p.ingress)), ("EGRESS", lambda p, c: len(p.egress)))),
+    "Namespace": View(
+        (("NAME", lambda n, c: n.name), ("LABELS", lambda n, c: _labels(n.labels))), list_kind=False),
+    "Pod": View(
+        (("NAMESPACE", lambda p, c: p.namespace), ("NAME", lambda p, c: p.name),
+         ("LABELS", lambda p, c: _labels(p.labels)),
+         ("PORTS", lambda p, c: _join(f"{x.name}={x.port}/{x.protocol}" for x in p.ports))), list_kind=False),
 }
+
+
+def _order(order):
+    return "" if order is None else f"{order:g}"
+
+
+def _labels(labels) -> str:
+    return _join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 def view(kind_name: str) -> View:

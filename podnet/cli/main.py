@@ -273,7 +273,14 @@ def main(argv=None) -> int:
         from podnet.agent import main as agent_main
 
         return agent_main.main(agent_argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `delete networkpolicy -n NS NAME`: names after an option are still names.
+        if hasattr(args, "names") and not any(x.startswith("-") for x in extra):
+            args.names = list(args.names) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "lab":
         # A lab is named by --name or by --lab, before or after the verb.
         args.name = getattr(args, "name", None) or args.global_lab or "podnet"

@@ -15,6 +15,11 @@ IPAM = ROOT + "ipam/v2/"
 HANDLES = IPAM + "handle/"
 IPAM_CONFIG = IPAM + "config"
 AFFINITY = IPAM + "host/"
+PODS = ROOT + "resources/v3/pods/"  # v1 Pods' labels and named ports, as kube-controllers would sync them
+NAMESPACES = ROOT + "resources/v3/namespaces/"
+NETWORK_POLICIES = ROOT + "resources/v3/networkpolicies/"  # projectcalico.org/v3, <namespace>/<name>
+K8S_NETWORK_POLICIES = ROOT + "resources/v3/k8snetworkpolicies/"  # networking.k8s.io/v1, <namespace>/<name>
+GLOBAL_NETWORK_POLICIES = ROOT + "resources/v3/globalnetworkpolicies/"
 NODE_STATUS = ROOT + "status/v1/nodes/"  # what each agent reports about its node (no agent follows it)
 
 

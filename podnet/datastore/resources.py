@@ -38,6 +38,8 @@ class Storage:
     key: Callable[[object], str] | None = None  # the key of a resource; None: podnet writes these itself
     name: Callable[[object], str] = lambda r: r.name
     namespace: Callable[[object], str] = lambda r: ""
+    # The keys a (name, namespace) may be stored under, for kinds whose key needs more than the name.
+    keys_of: Callable[[str, str], list[str]] | None = None
 
 
 def _dump(doc: dict) -> bytes:
@@ -48,6 +50,27 @@ def _decode_manifest(cls):
     return lambda value: cls.from_manifest(json.loads(value))
 
 
+def _decode_manifest_lazy(module: str, name: str):
+    def decode(value: bytes):
+        import importlib
+
+        return getattr(importlib.import_module(module), name).from_manifest(json.loads(value))
+
+    return decode
+
+
+def _decode_policy(value: bytes):
+    from podnet.model.policy import parse_policy
+
+    return parse_policy(json.loads(value))
+
+
+def _policy_key(policy) -> str:
+    from podnet.model.policy import storage_key
+
+    return storage_key(policy)
+
+
 STORAGE: dict[str, Storage] = {
     "IPPool": Storage((keys.POOLS,), _decode_manifest(IPPool), key=lambda p: keys.pool(p.name)),
     "Node": Storage((keys.NODES,), _decode_manifest(Node), key=lambda n: keys.node(n.name)),
@@ -56,6 +79,17 @@ STORAGE: dict[str, Storage] = {
     "WorkloadEndpoint": Storage((keys.ENDPOINTS,), _decode_manifest(WorkloadEndpoint),
                                 name=lambda e: e.key_name, namespace=lambda e: e.pod_namespace),
     "IPAMBlock": Storage((keys.blocks(4), keys.blocks(6)), Block.from_json, name=lambda b: b.cidr),
+    "NetworkPolicy": Storage((keys.NETWORK_POLICIES, keys.K8S_NETWORK_POLICIES), _decode_policy, key=_policy_key,
+                             namespace=lambda p: p.namespace, keys_of=lambda name, ns: [
+                                 f"{keys.NETWORK_POLICIES}{ns}/{name}",
+                                 f"{keys.K8S_NETWORK_POLICIES}{ns}/{name.removeprefix('knp.default.')}"]),
+    "GlobalNetworkPolicy": Storage((keys.GLOBAL_NETWORK_POLICIES,), _decode_policy, key=_policy_key,
+                                   keys_of=lambda name, ns: [keys.GLOBAL_NETWORK_POLICIES + name]),
+    "Namespace": Storage((keys.NAMESPACES,), _decode_manifest_lazy("podnet.model.kube", "Namespace"),
+                         key=lambda n: keys.NAMESPACES + n.name),
+    "Pod": Storage((keys.PODS,), _decode_manifest_lazy("podnet.model.kube", "Pod"),
+                   key=lambda p: f"{keys.PODS}{p.namespace}/{p.name}", namespace=lambda p: p.namespace,
+                   keys_of=lambda name, ns: [f"{keys.PODS}{ns}/{name}"]),
 }
 
 
@@ -80,6 +114,8 @@ class Resources:
     def get(self, kind: Kind, name: str, namespace: str | None = None):
         """One resource by name, or None."""
         storage = STORAGE[kind.name]
+        if kind.namespaced and namespace is None and "/" in name:
+            namespace, name = name.split("/", 1)  # NAMESPACE/NAME, as `podnet label pod` takes it
         if storage.key is not None and not kind.namespaced:
             kv = self.store.get(storage.key(_Named(name)))
             return storage.decode(kv.value) if kv else None
@@ -107,6 +143,10 @@ class Resources:
     def remove(self, kind: Kind, name: str, namespace: str | None = None) -> bool:
         """Delete a resource by name; False when there was none."""
         storage = STORAGE[kind.name]
+        if storage.keys_of is not None:
+            if namespace is None and "/" in name:
+                namespace, name = name.split("/", 1)
+            return any(self.store.delete(key) for key in storage.keys_of(name, namespace or "default"))
         return self.store.delete(storage.key(_Named(name)))
 
     # Pools -------------------------------------------------------------

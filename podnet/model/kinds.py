@@ -57,6 +57,13 @@ KINDS: tuple[Kind, ...] = (
     Kind("WorkloadEndpoint", "workloadendpoints", ("wep", "weps", "workload", "workloads"),
          "podnet.model.endpoint:WorkloadEndpoint", namespaced=True, writable=False),
     Kind("IPAMBlock", "ipamblocks", ("block", "blocks", "ipamblock"), "podnet.model.block:Block", writable=False),
+    # Calico's NetworkPolicy and Kubernetes' (networking.k8s.io/v1, shown as knp.default.<name>) share the kind.
+    Kind("NetworkPolicy", "networkpolicies", ("networkpolicy", "netpol", "netpols", "np", "policy", "policies"),
+         "podnet.model.policy:Policy", namespaced=True, api_versions=(CALICO_API, "networking.k8s.io/v1")),
+    Kind("GlobalNetworkPolicy", "globalnetworkpolicies", ("globalnetworkpolicy", "gnp", "gnps"),
+         "podnet.model.policy:Policy"),
+    Kind("Namespace", "namespaces", ("namespace", "ns"), "podnet.model.kube:Namespace", api_versions=("v1",)),
+    Kind("Pod", "pods", ("pod", "po"), "podnet.model.kube:Pod", namespaced=True, api_versions=("v1",)),
 )
 
 

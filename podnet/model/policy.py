@@ -168,6 +168,10 @@ class Policy:
             return self.source
         return calico_manifest(self)
 
+    @classmethod
+    def from_manifest(cls, doc: dict) -> Policy:
+        return parse_policy(doc)
+
 
 def calico_manifest(p: Policy) -> dict:
     spec: dict = {}
@@ -606,6 +610,17 @@ def parse_policy(doc: dict) -> Policy:
     if doc.get("apiVersion") == K8S_API:
         return parse_kubernetes(doc)
     return parse_calico(doc)
+
+
+def storage_key(policy: Policy) -> str:
+    """Where the policy is stored: each of the three kinds under its own prefix."""
+    from podnet.datastore import keys
+
+    if policy.kind == "KubernetesNetworkPolicy":
+        return f"{keys.K8S_NETWORK_POLICIES}{policy.namespace}/{k8s_name(policy)}"
+    if policy.kind == "NetworkPolicy":
+        return f"{keys.NETWORK_POLICIES}{policy.namespace}/{policy.name}"
+    return keys.GLOBAL_NETWORK_POLICIES + policy.name
 
 
 def k8s_name(policy: Policy) -> str:

@@ -190,13 +190,13 @@ def test_invalid_pool_is_rejected_naming_the_field(cli, tmp_path, store):
 def test_apply_unknown_kind_fails(cli, tmp_path):
     code, out, err = apply_text(cli, tmp_path, """\
         apiVersion: projectcalico.org/v3
-        kind: GlobalNetworkPolicy
+        kind: BGPPeer
         metadata: {name: x}
         spec: {}
         """)
     assert code == 1
     assert out == ""
-    assert err.startswith("error: ") and "GlobalNetworkPolicy" in err
+    assert err.startswith("error: ") and "BGPPeer" in err
 
 
 def test_apply_invalid_yaml_fails(cli, tmp_path):
@@ -481,13 +481,13 @@ def test_delete_unsupported_kind_fails(cli):
 # unknown kinds -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["frobnicators", "pods", "networkpolicy"])
+@pytest.mark.parametrize("kind", ["frobnicators", "bgppeers", "hostendpoint"])
 def test_get_unknown_kind_fails_with_an_error_on_stderr(cli, kind):
     code, out, err = cli("get", kind)
     assert code == 1
     assert out == ""
     assert err.startswith("error: ") and repr(kind) in err
-    assert "kinds: ippools, nodes, agentconfigurations, workloadendpoints, ipamblocks" in err
+    assert "kinds: ippools, nodes, agentconfigurations, workloadendpoints, ipamblocks, networkpolicies" in err
 
 
 # calicoctl's habits: one registry of kinds behind every verb ---------------------------------------
