@@ -6,7 +6,7 @@ needs beyond the resource itself (blocks per node), computed only when a shown c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 
@@ -37,7 +37,6 @@ class View:
     wide: tuple[Column, ...] = ()  # added after the default columns by -o wide
     document: Callable | None = None  # the JSON/YAML form of one resource; default: its manifest
     list_kind: bool = True  # several resources print as a calicoctl <Kind>List
-    extra: dict = field(default_factory=dict)
 
 
 def _join(values) -> str:
@@ -72,6 +71,9 @@ VIEWS: dict[str, View] = {
          ("IPS", lambda e, c: _join(e.ips)), ("CONTAINER", lambda e, c: e.container_id[:12])),
         wide=(("NAME", lambda e, c: e.key_name), ("MAC", lambda e, c: e.mac), ("NETNS", lambda e, c: e.netns),
               ("NETWORK", lambda e, c: e.network))),
+    "IPAMConfiguration": View(
+        (("NAME", lambda i, c: i.name), ("STRICT-AFFINITY", lambda i, c: i.strict_affinity),
+         ("MAX-BLOCKS-PER-HOST", lambda i, c: i.max_blocks_per_host))),
     "IPAMBlock": View(
         (("CIDR", lambda b, c: b.cidr), ("AFFINITY", lambda b, c: b.affinity),
          ("IN-USE", lambda b, c: len(b.allocations)), ("FREE", lambda b, c: b.free)),

@@ -15,6 +15,7 @@ from podnet.datastore.api import Datastore, ModRevisionIs, Put
 from podnet.errors import PodnetError
 from podnet.model import Block, IPPool, Node, WorkloadEndpoint
 from podnet.model.agentconfig import AgentConfiguration
+from podnet.model.ipamconfig import IPAMConfiguration
 from podnet.model.endpoint import endpoint_name, legacy_endpoint_name
 from podnet.model.kinds import Kind
 from podnet.model.errors import ValidationError
@@ -40,6 +41,7 @@ class Storage:
     namespace: Callable[[object], str] = lambda r: ""
     # The keys a (name, namespace) may be stored under, for kinds whose key needs more than the name.
     keys_of: Callable[[str, str], list[str]] | None = None
+    encode: Callable[[object], bytes] = lambda r: _dump(r.to_manifest())
 
 
 def _dump(doc: dict) -> bytes:
@@ -78,6 +80,8 @@ STORAGE: dict[str, Storage] = {
                                   key=lambda c: keys.AGENT_CONFIGS + c.name),
     "WorkloadEndpoint": Storage((keys.ENDPOINTS,), _decode_manifest(WorkloadEndpoint),
                                 name=lambda e: e.key_name, namespace=lambda e: e.pod_namespace),
+    "IPAMConfiguration": Storage((keys.IPAM_CONFIG,), IPAMConfiguration.from_json, key=lambda c: keys.IPAM_CONFIG,
+                                 encode=IPAMConfiguration.to_json),
     "IPAMBlock": Storage((keys.blocks(4), keys.blocks(6)), Block.from_json, name=lambda b: b.cidr),
     "NetworkPolicy": Storage((keys.NETWORK_POLICIES, keys.K8S_NETWORK_POLICIES), _decode_policy, key=_policy_key,
                              namespace=lambda p: p.namespace, keys_of=lambda name, ns: [
@@ -135,7 +139,7 @@ class Resources:
             if old is not None and storage.decode(old.value) == resource:
                 return "unchanged"
             revision = old.mod_revision if old is not None else 0
-            if self.store.txn([ModRevisionIs(key, revision)], [Put(key, _dump(resource.to_manifest()))]).succeeded:
+            if self.store.txn([ModRevisionIs(key, revision)], [Put(key, storage.encode(resource))]).succeeded:
                 return "updated" if old is not None else "created"
         raise PodnetError(f"could not write {kind.name} {storage.name(resource)}: too much concurrent change, "
                           "try again")

@@ -23,11 +23,12 @@ from podnet.datastore import keys
 from podnet.datastore.api import Datastore, Delete, Get, KeyValue, ModRevisionIs, Put, TxnResult
 from podnet.datastore.resources import Resources, decode_node
 from podnet.errors import PodnetError
+from podnet.model.ipamconfig import DEFAULT_MAX_BLOCKS_PER_HOST
+from podnet.model.ipamconfig import IPAMConfiguration as IpamConfig  # cluster-wide settings (calicoctl ipam configure)
 from podnet.model import Block, IPPool
 
 MAX_CAS_RETRIES = 100
 _UNREAD = object()  # "the caller has not read this record"
-DEFAULT_MAX_BLOCKS_PER_HOST = 20
 _READS_PER_TXN = 100  # etcd takes at most 128 operations per transaction by default
 _HINTS_MAX = 4096  # remembered records per allocator (a few KB each at most)
 
@@ -61,22 +62,6 @@ class IpamConflict(IpamError):
 
 class AddressUnavailable(IpamError):
     """A requested address is outside every usable pool, or already in use."""
-
-
-@dataclass(frozen=True)
-class IpamConfig:
-    """Cluster-wide IPAM settings (calicoctl ipam configure)."""
-
-    strict_affinity: bool = False  # never borrow from another node's block
-    max_blocks_per_host: int = DEFAULT_MAX_BLOCKS_PER_HOST  # 0: no limit
-
-    def to_json(self) -> bytes:
-        return json.dumps({"strictAffinity": self.strict_affinity, "maxBlocksPerHost": self.max_blocks_per_host}).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> IpamConfig:
-        d = json.loads(raw)
-        return cls(bool(d.get("strictAffinity", False)), int(d.get("maxBlocksPerHost", DEFAULT_MAX_BLOCKS_PER_HOST)))
 
 
 @dataclass(frozen=True)

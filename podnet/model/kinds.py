@@ -56,6 +56,8 @@ KINDS: tuple[Kind, ...] = (
          "podnet.model.agentconfig:AgentConfiguration", aliases=("FelixConfiguration",)),
     Kind("WorkloadEndpoint", "workloadendpoints", ("wep", "weps", "workload", "workloads"),
          "podnet.model.endpoint:WorkloadEndpoint", namespaced=True, writable=False),
+    Kind("IPAMConfiguration", "ipamconfigurations", ("ipamconfiguration", "ipamconfig", "ipamconfigs"),
+         "podnet.model.ipamconfig:IPAMConfiguration"),
     Kind("IPAMBlock", "ipamblocks", ("block", "blocks", "ipamblock"), "podnet.model.block:Block", writable=False),
     # Calico's NetworkPolicy and Kubernetes' (networking.k8s.io/v1, shown as knp.default.<name>) share the kind.
     Kind("NetworkPolicy", "networkpolicies", ("networkpolicy", "netpol", "netpols", "np", "policy", "policies"),
