@@ -14,6 +14,7 @@ import podnet
 from podnet.cli.main import main
 from podnet.datastore import open_datastore
 from podnet.datastore.resources import Resources
+from tests.integration.witness import run_fix
 
 REPO = Path(podnet.__file__).resolve().parents[1]
 
@@ -91,7 +92,7 @@ def test_each_problem_is_found_and_its_fix_clears_it(healthy_lab, capsys, case):
     # Fix, check again. A smaller VXLAN MTU makes the pods' MTU too big: that takes a second round.
     for _ in range(2 if case == "vxlan-mtu" else 1):
         for finding in report["findings"]:
-            fixed = subprocess.run(finding["fix"], shell=True, capture_output=True, text=True)
+            fixed = run_fix(lab, finding["fix"])
             assert fixed.returncode == 0, (finding["fix"], fixed.stderr)
         code, report = doctor(capsys, "--lab", lab.name)
     assert (code, report["findings"]) == (0, [])
@@ -217,7 +218,25 @@ def test_each_ipv6_problem_is_found_and_its_fix_clears_it(dual_stack_lab, capsys
         for finding in report["findings"]:
             if finding["severity"] == "note":
                 continue
-            fixed = subprocess.run(finding["fix"], shell=True, capture_output=True, text=True)
+            fixed = run_fix(lab, finding["fix"])
             assert fixed.returncode == 0, (finding["fix"], fixed.stderr)
         code, report = doctor(capsys, "--lab", lab.name)
     assert (code, _problems(report)) == (0, []), report["findings"]
+
+
+@pytest.mark.parametrize("command", [
+    "sysctl -w net.ipv4.ip_forward=1",  # this machine's own namespace
+    "ip link set eth0 mtu 1400",
+    "ip -n other-node-1 link set eth0 up",  # another lab's
+    "ip -n hardening-zz-node-1 link set x up; ip link del eth0",  # a second command outside
+    "ip -n hardening-zz-node-1 link set x up && sysctl -w net.ipv4.ip_forward=0",
+    "nsenter --net=/proc/1/ns/net ip link",
+    "ip netns exec hardening-zz-node-1 sh -c \"$(echo x)\"",
+])
+def test_a_fix_outside_the_lab_is_never_run(command):
+    from types import SimpleNamespace
+
+    from tests.integration.witness import assert_targets_lab
+
+    with pytest.raises(AssertionError):
+        assert_targets_lab(SimpleNamespace(name="hardening-zz", prefix="hardening-zz-"), command)

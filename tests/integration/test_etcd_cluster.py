@@ -7,12 +7,14 @@ or leaked; existing pods keep talking while etcd is away; agents keep the kernel
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 import uuid
 
 import pytest
 
 from podnet.dataplane import topology
+from podnet.datastore.resources import Resources
 from podnet.ipam import Ipam
 from podnet.lab.lab import Lab, LabSpec
 from tests.integration import kernel
@@ -54,24 +56,70 @@ def test_agents_share_etcd_and_pods_talk(etcd_lab):
     assert kernel.ping(a["netns"], b["ip"]).returncode == 0
 
 
+def attachments(lab: Lab) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The endpoint records (container id -> host veth) and the cali veths of every node."""
+    with lab.datastore() as store:
+        endpoints = {e.container_id: e.host_interface for e in Resources(store).endpoints()}
+    links = {n["name"]: sorted(l for l in topology.links(n["netns"]) if l.startswith("cali"))
+             for n in lab.state["nodes"]}
+    return endpoints, links
+
+
 def test_leader_killed_during_an_allocation_storm(etcd_lab):
     lab = etcd_lab
     before = allocations(lab)
+    endpoints_before, links_before = attachments(lab)
     sandboxes = add_sandboxes(lab, "node-1", 20, "s") + add_sandboxes(lab, "node-2", 20, "t")
     leader = lab.etcd.leader()
+    clock = threading.Lock()
+    spans: dict[int, list[float]] = {}  # sandbox -> [ADD start, ADD end]
+
+    def timed_add(i: int, node: str, ns: str):
+        container = uuid.uuid4().hex
+        with clock:
+            spans[i] = [time.monotonic(), float("inf")]
+        try:
+            code, out, raw = lab.cni(node, "ADD", container, f"/run/netns/{ns}", ns, timeout=60)
+        finally:
+            with clock:
+                spans[i][1] = time.monotonic()
+        return container, code, out
+
+    def in_flight() -> int:
+        with clock:
+            return sum(1 for _, end in spans.values() if end == float("inf"))
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
-        futures = [pool.submit(cni_add, lab, node, ns) for node, ns in sandboxes]
-        time.sleep(0.3)  # the storm is under way
+        futures = [pool.submit(timed_add, i, node, ns) for i, (node, ns) in enumerate(sandboxes)]
+        # Kill the leader once the storm is at full width and some ADDs have completed.
+        deadline = time.monotonic() + 30
+        while not (in_flight() >= 6 and sum(1 for _, e in spans.values() if e != float("inf")) >= 4):
+            assert time.monotonic() < deadline, "the storm never got going"
+            time.sleep(0.005)
+        killed_at = time.monotonic()
         leader.kill()
         results = [f.result() for f in futures]
-    codes = sorted({code for code, _, _ in results})
-    errors = {out["code"] for code, out, _ in results if code}
-    assert errors <= {11}, [out for code, out, _ in results if code]
-    ok_ips = [out["ips"][0]["address"].split("/")[0] for code, out, _ in results if code == 0]
+    overlapping = [i for i, (start, end) in spans.items() if start < killed_at < end]
+    assert len(overlapping) >= 6, f"only {len(overlapping)} ADDs were in flight when the leader died"
+    assert any(start > killed_at for start, _ in spans.values()), "no ADD started after the kill"
+    errors = {out["code"] for _, code, out in results if code}
+    assert errors <= {11}, [out for _, code, out in results if code]
+    ok = {container: out for container, code, out in results if code == 0}
+    failed = [(container, sandboxes[i][1]) for i, (container, code, _) in enumerate(results) if code]
+    ok_ips = [out["ips"][0]["address"].split("/")[0] for out in ok.values()]
     assert ok_ips and len(ok_ips) == len(set(ok_ips)), "an address was handed out twice"
     after = allocations(lab)
     # No leak: what is allocated now is what was before plus exactly the successful ADDs.
-    assert set(after) == set(before) | set(ok_ips), (codes, sorted(set(after) - set(before) - set(ok_ips)))
+    assert set(after) == set(before) | set(ok_ips), sorted(set(after) - set(before) - set(ok_ips))
+    # Endpoints and veths too: one of each per successful ADD, none left by a failed one.
+    endpoints, links = attachments(lab)
+    assert set(endpoints) == set(endpoints_before) | set(ok), sorted(set(endpoints) - set(endpoints_before) - set(ok))
+    new_veths = {node: sorted(set(names) - set(links_before[node])) for node, names in links.items()}
+    assert sorted(v for names in new_veths.values() for v in names) == \
+        sorted(out["interfaces"][0]["name"] for out in ok.values()), (new_veths, len(ok))
+    assert all(endpoints[c] == out["interfaces"][0]["name"] for c, out in ok.items())
+    for container, ns in failed:  # a failed ADD left nothing in its sandbox either
+        assert topology.links(ns) == ["lo"], (container, ns, topology.links(ns))
     leader.start()
     lab.record_etcd()
 

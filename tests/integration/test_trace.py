@@ -16,6 +16,7 @@ from podnet.cli.main import main
 from podnet.model import vtep_mac
 
 from .kernel import ping
+from .witness import run_fix
 
 REPO = Path(podnet.__file__).resolve().parents[1]
 
@@ -124,7 +125,7 @@ def test_broken_hop_is_named_and_its_fix_repairs_the_path(lab_factory, capsys, c
     # Fix, trace again: a device that went down took its routes and neighbour entries with it, so
     # vxlan-down needs the fixes of two hops, one after the other; everything else needs one.
     for _ in range(2 if case == "vxlan-down" else 1):
-        fixed = subprocess.run(hop["fix"], shell=True, capture_output=True, text=True)
+        fixed = run_fix(lab, hop["fix"])
         assert fixed.returncode == 0, (hop["fix"], fixed.stderr)
         code, data = trace_json(capsys, lab, "pod-1-1", "pod-2-1")
         hop = next((h for h in data["hops"] if h["status"] == "broken"), None)

@@ -15,6 +15,7 @@ from podnet.datastore.resources import Resources
 from podnet.model import vtep_mac
 
 from .kernel import ping
+from .witness import run_fix
 
 GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
 
@@ -134,7 +135,7 @@ def test_broken_ipv6_hop_is_named_and_its_fix_repairs_the_path(lab_factory, caps
     code, data4 = trace_json(capsys, lab, "pod-1-1", "pod-2-1")
     assert code == 0 and data4["ok"], [(h["id"], h["found"]) for h in data4["hops"] if h["status"] != "ok"]
 
-    fixed = subprocess.run(hop["fix"], shell=True, capture_output=True, text=True)
+    fixed = run_fix(lab, hop["fix"])
     assert fixed.returncode == 0, (hop["fix"], fixed.stderr)
     code, data = trace_json(capsys, lab, "pod-1-1", "pod-2-1", "-6")
     assert code == 0 and data["ok"], [(h["id"], h["found"]) for h in data["hops"] if h["status"] != "ok"]
