@@ -121,7 +121,7 @@ def markdown(doc: dict) -> str:
     lines.append("")
     for name, render in (("add_latency", _add), ("program_nodes", _program), ("drift_repair", _drift),
                          ("node_join", _join), ("node_join_etcd", _join), ("ipam_rate", _ipam), ("burst", _burst),
-                         ("sandbox", _sandbox), ("address_change", _address), ("throughput", _throughput),
+                         ("sandbox", _sandbox), ("address_change", _address), ("throughput", _throughput), ("cli_start", _cli_start),
                          ("fanout", _fanout)):
         e = b.get(name)
         if e is None:
@@ -263,7 +263,22 @@ def _summary_rows(b: dict) -> list[str]:
                     f"{et['rss_mib_total']:.0f} MiB | | | (informational) | |")
     elif e:
         rows.append("| Fan-out to 1000 agents | | failed | | | | **no** |")
+    e = b.get("cli_start")
+    if e and e.get("status") == "ok":
+        floor = e["ms"]["python"]["p50"]
+        for key, label in (("help", "`podnet --help`"), ("get", "`podnet get ippools`, empty store")):
+            st = e["ms"][key]
+            rows.append(f"| CLI start: {label} ({st['n']}x, {e['failures'][key]} failed) | p50 / p99 | "
+                        f"{st['p50']:.1f} / {st['p99']:.1f} ms | {floor:.1f} ms (`python3 -c pass`, the floor) | "
+                        f"{_x(st['p50'] / floor if floor else None)} | p50 <= {e['targets']['p50_ms']:.0f} ms | "
+                        f"{_met(e['pass'][key])} |")
+    elif e:
+        rows.append("| CLI start | | failed | | | | **no** |")
     return rows
+
+
+def _cli_start(e: dict) -> list[str]:
+    return _dist_table([(k, e["ms"][k]) for k in ("help", "get", "python")])
 
 
 def _throughput(e: dict) -> list[str]:
