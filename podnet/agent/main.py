@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pyroute2 import IPRoute
 
 from podnet.agent.kernel_events import KernelWatcher
-from podnet.agent.metrics import AgentMetrics, HealthServer, Heartbeat
+from podnet.agent.metrics import (DEFAULT_HEALTH_LISTEN, DEFAULT_METRICS_LISTEN, AgentMetrics, HealthServer,
+                                  Heartbeat)
 from podnet.agent.reconciler import Reconciler
 from podnet.agent.registration import find_underlay, find_underlay6, register
 from podnet.agent.syncer import DatastoreView
@@ -51,8 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--status-file", help="write readiness and programming status here as JSON")
     p.add_argument("--ipam-gc-grace", type=float, default=900.0,
                    help="seconds before a pod address without a workload endpoint is released (0: no GC)")
-    p.add_argument("--health-listen", default="127.0.0.1:9099", metavar="HOST:PORT",
-                   help="serve /metrics, /healthz and /readyz here ('' to turn off)")
+    p.add_argument("--health-listen", default=DEFAULT_HEALTH_LISTEN, metavar="HOST:PORT",
+                   help="serve /healthz, /readyz (and /metrics) here ('' to turn off)")
+    p.add_argument("--metrics-listen", default=DEFAULT_METRICS_LISTEN, metavar="[HOST]:PORT",
+                   help="serve Prometheus /metrics here; no host: every address (default %(default)s, Felix's "
+                        "port; '' to turn off)")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", default="info")
     p.add_argument("--etcd-cert-file", dest="etcd_cert_file")
@@ -161,7 +165,11 @@ class Agent:
         threading.Thread(target=self._watch_store, name="datastore check", daemon=True).start()
         if args.health_listen:
             HealthServer(args.health_listen, self.metrics, self.heartbeat.alive, self._ready).start()
-            log.info("serving /metrics, /healthz and /readyz on %s", args.health_listen)
+            log.info("serving /healthz, /readyz and /metrics on %s", args.health_listen)
+        if args.metrics_listen:
+            HealthServer(args.metrics_listen, self.metrics, self.heartbeat.alive, self._ready,
+                         metrics_only=True).start()
+            log.info("serving Prometheus /metrics on %s", args.metrics_listen)
         server = CniServer(args.cni_socket, ctx)
         threading.Thread(target=server.serve_forever, name="cni server", daemon=True).start()
         log.info("serving CNI requests on %s", args.cni_socket)

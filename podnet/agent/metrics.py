@@ -1,6 +1,11 @@
-"""The agent's Prometheus metrics and its health and readiness endpoints, on one small HTTP server.
+"""The agent's Prometheus metrics and its health and readiness endpoints.
 
-  /metrics  Prometheus text format
+Two small HTTP servers, where Felix has them: metrics for Prometheus on every address, port 9091
+(`--metrics-listen`, Felix's prometheusMetricsPort), and health for the kubelet's probes on
+127.0.0.1:9099 (`--health-listen`, Felix's healthPort), which also serves /metrics for a look by hand.
+
+  /metrics  Prometheus text format: podnet's own, the process's (CPU, memory, open files), the
+            interpreter's (GC), and podnet_build_info{version=...}
   /healthz  200 while the reconcile loop is alive (it ran within three resync intervals)
   /readyz   200 when the datastore is usable, the datastore view is in sync and the last reconcile
             applied everything; else 503 with the reason
@@ -9,21 +14,32 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR,
+                               CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest)
 
 log = logging.getLogger(__name__)
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+DEFAULT_METRICS_LISTEN = ":9091"  # Felix's Prometheus port, every address
+DEFAULT_HEALTH_LISTEN = "127.0.0.1:9099"  # Felix's health port; the probes run on the node
+
+
 class AgentMetrics:
     def __init__(self):
+        from podnet import __version__
+
         r = self.registry = CollectorRegistry()
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
+        Info("podnet_build", "The agent's version", registry=r).info({"version": __version__})
         self.remote_nodes = Gauge("podnet_remote_nodes_programmed", "Remote nodes whose route, ARP and FDB "
                                   "entries this node holds", registry=r)
         self.in_sync = Gauge("podnet_datastore_in_sync", "1 when the agent's view of the datastore is complete",
@@ -57,18 +73,42 @@ class AgentMetrics:
         return generate_latest(self.registry)
 
 
+class _DualStackServer(ThreadingHTTPServer):
+    """Listens on IPv6 and IPv4 both when bound to '::' (an empty host: every address)."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def _http_server(address: str, handler) -> ThreadingHTTPServer:
+    """HOST:PORT, [V6]:PORT or :PORT (every address, IPv6 and IPv4 where the node has IPv6)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not host:
+        try:
+            return _DualStackServer(("::", int(port)), handler)
+        except OSError:  # no IPv6 on this node
+            host = "0.0.0.0"
+    if ":" in host:
+        return _DualStackServer((host, int(port)), handler)
+    return ThreadingHTTPServer((host, int(port)), handler)
+
+
 class HealthServer:
-    """Serves /metrics, /healthz and /readyz; `alive()` and `ready()` are asked on every request."""
+    """Serves /metrics, and /healthz and /readyz unless `metrics_only`; `alive()` and `ready()` are
+    asked on every request."""
 
     def __init__(self, address: str, metrics: AgentMetrics, alive: Callable[[], tuple[bool, str]],
-                 ready: Callable[[], tuple[bool, str]]):
-        host, _, port = address.rpartition(":")
+                 ready: Callable[[], tuple[bool, str]], metrics_only: bool = False):
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 if self.path == "/metrics":
                     self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
-                elif self.path in ("/healthz", "/readyz"):
+                elif self.path in ("/healthz", "/readyz") and not metrics_only:
                     ok, why = (alive if self.path == "/healthz" else ready)()
                     self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")
                 else:
@@ -84,7 +124,7 @@ class HealthServer:
             def log_message(self, *args):  # requests are not worth a log line each
                 pass
 
-        self.server = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), Handler)
+        self.server = _http_server(address, Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="health server", daemon=True)
 

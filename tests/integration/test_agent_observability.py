@@ -12,10 +12,10 @@ from podnet.model import vtep_mac
 from tests.integration.witness import wait_for
 
 
-def get(netns: str, path: str) -> tuple[int, str]:
+def get(netns: str, path: str, address: str = "127.0.0.1:9099") -> tuple[int, str]:
     with entered(netns):  # the socket is created in the node's namespace, where the agent listens
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:9099{path}", timeout=5) as r:
+            with urllib.request.urlopen(f"http://{address}{path}", timeout=5) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
@@ -43,6 +43,16 @@ def test_health_readiness_and_metrics(lab_factory):
     assert metric(text, "podnet_ipam_allocations_total", result="ok") == 1
     assert metric(text, "podnet_reconcile_duration_seconds_count") >= 1
     assert metric(text, "podnet_cni_request_duration_seconds_count", command="ADD") == 1
+
+    # Prometheus scrapes Felix's port on every address of the node: here the underlay's, from
+    # another node. It serves metrics only (the probes stay on the health port), and the process's
+    # and build's metrics beside podnet's own.
+    node1 = next(n for n in lab.status()["nodes"] if n["name"] == "node-1")
+    code, scraped = get(lab.node_netns("node-2"), "/metrics", f"{node1['underlay_ip']}:9091")
+    assert code == 200 and metric(scraped, "podnet_remote_nodes_programmed") == 1
+    assert metric(scraped, "process_resident_memory_bytes") > 0
+    assert re.search(r'^podnet_build_info\{version="[^"]+"\} 1\.0$', scraped, re.M)
+    assert get(ns, "/healthz", "127.0.0.1:9091")[0] == 404
 
     # A failed request is counted as one.
     code, _, _ = lab.cni("node-1", "ADD", "c-missing", "/run/netns/does-not-exist", "ghost")
