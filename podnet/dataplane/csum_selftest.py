@@ -19,6 +19,7 @@ import socket
 import struct
 import threading
 import time
+from typing import Callable
 
 from pyroute2 import IPRoute
 
@@ -34,7 +35,7 @@ INNER = ("198.51.100.1", "198.51.100.2")  # TEST-NET-2
 MACS = ("66:00:00:00:cc:01", "66:00:00:00:cc:02")
 TCP_BYTES = 256 * 1024  # enough for segmentation offload to build large segments
 UDP_SIZES = (64, 600, 1200)
-ETH_P_ALL, SOL_PACKET, PACKET_AUXDATA = 0x0003, 263, 8
+ETH_P_ALL, SOL_PACKET, PACKET_AUXDATA, SO_RCVBUFFORCE = 0x0003, 263, 8, 33
 TP_STATUS_CSUMNOTREADY = 0x8  # the frame's checksum is still deferred: nothing to check in its bytes
 
 
@@ -119,31 +120,31 @@ def _wire(ipr: IPRoute, side: int, peer_fd: int | None, vni: int, port: int, mtu
     ethtool.set_tx_checksum("under0", False)  # the deferred checksums are computed before the wire
 
 
-def _capture(ns: int, port: int, stop: threading.Event, seen: dict) -> socket.socket:
+def _capture(ns: int) -> socket.socket:
+    """A packet socket on the receiver's underlay, big enough to hold the whole exchange until it is read."""
     sock = socket_in(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     sock.bind(("under0", 0))
     sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-    sock.settimeout(0.1)
-
-    def loop():
-        while not stop.is_set():
-            try:
-                frame, anc, _flags, _addr = sock.recvmsg(65535, socket.CMSG_SPACE(20))
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            status = next((struct.unpack_from("I", data)[0] for level, kind, data in anc
-                           if level == SOL_PACKET and kind == PACKET_AUXDATA), 0)
-            if status & TP_STATUS_CSUMNOTREADY:
-                seen["deferred"] += 1
-                continue
-            ok = inner_checksum_ok(frame, port)
-            if ok is not None:
-                seen["valid" if ok else "bad"] += 1
-
-    threading.Thread(target=loop, name="csum-selftest-capture", daemon=True).start()
+    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
     return sock
+
+
+def _checked(sock: socket.socket, port: int) -> dict:
+    """Every captured frame's inner checksum: {"valid": n, "bad": n, "deferred": n}."""
+    seen = {"valid": 0, "bad": 0, "deferred": 0}
+    while True:
+        try:
+            frame, anc, _flags, _addr = sock.recvmsg(65535, socket.CMSG_SPACE(20), socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return seen
+        status = next((struct.unpack_from("I", data)[0] for level, kind, data in anc
+                       if level == SOL_PACKET and kind == PACKET_AUXDATA), 0)
+        if status & TP_STATUS_CSUMNOTREADY:
+            seen["deferred"] += 1
+            continue
+        ok = inner_checksum_ok(frame, port)
+        if ok is not None:
+            seen["valid" if ok else "bad"] += 1
 
 
 def _exchange(a: int, b: int, port: int, timeout: float) -> tuple[bool, str, dict]:
@@ -208,11 +209,14 @@ def _exchange(a: int, b: int, port: int, timeout: float) -> tuple[bool, str, dic
     return not problems, "; ".join(problems), errors
 
 
-def run(vni: int = 4096, port: int = 4789, mtu: int = 1450, timeout: float = 3.0) -> ChecksumEvidence:
-    """The self-test through a VXLAN tunnel; NOT_RUN with the reason when it cannot be built."""
+def run(vni: int = 4096, port: int = 4789, mtu: int = 1450, timeout: float = 3.0,
+        tamper: Callable[[int, int], object] | None = None) -> ChecksumEvidence:
+    """The self-test through a VXLAN tunnel; NOT_RUN with the reason when it cannot be built.
+
+    `tamper(sender_netns_fd, receiver_netns_fd)` runs once the tunnel is wired: tests use it to
+    mangle packets on the way and see the self-test fail."""
     fds: list[int] = []
     iprs: list[IPRoute] = []
-    stop = threading.Event()
     capture = None
     try:
         fds = [_anonymous_netns(), _anonymous_netns()]
@@ -223,18 +227,18 @@ def run(vni: int = 4096, port: int = 4789, mtu: int = 1450, timeout: float = 3.0
             _wire(iprs[0], 0, fds[1], vni, port, mtu)
         with entered(fds[1]):
             _wire(iprs[1], 1, None, vni, port, mtu)
+        if tamper is not None:
+            tamper(fds[0], fds[1])
         with entered(fds[0]):
             offload = ethtool.tx_checksum("vxlan0")
         if not offload:
             return ChecksumEvidence(NOT_RUN, "this kernel creates VXLAN devices without TX checksum offload")
-        seen = {"valid": 0, "bad": 0, "deferred": 0}
-        capture = _capture(fds[1], port, stop, seen)
+        capture = _capture(fds[1])
         delivered, problems, errors = _exchange(fds[0], fds[1], port, timeout)
-        time.sleep(0.05)  # the capture thread reads what is still queued
+        seen = _checked(capture, port)
     except (OSError, PodnetError, Exception) as e:  # pyroute2's NetlinkError and friends
         return ChecksumEvidence(NOT_RUN, f"could not build the test tunnel: {e}")
     finally:
-        stop.set()
         if capture is not None:
             capture.close()
         for ipr in iprs:
