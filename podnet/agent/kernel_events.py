@@ -1,107 +1,158 @@
-"""Learn at once when someone changes what the agent owns, so drift is repaired in milliseconds."""
+"""Learn at once when someone changes what the agent owns, so drift is repaired in milliseconds.
+
+One notification socket subscribes to links, neighbours (ARP, NDP and FDB), IPv4 and IPv6
+routes and IPv4 and IPv6 addresses. Each notification is decoded into a KernelEvent and
+queued; the agent's loop hands the queue to the dataplane managers, each of which updates
+the belief of that one entry. Lost notifications (ENOBUFS) mean the agent cannot know what
+changed: every manager reads back. Any other failure is logged, the socket is made again
+and everything is read back: the watcher never stops.
+"""
 
 from __future__ import annotations
 
-import errno
+import collections
 import logging
 import socket
 import threading
+import time
 from typing import Callable
 
 from podnet.dataplane import rtnl
+from podnet.dataplane.manager import KernelEvent
 
 log = logging.getLogger(__name__)
 
-_GROUPS = rtnl.RTMGRP_LINK | rtnl.RTMGRP_NEIGH | rtnl.RTMGRP_IPV4_ROUTE | rtnl.RTMGRP_IPV4_IFADDR
+GROUPS = (rtnl.RTMGRP_LINK | rtnl.RTMGRP_NEIGH | rtnl.RTMGRP_IPV4_ROUTE | rtnl.RTMGRP_IPV6_ROUTE
+          | rtnl.RTMGRP_IPV4_IFADDR | rtnl.RTMGRP_IPV6_IFADDR)
+
+
+def decode(kind: int, payload: bytes) -> KernelEvent | None:
+    """The KernelEvent of one notification; None for kinds the agent does not follow."""
+    if kind in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE):
+        return KernelEvent("route", kind == rtnl.RTM_NEWROUTE, rtnl.parse_route(payload))
+    if kind in (rtnl.RTM_NEWNEIGH, rtnl.RTM_DELNEIGH):
+        n = rtnl.parse_neigh(payload)
+        return KernelEvent("fdb" if n["family"] == rtnl.AF_BRIDGE else "neigh", kind == rtnl.RTM_NEWNEIGH, n)
+    if kind in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK):
+        return KernelEvent("link", kind == rtnl.RTM_NEWLINK, rtnl.parse_link(payload))
+    if kind in (rtnl.RTM_NEWADDR, rtnl.RTM_DELADDR):
+        return KernelEvent("addr", kind == rtnl.RTM_NEWADDR, rtnl.parse_addr(payload))
+    return None
 
 
 class KernelWatcher:
-    """Calls on_change() when a route of ours, or the VXLAN device, its neighbours, FDB or address change."""
+    """Queues decoded notifications about what the agent owns and wakes the agent."""
 
-    def __init__(self, device: str | tuple[str, ...], on_change: Callable[[], None],
-                 on_address_change: Callable[[], None] | None = None, also_links: Callable[[], set] = set,
-                 own_ports: Callable[[], set] = set, own_fdb: Callable[[], frozenset] = frozenset):
-        """on_address_change: an address was added or removed on any interface (the node's
-        underlay address may have moved). also_links(): names of further links whose changes
-        matter (the parent interface: its MTU sets the tunnel's; the IPv6 device)."""
-        self.devices = (device,) if isinstance(device, str) else tuple(device)
-        self.also_links = also_links
-        # Changes the agent itself made (its sockets' port ids) need no reconcile: it knows them.
+    def __init__(self, links: Callable[[], set[str]], wake: Callable[[], None],
+                 on_lost: Callable[[], None], own_ports: Callable[[], set] = set):
+        """links(): names of the links whose link and neighbour changes matter (the VXLAN
+        devices, the parent interface); wake(): events are queued; on_lost(): notifications
+        were lost or the watcher failed, so nothing the agent believes can be trusted."""
+        self.links = links
+        self.wake = wake
+        self.on_lost = on_lost
+        # Changes the agent itself made (its sockets' port ids) need no repair: it knows them.
         self.own_ports = own_ports
-        self.own_fdb = own_fdb  # (mac, dst) of FDB entries the agent is adding
-        self.on_change = on_change
-        self.on_address_change = on_address_change
-        self.sock = rtnl.RtnlSocket(groups=_GROUPS)
+        self.queue: collections.deque[KernelEvent] = collections.deque()
+        self.sock: rtnl.RtnlSocket | None = None
         self._filter: tuple[frozenset, frozenset] | None = None  # (ports, link indexes) the kernel filters on
         self._filter_lock = threading.Lock()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kernel events", daemon=True)
+        self.restarts = 0
 
     def start(self) -> None:
-        self.refresh()
+        self._open()
         self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _open(self) -> None:
+        with self._filter_lock:
+            if self.sock is not None:
+                self.sock.close()
+            self.sock = rtnl.RtnlSocket(groups=GROUPS)
+            self._filter = None
+        self.refresh()
+
+    def take(self) -> list[KernelEvent]:
+        """The events queued since the last call, oldest first."""
+        out = []
+        while True:
+            try:
+                out.append(self.queue.popleft())
+            except IndexError:
+                return out
 
     def refresh(self) -> None:
         """Tell the kernel which notifications to keep from this socket: none caused by the agent's
-        own sockets, and link and neighbour changes only of the devices and links watched, by their
-        current index. Otherwise every veth a CNI ADD or DEL makes would wake this thread, which
-        would take the interpreter lock from the very request that caused it. Call again when a
-        watched device was (re)created: its new index must pass. Cheap when nothing changed."""
+        own sockets, and link and neighbour changes only of the links watched, by their current
+        index. Otherwise every veth a CNI ADD or DEL makes would wake this thread, which would take
+        the interpreter lock from the very request that caused it. Call again when a watched
+        device was (re)created: its new index must pass. Cheap when nothing changed."""
         ports = frozenset(self.own_ports())
-        links = frozenset(self._device_indexes() | self._indexes(self.also_links()))
+        links = frozenset(self._indexes(self.links()))
         with self._filter_lock:
-            if (ports, links) != self._filter:
+            if self.sock is not None and (ports, links) != self._filter:
                 self.sock.filter_notifications(set(ports), set(links))
                 self._filter = (ports, links)
-
-    def _device_indexes(self) -> set[int]:
-        return self._indexes(self.devices)
 
     @staticmethod
     def _indexes(names) -> set[int]:
         found = set()
         for name in names:
+            if not name:
+                continue
             try:
                 found.add(socket.if_nametoindex(name))
             except OSError:
                 pass
         return found
 
-    def _relevant(self, kind: int, payload: bytes, dev_indexes: set[int]) -> bool:
-        if kind in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE):
-            return rtnl.parse_route(payload)["proto"] == rtnl.RTPROT_PODNET
-        if kind in (rtnl.RTM_NEWNEIGH, rtnl.RTM_DELNEIGH):
-            n = rtnl.parse_neigh(payload)
-            if (kind == rtnl.RTM_NEWNEIGH and n["family"] == rtnl.AF_BRIDGE
-                    and (n["lladdr"], n["dst"]) in self.own_fdb()):
-                return False
-            return n["ifindex"] in dev_indexes
-        if kind in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK):
-            link = rtnl.parse_link(payload)
-            return (link["ifname"] in self.devices or link["index"] in dev_indexes
-                    or link["ifname"] in self.also_links())
-        if kind in (rtnl.RTM_NEWADDR, rtnl.RTM_DELADDR):
-            return rtnl.parse_addr(payload)["index"] in dev_indexes
-        return False
-
     def _run(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
-                events = self.sock.recv_events_from()
+                self._receive()
+            except rtnl.NoBuffers:
+                log.warning("kernel notifications were lost (ENOBUFS); reading everything back")
+                self.on_lost()
             except OSError as e:
-                if e.errno == errno.ENOBUFS:  # we missed events: assume something changed
-                    self.on_change()
+                if e.errno == 105:  # ENOBUFS from recv
+                    log.warning("kernel notifications were lost (ENOBUFS); reading everything back")
+                    self.on_lost()
                     continue
-                log.error("kernel event socket failed: %s", e)
-                return
-            self.refresh()  # e.g. the device was just deleted: its new index must pass once it is back
-            dev_indexes = self._device_indexes()
-            ours = self.own_ports()
-            events = [(kind, payload) for kind, payload, port in events if not (port and port in ours)]
-            if self.on_address_change and any(k in (rtnl.RTM_NEWADDR, rtnl.RTM_DELADDR) for k, _ in events):
-                self.on_address_change()
+                self._restart(e)
+            except Exception as e:  # noqa: BLE001 - never a silent stop
+                self._restart(e)
+
+    def _restart(self, e: Exception) -> None:
+        log.error("kernel event watcher failed (%s: %s); restarting it and reading everything back",
+                  type(e).__name__, e)
+        self.restarts += 1
+        time.sleep(min(0.05 * self.restarts, 1.0))
+        try:
+            self._open()
+        except Exception as again:  # noqa: BLE001
+            log.error("cannot reopen the kernel event socket: %s", again)
+            return
+        self.on_lost()
+
+    def _receive(self) -> None:
+        events = self.sock.recv_events_from()
+        ours = self.own_ports()
+        queued = 0
+        for kind, payload, port in events:
+            if port and port in ours:
+                continue
             try:
-                if any(self._relevant(kind, payload, dev_indexes) for kind, payload in events):
-                    self.on_change()
-            except Exception:  # a message we cannot parse must not stop drift repair
-                log.exception("could not parse a kernel event")
-                self.on_change()
+                ev = decode(kind, payload)
+            except Exception:  # noqa: BLE001 - a message we cannot parse means we cannot trust our belief
+                log.exception("could not decode a kernel notification (type %d); reading everything back", kind)
+                self.on_lost()
+                continue
+            if ev is not None:
+                self.queue.append(ev)
+                queued += 1
+        if queued:
+            self.wake()

@@ -1,32 +1,36 @@
-"""Make the kernel match the datastore: compute, diff, apply only the difference.
+"""Make the kernel match the datastore, one change at a time.
 
-Safe to run any number of times and after a crash: it never assumes what the
-kernel holds, it reads it back each time. Entries that differ are replaced in
-place, so an agent restart deletes and re-adds nothing.
+The datastore view says which nodes' facts changed; the desired index recomputes those nodes'
+entries (calc.index) and feeds the difference to the dataplane managers' trackers; an apply
+cycle then sends only what is pending. A kernel event about one entry updates that entry's
+belief in its manager. Full read-backs happen only when the managers' driver decides
+(start, lost notifications, a failed apply, the periodic resync). Entries that differ are
+replaced in place, so an agent restart deletes and re-adds nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 import time
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from pyroute2 import IPRoute
 
 from podnet.agent.offloads import OffloadKeeper
 from podnet.agent.syncer import DatastoreView
-import dataclasses
-import socket
-
-import re
-
-from podnet.calc import VxlanConfig, compute_desired, diff_state
+from podnet.calc import VxlanConfig
 from podnet.calc.config import effective_config
+from podnet.calc.index import Delta, DesiredIndex
 from podnet.calc.nat import nat_ruleset
-from podnet.calc.state import DesiredState
 from podnet.dataplane import rtnl, vxlan
-from podnet.dataplane.nat import NatTable
-from podnet.dataplane.tables import KernelTables
+from podnet.dataplane.devices import DeviceManager, Links
+from podnet.dataplane.manager import Dataplane, KernelEvent, Manager
+from podnet.dataplane.nat import NatManager
+from podnet.dataplane.neighbours import NeighbourManager
+from podnet.dataplane.routes import RouteManager
 from podnet.model import Node
 
 log = logging.getLogger(__name__)
@@ -40,22 +44,43 @@ class ReconcileResult:
     remote_nodes: tuple = ()
     device_mtu: int | None = None
     drift: int = 0  # changes made although the desired state had not changed: someone else touched the kernel
+    resynced: tuple = ()  # managers that read the kernel back in this pass
+    desired_changes: int = 0  # desired entries set or deleted in this pass
 
 
 class Reconciler:
-    def __init__(self, local: Node, view: DatastoreView, config: VxlanConfig, host: rtnl.RtnlSocket, ipr: IPRoute):
+    def __init__(self, local: Node, view: DatastoreView, config: VxlanConfig, host: rtnl.RtnlSocket, ipr: IPRoute,
+                 resync_interval: float = 30.0, managers: Iterable[Manager] = ()):
+        """`managers`: further managers (e.g. the filter layer), applied after the built-in ones."""
         self.local = local
         self.view = view
         self.config = config
-        self.tables = KernelTables(host)
         self.ipr = ipr
+        self.links = Links()
+        self.devices = DeviceManager(ipr, host, self.links, (config.device, config.device6))
+        self.neighbours = NeighbourManager(host, lambda: self.devices.indexes)
+        self.routes = RouteManager(host, self.links)
+        self.nat = NatManager()
+        self.devices.on_made.append(self._device_made)
+        self.dataplane = Dataplane([self.devices, self.neighbours, self.routes, self.nat, *managers],
+                                   resync_interval)
+        self.index = DesiredIndex()
         self.last: ReconcileResult | None = None
-        self.desired: DesiredState | None = None
-        self.nat = NatTable()
+        self._full = True  # recompute every node's entries at the next pass
         self.offloads = OffloadKeeper()
-        # FDB entries being added now: the kernel announces VXLAN FDB changes without the port id of
-        # the socket that made them, so the kernel watcher recognises ours by content instead.
-        self.fdb_being_added: frozenset[tuple[str, str]] = frozenset()
+        self.effective = config
+
+    def _device_made(self, name: str, index: int) -> None:
+        # The kernel dropped every entry on the old device (IPv4 routes without a notification).
+        self.neighbours.forget_device(name)
+        self.routes.forget_device(name)
+
+    def request_full(self) -> None:
+        """Recompute every node's entries (the local node, its parent's MTU or the config changed)."""
+        self._full = True
+
+    def on_kernel_events(self, events: list[KernelEvent]) -> int:
+        return self.dataplane.on_kernel_events(events)
 
     def _host_mtu(self, config: VxlanConfig, local: Node) -> int | None:
         """The smallest MTU of the interfaces matching the pattern, else the parent's (Calico's rule)."""
@@ -67,61 +92,91 @@ class Reconciler:
                 return min(mtus)
         return vxlan.interface_mtu(self.ipr, local.interface) if local.interface else None
 
-    def reconcile(self, full: bool = False) -> ReconcileResult:
-        """`full`: also verify state that is cheap to trust but costly to read (the NAT table)."""
-        start = time.perf_counter()
+    def update_desired(self) -> int:
+        """Feed the datastore's changes since the last pass to the managers; the number of
+        desired entries set or deleted. Work in proportion to the nodes that changed, except
+        when everything did (start, pools, agent configurations, the local node)."""
+        everything, names = self.view.take_changes()
+        if everything or self._full or self.local.name in names:
+            return self._update_all()
+        delta = Delta()
+        for name in names:
+            node, blocks, borrowed = self.view.node_facts(name)
+            if node is not None and node.name == self.local.name:
+                node = self.local
+            self.index.update(name, node, blocks, borrowed, delta)
+        return self._feed(delta)
+
+    def _update_all(self) -> int:
+        self._full = False
         snap = self.view.snapshot()
-        nodes = snap.nodes
         # This agent registered its own node and knows its addresses first; only the labels
         # (an administrator may change them) come from the datastore's record.
-        recorded = next((n for n in nodes if n.name == self.local.name), None)
+        recorded = next((n for n in snap.nodes if n.name == self.local.name), None)
         local = dataclasses.replace(self.local, labels=recorded.labels) if recorded else self.local
         config = effective_config(self.config, snap.configs, local.name)
-        desired = compute_desired(local, nodes, snap.affinities, config, self._host_mtu(config, local), snap.pools,
-                                  snap.borrowed)
-        devices = {d.name: vxlan.ensure_device(self.ipr, d) for d in desired.devices}
-        for name in {config.device, config.device6} - set(devices):
-            if vxlan.delete_device(self.ipr, name):  # e.g. the node lost its IPv6 underlay
-                log.info("removed %s: this node no longer needs it", name)
-        self.offloads.ensure(devices, config)
-        dev = config.device
-        ifindexes = dict(devices)
-        if local.interface:
-            try:  # direct (CrossSubnet) routes leave by the parent interface
-                ifindexes[local.interface] = socket.if_nametoindex(local.interface)
-            except OSError:
-                pass
-        routes, neighbours, fdb = self.tables.read(devices, {i: n for n, i in ifindexes.items()})
-        changes = diff_state(desired.routes, routes, desired.neighbours, neighbours, desired.fdb, fdb)
-        failures = []
-        if not changes.empty:
-            for line in changes.describe()[:20]:
-                log.info("%s", line)
-            if changes.size > 20:
-                log.info("... and %d more changes", changes.size - 20)
-            self.fdb_being_added = frozenset((f.mac, f.dst) for f in changes.fdb_add)
-            failures = self.tables.apply(changes, ifindexes)
-            for what, err in failures:
-                log.error("could not apply %s: %s", what, err)
+        self.effective = config
+        self.index.set_context(local, config, self._host_mtu(config, local), snap.pools)
+        self.devices.set_desired(self.index.devices)
+        self.nat.set_desired(nat_ruleset(snap.pools, config.device))
+        delta = Delta()
+        names = self.view.node_names() | set(self.index.by_node)
+        for name in names:
+            node, blocks, borrowed = self.view.node_facts(name)
+            if name == local.name:
+                node = local
+            self.index.update(name, node, blocks, borrowed, delta)
+        return self._feed(delta)
+
+    def _feed(self, delta: Delta) -> int:
+        for key in delta.delete.routes:
+            self.routes.tracker.desired_delete(key)
+        for key in delta.delete.neighbours:
+            self.neighbours.neighbours.desired_delete(key)
+        for key in delta.delete.fdb:
+            self.neighbours.fdb.desired_delete(key)
+        for key, r in delta.set.routes.items():
+            self.routes.tracker.desired_set(key, r)
+        for key, n in delta.set.neighbours.items():
+            self.neighbours.neighbours.desired_set(key, n)
+        for key, f in delta.set.fdb.items():
+            self.neighbours.fdb.desired_set(key, f)
+        return len(delta.set) + len(delta.delete)
+
+    def reconcile(self, full: bool = False) -> ReconcileResult:
+        """One pass: the datastore's changes into the managers, then one apply cycle.
+        `full`: every manager reads the kernel back first (a resync)."""
+        start = time.perf_counter()
+        if full:
+            self.dataplane.request_resync()
+        desired_changes = self.update_desired()
+        cycle = self.dataplane.apply()
         try:
-            if self.nat.ensure(nat_ruleset(snap.pools, dev), verify=full):
-                changes_nat = 1
-            else:
-                changes_nat = 0
-        except Exception as e:  # NAT trouble must not stop routing
-            failures.append(("nat table", e))
-            log.error("could not apply the masquerade table: %s", e)
-            changes_nat = 0
-        drift = changes.size if self.desired is not None and desired == self.desired else 0
-        self.desired = desired
+            self.offloads.ensure(self.devices.indexes, self.effective)
+        except Exception as e:  # noqa: BLE001 - offload trouble must not stop routing
+            log.error("could not keep the VXLAN devices' offloads: %s", e)
+            cycle.failures.append(("offloads", e))
+        # Changes made with no desired change behind them repaired something changed outside podnet.
+        drift = cycle.changes if not desired_changes and not cycle.failures else 0
+        devices = self.index.devices
         self.last = ReconcileResult(
-            drift=drift,
-            changes=changes.size + changes_nat,
-            failures=failures,
+            changes=cycle.changes,
+            failures=[(name, e) for name, e in cycle.failures],
             seconds=time.perf_counter() - start,
-            remote_nodes=desired.remote_nodes,
+            remote_nodes=self.index.ready_nodes,
             # Pods get the smallest budget of the tunnels they may use (Calico's rule): in dual stack
             # that is vxlan-v6.calico's, whose outer IPv6 header is 20 bytes longer.
-            device_mtu=min((d.mtu for d in desired.devices), default=None),
+            device_mtu=min((d.mtu for d in devices), default=None),
+            drift=drift,
+            resynced=cycle.resynced,
+            desired_changes=desired_changes,
         )
         return self.last
+
+    @property
+    def pending(self) -> int:
+        return self.dataplane.pending
+
+    def next_due(self) -> float:
+        return self.dataplane.next_due()
+

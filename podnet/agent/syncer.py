@@ -38,6 +38,17 @@ def _decode_borrowed(key: str, value: bytes):
 
 _ABSENT = object()
 
+
+def _toggle(index: dict[str, set], key: str, item: str, add: bool) -> None:
+    if add:
+        index.setdefault(key, set()).add(item)
+    else:
+        items = index.get(key)
+        if items is not None:
+            items.discard(item)
+            if not items:
+                del index[key]
+
 FOLLOWED = {
     "nodes": (keys.NODES, lambda k, v: decode_node(v)),
     "pools": (keys.POOLS, lambda k, v: decode_pool(v)),
@@ -64,6 +75,54 @@ class DatastoreView:
         self._data: dict[str, dict[str, object]] = {name: {} for name in FOLLOWED}
         self.in_sync = threading.Event()
         self._stop = threading.Event()
+        # Indexes by node, kept as records come and go, so the agent can recompute one node.
+        self._node: dict[str, Node] = {}
+        self._blocks: dict[str, set[str]] = {}  # node -> CIDRs of the blocks it has affinity to
+        self._borrowed: dict[str, set[str]] = {}  # node -> addresses it uses in others' blocks
+        # What changed since the agent last asked: every node (True), or these node names.
+        self._changed_all = True
+        self._changed: set[str] = set()
+
+    def take_changes(self) -> tuple[bool, set[str]]:
+        """(everything changed, names of the nodes whose facts changed) since the last call:
+        pools, agent configurations and a new listing change everything."""
+        with self._lock:
+            out = (self._changed_all, self._changed)
+            self._changed_all, self._changed = False, set()
+            return out
+
+    def node_facts(self, name: str) -> tuple[Node | None, tuple[str, ...], tuple[str, ...]]:
+        """(the node's record, its blocks, the addresses it uses in other nodes' blocks)."""
+        with self._lock:
+            return (self._node.get(name), tuple(sorted(self._blocks.get(name, ()))),
+                    tuple(sorted(self._borrowed.get(name, ()))))
+
+    def node_names(self) -> set[str]:
+        with self._lock:
+            return set(self._node) | set(self._blocks) | set(self._borrowed)
+
+    def _index(self, name: str, old, new) -> None:
+        """Keep the by-node indexes and the change record right for one record's change."""
+        if name in ("pools", "configs"):
+            self._changed_all = True
+            return
+        for value, add in ((old, False), (new, True)):
+            if value is _ABSENT or value is None:
+                continue
+            if name == "nodes":
+                if add:
+                    self._node[value.name] = value
+                elif self._node.get(value.name) is value:
+                    del self._node[value.name]
+                self._changed.add(value.name)
+            elif name == "affinities":
+                node, cidr = value
+                _toggle(self._blocks, node, cidr, add)
+                self._changed.add(node)
+            elif name == "blocks":
+                for ip, user in value:
+                    _toggle(self._borrowed, user, ip, add)
+                    self._changed.add(user)
 
     def snapshot(self) -> Snapshot:
         with self._lock:
@@ -90,15 +149,25 @@ class DatastoreView:
         old = table.get(key, _ABSENT)
         if value is None:
             table.pop(key, None)
+            self._index(name, old, _ABSENT)
             return old is not _ABSENT
         try:
             new = decode(key, value)
         except Exception as e:  # one bad record must not stop the others being programmed
             log.error("ignoring unreadable record %s: %s", key, e)
             table.pop(key, None)
+            self._index(name, old, _ABSENT)
             return old is not _ABSENT
         table[key] = new
+        if new != old:
+            self._index(name, old, new)
         return new != old
+
+    def _clear_index(self, name: str) -> None:
+        index = {"nodes": self._node, "affinities": self._blocks, "blocks": self._borrowed}.get(name)
+        if index is not None:
+            index.clear()
+        self._changed_all = True
 
     @staticmethod
     def _table_of(key: str) -> str | None:
@@ -121,6 +190,7 @@ class DatastoreView:
                     kvs, rev = self.store.list(prefix)
                     with self._lock:
                         self._data[name] = {}
+                        self._clear_index(name)
                         for kv in kvs:
                             self._put(name, kv.key, kv.value)
                     listed[name] = rev

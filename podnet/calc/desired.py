@@ -83,11 +83,29 @@ def compute_desired(
     )
 
 
-def _family_state(fam: _Family, local: Node, nodes, affinities, config: VxlanConfig, underlay_mtu,
-                  pools, borrowed) -> _FamilyState:
-    dev = config.device_name(fam.version)
+@dataclass(frozen=True)
+class FamilyContext:
+    """What every remote node's entries of one family are judged against: the local node, its
+    VXLAN device (None: no tunnel in this family) and the pools' modes."""
+
+    fam: _Family
+    local: Node
+    device: VxlanDevice | None
+    dev: str
+    pools: tuple
+    every_block_always: bool
+    local_subnet: object
+
+    def ready(self, node: Node) -> bool:
+        return node.name != self.local.name and self.fam.ready(node)
+
+
+def family_context(version: int, local: Node, config: VxlanConfig, underlay_mtu: int | None,
+                   pools: Iterable[IPPool] = ()) -> FamilyContext:
+    fam = _Family(version)
+    dev = config.device_name(version)
     device = None
-    if fam.ip(local) and local.interface and (fam.version == 4 or fam.tunnel(local)):
+    if fam.ip(local) and local.interface and (version == 4 or fam.tunnel(local)):
         device = VxlanDevice(
             name=dev,
             vni=config.vni,
@@ -95,57 +113,87 @@ def _family_state(fam: _Family, local: Node, nodes, affinities, config: VxlanCon
             local_ip=fam.ip(local),
             parent=local.interface,
             mac=fam.mac(local),
-            mtu=config.device_mtu(underlay_mtu, fam.version),
+            mtu=config.device_mtu(underlay_mtu, version),
             address=fam.tunnel(local),
         )
+    family_pools = tuple(p for p in pools if p.version == version)
+    return FamilyContext(
+        fam=fam, local=local, device=device, dev=dev, pools=family_pools,
+        # In the common all-Always cluster no block needs parsing to learn its mode.
+        every_block_always=all(p.vxlan_mode == "Always" for p in family_pools),
+        local_subnet=ipaddress.ip_interface(fam.address(local)).network if fam.address(local) else None,
+    )
 
-    ready = {n.name: n for n in nodes if n.name != local.name and fam.ready(n)}
-    family_pools = [p for p in pools if p.version == fam.version]
-    # In the common all-Always cluster no block needs parsing to learn its mode.
-    every_block_always = all(p.vxlan_mode == "Always" for p in family_pools)
-    local_subnet = ipaddress.ip_interface(fam.address(local)).network if fam.address(local) else None
-    same_subnet: dict[str, bool] = {}
+
+def remote_node_entries(ctx: FamilyContext, node: Node, blocks: Iterable[str],
+                        borrowed: Iterable[str]) -> tuple[set, set, set]:
+    """(routes, neighbours, FDB entries) one remote node brings in this family: its tunnel
+    neighbour and FDB entry, a route per block it owns and per address of another's block it
+    uses (`borrowed`). Nothing for a node that is not ready or without our own VTEP."""
+    fam, dev = ctx.fam, ctx.dev
+    if not ctx.ready(node):
+        return set(), set(), set()
     routes: set[Route] = set()
-    neighbours: set[Neighbour] = set()
-    fdb: set[FdbEntry] = set()
+    same_subnet: list[bool] = []
 
-    for node in ready.values():
-        neighbours.add(Neighbour(fam.tunnel(node), fam.mac(node), dev))
-        fdb.add(FdbEntry(fam.mac(node), fam.ip(node), dev))
-
-    def route_to(dst: str, owner: str) -> Route | None:
-        node = ready[owner]
-        mode = "Always" if every_block_always else _mode_of(dst, family_pools)
-        if mode in ("CrossSubnet", "Never") and owner not in same_subnet:
-            same_subnet[owner] = local_subnet is not None and ipaddress.ip_address(fam.ip(node)) in local_subnet
-        if mode in ("CrossSubnet", "Never") and same_subnet[owner]:
-            return Route(dst, gateway=fam.ip(node), ifname=local.interface, onlink=True)
-        if mode == "Never":
-            return None
+    def route_to(dst: str) -> Route | None:
+        mode = "Always" if ctx.every_block_always else _mode_of(dst, ctx.pools)
+        if mode in ("CrossSubnet", "Never"):
+            if not same_subnet:
+                same_subnet.append(ctx.local_subnet is not None
+                                   and ipaddress.ip_address(fam.ip(node)) in ctx.local_subnet)
+            if same_subnet[0]:
+                return Route(dst, gateway=fam.ip(node), ifname=ctx.local.interface, onlink=True)
+            if mode == "Never":
+                return None
+        if ctx.device is None:
+            return None  # without our own VTEP nothing can be encapsulated
         return Route(dst, gateway=fam.tunnel(node), ifname=dev, onlink=True)
 
-    for owner, cidr in affinities:
-        if _version(cidr) != fam.version:
-            continue
-        if owner == local.name:
-            routes.add(Route(cidr, blackhole=True))
-        elif owner in ready:
-            r = route_to(cidr, owner)
+    for cidr in blocks:
+        if _version(cidr) == fam.version:
+            r = route_to(cidr)
             if r:
                 routes.add(r)
-
     host_len = 32 if fam.version == 4 else 128
-    for ip, user in borrowed:
-        if _version(ip) == fam.version and user in ready:
-            r = route_to(f"{ip}/{host_len}", user)
+    for ip in borrowed:
+        if _version(ip) == fam.version:
+            r = route_to(f"{ip}/{host_len}")
             if r:
                 routes.add(r)
+    if ctx.device is None:
+        return routes, set(), set()
+    return routes, {Neighbour(fam.tunnel(node), fam.mac(node), dev)}, {FdbEntry(fam.mac(node), fam.ip(node), dev)}
 
-    if device is None:
-        # Without our own VTEP nothing can be encapsulated: keep only what needs no tunnel.
-        routes = {r for r in routes if r.blackhole or r.ifname != dev}
-        neighbours, fdb = set(), set()
-    return _FamilyState(device, routes, neighbours, fdb, tuple(ready) if device else ())
+
+def local_node_entries(ctx: FamilyContext, blocks: Iterable[str]) -> set:
+    """The node's own blocks get a blackhole route, so traffic to an unused address of the
+    block dies here instead of looping."""
+    return {Route(cidr, blackhole=True) for cidr in blocks if _version(cidr) == ctx.fam.version}
+
+
+def _family_state(fam: _Family, local: Node, nodes, affinities, config: VxlanConfig, underlay_mtu,
+                  pools, borrowed) -> _FamilyState:
+    ctx = family_context(fam.version, local, config, underlay_mtu, pools)
+    blocks: dict[str, list[str]] = {}
+    for owner, cidr in affinities:
+        blocks.setdefault(owner, []).append(cidr)
+    used: dict[str, list[str]] = {}
+    for ip, user in borrowed:
+        used.setdefault(user, []).append(ip)
+    routes = local_node_entries(ctx, blocks.get(local.name, ()))
+    neighbours: set[Neighbour] = set()
+    fdb: set[FdbEntry] = set()
+    ready = []
+    for node in nodes:
+        if not ctx.ready(node):
+            continue
+        ready.append(node.name)
+        r, n, f = remote_node_entries(ctx, node, blocks.get(node.name, ()), used.get(node.name, ()))
+        routes |= r
+        neighbours |= n
+        fdb |= f
+    return _FamilyState(ctx.device, routes, neighbours, fdb, tuple(ready) if ctx.device else ())
 
 
 def _version(address_or_cidr: str) -> int:

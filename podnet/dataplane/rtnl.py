@@ -424,6 +424,20 @@ IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4,
 IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6 = 15, 17
 
 
+def vxlan_change_msg(ifindex: int, local: str | None = None, parent: int | None = None) -> bytes:
+    """Change an existing VXLAN device's local address (and parent) in place: the kernel keeps
+    the device, and so every route, neighbour and FDB entry on it (the VNI cannot change so)."""
+    data = b""
+    if local:
+        family, packed = _ip(local)
+        data += _attr(IFLA_VXLAN_LOCAL if family == socket.AF_INET else IFLA_VXLAN_LOCAL6, packed)
+    if parent:
+        data += _attr(IFLA_VXLAN_LINK, _U32.pack(parent))
+    info = _attr(IFLA_INFO_KIND, b"vxlan\0") + _attr(IFLA_INFO_DATA, data)
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, ifindex, 0, 0) + _attr(IFLA_LINKINFO, info)
+    return _msg(RTM_NEWLINK, 0, body)
+
+
 def parse_vxlan_info(data: bytes) -> dict:
     """A VXLAN device's IFLA_INFO_DATA: VNI, UDP port, local address (IPv4 `local` or IPv6 `local6`),
     parent ifindex and whether it learns MACs; None for what the kernel did not say."""

@@ -1,7 +1,9 @@
 """The VXLAN device (vxlan.calico): create it as the node needs it, repair it if it drifts.
 
-Managed through pyroute2: the device changes rarely, so its readable API wins
-over raw speed here.
+Created through pyroute2 (the device changes rarely, so its readable API wins over raw
+speed here), behind the kernel layer's typed errors. A device whose local address or
+parent differs is changed in place (the kernel keeps its routes, neighbour and FDB
+entries); only a different VNI, port, learning or MAC makes it again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error
 
 from podnet.calc.state import VxlanDevice
+from podnet.dataplane import rtnl
 from podnet.errors import PodnetError
 
 log = logging.getLogger(__name__)
@@ -31,11 +34,11 @@ def _info_data(link) -> dict:
     return {k: v for k, v in data["attrs"]} if data else {}
 
 
-def _mismatch(link, want: VxlanDevice, parent_index: int) -> str | None:
-    """Why the existing device cannot be kept (its identity differs), or None."""
+def _mismatches(link, want: VxlanDevice, parent_index: int) -> list[tuple[str, object, object]]:
+    """(what, have, should) of every identity field of the existing device that differs."""
     data = _info_data(link)
     if not data:
-        return "it is not a VXLAN device"
+        return [("kind", "not vxlan", "vxlan")]
     local_attr = "IFLA_VXLAN_LOCAL6" if ":" in want.local_ip else "IFLA_VXLAN_LOCAL"
     checks = [
         ("VNI", data.get("IFLA_VXLAN_ID"), want.vni),
@@ -45,14 +48,24 @@ def _mismatch(link, want: VxlanDevice, parent_index: int) -> str | None:
         ("learning", data.get("IFLA_VXLAN_LEARNING"), 0),
         ("MAC", link.get_attr("IFLA_ADDRESS"), want.mac),
     ]
-    for name, have, should in checks:
-        if have != should:
-            return f"its {name} is {have}, not {should}"
-    return None
+    return [(name, have, should) for name, have, should in checks if have != should]
 
 
-def ensure_device(ipr: IPRoute, want: VxlanDevice) -> int:
+_IN_PLACE = {"local IP", "parent"}  # what the kernel changes on a live device (RTM_NEWLINK)
+
+
+def _typed(e: Pyroute2Error, what: str) -> rtnl.NetlinkError:
+    return rtnl.NetlinkError(e.code, what)
+
+
+def ensure_device(ipr: IPRoute, want: VxlanDevice, sock: rtnl.RtnlSocket | None = None) -> int:
     """Make the device exist exactly as `want`; return its ifindex. Idempotent."""
+    return converge(ipr, want, sock)[0]
+
+
+def converge(ipr: IPRoute, want: VxlanDevice, sock: rtnl.RtnlSocket | None = None) -> tuple[int, str]:
+    """Make the device exist exactly as `want`: (ifindex, what was done: "kept", "changed in
+    place", "created" or "recreated"). A device made (again) has lost every entry on it."""
     parents = ipr.link_lookup(ifname=want.parent)
     if not parents:
         raise DeviceError(
@@ -61,12 +74,24 @@ def ensure_device(ipr: IPRoute, want: VxlanDevice) -> int:
         )
     parent = parents[0]
     existing = ipr.link_lookup(ifname=want.name)
+    action = "kept"
     if existing:
-        why = _mismatch(ipr.link("get", index=existing[0])[0], want, parent)
-        if why:
+        diffs = _mismatches(ipr.link("get", index=existing[0])[0], want, parent)
+        if diffs and {d[0] for d in diffs} <= _IN_PLACE and sock is not None:
+            why = ", ".join(f"its {n} is {h}, not {s}" for n, h, s in diffs)
+            try:
+                sock.check([rtnl.vxlan_change_msg(existing[0], want.local_ip, parent)], f"change {want.name}")
+                log.info("changed %s in place: %s", want.name, why)
+                action = "changed in place"
+                diffs = []
+            except rtnl.NetlinkError as e:  # an older kernel: make it again
+                log.warning("cannot change %s in place (%s); recreating it", want.name, e)
+        if diffs:
+            why = ", ".join(f"its {n} is {h}, not {s}" for n, h, s in diffs)
             log.warning("recreating %s: %s", want.name, why)
             ipr.link("del", index=existing[0])
             existing = []
+            action = "recreated"
     try:
         if not existing:
             local = {"vxlan_local6" if ":" in want.local_ip else "vxlan_local": want.local_ip}
@@ -82,6 +107,7 @@ def ensure_device(ipr: IPRoute, want: VxlanDevice) -> int:
                 address=want.mac,
                 mtu=want.mtu,
             )
+            action = "created" if action == "kept" else action
         index = ipr.link_lookup(ifname=want.name)[0]
         link = ipr.link("get", index=index)[0]
         if link.get_attr("IFLA_MTU") != want.mtu:
@@ -89,9 +115,9 @@ def ensure_device(ipr: IPRoute, want: VxlanDevice) -> int:
         _ensure_only_address(ipr, index, want.address)
         if not link["flags"] & 1:
             ipr.link("set", index=index, state="up")
-        return index
+        return index, action
     except Pyroute2Error as e:
-        raise DeviceError(f"cannot set up {want.name}: {e}") from None
+        raise DeviceError(f"cannot set up {want.name}: {_typed(e, want.name)}") from None
 
 
 def _ensure_only_address(ipr: IPRoute, index: int, address: str | None) -> None:
@@ -115,10 +141,17 @@ def _ensure_only_address(ipr: IPRoute, index: int, address: str | None) -> None:
 
 
 def delete_device(ipr: IPRoute, name: str) -> bool:
+    """Delete the device if it exists; True if it did. Deleting what is gone is success."""
     idx = ipr.link_lookup(ifname=name)
     if not idx:
         return False
-    ipr.link("del", index=idx[0])
+    try:
+        ipr.link("del", index=idx[0])
+    except Pyroute2Error as e:
+        err = _typed(e, f"delete {name}")
+        if isinstance(err, rtnl.NotFound):
+            return False
+        raise err from None
     return True
 
 

@@ -1,0 +1,137 @@
+"""The desired kernel entries kept per remote node, so one node's change recomputes one node.
+
+compute_desired answers "what should this node hold" for the whole cluster; the agent needs
+the same answer as deltas: when one node joins, moves or gets a block, the entries that
+node brings change and nothing else. DesiredIndex remembers, per remote node, the entries it
+brought (by the keys the dataplane's trackers use) and hands back the keys to set and to
+delete. The judgement of which entries a node brings stays in desired.remote_node_entries.
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from podnet.calc.config import VxlanConfig
+from podnet.calc.desired import FamilyContext, family_context, local_node_entries, remote_node_entries
+from podnet.calc.state import FdbEntry, Neighbour, Route, VxlanDevice
+from podnet.model import IPPool, Node
+
+LOCAL = ""  # the contributor name of the node's own entries (blackholes)
+
+
+def route_key(r: Route) -> str:
+    return r.dst
+
+
+def neighbour_key(n: Neighbour) -> tuple[str, str]:
+    return n.ifname, n.ip
+
+
+def fdb_key(f: FdbEntry) -> tuple[str, str]:
+    return f.ifname, f.mac
+
+
+@dataclass
+class Entries:
+    """Entries by tracker key: routes by destination, neighbours by (device, IP), FDB entries
+    by (device, MAC)."""
+
+    routes: dict = field(default_factory=dict)
+    neighbours: dict = field(default_factory=dict)
+    fdb: dict = field(default_factory=dict)
+
+    def add(self, routes: Iterable[Route] = (), neighbours: Iterable[Neighbour] = (),
+            fdb: Iterable[FdbEntry] = ()) -> None:
+        self.routes.update((route_key(r), r) for r in routes)
+        self.neighbours.update((neighbour_key(n), n) for n in neighbours)
+        self.fdb.update((fdb_key(f), f) for f in fdb)
+
+    def __len__(self) -> int:
+        return len(self.routes) + len(self.neighbours) + len(self.fdb)
+
+
+@dataclass
+class Delta:
+    """Changes to the desired tables: keys to set (with their entry) and keys to delete."""
+
+    set: Entries = field(default_factory=Entries)
+    delete: Entries = field(default_factory=Entries)  # values: the entry no longer wanted
+
+    @property
+    def empty(self) -> bool:
+        return not len(self.set) and not len(self.delete)
+
+
+class DesiredIndex:
+    def __init__(self):
+        self.contexts: tuple[FamilyContext, ...] = ()
+        self.by_node: dict[str, Entries] = {}
+        self._owner: dict[tuple[str, object], str] = {}  # (table, key) -> the node whose entry it is
+
+    @property
+    def devices(self) -> tuple[VxlanDevice, ...]:
+        return tuple(c.device for c in self.contexts if c.device)
+
+    @property
+    def ready_nodes(self) -> tuple[str, ...]:
+        """Remote nodes that bring at least a tunnel entry (what status calls programmed)."""
+        return tuple(sorted(n for n, e in self.by_node.items() if n != LOCAL and (e.fdb or e.routes)))
+
+    def set_context(self, local: Node, config: VxlanConfig, underlay_mtu: int | None,
+                    pools: Iterable[IPPool]) -> bool:
+        """The local node, config and pools every entry depends on; True if they changed
+        (then every node must be recomputed)."""
+        pools = list(pools)
+        new = tuple(family_context(v, local, config, underlay_mtu, pools) for v in (4, 6))
+        changed = new != self.contexts
+        self.contexts = new
+        return changed
+
+    def entries_of(self, node: Node | None, blocks: Iterable[str], borrowed: Iterable[str]) -> Entries:
+        out = Entries()
+        if node is None:
+            return out
+        blocks, borrowed = list(blocks), list(borrowed)
+        for ctx in self.contexts:
+            if node.name == ctx.local.name:
+                out.add(routes=local_node_entries(ctx, blocks))
+            else:
+                out.add(*remote_node_entries(ctx, node, blocks, borrowed))
+        return out
+
+    def update(self, name: str, node: Node | None, blocks: Iterable[str] = (), borrowed: Iterable[str] = (),
+               delta: Delta | None = None) -> Delta:
+        """Recompute one node's entries (node None: it is gone); add the changes to `delta`."""
+        delta = delta if delta is not None else Delta()
+        old = self.by_node.get(name) or Entries()
+        new = self.entries_of(node, blocks, borrowed)
+        if len(new):
+            self.by_node[name] = new
+        else:
+            self.by_node.pop(name, None)
+        for table in ("routes", "neighbours", "fdb"):
+            was, now = getattr(old, table), getattr(new, table)
+            for key, entry in now.items():
+                owner = self._owner.get((table, key))
+                if owner is not None and owner != name and owner in self.by_node:
+                    continue  # another node already brings this key (a conflict in the datastore)
+                self._owner[(table, key)] = name
+                if was.get(key) != entry:
+                    getattr(delta.set, table)[key] = entry
+            for key, entry in was.items():
+                if key not in now and self._owner.get((table, key)) == name:
+                    del self._owner[(table, key)]
+                    getattr(delta.delete, table)[key] = entry
+        return delta
+
+    def desired(self) -> Entries:
+        """Every desired entry (for a tracker's replace_desired)."""
+        out = Entries()
+        for table in ("routes", "neighbours", "fdb"):
+            merged = getattr(out, table)
+            for (t, key), owner in self._owner.items():
+                if t == table:
+                    merged[key] = getattr(self.by_node[owner], table)[key]
+        return out

@@ -1,0 +1,173 @@
+"""The VXLAN devices manager (vxlan.calico, vxlan-v6.calico) and the link index the others use."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Callable, Iterable
+
+from pyroute2 import IPRoute
+
+from podnet.calc.state import VxlanDevice
+from podnet.dataplane import rtnl, vxlan
+from podnet.dataplane.manager import ApplyError, DeltaTracker, KernelEvent, Manager
+
+log = logging.getLogger(__name__)
+
+RECHECK = "recheck"  # believed value of a device the kernel told us changed in a way events do not show
+
+
+class Links:
+    """Interface names <-> indexes, for messages (names in, indexes out) and events (back).
+    The VXLAN devices' indexes come from their manager; others (the parent interface, for
+    direct routes) are looked up once and forgotten when a link event names them."""
+
+    def __init__(self):
+        self._index: dict[str, int] = {}
+        self._name: dict[int, str] = {}
+
+    def index(self, name: str) -> int | None:
+        if name not in self._index:
+            try:
+                self.learn(name, socket.if_nametoindex(name))
+            except OSError:
+                return None
+        return self._index[name]
+
+    def name(self, index: int | None) -> str | None:
+        if index is None:
+            return None
+        if index not in self._name:
+            try:
+                self.learn(socket.if_indextoname(index), index)
+            except OSError:
+                return str(index)
+        return self._name[index]
+
+    def learn(self, name: str, index: int) -> None:
+        self.forget(name)
+        self._index[name] = index
+        self._name[index] = name
+
+    def forget(self, name: str | None = None, index: int | None = None) -> None:
+        if name in self._index:
+            self._name.pop(self._index.pop(name), None)
+        if index in self._name:
+            self._index.pop(self._name.pop(index), None)
+
+
+class DeviceManager(Manager):
+    """Keeps each VXLAN device as desired (by name); devices of `owned` names that are not desired
+    are deleted. Listeners hear of a device made (again): the kernel dropped every entry on it."""
+
+    name = "devices"
+
+    def __init__(self, ipr: IPRoute, sock: rtnl.RtnlSocket, links: Links, owned: Iterable[str]):
+        self.ipr = ipr
+        self.sock = sock
+        self.links = links
+        self.owned = tuple(owned)
+        self.tracker: DeltaTracker[str, object] = DeltaTracker()
+        self.indexes: dict[str, int] = {}
+        self.on_made: list[Callable[[str, int], None]] = []  # (name, new index)
+        self.on_index_change: list[Callable[[], None]] = []  # e.g. the watcher's filter
+
+    def set_desired(self, devices: Iterable[VxlanDevice]) -> None:
+        want = {d.name: d for d in devices}
+        self.tracker.replace_desired(want)
+
+    def index(self, name: str) -> int | None:
+        return self.indexes.get(name)
+
+    def _observe(self, name: str) -> object | None:
+        found = self.ipr.link_lookup(ifname=name)
+        if not found:
+            return None
+        self._set_index(name, found[0])
+        return RECHECK  # the device converge() judges it against the desired one
+
+    def resync(self) -> None:
+        believed = {}
+        for name in self.owned:
+            seen = self._observe(name)
+            if seen is None:
+                self._drop_index(name)
+                continue
+            believed[name] = seen  # converge() judges it (cheap: two devices at most)
+        self.tracker.replace_believed(believed)
+
+    def _set_index(self, name: str, index: int) -> None:
+        if self.indexes.get(name) != index:
+            self.indexes[name] = index
+            self.links.learn(name, index)
+            for fn in self.on_index_change:
+                fn()
+
+    def _drop_index(self, name: str) -> None:
+        if self.indexes.pop(name, None) is not None:
+            self.links.forget(name)
+            for fn in self.on_index_change:
+                fn()
+
+    def apply_updates(self) -> int:
+        failures = []
+        changed = 0
+        for name, want in self.tracker.pending_updates():
+            try:
+                index, action = vxlan.converge(self.ipr, want, self.sock)
+            except Exception as e:  # noqa: BLE001 - reported below, the other device goes on
+                failures.append((f"device {name}", e))
+                continue
+            old = self.indexes.get(name)
+            self._set_index(name, index)
+            self.tracker.believed_set(name, want)
+            if action != "kept":
+                changed += 1
+                log.info("%s: %s", name, action)
+            if action in ("created", "recreated") or (old is not None and old != index):
+                for fn in self.on_made:
+                    fn(name, index)
+        if failures:
+            raise ApplyError(self.name, failures)
+        return changed
+
+    def apply_deletes(self) -> int:
+        n = 0
+        for name, _ in self.tracker.pending_deletes():
+            if vxlan.delete_device(self.ipr, name):
+                log.info("removed %s: this node no longer needs it", name)
+                n += 1
+            self.tracker.believed_delete(name)
+            self._drop_index(name)
+        return n
+
+    def on_kernel_event(self, ev: KernelEvent) -> bool:
+        if ev.table == "link":
+            name = ev.entry.get("ifname")
+            if name not in self.owned:
+                return False
+            if not ev.new:
+                self.tracker.believed_delete(name)
+                self._drop_index(name)
+            else:
+                self._set_index(name, ev.entry["index"])
+                want = self.tracker.desired_get(name)
+                if want is None or not _link_matches(ev.entry, want, self.links.index(want.parent)):
+                    self.tracker.believed_set(name, RECHECK)
+            return True
+        if ev.table == "addr":
+            for name, index in self.indexes.items():
+                if ev.entry.get("index") == index:
+                    self.tracker.believed_set(name, RECHECK)  # its tunnel address changed
+                    return True
+        return False
+
+
+def _link_matches(link: dict, want: VxlanDevice, parent_index: int | None) -> bool:
+    """Whether a link notification shows the device as wanted (addresses aside: their own
+    notifications tell about them)."""
+    info = link.get("vxlan") or {}
+    local = info.get("local6") if ":" in want.local_ip else info.get("local")
+    return (link.get("kind") == "vxlan" and info.get("vni") == want.vni and local == want.local_ip
+            and info.get("port") == want.port and not info.get("learning") and info.get("parent") == parent_index
+            and link.get("address") == want.mac and link.get("mtu") == want.mtu and link.get("up"))
