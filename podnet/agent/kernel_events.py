@@ -11,6 +11,7 @@ and everything is read back: the watcher never stops.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import socket
 import threading
@@ -114,14 +115,13 @@ class KernelWatcher:
         while not self._stop.is_set():
             try:
                 self._receive()
-            except rtnl.NoBuffers:
-                log.warning("kernel notifications were lost (ENOBUFS); reading everything back")
-                self.on_lost()
             except OSError as e:
-                if e.errno == 105:  # ENOBUFS from recv
+                if e.errno == errno.ENOBUFS:  # the socket's buffer overflowed: events were dropped
                     log.warning("kernel notifications were lost (ENOBUFS); reading everything back")
                     self.on_lost()
                     continue
+                if self._stop.is_set():
+                    return
                 self._restart(e)
             except Exception as e:  # noqa: BLE001 - never a silent stop
                 self._restart(e)

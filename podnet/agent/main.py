@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import faulthandler
 import json
 import logging
@@ -108,6 +109,7 @@ class Agent:
         self.heartbeat = Heartbeat(3 * args.resync_interval + 10)
         self.started = time.time()
         self.underlay_changed = threading.Event()
+        self.events_lost = threading.Event()  # the kernel watcher lost notifications: resync all
         self.gc = None
         self.kernel_watcher: KernelWatcher | None = None
 
@@ -139,7 +141,7 @@ class Agent:
         self._retry("creating the default pool", self._ensure_default_pool)
         node = self._retry("registering the node", lambda: register(self.resources, self.ipam, args.node, address,
                                                                      interface, labels or None, address6))
-        self.reconciler = Reconciler(node, self.view, self.config, self.host, self.ipr)
+        self.reconciler = Reconciler(node, self.view, self.config, self.host, self.ipr, args.resync_interval)
         self.reconciler.offloads.publish = lambda status: self.resources.put_node_status(node.name, status)
         if args.ipam_gc_grace > 0:
             from podnet.ipam.maintenance import NodeGc
@@ -147,9 +149,11 @@ class Agent:
             self.gc = NodeGc(node.name, args.ipam_gc_grace)
         self.view.start()
         own_ports = {self.host.port_id}
-        self.kernel_watcher = KernelWatcher((self.config.device, self.config.device6), self.dirty.set,
-                                            self._on_address_change, lambda: {self.reconciler.local.interface},
-                                            lambda: own_ports, lambda: self.reconciler.fdb_being_added)
+        self.kernel_watcher = KernelWatcher(
+            lambda: {self.config.device, self.config.device6, self.reconciler.local.interface},
+            self.dirty.set, self._on_events_lost, lambda: own_ports)
+        # A device made again has a new index: the kernel's filter must let its events through.
+        self.reconciler.devices.on_index_change.append(self.kernel_watcher.refresh)
         self.kernel_watcher.start()
         ctx = NodeContext(
             node=node.name,
@@ -212,12 +216,33 @@ class Agent:
             return False, f"the last reconcile left {len(last.failures)} changes unapplied: {last.failures[0][0]}"
         return True, f"ok: {len(last.remote_nodes)} remote nodes programmed"
 
-    def _on_address_change(self) -> None:
-        self.underlay_changed.set()
+    def _on_events_lost(self) -> None:
+        self.events_lost.set()
+        self.underlay_changed.set()  # an address event may have been among them
         self.dirty.set()
 
+    def _take_kernel_events(self) -> None:
+        """Hand the queued kernel events to the managers; note the ones that change the inputs
+        of the desired state (the underlay's addresses, the parent interface's MTU)."""
+        if self.events_lost.is_set():
+            self.events_lost.clear()
+            self.reconciler.dataplane.request_resync()
+        events = self.kernel_watcher.take()
+        if not events:
+            return
+        self.reconciler.on_kernel_events(events)
+        devices = set(self.reconciler.devices.indexes.values())
+        parent = self.reconciler.local.interface
+        for ev in events:
+            if ev.table == "addr" and ev.entry.get("index") not in devices:
+                self.underlay_changed.set()
+            elif ev.table == "link" and parent and ev.entry.get("ifname") == parent:
+                self.reconciler.request_full()  # its MTU sets the tunnel's
+
     def _follow_underlay(self) -> None:
-        """If the node's underlay address moved, register the new one: every other node's FDB follows.
+        """If the node's underlay address moved, follow it: the VXLAN device first (its local
+        address changed in place, so no route, neighbour or FDB entry is dropped), then the new
+        address published, so every other node's FDB follows a device that already answers.
 
         The flag is cleared before the address is read, so an address event that arrives while
         we look sets it again and is not lost; a failed attempt sets it again for the next pass."""
@@ -236,10 +261,14 @@ class Agent:
             return
         log.info("underlay address changed from %s %s on %s to %s %s on %s", local.address, local.address6 or "",
                  local.interface, address, address6 or "", interface)
+        self.reconciler.local = dataclasses.replace(local, address=address, interface=interface, address6=address6)
+        self.reconciler.request_full()
+        self.reconciler.reconcile()  # the device follows before anyone is told
         self.store.reconnect()  # connections from the old address are dead without knowing it
         try:
             self.reconciler.local = register(self.resources, self.ipam, args.node, address, interface,
                                              dict(local.labels), address6)
+            self.reconciler.request_full()
         except BaseException:
             self.underlay_changed.set()
             raise
@@ -253,26 +282,36 @@ class Agent:
         return self.config.device_mtu(vxlan.interface_mtu(self.ipr, self.reconciler.local.interface))
 
     def _loop(self) -> None:
-        """Reconcile whenever the datastore or the kernel changed, and every resync interval."""
+        """Apply whenever the datastore or the kernel changed something, when a manager's periodic
+        resync is due, and every resync interval look at the underlay and collect IPAM garbage."""
         backoff = 0.05
+        interval = self.args.resync_interval
+        next_tick = time.monotonic() + interval
+        status_written = 0.0
         while not self.stop.is_set():
-            woken = self.dirty.wait(self.args.resync_interval)
+            due = self.reconciler.next_due() if self.reconciler else interval
+            self.dirty.wait(max(0.0, min(due, next_tick - time.monotonic())))
             if self.stop.is_set():
                 break
             self.dirty.clear()
             self.heartbeat.beat()
+            tick = time.monotonic() >= next_tick
+            if tick:
+                next_tick = time.monotonic() + interval
             self.metrics.in_sync.set(1 if self.view.in_sync.is_set() else 0)
+            self._take_kernel_events()  # beliefs only: nothing is programmed here
             if not self.view.in_sync.is_set():
                 continue  # program nothing until the view is complete
+            result = None
             try:
-                if self.underlay_changed.is_set() or not woken:  # and on every periodic resync
+                if self.underlay_changed.is_set() or tick:
                     self._follow_underlay()
-                result = self.reconciler.reconcile(full=not woken)
-                self.kernel_watcher.refresh()  # a device it (re)created has a new index to watch
+                result = self.reconciler.reconcile()
                 self._record(result)
                 if result.changes:
-                    log.info("reconciled: %d changes in %.1f ms, %d remote nodes", result.changes,
-                             result.seconds * 1e3, len(result.remote_nodes))
+                    log.info("applied %d changes in %.1f ms (%s), %d remote nodes", result.changes,
+                             result.seconds * 1e3, ", ".join(result.resynced) + " read back" if result.resynced
+                             else "no read-back", len(result.remote_nodes))
                 if result.failures:
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, 5)
@@ -282,12 +321,17 @@ class Agent:
             except Exception:
                 self.metrics.reconcile_errors.inc()
                 log.exception("reconcile failed; retrying")
+                self.reconciler.dataplane.request_resync()
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 5)
                 self.dirty.set()
-            if not woken and self.gc is not None:
+            if tick and self.gc is not None:
                 self._collect_garbage()
-            self._write_status()
+            # The status file names every remote node: written when something changed, not per event.
+            if tick or not status_written or result is None or result.changes or result.desired_changes \
+                    or result.failures:
+                self._write_status()
+                status_written = time.monotonic()
 
     def _record(self, result) -> None:
         m = self.metrics

@@ -11,6 +11,7 @@ replaced in place, so an agent restart deletes and re-adds nothing.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import re
 import time
@@ -151,6 +152,14 @@ class Reconciler:
             self.dataplane.request_resync()
         desired_changes = self.update_desired()
         cycle = self.dataplane.apply()
+        if _device_vanished(cycle.failures):
+            # Entries were sent to a device deleted under us before its own notification came:
+            # look at the devices again and go on at once instead of after a back-off.
+            self.dataplane.request_resync(self.devices.name)
+            again = self.dataplane.apply()
+            cycle.changes += again.changes
+            cycle.resynced += again.resynced
+            cycle.failures = again.failures
         try:
             self.offloads.ensure(self.devices.indexes, self.effective)
         except Exception as e:  # noqa: BLE001 - offload trouble must not stop routing
@@ -180,3 +189,12 @@ class Reconciler:
     def next_due(self) -> float:
         return self.dataplane.next_due()
 
+
+
+def _device_vanished(failures) -> bool:
+    """Whether a failed apply was refused because a device it used no longer exists."""
+    for _, e in failures:
+        for _, err in getattr(e, "failures", ()):
+            if isinstance(err, rtnl.NotFound) and err.errno == errno.ENODEV:
+                return True
+    return False

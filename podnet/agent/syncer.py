@@ -49,6 +49,7 @@ def _toggle(index: dict[str, set], key: str, item: str, add: bool) -> None:
             if not items:
                 del index[key]
 
+
 FOLLOWED = {
     "nodes": (keys.NODES, lambda k, v: decode_node(v)),
     "pools": (keys.POOLS, lambda k, v: decode_pool(v)),

@@ -18,9 +18,6 @@ from podnet.calc.desired import FamilyContext, family_context, local_node_entrie
 from podnet.calc.state import FdbEntry, Neighbour, Route, VxlanDevice
 from podnet.model import IPPool, Node
 
-LOCAL = ""  # the contributor name of the node's own entries (blackholes)
-
-
 def route_key(r: Route) -> str:
     return r.dst
 
@@ -77,7 +74,8 @@ class DesiredIndex:
     @property
     def ready_nodes(self) -> tuple[str, ...]:
         """Remote nodes that bring at least a tunnel entry (what status calls programmed)."""
-        return tuple(sorted(n for n, e in self.by_node.items() if n != LOCAL and (e.fdb or e.routes)))
+        local = self.contexts[0].local.name if self.contexts else None
+        return tuple(sorted(n for n, e in self.by_node.items() if n != local and e.fdb))
 
     def set_context(self, local: Node, config: VxlanConfig, underlay_mtu: int | None,
                     pools: Iterable[IPPool]) -> bool:
@@ -93,12 +91,19 @@ class DesiredIndex:
         out = Entries()
         if node is None:
             return out
-        blocks, borrowed = list(blocks), list(borrowed)
+        routes, neighbours, fdb = out.routes, out.neighbours, out.fdb
         for ctx in self.contexts:
             if node.name == ctx.local.name:
-                out.add(routes=local_node_entries(ctx, blocks))
-            else:
-                out.add(*remote_node_entries(ctx, node, blocks, borrowed))
+                for r in local_node_entries(ctx, blocks):
+                    routes[r.dst] = r
+                continue
+            rs, ns, fs = remote_node_entries(ctx, node, blocks, borrowed)
+            for r in rs:
+                routes[r.dst] = r
+            for n in ns:
+                neighbours[(n.ifname, n.ip)] = n
+            for f in fs:
+                fdb[(f.ifname, f.mac)] = f
         return out
 
     def update(self, name: str, node: Node | None, blocks: Iterable[str] = (), borrowed: Iterable[str] = (),

@@ -172,8 +172,26 @@ def _attr(kind: int, data: bytes) -> bytes:
 
 
 def _ip(addr: str) -> tuple[int, bytes]:
-    a = ipaddress.ip_address(addr)
-    return (socket.AF_INET if a.version == 4 else socket.AF_INET6), a.packed
+    # inet_pton, not ipaddress: a tenth of the cost, and bulk programming packs thousands.
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        return family, socket.inet_pton(family, addr)
+    except OSError:
+        raise ValueError(f"{addr!r} is not an IP address") from None
+
+
+def _net(cidr: str) -> tuple[int, int, bytes]:
+    """(family, prefix length, network address packed) of a CIDR; host bits are cleared."""
+    addr, _, plen = cidr.partition("/")
+    family, packed = _ip(addr)
+    bits = len(packed) * 8
+    prefixlen = int(plen) if plen else bits
+    if not 0 <= prefixlen <= bits:
+        raise ValueError(f"{cidr!r}: prefix length out of range")
+    if prefixlen < bits:
+        mask = ((1 << bits) - 1) ^ ((1 << (bits - prefixlen)) - 1)
+        packed = (int.from_bytes(packed, "big") & mask).to_bytes(len(packed), "big")
+    return family, prefixlen, packed
 
 
 def _mac(mac: str) -> bytes:
@@ -197,13 +215,12 @@ def route_msg(
     table: int = RT_TABLE_MAIN,
     flags: int = 0,
 ) -> bytes:
-    net = ipaddress.ip_network(dst)
-    family = socket.AF_INET if net.version == 4 else socket.AF_INET6
-    body = _RTMSG.pack(family, net.prefixlen, 0, 0, table if table < 256 else 252, proto, scope, rtype,
+    family, prefixlen, network = _net(dst)
+    body = _RTMSG.pack(family, prefixlen, 0, 0, table if table < 256 else 252, proto, scope, rtype,
                        RTNH_F_ONLINK if onlink else 0)
     body += _attr(RTA_TABLE, _U32.pack(table))
-    if net.prefixlen:
-        body += _attr(RTA_DST, net.network_address.packed)
+    if prefixlen:
+        body += _attr(RTA_DST, network)
     if gateway:
         body += _attr(RTA_GATEWAY, _ip(gateway)[1])
     if oif:
@@ -355,6 +372,10 @@ def parse_attrs(data: bytes, offset: int) -> dict[int, bytes]:
 def _addr_str(raw: bytes | None) -> str | None:
     if raw is None:
         return None
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw)
+    if len(raw) == 16:
+        return socket.inet_ntop(socket.AF_INET6, raw)
     return str(ipaddress.ip_address(raw))
 
 
