@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from podnet.dataplane import rtnl, sysctl
 from podnet.netns import entered, open_netns
 from podnet.errors import PodnetError
+from podnet.model.endpoint import PRIMARY_INTERFACE
 
 HOST_MAC = "ee:ee:ee:ee:ee:ee"
 GATEWAY_V4 = "169.254.1.1"
@@ -47,6 +48,13 @@ class Attachment:
     pod_mac: str
     ips: tuple[str, ...]  # with prefix: 10.244.0.5/32
     mtu: int
+
+
+def route_metric(pod_ifname: str, pod_index: int) -> int:
+    """The metric of a pod interface's gateway and default routes. eth0 keeps the seed's routes
+    (metric 0); any other interface gets routes of its own (1024 + its index, unique in the pod),
+    so adding eth1 never replaces eth0's default route and deleting either leaves the other's."""
+    return 0 if pod_ifname == PRIMARY_INTERFACE else 1024 + pod_index
 
 
 def random_mac() -> str:
@@ -100,19 +108,20 @@ class Pair:
             if codes[n]:
                 raise rtnl.NetlinkError(codes[n], f"route {ip} dev {self.host_ifname}", self.host.last_details.get(n))
         msgs = []
+        metric = route_metric(self.pod_ifname, self.pod_index)
         if ipv4:
             msgs += [
                 rtnl.addr_msg(rtnl.RTM_NEWADDR, self.pod_index, ipv4, 32, flags=set_),
                 rtnl.route_msg(rtnl.RTM_NEWROUTE, f"{GATEWAY_V4}/32", oif=self.pod_index, scope=rtnl.RT_SCOPE_LINK,
-                               proto=rtnl.RTPROT_BOOT, flags=set_),
+                               proto=rtnl.RTPROT_BOOT, flags=set_, priority=metric),
                 rtnl.route_msg(rtnl.RTM_NEWROUTE, "0.0.0.0/0", gateway=GATEWAY_V4, oif=self.pod_index,
-                               proto=rtnl.RTPROT_BOOT, flags=set_),
+                               proto=rtnl.RTPROT_BOOT, flags=set_, priority=metric),
             ]
         if ipv6:
             msgs += [
                 rtnl.addr_msg(rtnl.RTM_NEWADDR, self.pod_index, ipv6, 128, flags=set_, ifa_flags=IFA_F_NODAD),
                 rtnl.route_msg(rtnl.RTM_NEWROUTE, "::/0", gateway=GATEWAY_V6, oif=self.pod_index,
-                               proto=rtnl.RTPROT_BOOT, flags=set_),
+                               proto=rtnl.RTPROT_BOOT, flags=set_, priority=metric),
             ]
         self.pod_sock.check(msgs, f"configure {self.pod_ifname} in the pod")
         ips = ((f"{ipv4}/32",) if ipv4 else ()) + ((f"{ipv6}/128",) if ipv6 else ())
@@ -315,16 +324,19 @@ def inspect(host: rtnl.RtnlSocket, netns: str | int, host_ifname: str, pod_ifnam
             if pod_mac and inside["address"] != pod_mac:
                 return problems + [f"{pod_ifname} in the pod has MAC {inside['address']}, not the attachment's {pod_mac}"]
             pod_index = inside["index"]
+            metric = route_metric(pod_ifname, pod_index)
             for family, ip, plen, gateway, default in families:
                 addrs = [rtnl.parse_addr(p) for _, p in pod.dump(rtnl.addr_dump_msg(family))]
                 if not any(a["index"] == pod_index and a["address"] == ip and a["prefixlen"] == plen for a in addrs):
                     problems.append(f"{pod_ifname} does not hold {ip}/{plen}")
                 proutes = [rtnl.parse_route(p) for _, p in pod.dump(rtnl.route_dump_msg(family))]
-                if family == socket.AF_INET and not any(r["dst"] == f"{gateway}/32" and r["oif"] == pod_index
-                                                        for r in proutes):
+                # IPv6 routes given no metric get the kernel's 1024
+                want = metric or (1024 if family == socket.AF_INET6 else 0)
+                mine = [r for r in proutes if r["oif"] == pod_index and r["metric"] == want]
+                if family == socket.AF_INET and not any(r["dst"] == f"{gateway}/32" for r in mine):
                     problems.append(f"pod route {gateway} dev {pod_ifname} is missing")
-                if not any(r["dst"] == default and r["gateway"] == gateway for r in proutes):
-                    problems.append(f"pod default route via {gateway} is missing")
+                if not any(r["dst"] == default and r["gateway"] == gateway for r in mine):
+                    problems.append(f"pod default route via {gateway} dev {pod_ifname} is missing")
         finally:
             pod.close()
     finally:

@@ -214,6 +214,7 @@ def route_msg(
     proto: int = RTPROT_PODNET,
     table: int = RT_TABLE_MAIN,
     flags: int = 0,
+    priority: int = 0,
 ) -> bytes:
     family, prefixlen, network = _net(dst)
     body = _RTMSG.pack(family, prefixlen, 0, 0, table if table < 256 else 252, proto, scope, rtype,
@@ -225,6 +226,8 @@ def route_msg(
         body += _attr(RTA_GATEWAY, _ip(gateway)[1])
     if oif:
         body += _attr(RTA_OIF, _U32.pack(oif))
+    if priority:
+        body += _attr(RTA_PRIORITY, _U32.pack(priority))
     return _msg(kind, flags, body)
 
 
