@@ -304,7 +304,8 @@ def _fanout(e: dict) -> list[str]:
                         ("join -> seen, every agent", e["seen_each_ms"])])
     out += ["", f"etcd members: {et['cpu_seconds_total']:.1f} CPU-seconds during the joins "
                 f"({et['cpu_percent_of_one_core']:.0f}% of one core), RSS {et['rss_mib_total']:.0f} MiB in all "
-                f"({', '.join(f'{x:.0f}' for x in et['rss_mib'])} MiB); watchers that missed a join: "
+                f"({', '.join(f'{x:.0f}' for x in et['rss_mib'])} MiB); the simulated agents used "
+                f"{e.get('agents_cpu_seconds', 0):.1f} CPU-seconds meanwhile; watchers that missed a join: "
                 f"{e['misses']}; checks: " + ", ".join(f"{k} {_met(v)}" for k, v in e["checks"].items())]
     return out
 
