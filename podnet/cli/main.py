@@ -43,7 +43,8 @@ def cmd_lab_up(args) -> int:
     spec = LabSpec(nodes=args.nodes, pods_per_node=args.pods_per_node, pool=args.pool, subnets=args.subnets,
                    vxlan_mode=args.vxlan_mode, nat_outgoing=args.nat_outgoing, ipv6=args.ipv6,
                    datastore=args.lab_datastore, etcd_members=args.etcd_members)
-    progress = Progress(spec.subnets + spec.nodes + spec.nodes * spec.pods_per_node + (spec.datastore == "etcd"))
+    progress = Progress(spec.subnets + spec.nodes + spec.nodes * spec.pods_per_node + (spec.datastore == "etcd")
+                        + spec.nat_outgoing)
     lab = Lab(args.name, progress=progress)
     print(f"podnet lab {args.name}: {args.nodes} nodes, {args.pods_per_node} pods per node", flush=True)
     try:
@@ -70,6 +71,10 @@ def cmd_lab_status(args) -> int:
            [",".join(n["blocks"]), ("ready" if n["ready"] else "starting") if n["agent_running"] else "stopped"]
            for n in status["nodes"]])
     print()
+    if status.get("external"):
+        ext = status["external"]
+        print(f"external host (outside the pools, for natOutgoing): {ext['ip']} in namespace {ext['netns']}")
+        print()
     table(["POD", "NODE", "NETNS", "IPS", "HOST-IF"],
           [[p["name"], p["node"], p["netns"], ",".join(p.get("ips") or [p["ip"]]), p["interface"]]
            for p in status["pods"]])
@@ -89,7 +94,7 @@ def cmd_lab_list(args) -> int:
             continue
         rows.append({"name": name, "nodes": len(state.get("nodes", [])), "pods": len(state.get("pods", [])),
                      "datastore": "etcd" if str(state.get("datastore_url", "")).startswith("etcd") else "sqlite",
-                     "complete": not state.get("corrupt", False)})
+                     "complete": bool(state.get("complete")) and not state.get("corrupt", False)})
     if args.output in ("json", "yaml"):
         emit(rows, args.output)
     else:

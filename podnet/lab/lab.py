@@ -225,6 +225,9 @@ class Lab:
             if spec.ipv6:
                 Resources(store).apply_pool(IPPool("default-ipv6-ippool", spec.pool6, vxlan_mode=spec.vxlan_mode))
 
+        if spec.nat_outgoing:
+            # Something outside the pools for masqueraded traffic to reach, so a learner can watch it.
+            self.add_external_host()
         for i in range(1, spec.nodes + 1):
             self.add_node(f"node-{i}", spec.node_address(i), spec, wait=False)
         self.wait_converged()

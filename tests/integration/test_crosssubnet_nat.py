@@ -23,7 +23,6 @@ def lab():
     lab = Lab(unique("pnt-x"))
     try:
         lab.up(LabSpec(nodes=3, pods_per_node=1, subnets=2, vxlan_mode="CrossSubnet", nat_outgoing=True))
-        lab.add_external_host()
         yield lab
     finally:
         lab.down()

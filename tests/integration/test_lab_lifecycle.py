@@ -96,3 +96,28 @@ def test_a_failed_up_cleans_up_after_itself():
         raise AssertionError("lab up should have failed")
     assert not [n for n in kernel.netns_list() if n.startswith(name)]
     assert agent_pids(name) == []
+
+
+def test_nat_outgoing_lab_has_an_external_host_and_every_command_names_the_lab_alike():
+    name = unique("pnt-n")
+    try:
+        up = podnet_cli("lab", "up", "--lab", name, "--nodes", "1", "--pods-per-node", "1", "--nat-outgoing",
+                        timeout=120)
+        assert up.returncode == 0, up.stderr
+        # --name and --lab say the same, before or after the verb.
+        status = json.loads(podnet_cli("--lab", name, "lab", "status", "-o", "json").stdout)
+        assert status == json.loads(podnet_cli("lab", "status", "--name", name, "-o", "json").stdout)
+        ext = status["external"]
+        assert ext and ext["netns"].startswith(name) and ext["ip"].startswith("198.18.")
+        shown = podnet_cli("lab", "status", "--lab", name).stdout
+        assert f"external host (outside the pools, for natOutgoing): {ext['ip']}" in shown
+        pod = status["pods"][0]
+        assert kernel.ping(pod["netns"], ext["ip"]).returncode == 0
+        listed = json.loads(podnet_cli("lab", "list", "-o", "json").stdout)
+        assert {"name": name, "nodes": 1, "pods": 1, "datastore": "sqlite", "complete": True} in listed
+        pools = podnet_cli("get", "ippools", "-o", "json", "--lab", name)
+        assert pools.returncode == 0 and json.loads(pools.stdout)["items"][0]["spec"]["natOutgoing"] is True
+    finally:
+        down = podnet_cli("lab", "down", "--name", name, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert not [n for n in kernel.netns_list() if n.startswith(name)]
