@@ -57,7 +57,9 @@ class AgentConfiguration:
 
         return [(k, v, "a Calico setting podnet does not implement" if k in CALICO_FIELDS
                  else "not a FelixConfiguration field podnet knows (a newer Calico's, or a typo?)")
-                for k, v in sorted(self.extra.items())]
+                for k, v in sorted(self.extra.items())
+                if not (k == "featureDetectOverride" and str(v).strip().startswith("ChecksumOffloadBroken=")
+                        and "," not in str(v))]  # applied: TX checksum offload
 
     @property
     def node(self) -> str | None:
@@ -78,5 +80,19 @@ class AgentConfiguration:
             raise ValidationError("spec", "must be a mapping")
         meta = doc.get("metadata") or {}
         extra = {k: v for k, v in spec.items() if k not in _SPEC}
-        return cls(name=meta.get("name", "default"), extra=extra,
-                   **{a: spec[k] for k, a in _SPEC.items() if k in spec})
+        given = {a: spec[k] for k, a in _SPEC.items() if k in spec}
+        broken = checksum_offload_broken(spec.get("featureDetectOverride"))
+        if broken is not None and "tx_checksum_offload" not in given:
+            given["tx_checksum_offload"] = not broken  # Calico's way of saying it; vxlanTxChecksumOffload wins
+        return cls(name=meta.get("name", "default"), extra=extra, **given)
+
+
+def checksum_offload_broken(overrides) -> bool | None:
+    """`ChecksumOffloadBroken=true|false` in Calico's featureDetectOverride ("Name=value,..."), else None."""
+    if not isinstance(overrides, str):
+        return None
+    for item in overrides.split(","):
+        name, _, value = item.partition("=")
+        if name.strip() == "ChecksumOffloadBroken" and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+    return None

@@ -82,3 +82,20 @@ def test_the_keeper_runs_the_self_test_once_applies_and_reports(monkeypatch):
     assert published[0]["checksumSelfTest"] == {"selftest": FAILED, "detail": "12 inner checksums bad"}
     keeper.ensure(["vxlan.calico"], VxlanConfig(tx_checksum_offload=True))  # the explicit setting wins
     assert fake.state["vxlan.calico"] is True and published[-1]["offloads"]["vxlan.calico"]["source"] == "configuration"
+
+
+def test_calicos_checksum_offload_broken_override_is_the_explicit_setting():
+    from podnet.model.agentconfig import AgentConfiguration
+
+    def felix(spec):
+        return AgentConfiguration.from_manifest({"kind": "FelixConfiguration", "metadata": {"name": "default"},
+                                                 "spec": spec})
+
+    broken = felix({"featureDetectOverride": "ChecksumOffloadBroken=true"})
+    assert broken.tx_checksum_offload is False and broken.not_applied() == []
+    assert felix({"featureDetectOverride": "SNATFullyRandom=false,ChecksumOffloadBroken=false"}).tx_checksum_offload
+    assert felix({"featureDetectOverride": "SNATFullyRandom=false"}).tx_checksum_offload is None
+    both = felix({"featureDetectOverride": "ChecksumOffloadBroken=true", "vxlanTxChecksumOffload": True})
+    assert both.tx_checksum_offload is True  # podnet's own field wins
+    again = AgentConfiguration.from_manifest(broken.to_manifest())
+    assert again == broken
