@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 from dataclasses import dataclass
@@ -172,8 +173,18 @@ def test_typed_errors():
                 except CapturePermissionError as e:
                     print("denied", e.hint)
         """)
-        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(podnet.__file__)))
-        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                              "--inh-caps=-all", sys.executable, "-c", child],
-                             capture_output=True, text=True, env=env, cwd="/")
+        # nobody may not reach the project or its virtual environment (a clone in /root, 0700 on Debian):
+        # the child gets a copy of podnet (it needs only the standard library) and the system's interpreter.
+        readable = tempfile.mkdtemp(prefix="pnt-capture-")
+        try:
+            os.chmod(readable, 0o755)
+            shutil.copytree(os.path.dirname(podnet.__file__), os.path.join(readable, "podnet"),
+                            ignore=shutil.ignore_patterns("__pycache__"))
+            python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+            env = dict(os.environ, PYTHONPATH=readable, PYTHONDONTWRITEBYTECODE="1")
+            out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                  "--inh-caps=-all", python, "-c", child],
+                                 capture_output=True, text=True, env=env, cwd="/")
+        finally:
+            shutil.rmtree(readable, ignore_errors=True)
         assert out.stdout.count("denied") == 2, out.stderr
