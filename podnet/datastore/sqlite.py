@@ -71,9 +71,9 @@ WAL_AUTOCHECKPOINT_PAGES = 256
 # Far above what WAL_AUTOCHECKPOINT_PAGES needs, so in steady state it is never truncated (and then
 # appended to again); it only bounds the file after a long reader held checkpoints back.
 WAL_SIZE_LIMIT_BYTES = 8 << 20
-# check() reads every page (PRAGMA quick_check) at most this often; its cheap checks run every call.
-DEEP_CHECK_SECONDS = 10.0
-SQLITE_MAGIC = b"SQLite format 3\x00"
+# check() reads every page (PRAGMA quick_check, on a connection of its own) at most this often; its cheap
+# checks run every call.
+DEEP_CHECK_SECONDS = 5.0
 _GONE_HINT = ("the agents keep the kernel as it is; put the file back, or restart the agents and commands "
               "that use it so they open the store again")
 _CORRUPT_HINT = ("restore it from a backup (the agents keep the kernel as it is meanwhile) and restart the "
@@ -182,16 +182,13 @@ class SqliteDatastore(Datastore):
 
     def check(self) -> None:
         """Raise what is wrong with the store: its file removed or replaced, damaged, or not writable.
-        The pages are all read (PRAGMA quick_check) at most every DEEP_CHECK_SECONDS."""
+
+        The pages are all read (PRAGMA quick_check) at most every DEEP_CHECK_SECONDS, by a connection
+        of its own: the others' page caches would not see a file changed behind SQLite's back. Never
+        open the file here other than through SQLite: closing any descriptor of it drops every POSIX
+        lock this process holds on it, SQLite's included, and other processes could then checkpoint
+        under this one's readers."""
         self._guard()
-        try:
-            with open(self.path, "rb") as f:
-                head = f.read(len(SQLITE_MAGIC))
-        except OSError as e:
-            raise DatastoreUnavailable(f"cannot read the embedded datastore {self.path}: {e.strerror}") from None
-        if head != SQLITE_MAGIC:
-            raise DatastoreCorrupt(f"the embedded datastore {self.path} is damaged: its header is not SQLite's",
-                                   _CORRUPT_HINT)
         blocker = write_blocker(self.path)
         if blocker:
             raise DatastoreReadOnly(f"the embedded datastore {self.path} is read-only: {blocker}",
@@ -200,8 +197,14 @@ class SqliteDatastore(Datastore):
             self._next_deep_check = time.monotonic() + DEEP_CHECK_SECONDS
             self._deep_problem = None
             try:
-                with _translate_errors(self.path):
-                    rows = self._conn().execute("PRAGMA quick_check").fetchall()
+                conn = self._connect()
+                try:
+                    with _translate_errors(self.path):
+                        rows = conn.execute("PRAGMA quick_check").fetchall()
+                finally:
+                    with self._conns_lock:
+                        self._conns.remove(conn)
+                    conn.close()
                 if rows != [("ok",)]:
                     raise DatastoreCorrupt(f"the embedded datastore {self.path} is damaged: {rows[0][0]}",
                                            _CORRUPT_HINT)
@@ -494,20 +497,19 @@ def _create_file(path: str) -> None:
 
 
 def write_blocker(path: str) -> str:
-    """Why the store at `path` cannot be written, as far as the file system says; "" if it can."""
-    for name in (path, path + "-wal", path + "-shm"):
-        try:
-            os.close(os.open(name, os.O_WRONLY | os.O_CLOEXEC))  # no O_CREAT, no O_TRUNC: changes nothing
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            return f"{name} cannot be opened for writing: {e.strerror}"
+    """Why the store at `path` cannot be written, as far as the file system says; "" if it can.
+
+    access(2), never open(2): closing a descriptor of the database would drop this process's SQLite locks."""
     parent = os.path.dirname(os.path.abspath(path))
     try:
         if os.statvfs(parent).f_flag & os.ST_RDONLY:
             return f"{parent} is on a read-only file system"
     except OSError:
         pass
+    for name in (path, path + "-wal", path + "-shm"):
+        if os.path.exists(name) and not os.access(name, os.W_OK):
+            return f"{name} is not writable" + (" (for root that means immutable: see lsattr)"
+                                                if os.geteuid() == 0 else "")
     if not os.access(parent, os.W_OK):
         return f"its directory {parent} is not writable"
     return ""
@@ -533,7 +535,8 @@ def translate(path: str, exc: sqlite3.Error) -> DatastoreError:
             return DatastoreReadOnly(f"the embedded datastore {path} cannot be written: "
                                      f"{blocker or text}", "make the file and its directory writable")
         what = "cannot open" if primary == _CANTOPEN else "I/O error on"
-        return DatastoreUnavailable(f"{what} the embedded datastore {path}: {text}")
+        name = getattr(exc, "sqlite_errorname", "")
+        return DatastoreUnavailable(f"{what} the embedded datastore {path}: {text}" + (f" ({name})" if name else ""))
     if primary == _FULL:
         return DatastoreUnavailable(f"the embedded datastore {path} cannot grow: {text}",
                                     "free space on its file system")
