@@ -117,7 +117,7 @@ def cmd_lab_down(args) -> int:
 
 
 def cmd_install_cni(args) -> int:
-    from podnet.cni.install import default_conflist, install_conflist, install_plugin
+    from podnet.cni.install import PLUGIN_SOURCES, default_conflist, install_conflist, install_plugin, provide_chain
 
     plugin = install_plugin(args.bin_dir)
     print(f"installed {plugin}")
@@ -125,7 +125,13 @@ def cmd_install_cni(args) -> int:
         extra = {}
         if args.datastore:
             extra["datastore"] = args.datastore
-        path = install_conflist(args.conf_dir, default_conflist(extra=extra, chain_portmap=not args.no_portmap))
+        conflist, done, warnings = provide_chain(default_conflist(extra=extra, chain_portmap=not args.no_portmap),
+                                                 args.bin_dir, args.plugin_dir or PLUGIN_SOURCES)
+        for line in done:
+            print(f"chained {line}")
+        for line in warnings:
+            print(f"warning: {line}", file=sys.stderr)
+        path = install_conflist(args.conf_dir, conflist)
         print(f"installed {path}")
     return 0
 
@@ -218,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     ic = sub.add_parser("install-cni", help="install the CNI plugin and a conflist")
     ic.add_argument("--bin-dir", default="/opt/cni/bin")
     ic.add_argument("--conf-dir", default=None)
-    ic.add_argument("--no-portmap", action="store_true")
+    ic.add_argument("--no-portmap", action="store_true", help="do not chain portmap (hostPort)")
+    ic.add_argument("--plugin-dir", action="append", metavar="DIR",
+                    help="where to find the plugins the conflist chains, to copy them into --bin-dir "
+                         "(repeatable; default: /usr/lib/cni, /opt/cni/bin, /usr/libexec/cni)")
     ic.set_defaults(func=cmd_install_cni)
 
     # Further commands live in their own modules, each with register(subparsers).

@@ -7,6 +7,11 @@ install-cni runs (an init container), the plugin compiles the embedded source in
 the host: from an init container set PODNET_CNI_INTERPRETER (e.g. /usr/bin/python3) rather than letting the
 container's own interpreter be picked.
 
+Every plugin the conflist chains after podnet (portmap) must be where the runtime looks, or the runtime fails
+every sandbox and, worse, stops its DEL at the missing plugin, so podnet's DEL never runs. install-cni finds
+each one in the bin directory, or copies it there from a directory that has it (PLUGIN_SOURCES, the
+reference plugins' usual homes); one found nowhere is left out of the conflist, with a warning saying why.
+
 The conflist is cniVersion 1.0.0 by default, not 1.1.0: containerd 1.6/1.7's libcni and the reference
 plugins of Debian 12 (1.1.1) stop at 1.0.0 and refuse a list they cannot speak. podnet answers 0.3.0-1.1.0.
 """
@@ -126,6 +131,53 @@ def install_conflist(conf_dir: str, conflist: dict, filename: str = "10-podnet.c
         json.dump(conflist, f, indent=2)
     os.replace(tmp, path)
     return path
+
+
+# Where the CNI reference plugins usually live: Debian's containernetworking-plugins, the upstream tarball's
+# default, Fedora's; install-cni copies a chained plugin from the first that has it.
+PLUGIN_SOURCES = ("/usr/lib/cni", "/opt/cni/bin", "/usr/libexec/cni")
+
+
+def provide_plugin(name: str, bin_dir: str, sources=PLUGIN_SOURCES) -> str | None:
+    """Make plugin `name` runnable from bin_dir: there already, or copied from the first source that has it.
+    Returns how it was provided ("present", "copied from DIR"), None when no source has it."""
+    target = os.path.join(bin_dir, name)
+    if _runnable(target):
+        return "present"
+    for source in sources:
+        path = os.path.join(source, name)
+        if os.path.abspath(source) != os.path.abspath(bin_dir) and _runnable(path):
+            tmp = target + ".tmp"
+            shutil.copy2(path, tmp)
+            os.replace(tmp, target)
+            return f"copied from {source}"
+    return None
+
+
+def _runnable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def provide_chain(conflist: dict, bin_dir: str, sources=PLUGIN_SOURCES) -> tuple[dict, list[str], list[str]]:
+    """The conflist with only the chained plugins that are (now) in bin_dir; what was done; what was left out
+    and why. podnet itself is installed by install_plugin."""
+    kept, done, warnings = [], [], []
+    for plugin in conflist["plugins"]:
+        name = plugin.get("type")
+        if name == PLUGIN_NAME:
+            kept.append(plugin)
+            continue
+        how = provide_plugin(name, bin_dir, sources)
+        if how is None:
+            warnings.append(f"the {name} plugin is neither in {bin_dir} nor in {', '.join(sources)}: the conflist "
+                            f"does not chain it (a runtime would fail every sandbox, and stop every DEL, at a "
+                            f"missing plugin){' so hostPort mappings do not work' if name == 'portmap' else ''}; "
+                            f"install the CNI reference plugins (Debian: apt-get install containernetworking-plugins)"
+                            f" and run install-cni again, or give their directory with --plugin-dir")
+            continue
+        kept.append(plugin)
+        done.append(f"{name}: {how}")
+    return dict(conflist, plugins=kept), done, warnings
 
 
 def copy_reference_plugins(bin_dir: str, names=("loopback", "portmap", "bandwidth", "tuning"),

@@ -252,6 +252,8 @@ def test_install_cni_writes_an_executable_plugin_and_a_conflist(installed):
     assert conflist["name"] == "k8s-pod-network" and conflist["cniVersion"] in p.SUPPORTED_VERSIONS
     assert [x["type"] for x in conflist["plugins"]] == ["podnet", "portmap"]
     assert conflist["plugins"][1]["capabilities"] == {"portMappings": True}
+    # Every plugin it chains is where the runtime looks: install-cni copied portmap from /usr/lib/cni.
+    assert os.access(bin_dir / "portmap", os.X_OK)
     # Every reference plugin of the list speaks the list's version.
     for name in ("portmap", "bandwidth", "tuning"):
         out = subprocess.run([os.path.join(REFERENCE_PLUGINS, name)], input=json.dumps(

@@ -125,3 +125,57 @@ def test_an_interpreter_missing_here_gives_a_plugin_that_compiles_its_source(tmp
     (tmp_path / "podnet").write_text(text.replace("/nonexistent/python3", INTERPRETER, 1))
     rc, out, err = _version(str(tmp_path / "podnet"))
     assert rc == 0 and out["cniVersion"] == "0.4.0", err
+
+
+# Chained plugins: installed or found, or left out with a reason ---------------------------------------------
+
+
+def _install_cni(tmp_path, *flags: str) -> tuple[subprocess.CompletedProcess, dict, str]:
+    import sys
+
+    bin_dir, conf_dir = tmp_path / "bin", tmp_path / "net.d"
+    proc = subprocess.run([sys.executable, "-m", "podnet", "install-cni", "--bin-dir", str(bin_dir), "--conf-dir",
+                           str(conf_dir), *flags], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PODNET_CNI_INTERPRETER=INTERPRETER))
+    conflist = json.loads((conf_dir / "10-podnet.conflist").read_text()) if proc.returncode == 0 else {}
+    return proc, conflist, str(bin_dir)
+
+
+def test_a_chained_plugin_found_nowhere_is_not_chained_and_the_warning_says_why(tmp_path):
+    empty = tmp_path / "no-plugins"
+    empty.mkdir()
+    proc, conflist, bin_dir = _install_cni(tmp_path, "--plugin-dir", str(empty))
+    assert proc.returncode == 0, proc.stderr
+    assert [x["type"] for x in conflist["plugins"]] == ["podnet"]
+    assert sorted(os.listdir(bin_dir)) == ["podnet"]
+    warning = proc.stderr.strip()
+    assert warning.startswith("warning: the portmap plugin is neither in ") and str(empty) in warning
+    assert "does not chain it" in warning and "hostPort" in warning and "Traceback" not in warning
+
+
+def test_a_chained_plugin_is_copied_from_a_plugin_dir_and_chained(tmp_path):
+    source = tmp_path / "reference"
+    source.mkdir()
+    (source / "portmap").write_text("#!/bin/sh\necho portmap\n")
+    (source / "portmap").chmod(0o755)
+    proc, conflist, bin_dir = _install_cni(tmp_path, "--plugin-dir", str(tmp_path / "none"), "--plugin-dir",
+                                           str(source))
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    assert [x["type"] for x in conflist["plugins"]] == ["podnet", "portmap"]
+    copied = os.path.join(bin_dir, "portmap")
+    assert os.access(copied, os.X_OK) and open(copied).read() == "#!/bin/sh\necho portmap\n"
+    assert f"chained portmap: copied from {source}" in proc.stdout
+
+
+def test_a_chained_plugin_already_in_the_bin_dir_is_kept_as_it_is(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "portmap").write_text("#!/bin/sh\n# the admin's own\n")
+    (bin_dir / "portmap").chmod(0o755)
+    empty = tmp_path / "no-plugins"
+    empty.mkdir()
+    proc, conflist, _ = _install_cni(tmp_path, "--plugin-dir", str(empty))
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    assert [x["type"] for x in conflist["plugins"]] == ["podnet", "portmap"]
+    assert (bin_dir / "portmap").read_text() == "#!/bin/sh\n# the admin's own\n"
+    assert "chained portmap: present" in proc.stdout
