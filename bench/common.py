@@ -325,3 +325,48 @@ def kernel_entries(sock: rtnl.RtnlSocket, ifindex: int | None) -> tuple[set, set
             if n["ifindex"] == ifindex and n["dst"] and n["lladdr"] and n["state"] & rtnl.NUD_PERMANENT:
                 fdb.add((n["lladdr"], n["dst"]))
     return routes, neigh, fdb
+
+
+def fake_node(i: int, ipv6: bool = False):
+    """The i-th remote node record with no agent behind it, and its block(s): (Node, [CIDR, ...]).
+    Its addresses stay clear of the lab's (underlay 172.31/24, pools 10.244/16 and fd00:10:244::/48)."""
+    import ipaddress
+
+    from podnet.model import Node
+
+    block = ipaddress.ip_network((int(ipaddress.ip_address("10.128.0.0")) + i * 64, 26))
+    blocks = [str(block)]
+    extra = {}
+    if ipv6:
+        block6 = ipaddress.ip_network((int(ipaddress.ip_address("fd00:99::")) + i * 64, 122))
+        blocks.append(str(block6))
+        extra = {"address6": f"{ipaddress.ip_address('fd31::1:0') + i}/64", "tunnel_address6": str(block6[0])}
+    node = Node(f"fake-{i}", address=f"{ipaddress.ip_address('172.30.0.10') + i}/16", interface="eth0",
+                tunnel_address=str(block.network_address), **extra)
+    return node, blocks
+
+
+def add_fake_nodes(store_url: str, n: int, ipv6: bool = False, start: int = 0) -> list:
+    """Write n remote node records with their block affinities into a datastore, in few
+    transactions (no agents behind them); return the Nodes."""
+    import json as _json
+
+    from podnet.datastore import Put, keys, open_datastore
+
+    store = open_datastore(store_url)
+    out = []
+    try:
+        ops = []
+        for i in range(start, start + n):
+            node, blocks = fake_node(i, ipv6)
+            out.append(node)
+            ops += [Put(keys.affinity(node.name, b), b'{"state":"confirmed"}') for b in blocks]
+            ops.append(Put(keys.node(node.name), _json.dumps(node.to_manifest(), sort_keys=True).encode()))
+            if len(ops) >= 3000:
+                store.txn([], ops)
+                ops = []
+        if ops:
+            store.txn([], ops)
+    finally:
+        store.close()
+    return out

@@ -56,6 +56,7 @@ class LabSpec:
     ipv6: bool = False  # dual stack: an IPv6 underlay, an IPv6 pool, pods with one address of each family
     underlay6: str = "fd31::/64"
     pool6: str = "fd00:10:244::/48"
+    resync_interval: float = 30.0  # the agents' periodic resync (tests of event-driven repair raise it)
 
     def __post_init__(self):
         net = ipaddress.ip_network(self.underlay)
@@ -291,7 +292,8 @@ class Lab:
         # its own, hiding namespace files a runtime mounts elsewhere than /run/netns).
         cmd = ["nsenter", f"--net=/run/netns/{entry['netns']}", sys.executable, "-m", "podnet", "agent",
                "--node", node, "--datastore", self.datastore_url, "--interface", entry["interface"],
-               "--status-file", self.status_path(node), "--default-ipv4-pool", "", "--resync-interval", "30",
+               "--status-file", self.status_path(node), "--default-ipv4-pool", "",
+               "--resync-interval", str(self.state.get("spec", {}).get("resync_interval", 30.0)),
                *extra_args]
         log = open(self.log_path(node), "ab")
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
