@@ -6,8 +6,10 @@ import concurrent.futures
 import json
 import os
 import subprocess
+import uuid
 
-from podnet.model.endpoint import endpoint_name
+from podnet.model.endpoint import endpoint_name, host_veth_name
+from tests.integration import kernel
 from tests.runtimes.leaks import footprint, in_blocks, node_blocks, remote_pod
 
 
@@ -143,3 +145,111 @@ def test_sandbox_survives_an_agent_restart(runtime_lab, containerd):
     assert ping(f"/proc/{containerd.sandbox_pid(sandbox)}/ns/net", other["ip"]).returncode == 0
     containerd.remove_sandbox(sandbox)
     assert footprint(runtime_lab) == before
+
+
+# Kubernetes' sandbox restart and containerd's DEL ordering ------------------------------------------------
+# When a pod's sandbox dies, kubelet runs a new sandbox for the same pod (same namespace, name and uid, the
+# next attempt, a new sandbox ID) and only then stops and removes the old one: both exist at once, both are
+# the same Kubernetes pod, and the old one's DELs arrive after the new one's ADD. containerd sends two DELs
+# per sandbox: StopPodSandbox with the namespace and the cached prevResult, RemovePodSandbox with an empty
+# CNI_NETNS and no prevResult.
+
+
+def _run_attempt(containerd, name: str, namespace: str, uid: str, attempt: int) -> str:
+    """RunPodSandbox as kubelet sends it for attempt `attempt` of one pod."""
+    request = containerd.sandbox_request(name, namespace)
+    request.config.metadata.uid = uid
+    request.config.metadata.attempt = attempt
+    return containerd.track(containerd.client.RunPodSandbox(request).pod_sandbox_id)
+
+
+def _host_if(containerd, sandbox: str) -> str:
+    add = next(c for c in containerd.calls(sandbox) if c["env"]["CNI_COMMAND"] == "ADD")
+    return json.loads(add["stdout"])["interfaces"][0]["name"]
+
+
+def test_a_restarted_sandbox_keeps_its_network_when_the_old_one_is_stopped_and_removed(runtime_lab, containerd):
+    client = containerd.client
+    before = footprint(runtime_lab)
+    name, namespace, uid = f"restart-{uuid.uuid4().hex[:6]}", "shop", str(uuid.uuid4())
+    peer = remote_pod(runtime_lab, "node-2")
+    old = _run_attempt(containerd, name, namespace, uid, 0)
+    new = None
+    try:
+        old_ip = client.sandbox_status(old).status.network.ip
+        new = _run_attempt(containerd, name, namespace, uid, 1)
+        new_ip = client.sandbox_status(new).status.network.ip
+        assert new != old and new_ip != old_ip
+        new_netns = f"/proc/{containerd.sandbox_pid(new)}/ns/net"
+        assert ping(new_netns, peer["ip"]).returncode == 0
+
+        # Both are pod shop/<name>: the old one keeps Calico's veth name, the new one gets its own.
+        calico_name = host_veth_name(namespace, name, "")
+        assert _host_if(containerd, old) == calico_name != _host_if(containerd, new)
+        node = runtime_lab.node_netns("node-1")
+        new_if = kernel.link(node, _host_if(containerd, new))
+        assert new_if is not None
+
+        client.stop_sandbox(old)  # DEL with the old namespace and prevResult
+        assert kernel.link(node, calico_name) is None
+        assert ping(new_netns, peer["ip"]).returncode == 0
+        client.remove_sandbox(old)  # DEL with an empty CNI_NETNS
+        containerd.sandboxes.pop(old, None)
+
+        # The new sandbox is untouched: the same veth (same index), its address, its endpoint; traffic both ways.
+        assert kernel.link(node, _host_if(containerd, new))["ifindex"] == new_if["ifindex"]
+        after = footprint(runtime_lab)
+        assert after["allocations"] == sorted(before["allocations"] + [new_ip])
+        assert set(after["endpoints"]) - set(before["endpoints"]) == {endpoint_name(new, "eth0")}
+        assert ping(new_netns, peer["ip"]).returncode == 0
+        back = ping(f"/run/netns/{peer['netns']}", new_ip)
+        assert back.returncode == 0, back.stdout + back.stderr
+
+        calls = [(c["env"]["CNI_COMMAND"], bool(c["env"]["CNI_NETNS"]), c["prevResult"], c["code"])
+                 for c in containerd.calls(old)]
+        assert calls == [("ADD", True, False, 0), ("DEL", True, True, 0), ("DEL", False, False, 0)], calls
+    finally:
+        for sandbox in (old, new):
+            if sandbox and sandbox in containerd.sandboxes:
+                containerd.remove_sandbox(sandbox)
+    assert footprint(runtime_lab) == before
+
+
+def test_del_ordering_repeated_over_restarts_leaves_nothing(runtime_lab, containerd):
+    """Five attempts of one pod, each started before the previous one is stopped and removed, the way
+    kubelet restarts a crashing sandbox: every DEL succeeds, each in containerd's order, the live sandbox
+    always reaches the other node, and at the end nothing is left."""
+    client = containerd.client
+    before = footprint(runtime_lab)
+    name, uid = f"crashloop-{uuid.uuid4().hex[:6]}", str(uuid.uuid4())
+    peer = remote_pod(runtime_lab, "node-2")
+    previous = None
+    made = []
+    try:
+        for attempt in range(5):
+            current = _run_attempt(containerd, name, "default", uid, attempt)
+            made.append(current)
+            if previous is not None:
+                client.stop_sandbox(previous)
+                client.stop_sandbox(previous)  # kubelet may stop twice
+                client.remove_sandbox(previous)
+                containerd.sandboxes.pop(previous, None)
+            pid = containerd.sandbox_pid(current)
+            assert ping(f"/proc/{pid}/ns/net", peer["ip"]).returncode == 0, attempt
+            previous = current
+        client.stop_sandbox(previous)
+        client.remove_sandbox(previous)
+        containerd.sandboxes.pop(previous, None)
+    finally:
+        for sandbox in made:
+            if sandbox in containerd.sandboxes:
+                containerd.remove_sandbox(sandbox)
+    assert footprint(runtime_lab) == before
+    for sandbox in made:
+        calls = [(c["env"]["CNI_COMMAND"], bool(c["env"]["CNI_NETNS"]), c["prevResult"], c["code"])
+                 for c in containerd.calls(sandbox)]
+        assert calls[0] == ("ADD", True, False, 0), calls
+        assert calls[1] == ("DEL", True, True, 0), calls
+        assert calls[-1] == ("DEL", False, False, 0), calls
+        assert all(c[3] == 0 for c in calls), calls
+        assert containerd.libcni.entries(sandbox) == []
