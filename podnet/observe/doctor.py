@@ -15,11 +15,13 @@ import fnmatch
 import ipaddress
 from dataclasses import asdict, dataclass, replace
 
+from podnet.calc.attachment import NODE, RECREATE, Problem, judge_attachment
 from podnet.calc.config import VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6
-from podnet.calc.state import FdbEntry, Neighbour, Route
 from podnet.calc.offload import decide_tx_checksum
-from podnet.observe.facts import ClusterFacts, KernelFacts, NodeFacts
-from podnet.observe.trace import blocking_rules, desired_for, guess_router, in_netns, nft_delete_cmd, sysctl_cmd
+from podnet.calc.state import FdbEntry, Neighbour, Route
+from podnet.observe.facts import ClusterFacts, KernelFacts, NodeFacts, attachment_of
+from podnet.observe.trace import (blocking_rules, desired_for, guess_router, in_netns, nft_delete_cmd, route_for,
+                                  sysctl_cmd)
 
 ERROR, WARNING, NOTE = "error", "warning", "note"
 _ORDER = {ERROR: 0, WARNING: 1, NOTE: 2}
@@ -447,7 +449,67 @@ def check_agent(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
     return [Finding(ERROR, "agent", n.name, f"the podnet agent is not ready: {a.reason}", fix)]
 
 
-NODE_CHECKS = [check_agent, check_vxlan_device, check_vxlan6_device, check_mtu, check_mtu6, check_tx_checksum, check_rp_filter,
+def check_pods(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    """Each pod of the node whose namespace was read (or found gone), judged by podnet.calc.attachment:
+    the same judgement CNI CHECK and `podnet trace` make."""
+    out = []
+    for pod in sorted((p for p in facts.pods if p.node == n.name), key=lambda p: p.label):
+        if pod.kernel is None and not pod.netns_gone:
+            continue
+        want, seen = attachment_of(n.kernel, pod)
+        for problem in judge_attachment(want, seen):
+            if problem.part == "forwarding" and seen.ip_forward not in (None, "1"):
+                continue  # ip_forward=0 turns it off on every interface: check_ip_forward reports that once
+            out.append(Finding(ERROR, "pod", n.name, f"pod {pod.namespace}/{pod.label}: {problem.message}",
+                               pod_fix(problem, n, pod)))
+    return out
+
+
+def pod_fix(problem: Problem, n: NodeFacts, pod) -> str:
+    """The commands of a problem, each in the namespace of its side."""
+    if problem.part == "netns":
+        return ("the runtime's DEL never reached podnet (e.g. it stopped at a failing chained plugin): "
+                f"`podnet ipam check` lists what pod {pod.label} left; the runtime's CNI GC, or podnet ipam gc, "
+                "releases it")
+    if not problem.fix:
+        return RECREATE
+    ns = n.netns if problem.side == NODE else pod.netns
+    return " && ".join(in_netns(ns, command) for command in problem.fix)
+
+
+def check_pool_reach(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    """Blocks of other nodes that nothing routes from here: a pool whose vxlanMode is Never (CrossSubnet
+    routes only within a subnet without encapsulation) leaves a node in another subnet to another routing
+    mechanism; without one, its pods are unreachable."""
+    if n.ip is None:
+        return []
+    want = desired_for(facts, n)
+    out = []
+    for other in sorted(facts.nodes.values(), key=lambda o: o.name):
+        if other is n or not other.ip:
+            continue
+        for cidr in other.blocks:
+            first = str(next(ipaddress.ip_network(cidr).hosts()))
+            if route_for(want.routes, first) is not None:
+                continue  # the agent routes it (tunnel or direct)
+            have = n.kernel.lookup(first)
+            if have is not None and ipaddress.ip_network(have.dst).prefixlen > 0 and have.type == "unicast":
+                continue  # something else routes it (a routing daemon, a route by hand)
+            pool = next((p for p in facts.pools if p.version == 4 and ipaddress.ip_network(cidr).subnet_of(
+                p.network)), None)
+            if pool is None or pool.vxlan_mode == "Always":
+                continue  # not a matter of the pool's mode (check_entries reports a missing route)
+            out.append(Finding(ERROR, "pool-mode", n.name,
+                               f"nothing routes {other.name}'s block {cidr} from {n.name}: pool {pool.name} is "
+                               f"vxlanMode {pool.vxlan_mode} and {other.name} ({other.address}) is not in "
+                               f"{n.name}'s subnet {ipaddress.ip_interface(n.address).network}, so podnet "
+                               "encapsulates nothing to it and leaves it to another routing mechanism",
+                               f"set vxlanMode: CrossSubnet (or Always) on ippool {pool.name} with podnet apply -f, "
+                               f"or route {cidr} via {other.ip} on the underlay"))
+    return out
+
+
+NODE_CHECKS = [check_agent, check_pods, check_pool_reach, check_vxlan_device, check_vxlan6_device, check_mtu, check_mtu6, check_tx_checksum, check_rp_filter,
                check_default_route, check_ip_forward, check_ipv6_forward, check_entries, check_vxlan_port,
                check_networkmanager]
 

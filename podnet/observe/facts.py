@@ -26,6 +26,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+from podnet.calc.attachment import AddressSeen, Attachment, AttachmentSeen, LinkSeen, RouteSeen
 from podnet.calc.config import VxlanConfig, effective_config
 from podnet.dataplane import csum_selftest, ethtool, rtnl, sysctl
 from podnet import netns as _netns
@@ -289,6 +290,7 @@ class PodFacts:
     kernel: KernelFacts | None = None
     unreadable: str | None = None
     ip6: str | None = None
+    netns_gone: bool = False  # its namespace was looked for and is not there
 
     @property
     def label(self) -> str:
@@ -296,6 +298,33 @@ class PodFacts:
 
     def ip_of(self, version: int) -> str | None:
         return self.ip if version == 4 else self.ip6
+
+
+def attachment_of(node: KernelFacts, pod: PodFacts, version: int | None = None) -> tuple[Attachment, AttachmentSeen]:
+    """The pod's attachment as the calculation judges it (podnet.calc.attachment), from the node's kernel
+    facts and the pod's (pod.kernel None: not read, unless its namespace is gone). `version`: judge only
+    that family's address."""
+    host = pod.host_interface
+    want = Attachment(host, pod.interface, pod.ip if version in (None, 4) else None,
+                      pod.ip6 if version in (None, 6) else None)
+    link = node.links.get(host)
+    seen = AttachmentSeen(
+        LinkSeen(link.index, link.up, link.mac, link.peer) if link else None,
+        {k: node.sysctls.get(f"conf/{host}/{k}") for k in ("proxy_arp", "forwarding")
+         if node.sysctls.get(f"conf/{host}/{k}") is not None}
+        | ({"proxy_ndp": node.sysctls6[f"conf/{host}/proxy_ndp"]} if f"conf/{host}/proxy_ndp" in node.sysctls6
+           else {}),
+        node.sysctls.get("ip_forward"),
+        [RouteSeen(r.dst, r.dev, r.gateway, r.metric) for r in node.routes if r.type == "unicast"],
+        f"the pod's network namespace {pod.netns} is gone" if pod.netns_gone else None,
+        pod_namespace=pod.netns)
+    k = pod.kernel
+    if k is not None:
+        inner = k.links.get(pod.interface)
+        seen.pod_link = LinkSeen(inner.index, inner.up, inner.mac, inner.peer) if inner else None
+        seen.pod_addresses = [AddressSeen(a.ip, a.prefixlen, a.usable) for a in k.addresses_of(pod.interface)]
+        seen.pod_routes = [RouteSeen(r.dst, r.dev, r.gateway, r.metric) for r in k.routes if r.type == "unicast"]
+    return want, seen
 
 
 @dataclass
@@ -468,6 +497,7 @@ def read_kernels(facts: ClusterFacts, access: NodeAccess, nodes: Iterable[str] |
                 pod.kernel = read_pod(pod.netns)
             except _netns.NamespaceNotFound as e:
                 pod.unreadable = e.message
+                pod.netns_gone = True
 
 
 def _read(what: str, notes: list[str], fn, default=None):

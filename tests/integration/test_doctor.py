@@ -14,7 +14,7 @@ import podnet
 from podnet.cli.main import main
 from podnet.datastore import open_datastore
 from podnet.datastore.resources import Resources
-from tests.integration.witness import run_fix
+from tests.integration.witness import run_fix, wait_for
 
 REPO = Path(podnet.__file__).resolve().parents[1]
 
@@ -240,3 +240,83 @@ def test_a_fix_outside_the_lab_is_never_run(command):
 
     with pytest.raises(AssertionError):
         assert_targets_lab(SimpleNamespace(name="hardening-zz", prefix="hardening-zz-"), command)
+
+
+# --- pods: each attachment judged as CNI CHECK judges it -----------------------------------------------------
+
+RECREATE = "delete and recreate the pod (CNI DEL + ADD rebuild its veth)"
+# name: (commands ({n1}, {n2}: node namespaces; {p1}: pod-1-1's; {c1}: its host veth; {ip1}: its address;
+#        {b1}: node-1's block), node whose agent stops first (or None), findings expected, the fix runs?)
+POD_CASES = {
+    "proxy-arp-off": (["ip netns exec {n1} sysctl -qw net.ipv4.conf.{c1}.proxy_arp=0"], None,
+                      [("error", "pod", "node-1", "proxy_arp is off on {c1}")], True),
+    "veth-forwarding-off": (["ip netns exec {n1} sysctl -qw net.ipv4.conf.{c1}.forwarding=0"], None,
+                            [("error", "pod", "node-1", "forwarding is off on {c1}")], True),
+    "host-route-missing": (["ip -n {n1} route del {ip1} dev {c1}"], None,
+                           [("error", "pod", "node-1", "host route {ip1}/32 dev {c1} is missing")], True),
+    "pod-interface-down": (["ip -n {p1} link set eth0 down"], None,
+                           [("error", "pod", "node-1", "eth0 in the pod is down"),
+                            ("error", "pod", "node-1", "pod route 169.254.1.1 dev eth0 is missing"),
+                            ("error", "pod", "node-1", "pod default route via 169.254.1.1 dev eth0 is missing")],
+                           True),
+    "veth-missing": (["ip -n {n1} link del {c1}"], None,
+                     [("error", "pod", "node-1", "host interface {c1} does not exist")], False),
+    "netns-gone": (["ip netns del {p1}"], None,
+                   [("error", "pod", "node-1", "network namespace /run/netns/{p1} is gone")], False),
+    "block-route-missing": (["ip -n {n2} route del {b1}"], "node-2",
+                            [("error", "routes", "node-2", "missing route {b1}")], True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POD_CASES))
+def test_each_broken_pod_is_found_with_its_fix(healthy_lab, capsys, case):
+    lab = healthy_lab
+    status = lab.status()
+    pod = next(p for p in status["pods"] if p["node"] == "node-1")
+    node1 = next(n for n in status["nodes"] if n["name"] == "node-1")
+    values = {"n1": lab.node_netns("node-1"), "n2": lab.node_netns("node-2"), "p1": pod["netns"],
+              "c1": pod["interface"], "ip1": pod["ip"], "b1": node1["blocks"][0]}
+    commands, stop_agent, expected, runnable = POD_CASES[case]
+    if stop_agent:  # the agent would put its own route back within milliseconds
+        lab.stop_agent(stop_agent)
+    for command in commands:
+        subprocess.run(command.format(**values), shell=True, check=True, capture_output=True)
+
+    code, report = doctor(capsys, "--lab", lab.name)
+    assert code == 1 and not report["ok"]
+    found = report["findings"]
+    assert [(f["severity"], f["check"], f["node"]) for f in found] == [e[:3] for e in expected], found
+    for finding, (*_, words) in zip(found, expected):
+        assert words.format(**values) in finding["problem"], finding
+    if not runnable:  # no command brings a veth or a namespace back
+        assert all(f["fix"] == RECREATE or "podnet ipam check" in f["fix"] for f in found), found
+        return
+    for finding in found:
+        fixed = run_fix(lab, finding["fix"])  # asserts first that it acts in the lab's namespaces only
+        assert fixed.returncode == 0, (finding["fix"], fixed.stderr)
+    code, report = doctor(capsys, "--lab", lab.name)
+    assert (code, report["findings"]) == (0, []), report["findings"]
+    assert subprocess.run(["ip", "netns", "exec", pod["netns"], "ping", "-c1", "-W2",
+                           next(p["ip"] for p in status["pods"] if p["node"] == "node-2")]).returncode == 0
+
+
+def test_a_pool_that_leaves_a_node_in_another_subnet_unrouted(lab_factory, capsys):
+    """vxlanMode Never with nodes in two subnets: nothing routes either node's block from the other."""
+    lab = lab_factory(nodes=2, pods_per_node=1, subnets=2, vxlan_mode="Never")
+    code, report = doctor(capsys, "--lab", lab.name)
+    mode = [f for f in report["findings"] if f["check"] == "pool-mode"]
+    assert code == 1 and sorted(f["node"] for f in mode) == ["node-1", "node-2"], report["findings"]
+    assert all("vxlanMode Never" in f["problem"] and "CrossSubnet" in f["fix"] for f in mode), mode
+    store, res = _resources(lab)
+    try:  # the fix as it says: CrossSubnet encapsulates between subnets
+        pool = res.pools()[0]
+        import dataclasses
+
+        res.apply_pool(dataclasses.replace(pool, vxlan_mode="CrossSubnet"))
+    finally:
+        store.close()
+    a, b = lab.status()["pods"]
+    assert wait_for(lambda: subprocess.run(["ip", "netns", "exec", a["netns"], "ping", "-c1", "-W1", b["ip"]],
+                                           capture_output=True).returncode == 0, timeout=20)
+    code, report = doctor(capsys, "--lab", lab.name)
+    assert not [f for f in report["findings"] if f["check"] == "pool-mode"], report["findings"]
