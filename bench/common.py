@@ -157,7 +157,7 @@ def sigterm_as_interrupt():
 
 # Netlink event listening --------------------------------------------------------
 
-EVENT_GROUPS = rtnl.RTMGRP_IPV4_ROUTE | rtnl.RTMGRP_NEIGH
+EVENT_GROUPS = rtnl.RTMGRP_IPV4_ROUTE | rtnl.RTMGRP_IPV6_ROUTE | rtnl.RTMGRP_NEIGH
 
 
 def listener(netns: str) -> rtnl.RtnlSocket:
@@ -194,7 +194,7 @@ def decode_event(kind: int, payload: bytes) -> tuple[str, str, tuple] | None:
         op = "new" if kind == rtnl.RTM_NEWNEIGH else "del"
         if n["family"] == rtnl.AF_BRIDGE:
             return op, "fdb", (n["ifindex"], n["lladdr"], n["dst"])
-        if n["family"] == socket.AF_INET and (op == "del" or n["state"] & rtnl.NUD_PERMANENT):
+        if n["family"] in (socket.AF_INET, socket.AF_INET6) and (op == "del" or n["state"] & rtnl.NUD_PERMANENT):
             return op, "neigh", (n["ifindex"], n["dst"], n["lladdr"])
     return None
 
@@ -284,6 +284,18 @@ def busy_percent(before: tuple[float, float], after: tuple[float, float]) -> flo
     return round(100.0 * busy / total, 1) if total > 0 else None
 
 
+def process_rss_mib(pid: int) -> float | None:
+    """Resident set size of a process, MiB."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
 def process_cpu_seconds(pid: int) -> float | None:
     """utime + stime of a process (all its threads) in seconds."""
     try:
@@ -305,18 +317,19 @@ def device_index(sock: rtnl.RtnlSocket, name: str) -> int | None:
     return None
 
 
-def kernel_entries(sock: rtnl.RtnlSocket, ifindex: int | None) -> tuple[set, set, set]:
+def kernel_entries(sock: rtnl.RtnlSocket, ifindex: int | None, family: int = socket.AF_INET) -> tuple[set, set, set]:
     """What the kernel holds that podnet would own, as plain tuples:
     routes {(dst, gateway, oif, onlink)} (proto 80, main table, not blackhole),
-    neighbours {(ip, mac)} and FDB entries {(mac, dst)}, permanent, on device `ifindex`."""
+    neighbours {(ip, mac)} and FDB entries {(mac, dst)}, permanent, on device `ifindex`;
+    routes and neighbours of one address family."""
     routes = set()
-    for _, payload in sock.dump(rtnl.route_dump_msg(socket.AF_INET, proto=rtnl.RTPROT_PODNET)):
+    for _, payload in sock.dump(rtnl.route_dump_msg(family, proto=rtnl.RTPROT_PODNET)):
         r = rtnl.parse_route(payload)
         if r["proto"] == rtnl.RTPROT_PODNET and r["table"] == rtnl.RT_TABLE_MAIN and r["type"] != rtnl.RTN_BLACKHOLE:
             routes.add((r["dst"], r["gateway"], r["oif"], r["onlink"]))
     neigh, fdb = set(), set()
     if ifindex:
-        for _, payload in sock.dump(rtnl.neigh_dump_msg(socket.AF_INET, ifindex)):
+        for _, payload in sock.dump(rtnl.neigh_dump_msg(family, ifindex)):
             n = rtnl.parse_neigh(payload)
             if n["ifindex"] == ifindex and n["dst"] and n["lladdr"] and n["state"] & rtnl.NUD_PERMANENT:
                 neigh.add((n["dst"], n["lladdr"]))

@@ -110,6 +110,7 @@ class Agent:
         self.started = time.time()
         self.underlay_changed = threading.Event()
         self.events_lost = threading.Event()  # the kernel watcher lost notifications: resync all
+        self._last_failed = False
         self.gc = None
         self.kernel_watcher: KernelWatcher | None = None
 
@@ -327,11 +328,13 @@ class Agent:
                 self.dirty.set()
             if tick and self.gc is not None:
                 self._collect_garbage()
-            # The status file names every remote node: written when something changed, not per event.
-            if tick or not status_written or result is None or result.changes or result.desired_changes \
-                    or result.failures:
+            # The status file names every remote node: written when the datastore's view or readiness
+            # changed, not for each repair of a kernel entry.
+            if tick or not status_written or result is None or result.desired_changes or result.failures \
+                    or bool(result.failures) != self._last_failed:
                 self._write_status()
                 status_written = time.monotonic()
+            self._last_failed = bool(result and result.failures)
 
     def _record(self, result) -> None:
         m = self.metrics
