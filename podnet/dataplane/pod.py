@@ -242,7 +242,9 @@ def _bring_up(host: rtnl.RtnlSocket, fd: int, host_ifname: str, host_index: int,
 def owned_host_link(host: rtnl.RtnlSocket, host_ifname: str, owner: str) -> dict | None:
     """The host end of an attachment, if the link of that name is one: a veth with podnet's host MAC
     and the attachment's owner mark. Anything else of that name is not podnet's to touch."""
-    link = host.get_link(ifname=host_ifname) if host_ifname else None
+    if not host_ifname or len(host_ifname.encode()) > 15 or "/" in host_ifname:  # no link has such a name
+        return None
+    link = host.get_link(ifname=host_ifname)
     if link and link["kind"] == "veth" and link["address"] == HOST_MAC and link["alias"] == owner:
         return link
     return None

@@ -313,6 +313,8 @@ FORGED = [
     ("other-attachments-veth-by-del", "other", "DEL"),
     ("bystanders-veth-by-gc", "bystander", "GC"),
     ("other-attachments-veth-by-gc", "other", "GC"),
+    ("name-longer-than-the-kernel-allows-by-del", "cali" + "0" * 20, "DEL"),
+    ("empty-name-by-gc", "", "GC"),
 ]
 
 
