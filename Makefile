@@ -7,16 +7,27 @@ PYTHON := $(VENV)/bin/python
 PYTEST := $(PYTHON) -m pytest
 BINDIR ?= /usr/local/bin
 DEPS = PYTHON3=$(PYTHON3) VENV=$(VENV) ./scripts/install-deps.sh
+# The CNI plugin that needs no interpreter on the host: static, with musl (install-cni prefers it).
+PLUGIN := podnet/cni/podnet-cni
+MUSL_CC ?= musl-gcc
 
-.PHONY: all demo test unit integration bench deps deps-demo install clean-lab
+.PHONY: all demo test unit integration bench deps deps-demo plugin install clean-lab
 
 all: deps-demo
 
 deps:
 	PODNET_DEPS=all $(DEPS)
+	$(MAKE) --no-print-directory plugin
 
 deps-demo:
 	PODNET_DEPS=demo $(DEPS)
+	$(MAKE) --no-print-directory plugin
+
+plugin: $(PLUGIN)
+
+$(PLUGIN): cni-plugin/podnet-cni.c
+	$(MUSL_CC) -static -Os -s -Wall -Wextra -Werror -o $@.tmp $<
+	mv $@.tmp $@
 
 demo: deps-demo
 	$(PYTHON) -m podnet.lab.demo

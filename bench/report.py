@@ -152,6 +152,11 @@ def _summary_rows(b: dict) -> list[str]:
                     f"{_met(e['pass']['p50'])} |")
         rows.append(f"| | p99 | {_ms(a['podnet']['p99'])} | {_ms(a['ptp']['p99'])} | {_x(r['p99'])} | "
                     f"<= {t['p99_ratio']}x | {_met(e['pass']['p99'])} |")
+        if "podnet_shim" in a:
+            for q in ("p50", "p99"):
+                rows.append(f"| {'the same, Python shim plugin' if q == 'p50' else ''} | {q} | "
+                            f"{_ms(a['podnet_shim'][q])} | {_ms(a['ptp'][q])} | {_x(r['shim_' + q])} | "
+                            f"<= {t['shim_' + q + '_ratio']}x | {_met(e['pass']['shim_' + q])} |")
     elif e:
         rows.append("| Pod ADD | | failed | | | | **no** |")
     e = b.get("program_nodes")
@@ -326,13 +331,16 @@ def _add(e: dict) -> list[str]:
     out = [f"{p['pods']} pods per plugin after {p['warmup']} warm-up pods, {p['order']}; "
            f"machine busy {e.get('machine_busy_percent_during_adds')}% of all cores during the ADD loop.", "",
            "ADD (ms):", ""]
-    out += _dist_table([("podnet", e["add"]["podnet"]), ("ptp + host-local", e["add"]["ptp"])])
+    shim = [("podnet, Python shim", e["add"]["podnet_shim"])] if "podnet_shim" in e["add"] else []
+    out += _dist_table([("podnet, static plugin", e["add"]["podnet"]), *shim, ("ptp + host-local", e["add"]["ptp"])])
     d = e["del"]
     out += ["", f"DEL of every pod, informational (ms; podnet/peer p50 {_x(d.get('p50_ratio'))}):", ""]
-    out += _dist_table([("podnet", d["podnet"]), ("ptp + host-local", d["ptp"])])
+    shim = [("podnet, Python shim", d["podnet_shim"])] if "podnet_shim" in d else []
+    out += _dist_table([("podnet, static plugin", d["podnet"]), *shim, ("ptp + host-local", d["ptp"])])
     f = e["version_floor"]
     out += ["", "Process start floor: CNI VERSION, which does no network work (ms):", ""]
-    out += _dist_table([("podnet shim", f["podnet"]), ("ptp", f["ptp"])])
+    shim = [("podnet, Python shim", f["podnet-shim"])] if "podnet-shim" in f else []
+    out += _dist_table([("podnet, static plugin", f["podnet"]), *shim, ("ptp", f["ptp"])])
     c = e["checks"]
     out += ["", f"Checks after DEL: links left in the node namespaces {c['links_left_after_del']}; "
                 f"DEL errors {len(c['del_errors'])}; podnet IPAM handles left {c['podnet_ipam_handles_left']}."]

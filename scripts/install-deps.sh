@@ -14,7 +14,7 @@ PYTHON3=${PYTHON3:-python3}
 VENV=${VENV:-.venv}
 
 # python3-venv: Debian splits venv's pip bootstrap (ensurepip) out of python3.
-debs=(python3-venv iproute2 iputils-ping procps kmod util-linux)
+debs=(python3-venv musl-tools iproute2 iputils-ping procps kmod util-linux)
 if [ "$want" = all ]; then
   debs+=(containernetworking-plugins etcd-server etcd-client tcpdump tshark ethtool nftables openssl
          containerd runc podman busybox-static iperf3)

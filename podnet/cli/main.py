@@ -119,7 +119,7 @@ def cmd_lab_down(args) -> int:
 def cmd_install_cni(args) -> int:
     from podnet.cni.install import PLUGIN_SOURCES, default_conflist, install_conflist, install_plugin, provide_chain
 
-    plugin = install_plugin(args.bin_dir)
+    plugin = install_plugin(args.bin_dir, kind=args.plugin)
     print(f"installed {plugin}")
     if args.conf_dir:
         extra = {}
@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     ic.add_argument("--bin-dir", default="/opt/cni/bin")
     ic.add_argument("--conf-dir", default=None)
     ic.add_argument("--no-portmap", action="store_true", help="do not chain portmap (hostPort)")
+    ic.add_argument("--plugin", choices=("static", "python"), default=None,
+                    help="the static executable (built by make; the default when built) or the Python shim")
     ic.add_argument("--plugin-dir", action="append", metavar="DIR",
                     help="where to find the plugins the conflist chains, to copy them into --bin-dir "
                          "(repeatable; default: /usr/lib/cni, /opt/cni/bin, /usr/libexec/cni)")

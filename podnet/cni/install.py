@@ -1,6 +1,9 @@
 """Put the plugin where a runtime finds it, as a DaemonSet's init container would (deploy/podnet.yaml).
 
-The plugin is shim.py behind a `#!<python3> -IS` line, with the shim's bytecode embedded: compiling the
+Two plugin executables speak the same protocol to the agent (wire.py). The static one, built by `make` from
+cni-plugin/podnet-cni.c with musl into podnet/cni/podnet-cni, needs nothing on the host (Flatcar, Talos,
+Bottlerocket and COS have no Python); it is installed whenever it is built. Otherwise, or with
+kind="python" ($PODNET_CNI_PLUGIN=python, or an interpreter named), the plugin is shim.py behind a `#!<python3> -IS` line, with the shim's bytecode embedded: compiling the
 source on every call would cost ~2 ms of each ADD. The bytecode is compiled by the plugin's own interpreter;
 should that interpreter later change minor version (a distribution upgrade), or not be runnable where
 install-cni runs (an init container), the plugin compiles the embedded source instead, ~2 ms slower but correct. The runtime runs the plugin on the host, so the interpreter must exist on
@@ -13,7 +16,7 @@ each one in the bin directory, or copies it there from a directory that has it (
 reference plugins' usual homes); one found nowhere is left out of the conflist, with a warning saying why.
 
 The conflist is cniVersion 1.0.0 by default, not 1.1.0: containerd 1.6/1.7's libcni and the reference
-plugins of Debian 12 (1.1.1) stop at 1.0.0 and refuse a list they cannot speak. podnet answers 0.3.0-1.1.0.
+plugins of Debian 12 (1.1.1) stop at 1.0.0 and refuse a list they cannot speak. podnet answers 0.1.0-1.1.0.
 """
 
 from __future__ import annotations
@@ -48,17 +51,43 @@ def fastest_interpreter() -> str:
 
 
 INTERPRETER_ENV = "PODNET_CNI_INTERPRETER"
+KIND_ENV = "PODNET_CNI_PLUGIN"
+KINDS = ("static", "python")
+STATIC_PLUGIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "podnet-cni")  # `make` builds it
 
 
-def install_plugin(bin_dir: str, interpreter: str | None = None, name: str = PLUGIN_NAME) -> str:
-    """Write the plugin executable atomically; returns its path.
+def plugin_kind(kind: str | None = None, interpreter: str | None = None) -> str:
+    """Which executable to install: the argument, else $PODNET_CNI_PLUGIN; else the Python shim when an
+    interpreter is named (argument or $PODNET_CNI_INTERPRETER); else the static one if it is built."""
+    kind = kind or os.environ.get(KIND_ENV) or None
+    if kind is None:
+        if interpreter or os.environ.get(INTERPRETER_ENV):
+            return "python"
+        return "static" if os.access(STATIC_PLUGIN, os.X_OK) else "python"
+    if kind not in KINDS:
+        raise PodnetError(f"unknown CNI plugin kind {kind!r}", "static (the C executable) or python (the shim)")
+    if kind == "static" and not os.access(STATIC_PLUGIN, os.X_OK):
+        raise PodnetError(f"the static CNI plugin is not built ({STATIC_PLUGIN} is missing)",
+                          "run `make` in podnet's source tree (it needs musl-tools), or install the python one")
+    return kind
 
-    The interpreter: the argument, else $PODNET_CNI_INTERPRETER, else the fastest one found here."""
+
+def install_plugin(bin_dir: str, interpreter: str | None = None, name: str = PLUGIN_NAME,
+                   kind: str | None = None) -> str:
+    """Write the plugin executable atomically; returns its path. Which one: plugin_kind().
+
+    The shim's interpreter: the argument, else $PODNET_CNI_INTERPRETER, else the fastest one found here."""
+    os.makedirs(bin_dir, exist_ok=True)
+    path = os.path.join(bin_dir, name)
+    if plugin_kind(kind, interpreter) == "static":
+        tmp = path + ".tmp"
+        shutil.copyfile(STATIC_PLUGIN, tmp)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+        return path
     interpreter = interpreter or os.environ.get(INTERPRETER_ENV) or fastest_interpreter()
     with open(os.path.join(os.path.dirname(__file__), "shim.py")) as f:
         source = f.read()
-    os.makedirs(bin_dir, exist_ok=True)
-    path = os.path.join(bin_dir, name)
     try:
         version, bytecode = compile_with(interpreter, source, path)
     except (OSError, subprocess.TimeoutExpired) as e:

@@ -5,7 +5,9 @@ node -> CHECK -> DEL -> nothing left. Then a table of bad inputs, each with its 
 message class, none leaving an address, a veth or an endpoint behind; GC; a fuzz test that drives the
 agent's handler in-process and the plugin executable with random configurations and environments.
 
-Everything runs in namespaces of labs made here (names `pnt-cf…`) and is removed afterwards.
+Everything runs in namespaces of labs made here (names `pnt-cf…`) and is removed afterwards. The whole
+suite runs against both plugin executables: the static one (cni-plugin/podnet-cni.c, built by `make plugin`,
+here if it is not built yet) and the Python shim.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from podnet.cni import handler
+from podnet.cni import handler, install
 from podnet.cni import protocol as p
 from podnet.cni.server import CniServer
 from podnet.dataplane import rtnl, topology
@@ -39,30 +41,41 @@ from tests.integration import kernel, witness
 from tests.integration.conftest import unique
 
 NETWORK = "k8s-pod-network"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VERSIONS = p.SUPPORTED_VERSIONS
 
 
 # Labs and helpers ---------------------------------------------------------------------------------------
 
 
-def _lab(prefix: str, spec: LabSpec):
+@pytest.fixture(scope="module", params=install.KINDS)
+def plugin_kind(request) -> str:
+    """Which plugin executable the labs below run: every test here runs against each."""
+    if request.param == "static" and not os.access(install.STATIC_PLUGIN, os.X_OK):
+        proc = subprocess.run(["make", "-C", REPO, "--no-print-directory", "plugin"], capture_output=True, text=True)
+        assert proc.returncode == 0, f"building the static plugin failed: {proc.stdout}{proc.stderr}"
+    return request.param
+
+
+def _lab(prefix: str, spec: LabSpec, kind: str):
     lab = Lab(unique(prefix))
     try:
         lab.up(spec)
+        install.install_plugin(lab.bin_dir, kind=kind)
         yield lab
     finally:
         lab.down()
 
 
 @pytest.fixture(scope="module")
-def lab():
-    yield from _lab("pnt-cf", LabSpec(nodes=2, pods_per_node=1))
+def lab(plugin_kind):
+    yield from _lab("pnt-cf", LabSpec(nodes=2, pods_per_node=1), plugin_kind)
 
 
 @pytest.fixture(scope="module")
-def tiny_lab():
+def tiny_lab(plugin_kind):
     """One node whose only pool is a /31: the tunnel address and one pod fill it. Plus a disabled pool."""
-    for lab in _lab("pnt-cft", LabSpec(nodes=1, pods_per_node=1, pool="10.250.0.0/31", block_size=31)):
+    for lab in _lab("pnt-cft", LabSpec(nodes=1, pods_per_node=1, pool="10.250.0.0/31", block_size=31), plugin_kind):
         store = open_datastore(lab.datastore_url)
         try:
             Resources(store).apply_pool(IPPool("pnt-off", "10.251.0.0/24", disabled=True))
@@ -754,6 +767,17 @@ def test_fuzz_plugin_executable(lab, fuzz_sandboxes):
     assert all(sandbox_links(x) == ["lo"] for x in fuzz_sandboxes)
 
 
+def test_the_plugin_under_test_is_the_kind_asked_for(lab, plugin_kind):
+    head = open(os.path.join(lab.bin_dir, "podnet"), "rb").read()
+    if plugin_kind == "static":
+        # An ELF executable with no program interpreter (PT_INTERP names one, e.g. /lib64/ld-linux-x86-64.so.2):
+        # it runs on a host with no Python and no C library.
+        assert head[:4] == b"\x7fELF" and b"ld-linux" not in head and b"ld-musl" not in head
+    else:
+        assert head.startswith(b"#!/") and b" -IS\n" in head.split(b"\n", 1)[0] + b"\n"
+
+
+@pytest.mark.parametrize("plugin_kind", ["python"], indirect=True)
 def test_shim_success_path_imports_no_json(lab):
     """The hot path imports nothing beyond the built-in posix and sys, and _socket; not even os; json
     only when an error must be written."""

@@ -15,6 +15,20 @@ from podnet.errors import PodnetError
 
 SHIM = os.path.join(os.path.dirname(install.__file__), "shim.py")
 INTERPRETER = install.fastest_interpreter()
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def static_built():
+    """The static plugin, built by `make plugin` if it is not yet (musl-tools, from make deps)."""
+    if not os.access(install.STATIC_PLUGIN, os.X_OK):
+        proc = subprocess.run(["make", "-C", REPO, "--no-print-directory", "plugin"], capture_output=True, text=True)
+        assert proc.returncode == 0, f"building the static plugin failed: {proc.stdout}{proc.stderr}"
+    return install.STATIC_PLUGIN
+
+
+def _install(tmp_path, kind: str) -> str:
+    return install.install_plugin(str(tmp_path), interpreter=INTERPRETER if kind == "python" else None, kind=kind)
 
 
 def _shim_source() -> str:
@@ -96,13 +110,14 @@ class _FakeAgent:
         self.sock.close()
 
 
+@pytest.mark.parametrize("kind", install.KINDS)
 @pytest.mark.parametrize("spelling", ['"agent_socket": "{a}"', '"agent_socket":"{a}"', '"agent_socket" :\n "{e}"'])
-def test_the_plugin_dials_the_agent_socket_named_in_its_config(tmp_path, spelling):
+def test_the_plugin_dials_the_agent_socket_named_in_its_config(tmp_path, spelling, kind, static_built):
     address = f"@pnt-shim-{uuid.uuid4().hex[:8]}"
     escaped = "".join(f"\\u{ord(c):04x}" if c == "-" else c for c in address)  # the json fallback
     agent = _FakeAgent(address)
     try:
-        plugin = install.install_plugin(str(tmp_path), interpreter=INTERPRETER)
+        plugin = _install(tmp_path, kind)
         config = '{"cniVersion": "1.0.0", "name": "n", "type": "podnet", ' + \
             spelling.format(a=address, e=escaped) + '}'
         env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
@@ -179,3 +194,63 @@ def test_a_chained_plugin_already_in_the_bin_dir_is_kept_as_it_is(tmp_path):
     assert [x["type"] for x in conflist["plugins"]] == ["podnet", "portmap"]
     assert (bin_dir / "portmap").read_text() == "#!/bin/sh\n# the admin's own\n"
     assert "chained portmap: present" in proc.stdout
+
+
+# The static plugin (cni-plugin/podnet-cni.c) -------------------------------------------------------------
+
+
+def test_both_plugins_send_the_same_request_and_repeat_the_answer(tmp_path, static_built):
+    address = f"@pnt-wire-{uuid.uuid4().hex[:8]}"
+    agent = _FakeAgent(address)
+    config = b'{"cniVersion": "1.0.0", "name": "n", "type": "podnet"}'
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
+           "CNI_PATH": "/opt/cni/bin", "CNI_ARGS": "K8S_POD_NAME=\u00e9", "PODNET_AGENT_SOCKET": address, "OTHER": "x"}
+    outs = []
+    try:
+        for kind in install.KINDS:
+            plugin = _install(tmp_path / kind, kind)
+            proc = subprocess.run([plugin], input=config, env=env, capture_output=True, timeout=30)
+            outs.append((proc.returncode, proc.stdout))
+    finally:
+        agent.close()
+    assert outs[0] == outs[1] == (0, b'{"cniVersion": "1.0.0", "ips": []}')
+    static_request, python_request = agent.requests
+    assert static_request == python_request
+    assert b"OTHER" not in static_request and static_request.endswith(config)
+
+
+@pytest.mark.parametrize("kind", install.KINDS)
+def test_both_plugins_answer_alike_without_an_agent(tmp_path, kind, static_built):
+    plugin = _install(tmp_path, kind)
+    config = b'{"cniVersion": "0.4.0", "name": "n", "type": "podnet"}'
+    address = f"@pnt-none-{uuid.uuid4().hex[:8]}"
+    base = {"CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
+            "PODNET_AGENT_SOCKET": address}
+    for command, code in (("ADD", p.TRY_AGAIN_LATER), ("STATUS", p.STATUS_NOT_READY)):
+        proc = subprocess.run([plugin], input=config, env=dict(base, CNI_COMMAND=command), capture_output=True,
+                              timeout=30)
+        assert proc.returncode == 1 and proc.stderr == b""
+        assert json.loads(proc.stdout) == {
+            "cniVersion": "0.4.0", "code": code, "msg": "the podnet agent on this node is not reachable",
+            "details": f"Connection refused at {address}; is `podnet agent` running on this node?"}
+    proc = subprocess.run([plugin], input=config, env=dict(base, CNI_COMMAND="ADD", CNI_ARGS="K8S_POD_NAME=\udcff"),
+                          capture_output=True, timeout=30)
+    assert json.loads(proc.stdout)["code"] == p.INVALID_ENVIRONMENT
+    rc, out, _ = _version(plugin)
+    assert (rc, out) == (0, {"cniVersion": "0.4.0", "supportedVersions": list(p.SUPPORTED_VERSIONS)})
+
+
+def test_the_static_plugin_is_static_and_installed_by_default_when_built(tmp_path, static_built, monkeypatch):
+    monkeypatch.delenv(install.KIND_ENV, raising=False)
+    monkeypatch.delenv(install.INTERPRETER_ENV, raising=False)
+    assert install.plugin_kind() == "static"
+    assert install.plugin_kind(interpreter="/usr/bin/python3") == "python"
+    monkeypatch.setenv(install.KIND_ENV, "python")
+    assert install.plugin_kind() == "python"
+    monkeypatch.delenv(install.KIND_ENV)
+    path = install.install_plugin(str(tmp_path))
+    head = open(path, "rb").read()
+    assert head[:4] == b"\x7fELF" and b"ld-linux" not in head  # no program interpreter: no libc needed
+    assert open(path, "rb").read() == open(static_built, "rb").read() and os.access(path, os.X_OK)
+    with pytest.raises(PodnetError, match="unknown CNI plugin kind"):
+        install.plugin_kind("go")
