@@ -63,10 +63,10 @@ def plugin_kind(kind: str | None = None, interpreter: str | None = None) -> str:
     if kind is None:
         if interpreter or os.environ.get(INTERPRETER_ENV):
             return "python"
-        return "static" if os.access(STATIC_PLUGIN, os.X_OK) else "python"
+        return "static" if os.path.isfile(STATIC_PLUGIN) else "python"
     if kind not in KINDS:
         raise PodnetError(f"unknown CNI plugin kind {kind!r}", "static (the C executable) or python (the shim)")
-    if kind == "static" and not os.access(STATIC_PLUGIN, os.X_OK):
+    if kind == "static" and not os.path.isfile(STATIC_PLUGIN):
         raise PodnetError(f"the static CNI plugin is not built ({STATIC_PLUGIN} is missing)",
                           "run `make` in podnet's source tree (it needs musl-tools), or install the python one")
     return kind
