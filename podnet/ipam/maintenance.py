@@ -44,7 +44,7 @@ class IpamReport:
 def check(ipam: Ipam, resources: Resources) -> IpamReport:
     nodes = {n.name for n in resources.nodes()}
     endpoints = resources.endpoints()
-    containers = explained_handles(endpoints)
+    explained = explained_handles(endpoints)
     report = IpamReport()
     allocated: dict[str, str] = {}
     for block in ipam.blocks():
@@ -52,7 +52,7 @@ def check(ipam: Ipam, resources: Resources) -> IpamReport:
             report.orphan_blocks.append({"cidr": block.cidr, "node": block.node, "in_use": len(block.allocations)})
         for ip, alloc in block.in_use().items():
             allocated[ip] = alloc.handle
-            reason = _leak_reason(alloc.handle, containers, nodes)
+            reason = _leak_reason(alloc.handle, explained, nodes)
             if reason:
                 report.leaked.append({"ip": ip, "handle": alloc.handle, "block": block.cidr,
                                       "node": alloc.attrs.get("node", block.node), "reason": reason,
@@ -105,14 +105,14 @@ class NodeGc:
         """Release leaked pod addresses used by this node once older than the grace period, and
         this node's blocks found empty on two passes in a row."""
         now = time.time() if now is None else now
-        containers = explained_handles(resources.endpoints(self.node))
+        explained = explained_handles(resources.endpoints(self.node))
         released, freed = [], []
         empty_now = set()
         for block in ipam.blocks():
             for ip, alloc in block.in_use().items():
                 if alloc.attrs.get("node", block.node) != self.node:
                     continue
-                if _leak_reason(alloc.handle, containers, {self.node}):
+                if _leak_reason(alloc.handle, explained, {self.node}):
                     age = _age_seconds(alloc.attrs.get("timestamp", ""), now)
                     if age is not None and age >= self.grace_seconds and ipam.release_ip(ip):
                         released.append(ip)

@@ -21,6 +21,7 @@ import pytest
 
 from podnet.cni import protocol as p
 from podnet.datastore.resources import Resources
+from podnet.ipam import Ipam, maintenance
 from podnet.model import WorkloadEndpoint
 from podnet.model.endpoint import endpoint_name, host_veth_name, ipam_handle, owner_mark
 from tests.integration import kernel
@@ -456,6 +457,8 @@ def test_interfaces_of_one_container_are_added_and_deleted_independently(hostile
         assert second.key != eth0.key
         with h.lab.datastore() as store:
             assert Resources(store).endpoint_of(h.node, eth0.cid, ifname).host_interface == second.host_if
+            report = maintenance.check(Ipam(store), Resources(store))  # each address explained by its endpoint
+            assert (report.leaked, report.endpoints_without_ips) == ([], []), report
         assert_works(h, eth0)
         assert_works(h, second)
         assert kernel.ping(h.peer["netns"], second.ip).returncode == 0  # the second interface, from outside
