@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import socket
+import stat
 
 from podnet.errors import PodnetError
 
@@ -36,7 +37,11 @@ def netns_path(name_or_path: str) -> str:
     return name_or_path if "/" in name_or_path else os.path.join(NETNS_RUN_DIR, name_or_path)
 
 
-def open_netns(name_or_path: str) -> int:
+def open_netns(name_or_path: str | int) -> int:
+    """A new descriptor on a namespace: by name or path (trusted callers: the lab, the dataplane's own
+    namespaces), or a copy of an open one (a pod's, as the plugin opened it)."""
+    if isinstance(name_or_path, int):
+        return os.dup(name_or_path)
     path = netns_path(name_or_path)
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -47,14 +52,96 @@ def open_netns(name_or_path: str) -> int:
 
 
 NS_GET_NSTYPE = 0xB703  # ioctl: the CLONE_NEW* type of a namespace file
+NAMESPACE_TYPES = {0x00020000: "mount", 0x02000000: "cgroup", 0x04000000: "uts", 0x08000000: "ipc",
+                   0x10000000: "user", 0x20000000: "pid", CLONE_NEWNET: "network", 0x00000080: "time"}
+
+
+def namespace_type(fd: int) -> str | None:
+    """What kind of namespace an open file is ("network", "mount", ...); None: not a namespace (one ioctl)."""
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        return None
+    return NAMESPACE_TYPES.get(kind, f"type {kind:#x}")
 
 
 def is_netns_fd(fd: int) -> bool:
     """Whether an open file is a network namespace (one ioctl)."""
+    return namespace_type(fd) == "network"
+
+
+class NotANamespace(NamespaceError):
+    """The path exists but is no namespace file (a regular file, directory, FIFO, device, socket)."""
+
+    def __init__(self, path: str, kind: str):
+        super().__init__(f"{path} is a {kind}, not a network namespace")
+        self.kind = kind
+
+
+_KINDS = {stat.S_IFREG: "regular file", stat.S_IFDIR: "directory", stat.S_IFIFO: "FIFO",
+          stat.S_IFCHR: "character device", stat.S_IFBLK: "block device", stat.S_IFSOCK: "socket"}
+
+
+def file_kind(mode: int) -> str:
+    return _KINDS.get(stat.S_IFMT(mode), "special file")
+
+
+def open_namespace_file(path: str) -> int:
+    """Open a namespace file by absolute path without ever blocking or opening anything else: the file
+    is looked at through an O_PATH descriptor (which opens nothing: no FIFO waits, no device acts) and
+    reopened for real only when it lives on nsfs. The caller checks the namespace's type.
+
+    This is the rule the plugin applies in the runtime's mount namespace (cni/wire.py, step by step);
+    here for callers in this process. Raises NamespaceNotFound, NotANamespace or NamespaceError."""
     try:
-        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+        handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NamespaceNotFound(f"network namespace {path} does not exist") from None
+    except OSError as e:
+        raise NamespaceError(f"cannot open network namespace {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(handle)
+        if not stat.S_ISREG(st.st_mode) or st.st_dev != os.stat("/proc/self/ns/net").st_dev:
+            raise NotANamespace(path, file_kind(st.st_mode))
+        try:
+            return os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise NamespaceError(f"cannot open network namespace {path}: {e.strerror}") from None
+    finally:
+        os.close(handle)
+
+
+class NetnsFd(int):
+    """An open namespace descriptor that names itself by the path it was given as (in messages)."""
+
+    path: str
+
+    def __new__(cls, fd: int, path: str):
+        obj = super().__new__(cls, fd)
+        obj.path = path
+        return obj
+
+    def __str__(self) -> str:
+        return self.path
+
+    def __format__(self, spec: str) -> str:
+        return format(self.path, spec)
+
+
+def identity(path_or_fd: str | int) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of a namespace: equal for two handles on the same namespace; None if unreadable."""
+    try:
+        st = os.fstat(path_or_fd) if isinstance(path_or_fd, int) else os.stat(path_or_fd)
     except OSError:
-        return False
+        return None
+    return st.st_dev, st.st_ino
+
+
+def node_namespaces() -> frozenset[tuple[int, int]]:
+    """The network namespaces this process can tell are the node's, never a pod's: its own (the
+    process's and the calling thread's) and PID 1's (the host's, seen from this PID namespace)."""
+    found = (identity(p) for p in ("/proc/self/ns/net", "/proc/thread-self/ns/net", "/proc/1/ns/net"))
+    return frozenset(i for i in found if i is not None)
 
 
 def _setns(fd: int, what: str) -> None:

@@ -11,6 +11,7 @@ when a later step fails.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -24,7 +25,9 @@ from podnet.cni import protocol as p
 from podnet.cni import requestlog
 from podnet.cni.protocol import CniError, Request
 from podnet.dataplane import pod, rtnl
-from podnet.netns import NamespaceError, NamespaceNotFound, is_netns_fd, open_netns
+from podnet import netns as ns
+from podnet.netns import NamespaceError, NamespaceNotFound
+from podnet.cni import wire
 from podnet.datastore.api import DatastoreError, DatastoreUnavailable
 from podnet.datastore.resources import Resources
 from podnet.errors import PodnetError
@@ -49,15 +52,27 @@ class NodeContext:
     metrics: object | None = None  # AgentMetrics: observe_cni(command, ok, seconds), observe_ipam(ok)
     workers: Executor | None = None  # overlaps an ADD's IPAM with its kernel work; None: one after the other
     fenced: Callable[[], str | None] | None = None  # why this node may serve no ADD (deleted), else None
+    # The node's own network namespaces (st_dev, st_ino), never a pod's: see resolve_netns.
+    node_netns: frozenset = dataclasses.field(default_factory=ns.node_namespaces)
 
 
-def handle(ctx: NodeContext, env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
-    """Run one CNI request; returns (exit code, stdout). Never raises."""
+def handle(ctx: NodeContext, env: dict[str, str], stdin: bytes, netns: "GivenNetns | None" = None,
+           peer_pid: int | None = None) -> tuple[int, bytes]:
+    """Run one CNI request; returns (exit code, stdout). Never raises.
+
+    netns: CNI_NETNS as the plugin resolved it (wire.py); the descriptor stays the caller's. None (for
+    callers in this process, such as tests): resolved here by the plugin's rule. peer_pid: the
+    plugin's process, whose network namespace (the runtime's) is never a pod's."""
     started = time.perf_counter()
     command = env.get("CNI_COMMAND", "?")
     req = None
+    opened = None
     try:
         req = p.parse_request(env, stdin)
+        if req.command in NETNS_COMMANDS:
+            if netns is None:
+                netns = opened = GivenNetns.resolve(req.netns)
+            req.netns_fd = resolve_netns(ctx, req, netns, peer_pid)
         out = _dispatch(ctx, req)
         code, body = 0, (json.dumps(out).encode() if out is not None else b"")
     except Exception as e:
@@ -67,6 +82,9 @@ def handle(ctx: NodeContext, env: dict[str, str], stdin: bytes) -> tuple[int, by
             log.exception("CNI %s %s failed unexpectedly", command, env.get("CNI_CONTAINERID", ""))
         else:
             log.warning("CNI %s %s failed: %s", command, env.get("CNI_CONTAINERID", ""), err)
+    finally:
+        if opened is not None:
+            opened.close()
     if req is not None and req.config.get("log_file_path"):
         _record(req, code, body, time.perf_counter() - started)
     if ctx.metrics is not None:
@@ -179,6 +197,101 @@ def store_facts(store) -> p.StoreFacts:
         return p.StoreFacts("etcd", endpoints=tuple(endpoints),
                             client_cert=bool(getattr(store, "client_certificate", False)))
     return p.StoreFacts("sqlite", path=str(getattr(store, "path", "")))
+# The pod's namespace ------------------------------------------------------------------------------------
+
+NETNS_COMMANDS = ("ADD", "DEL", "CHECK")
+
+
+@dataclass
+class GivenNetns:
+    """CNI_NETNS as the plugin resolved it in the runtime's mount namespace: a wire.py token and, for
+    "fd", the descriptor it sent."""
+
+    token: str
+    fd: int | None = None
+
+    @classmethod
+    def resolve(cls, path: str) -> "GivenNetns":
+        """The plugin's rule (wire.py, steps 1-5), applied in this process: for callers that run
+        requests in-process (tests). close() the result."""
+        if not path:
+            return cls(wire.NETNS_UNSET)
+        if not path.startswith("/"):
+            return cls(wire.NETNS_RELATIVE)
+        try:
+            return cls(wire.NETNS_FD, ns.open_namespace_file(path))
+        except ns.NotANamespace as e:
+            return cls(wire.NETNS_NOT_NSFS + e.kind)
+        except NamespaceNotFound:
+            return cls(f"{wire.NETNS_ERRNO}{errno.ENOENT}")
+        except NamespaceError:
+            return cls(f"{wire.NETNS_ERRNO}{errno.EACCES}")
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def resolve_netns(ctx: NodeContext, req: Request, given: GivenNetns, peer_pid: int | None = None) -> ns.NetnsFd | None:
+    """The pod's network namespace for ADD, DEL and CHECK alike, or the spec error that refuses it.
+
+    One rule for the three commands: CNI_NETNS is an absolute path (the spec says a path; a bare
+    name is not looked up in /run/netns, by any command). The descriptor the plugin opened is used,
+    never the path. DEL is best effort: an unset CNI_NETNS, or a path that no longer holds a
+    namespace (gone, or the file left where it was mounted), gives None, and DEL cleans the host side.
+
+    Code 4 (invalid environment variables), not 7, for every namespace refused here: what is wrong is
+    the value of the variable CNI_NETNS, not the network configuration, and the spec's 4 names the
+    variable in its message. That includes a namespace of the node itself (the agent's own, the
+    runtime's, PID 1's): ADD would turn the node into the pod (its default route, its addresses) and
+    DEL would delete the node's CNI_IFNAME, so the request is refused before anything is looked at.
+    3 (container unknown) only when the path does not exist for ADD and CHECK: nothing to clean up.
+    """
+    path, token, delete = req.netns, given.token, req.command == "DEL"
+    if token == wire.NETNS_UNSET:
+        if delete:
+            return None
+        raise CniError(p.INVALID_ENVIRONMENT, f"CNI_NETNS is required for {req.command} but is not set")
+    if token == wire.NETNS_RELATIVE:
+        raise CniError(p.INVALID_ENVIRONMENT, f"CNI_NETNS {path!r} is not an absolute path",
+                       "give the path of the network namespace, e.g. /run/netns/<name>; names are not looked up")
+    if token.startswith(wire.NETNS_ERRNO):
+        number = token[len(wire.NETNS_ERRNO):]
+        code = int(number) if number.isdigit() else 0
+        if code in (errno.ENOENT, errno.ENOTDIR):
+            if delete:
+                return None
+            raise CniError(p.CONTAINER_UNKNOWN, f"CNI_NETNS: network namespace {path} does not exist",
+                           "the sandbox's network namespace is gone")
+        raise CniError(p.INVALID_ENVIRONMENT, f"CNI_NETNS {path} cannot be opened: "
+                                              f"{os.strerror(code) if code else token}")
+    if token.startswith(wire.NETNS_NOT_NSFS):
+        if delete:
+            return None
+        kind = token[len(wire.NETNS_NOT_NSFS):]
+        raise CniError(p.INVALID_ENVIRONMENT, f"CNI_NETNS {path} is not a network namespace",
+                       f"it is a {_FILE_KINDS.get(kind, kind)}; give the path of a network namespace, "
+                       "e.g. /run/netns/<name> or /proc/<pid>/ns/net")
+    if token != wire.NETNS_FD or given.fd is None:
+        raise CniError(p.INVALID_ENVIRONMENT, f"the plugin resolved CNI_NETNS {path} as {token!r}, which "
+                                              "this agent does not understand", "run `podnet install-cni` again")
+    kind = ns.namespace_type(given.fd)
+    if kind != "network":
+        raise CniError(p.INVALID_ENVIRONMENT, f"CNI_NETNS {path} is not a network namespace",
+                       f"it is a {kind} namespace" if kind else "it is not a namespace file")
+    node_netns = ctx.node_netns
+    if peer_pid:
+        node_netns = node_netns | {ns.identity(f"/proc/{peer_pid}/ns/net")}
+    if ns.identity(given.fd) in node_netns:
+        raise CniError(p.INVALID_ENVIRONMENT, f"CNI_NETNS {path} is the node's own network namespace",
+                       f"podnet never {'deletes' if delete else 'configures'} anything in the node's namespace; "
+                       "give the pod sandbox's namespace")
+    return ns.NetnsFd(given.fd, path)
+
+
+_FILE_KINDS = {"regular": "regular file", "char": "character device", "block": "block device",
+               "fifo": "FIFO", "other": "special file"}
 
 
 # ADD --------------------------------------------------------------------------------------------------
@@ -188,17 +301,7 @@ def add(ctx: NodeContext, req: Request) -> dict:
     if not ctx.ready():
         raise CniError(p.TRY_AGAIN_LATER, "the podnet agent on this node is still starting", "retry in a moment")
     _refuse_if_fenced(ctx, p.NODE_NOT_REGISTERED)
-    try:
-        netns_fd = open_netns(req.netns)  # fail early (code 3) when the sandbox is gone
-    except NamespaceNotFound as e:
-        raise CniError(p.CONTAINER_UNKNOWN, e.message) from None
-    try:
-        if not is_netns_fd(netns_fd):
-            raise NamespaceError(f"{req.netns} is not a network namespace",
-                                 "CNI_NETNS must name a network namespace, e.g. /run/netns/<name>")
-        return _add(ctx, req, netns_fd)
-    finally:
-        os.close(netns_fd)
+    return _add(ctx, req, req.netns_fd)
 
 
 def _add(ctx: NodeContext, req: Request, netns_fd: int) -> dict:
@@ -385,23 +488,11 @@ def delete(ctx: NodeContext, req: Request) -> None:
     by the attachment's own IPAM handle."""
     ep = ctx.resources.endpoint_of(ctx.node, req.container_id, req.ifname)
     if ep is not None:
-        netns = req.netns if req.netns and _is_netns(req.netns) else None  # a sandbox already gone is fine
-        pod.detach(ctx.host, ep.host_interface, ep.owner_mark, ep.mac, netns, req.ifname)
+        # req.netns_fd is None when the sandbox is already gone: then only the host side is cleaned.
+        pod.detach(ctx.host, ep.host_interface, ep.owner_mark, ep.mac, req.netns_fd, req.ifname)
     ctx.ipam.release_handle(ipam_handle(req.container_id, req.ifname))
     if ep is not None:
         ctx.resources.delete_endpoint(ctx.node, ep.key_name, ep.revision)
-
-
-def _is_netns(path: str) -> bool:
-    """Whether path is (still) a network namespace: missing paths and other files are not."""
-    try:
-        fd = open_netns(path)
-    except (NamespaceNotFound, NamespaceError):
-        return False
-    try:
-        return is_netns_fd(fd)
-    finally:
-        os.close(fd)
 
 
 # CHECK ------------------------------------------------------------------------------------------------
@@ -425,7 +516,7 @@ def check(ctx: NodeContext, req: Request) -> None:
                        "it was released behind the runtime's back; recreate the pod")
     ipv4 = next((c.split("/")[0] for c in ep.ips if ":" not in c), None)
     ipv6 = next((c.split("/")[0] for c in ep.ips if ":" in c), None)
-    problems = pod.inspect(ctx.host, req.netns, ep.host_interface, req.ifname, ipv4, ipv6,
+    problems = pod.inspect(ctx.host, req.netns_fd, ep.host_interface, req.ifname, ipv4, ipv6,
                            owner=None if ep.legacy else ep.owner_mark, pod_mac=ep.mac or None)
     if problems:
         raise CniError(p.CHECK_FAILED, "; ".join(problems))

@@ -59,9 +59,11 @@ REQUIRED_ENV = {
     "VERSION": (),
 }
 
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# Matched with fullmatch(): "$" would also match before a final newline, which the spec's set excludes.
+_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", re.ASCII)
 _NETWORK_NAME = _CONTAINER_ID  # the spec words both the same way
-_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+_VERSION = re.compile(r"\d+\.\d+\.\d+", re.ASCII)
+IFNAMSIZ = 16  # the kernel's, with the terminating NUL
 KNOWN_ARGS = {"IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID",
               "IPV4POOLS", "IPV6POOLS", "IP"}
 _BOOLS = {"1": True, "true": True, "0": False, "false": False}  # as libcni's UnmarshallableBool reads them
@@ -129,6 +131,7 @@ class Request:
     path: str
     config: dict
     raw_config: bytes = b""
+    netns_fd: int | None = None  # the pod's namespace as the agent resolved it (handler.resolve_netns)
 
     @property
     def version(self) -> str:
@@ -201,16 +204,13 @@ def parse_request(env: dict[str, str], stdin: bytes) -> Request:
         if not env.get(var):
             raise CniError(INVALID_ENVIRONMENT, f"{var} is required for {command} but is not set")
     cid = env.get("CNI_CONTAINERID", "")
-    if cid and not _CONTAINER_ID.match(cid):
+    if cid and not _CONTAINER_ID.fullmatch(cid):
         raise CniError(INVALID_ENVIRONMENT, f"CNI_CONTAINERID {cid!r} is not a valid container id",
                        "letters, digits, '_', '.' and '-', starting with a letter or digit")
     ifname = env.get("CNI_IFNAME", "")
     if ifname:
         check_ifname(ifname)
-    netns = env.get("CNI_NETNS", "")
-    if netns and command in ("ADD", "CHECK") and not netns.startswith("/"):
-        raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS {netns!r} is not an absolute path",
-                       "give the path of the network namespace, e.g. /run/netns/<name>")
+    netns = env.get("CNI_NETNS", "")  # checked, and opened by the plugin, in handler.resolve_netns
     args = parse_args(env.get("CNI_ARGS", ""))
     infra = args.get("K8S_POD_INFRA_CONTAINER_ID")
     if infra and cid and infra != cid and command in ("ADD", "CHECK"):
@@ -235,11 +235,12 @@ def parse_request(env: dict[str, str], stdin: bytes) -> Request:
 
 
 def check_ifname(ifname: str) -> None:
-    """As the kernel (and libcni's ValidateInterfaceName) accepts interface names."""
-    if (len(ifname) > 15 or ifname in (".", "..") or "/" in ifname or ":" in ifname
-            or any(c.isspace() for c in ifname)):
+    """As the kernel (dev_valid_name) and libcni's ValidateInterfaceName accept interface names: the
+    length counts bytes (UTF-8), not characters."""
+    if (len(ifname.encode("utf-8", "surrogateescape")) >= IFNAMSIZ or ifname in (".", "..") or "/" in ifname
+            or ":" in ifname or any(c.isspace() for c in ifname)):
         raise CniError(INVALID_ENVIRONMENT, f"CNI_IFNAME {ifname!r} is not a valid interface name",
-                       "at most 15 characters, no '/', ':' or spaces, not '.' or '..'")
+                       f"at most {IFNAMSIZ - 1} bytes, no '/', ':' or white space, not '.' or '..'")
 
 
 def _version_input(stdin: bytes) -> dict:
@@ -265,7 +266,7 @@ def parse_config(raw: bytes) -> dict:
     if "cniVersion" not in config:
         raise CniError(INVALID_CONFIG, "cniVersion is missing from the network configuration")
     version = config["cniVersion"]
-    if not isinstance(version, str) or not _VERSION.match(version):
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
         raise CniError(INVALID_CONFIG, f"cniVersion must be a version string such as \"1.0.0\", not {version!r}")
     if version not in SUPPORTED_VERSIONS:
         raise CniError(INCOMPATIBLE_VERSION, f"cniVersion {version} is not supported",
@@ -276,7 +277,7 @@ def parse_config(raw: bytes) -> dict:
     for key in ("name", "type"):
         if not isinstance(config.get(key), str) or not config[key]:
             raise CniError(INVALID_CONFIG, f"network configuration field {key!r} must be a non-empty string")
-    if not _NETWORK_NAME.match(config["name"]):
+    if not _NETWORK_NAME.fullmatch(config["name"]):
         raise CniError(INVALID_CONFIG, f"network name {config['name']!r} is not valid",
                        "letters, digits, '_', '.' and '-', starting with a letter or digit")
     _check_types(config)

@@ -147,7 +147,7 @@ class Hostile:
     def __init__(self, lab: Lab, node: str = "node-1"):
         self.lab = lab
         self.node = node
-        pods = lab.status()["pods"]
+        pods = lab.state["pods"]  # name, node, netns, ip, container_id, ifname, host_interface
         self.bystander = next(p for p in pods if p["node"] == node)
         self.peer = next(p for p in pods if p["node"] != node)
         self._sandboxes: list[str] = []

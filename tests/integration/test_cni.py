@@ -167,13 +167,13 @@ def test_bad_input_is_a_spec_error_and_leaves_nothing(lab, sandbox, case):
     assert footprint(lab) == before
 
 
-def test_failure_after_allocation_gives_the_address_back(lab, tmp_path):
-    """A netns path that is not a namespace fails inside the dataplane, after IPAM allocated."""
+def test_a_file_that_is_no_namespace_is_refused_before_anything_is_taken(lab, tmp_path):
+    """The plugin finds a regular file is not a namespace before IPAM allocates: code 4 (CNI_NETNS)."""
     before = footprint(lab)
     not_a_netns = tmp_path / "not-a-netns"
     not_a_netns.write_text("")
     code, out = run_plugin(lab, "node-1", env_for(lab, "ADD", str(not_a_netns)), json.dumps(config()).encode())
-    assert code != 0 and out["code"] >= 100
+    assert code != 0 and out["code"] == 4 and "CNI_NETNS" in out["msg"]
     assert footprint(lab) == before
 
 

@@ -404,7 +404,7 @@ BAD = [
     # The sandbox, the pools, the datastore, the agent
     Bad("missing-netns", 3, r"network namespace /run/netns/pnt-cf-nonexistent does not exist",
         env={"CNI_NETNS": "/run/netns/pnt-cf-nonexistent"}),
-    Bad("not-a-netns", 103, r"not-a-netns is not a network namespace", scenario="regular-file-netns"),
+    Bad("not-a-netns", 4, r"CNI_NETNS .*not-a-netns is not a network namespace", scenario="regular-file-netns"),
     Bad("ifname-taken", 101, r"interface eth0 already exists", scenario="eth0-taken"),
     Bad("unknown-pool", 102, r"IPv4 pool 'nope' does not exist",
         stdin=dict(GOOD, ipam={"type": "podnet-ipam", "ipv4_pools": ["nope"]})),

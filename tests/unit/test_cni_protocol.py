@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 
+from podnet.cni import handler, wire
 from podnet.cni import protocol as p
 from podnet.cni.protocol import CniError
 
@@ -81,9 +83,43 @@ def test_an_interface_name_of_15_characters_is_fine():
     assert p.parse_request(env(CNI_IFNAME="x" * 15), conf()).ifname == "x" * 15
 
 
-def test_netns_must_be_a_path_for_add():
-    e = error_of(p.parse_request, env(CNI_NETNS="mynetns"), conf())
+@pytest.mark.parametrize("command", ["ADD", "CHECK", "DEL"])
+def test_netns_must_be_a_path_for_every_command(command):
+    """One rule for the three: a bare name is not looked up in /run/netns by any of them."""
+    req = p.parse_request(env(command, CNI_NETNS="mynetns"), conf(prevResult={}) if command == "CHECK" else conf())
+    given = handler.GivenNetns.resolve(req.netns)
+    assert given.token == wire.NETNS_RELATIVE and given.fd is None
+    e = error_of(handler.resolve_netns, SimpleNamespace(node_netns=frozenset()), req, given)
     assert e.code == p.INVALID_ENVIRONMENT and "absolute path" in e.msg
+
+
+@pytest.mark.parametrize("value", ["abc\n", "abc\r", "\nabc", "ab c", "ab/c", "-abc", "_abc", ".abc", "abc\u00e9",
+                                   "\u0661\u0662", "abc\x00"])
+def test_container_ids_outside_the_spec_set(value):
+    e = error_of(p.parse_request, env(CNI_CONTAINERID=value), conf())
+    assert e.code == p.INVALID_ENVIRONMENT and "CNI_CONTAINERID" in e.msg
+
+
+@pytest.mark.parametrize("value", ["net\n", "net\r\n", "n et", "net/1", "-net", "n\u00e9t", "\u0663net"])
+def test_network_names_outside_the_spec_set(value):
+    e = error_of(p.parse_request, env(), conf(name=value))
+    assert e.code == p.INVALID_CONFIG and "network name" in e.msg
+
+
+def test_cniversion_with_a_trailing_newline():
+    assert error_of(p.parse_request, env(), conf(cniVersion="1.0.0\n")).code == p.INVALID_CONFIG
+
+
+@pytest.mark.parametrize("ifname", ["\u00e9" * 8, "\u00e9" * 10, "x" * 14 + "\u00e9", "\u20ac" * 5 + "x",
+                                    "eth\u00a00", "eth\u20030", "eth0\n", "\v", "eth\x0c0"])
+def test_interface_names_are_measured_in_bytes_and_refuse_any_white_space(ifname):
+    e = error_of(p.parse_request, env(CNI_IFNAME=ifname), conf())
+    assert e.code == p.INVALID_ENVIRONMENT and "CNI_IFNAME" in e.msg
+
+
+@pytest.mark.parametrize("ifname", ["\u00e9" * 7 + "x", "x" * 13 + "\u00e9", "eth0.100", "net-1_a"])
+def test_interface_names_of_at_most_15_bytes(ifname):
+    assert p.parse_request(env(CNI_IFNAME=ifname), conf()).ifname == ifname
 
 
 @pytest.mark.parametrize("command", ["", "add", "FROB", "INIT"])
