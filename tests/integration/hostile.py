@@ -147,7 +147,9 @@ class Hostile:
     def __init__(self, lab: Lab, node: str = "node-1"):
         self.lab = lab
         self.node = node
-        pods = lab.state["pods"]  # name, node, netns, ip, container_id, ifname, host_interface
+        # lab status (name, node, netns, ip, interface...) and the lab's own record (container_id, ifname)
+        recorded = {p["name"]: p for p in lab.state["pods"]}
+        pods = [{**p, **recorded.get(p["name"], {})} for p in lab.status()["pods"]]
         self.bystander = next(p for p in pods if p["node"] == node)
         self.peer = next(p for p in pods if p["node"] != node)
         self._sandboxes: list[str] = []
