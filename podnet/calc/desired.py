@@ -133,6 +133,11 @@ def remote_node_entries(ctx: FamilyContext, node: Node, blocks: Iterable[str],
     fam, dev = ctx.fam, ctx.dev
     if not ctx.ready(node):
         return set(), set(), set()
+    if ctx.device is not None and ctx.every_block_always and not borrowed:
+        # The common case, on every node of the cluster at start: no mode to look up.
+        tunnel, mac = fam.tunnel(node), fam.mac(node)
+        return ({Route(cidr, tunnel, dev, True) for cidr in blocks if _version(cidr) == fam.version},
+                {Neighbour(tunnel, mac, dev)}, {FdbEntry(mac, fam.ip(node), dev)})
     routes: set[Route] = set()
     same_subnet: list[bool] = []
 

@@ -65,7 +65,6 @@ class DesiredIndex:
     def __init__(self):
         self.contexts: tuple[FamilyContext, ...] = ()
         self.by_node: dict[str, Entries] = {}
-        self._owner: dict[tuple[str, object], str] = {}  # (table, key) -> the node whose entry it is
 
     @property
     def devices(self) -> tuple[VxlanDevice, ...]:
@@ -108,35 +107,39 @@ class DesiredIndex:
 
     def update(self, name: str, node: Node | None, blocks: Iterable[str] = (), borrowed: Iterable[str] = (),
                delta: Delta | None = None) -> Delta:
-        """Recompute one node's entries (node None: it is gone); add the changes to `delta`."""
+        """Recompute one node's entries (node None: it is gone); add the changes to `delta`.
+        Keys are the node's own (its blocks, its tunnel address, its VTEP MAC): IPAM gives a block
+        to one node only, so two nodes never bring the same key."""
         delta = delta if delta is not None else Delta()
-        old = self.by_node.get(name) or Entries()
+        old = self.by_node.get(name)
         new = self.entries_of(node, blocks, borrowed)
-        if len(new):
+        if new.routes or new.neighbours or new.fdb:
             self.by_node[name] = new
         else:
             self.by_node.pop(name, None)
-        for table in ("routes", "neighbours", "fdb"):
-            was, now = getattr(old, table), getattr(new, table)
+        if old is None:  # a node seen for the first time (all of them at start): everything is new
+            delta.set.routes.update(new.routes)
+            delta.set.neighbours.update(new.neighbours)
+            delta.set.fdb.update(new.fdb)
+            return delta
+        for was, now, into_set, into_delete in (
+                (old.routes, new.routes, delta.set.routes, delta.delete.routes),
+                (old.neighbours, new.neighbours, delta.set.neighbours, delta.delete.neighbours),
+                (old.fdb, new.fdb, delta.set.fdb, delta.delete.fdb)):
             for key, entry in now.items():
-                owner = self._owner.get((table, key))
-                if owner is not None and owner != name and owner in self.by_node:
-                    continue  # another node already brings this key (a conflict in the datastore)
-                self._owner[(table, key)] = name
                 if was.get(key) != entry:
-                    getattr(delta.set, table)[key] = entry
+                    into_set[key] = entry
+                    into_delete.pop(key, None)
             for key, entry in was.items():
-                if key not in now and self._owner.get((table, key)) == name:
-                    del self._owner[(table, key)]
-                    getattr(delta.delete, table)[key] = entry
+                if key not in now:
+                    into_delete[key] = entry
         return delta
 
     def desired(self) -> Entries:
         """Every desired entry (for a tracker's replace_desired)."""
         out = Entries()
-        for table in ("routes", "neighbours", "fdb"):
-            merged = getattr(out, table)
-            for (t, key), owner in self._owner.items():
-                if t == table:
-                    merged[key] = getattr(self.by_node[owner], table)[key]
+        for e in self.by_node.values():
+            out.routes.update(e.routes)
+            out.neighbours.update(e.neighbours)
+            out.fdb.update(e.fdb)
         return out
