@@ -8,7 +8,6 @@ dataplane layer turns into netlink requests.
 from podnet.calc.state import DesiredState, FdbEntry, Neighbour, Route, VxlanDevice
 from podnet.calc.config import VxlanConfig
 from podnet.calc.desired import compute_desired
-from podnet.calc.diff import ChangeSet, diff_state
 
 __all__ = [
     "DesiredState",
@@ -18,6 +17,4 @@ __all__ = [
     "VxlanDevice",
     "VxlanConfig",
     "compute_desired",
-    "ChangeSet",
-    "diff_state",
 ]

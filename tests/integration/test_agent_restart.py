@@ -77,7 +77,7 @@ def test_underlay_address_change_moves_every_fdb_entry(lab_factory, datastore):
             time.sleep(0.01)
         assert moved(), f"{other}: FDB for node-2 is {[f for f in kernel.fdb(ns) if f['mac'] == mac]}"
     print(f"FDB entries followed in {1e3 * (time.monotonic() - started):.0f} ms")  # measured by make bench too
-    # node-2 recreates its own vxlan.calico with the new local address; then pods reach it again.
+    # node-2 changes its own vxlan.calico's local address in place; pods reach it again.
     a = next(p for p in lab.status()["pods"] if p["node"] == "node-1")
     b = next(p for p in lab.status()["pods"] if p["node"] == "node-2")
     deadline = time.monotonic() + 5

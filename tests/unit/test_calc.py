@@ -9,7 +9,6 @@ The expected entries are written out literally in the seed article's form:
 import pytest
 
 from podnet.calc import (
-    ChangeSet,
     DesiredState,
     FdbEntry,
     Neighbour,
@@ -17,7 +16,6 @@ from podnet.calc import (
     VxlanConfig,
     VxlanDevice,
     compute_desired,
-    diff_state,
 )
 from podnet.model import Node, vtep_mac
 
@@ -330,114 +328,3 @@ def test_config_bounds_are_inclusive(kwargs):
 def test_config_out_of_range_rejected(kwargs, words):
     with pytest.raises(ValueError, match=words):
         VxlanConfig(**kwargs)
-
-
-# diff_state ---------------------------------------------------------------------------
-
-
-def diff(want: DesiredState, have: DesiredState) -> ChangeSet:
-    return diff_state(want.routes, have.routes, want.neighbours, have.neighbours, want.fdb, have.fdb)
-
-
-def test_diff_of_equal_states_is_empty():
-    cs = diff(desired(), desired())
-    assert cs == ChangeSet()
-    assert cs.empty and cs.size == 0 and cs.describe() == []
-
-
-def test_diff_against_nothing_adds_everything():
-    want = desired()
-    cs = diff_state(want.routes, [], want.neighbours, [], want.fdb, [])
-    assert set(cs.routes_set) == want.routes
-    assert set(cs.neigh_set) == want.neighbours
-    assert set(cs.fdb_add) == want.fdb
-    assert not (cs.routes_del or cs.neigh_del or cs.fdb_del)
-    assert cs.size == 3 + 2 + 2 and not cs.empty
-
-
-def test_route_whose_gateway_changed_is_replaced_not_deleted():
-    old = Route("100.76.131.0/26", "100.76.131.3", DEV, True)
-    new = Route("100.76.131.0/26", "100.76.131.9", DEV, True)
-    cs = diff_state([new], [old], [], [], [], [])
-    assert cs.routes_set == (new,)
-    assert cs.routes_del == ()
-    assert cs.size == 1
-
-
-def test_route_that_became_a_blackhole_is_replaced():
-    old = Route("100.76.131.0/26", "100.76.131.3", DEV, True)
-    new = Route("100.76.131.0/26", blackhole=True)
-    cs = diff_state([new], [old], [], [], [], [])
-    assert (cs.routes_set, cs.routes_del) == ((new,), ())
-
-
-def test_stale_entries_are_deleted():
-    want = desired(nodes=(LOCAL, SEED_REMOTE), affinities=AFFINITIES[:2])
-    have = desired()  # still holds node-c
-    c_mac = vtep_mac("node-c")
-    cs = diff(want, have)
-    assert cs.routes_del == (Route("100.77.0.0/26", "100.77.0.1", DEV, True),)
-    assert cs.neigh_del == (Neighbour("100.77.0.1", c_mac, DEV),)
-    assert cs.fdb_del == (FdbEntry(c_mac, "172.31.0.12", DEV),)
-    assert cs.routes_set == () and cs.neigh_set == () and cs.fdb_add == ()
-    assert cs.size == 3
-
-
-def test_neighbour_with_changed_mac_is_replaced_not_deleted():
-    old = Neighbour("100.76.131.3", "66:1e:13:c0:bc:a9", DEV)
-    new = Neighbour("100.76.131.3", "66:00:00:00:00:01", DEV)
-    cs = diff_state([], [], [new], [old], [], [])
-    assert cs.neigh_set == (new,)
-    assert cs.neigh_del == ()
-
-
-def test_neighbours_on_other_devices_are_distinct():
-    a = Neighbour("100.76.131.3", "66:1e:13:c0:bc:a9", DEV)
-    b = Neighbour("100.76.131.3", "66:1e:13:c0:bc:a9", "vxlan-v6.calico")
-    cs = diff_state([], [], [a], [b], [], [])
-    assert cs.neigh_set == (a,)
-    assert cs.neigh_del == (b,)
-
-
-def test_fdb_with_changed_dst_is_one_add_and_one_delete():
-    # A node recreated with a new underlay IP (calico issue 7281: stale FDB entries must go).
-    old = FdbEntry("66:1e:13:c0:bc:a9", "172.29.236.164", DEV)
-    new = FdbEntry("66:1e:13:c0:bc:a9", "172.29.236.200", DEV)
-    cs = diff_state([], [], [], [], [new], [old])
-    assert cs.fdb_add == (new,)
-    assert cs.fdb_del == (old,)
-    assert cs.size == 2
-
-
-def test_diff_outputs_are_sorted_tuples():
-    want = [Route(f"10.244.{i}.0/26", f"10.244.{i}.1", DEV, True) for i in (5, 1, 3)]
-    cs = diff_state(want, [], [], [], [], [])
-    assert isinstance(cs.routes_set, tuple)
-    assert list(cs.routes_set) == sorted(want)
-
-
-def test_changeset_describe_size_and_empty():
-    r_new = Route("100.76.131.0/26", "100.76.131.3", DEV, True)
-    r_old = Route("100.78.0.0/26", "100.78.0.1", DEV, True)
-    n_new = Neighbour("100.76.131.3", "66:1e:13:c0:bc:a9", DEV)
-    n_old = Neighbour("100.78.0.1", "66:00:00:00:00:02", DEV)
-    f_new = FdbEntry("66:1e:13:c0:bc:a9", "172.29.236.164", DEV)
-    f_old = FdbEntry("66:00:00:00:00:02", "172.29.0.9", DEV)
-    cs = diff_state([r_new], [r_old], [n_new], [n_old], [f_new], [f_old])
-    assert cs.size == 6 and not cs.empty
-    assert cs.describe() == [
-        "route + 100.76.131.0/26 via 100.76.131.3 dev vxlan.calico onlink",
-        "route - 100.78.0.0/26 via 100.78.0.1 dev vxlan.calico onlink",
-        "neigh + 100.76.131.3 dev vxlan.calico lladdr 66:1e:13:c0:bc:a9 PERMANENT",
-        "neigh - 100.78.0.1 dev vxlan.calico lladdr 66:00:00:00:00:02 PERMANENT",
-        "fdb + 66:1e:13:c0:bc:a9 dev vxlan.calico dst 172.29.236.164 self permanent",
-        "fdb - 66:00:00:00:00:02 dev vxlan.calico dst 172.29.0.9 self permanent",
-    ]
-
-
-@pytest.mark.parametrize("field", ["routes_set", "routes_del", "neigh_set", "neigh_del", "fdb_add", "fdb_del"])
-def test_changeset_with_one_entry_in_any_field_is_not_empty(field):
-    cs = ChangeSet(**{field: (object(),)})
-    assert not cs.empty
-    assert cs.size == 1
-    assert ChangeSet().empty
