@@ -74,6 +74,8 @@ VIEWS: dict[str, View] = {
     "IPAMConfiguration": View(
         (("NAME", lambda i, c: i.name), ("STRICT-AFFINITY", lambda i, c: i.strict_affinity),
          ("MAX-BLOCKS-PER-HOST", lambda i, c: i.max_blocks_per_host))),
+    "IPReservation": View(
+        (("NAME", lambda r, c: r.name), ("RESERVED-CIDRS", lambda r, c: _join(r.reserved_cidrs)))),
     "IPAMBlock": View(
         (("CIDR", lambda b, c: b.cidr), ("AFFINITY", lambda b, c: b.affinity),
          ("IN-USE", lambda b, c: len(b.allocations)), ("FREE", lambda b, c: b.free)),

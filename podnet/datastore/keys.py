@@ -10,10 +10,15 @@ POOLS = ROOT + "resources/v3/ippools/"
 NODES = ROOT + "resources/v3/nodes/"
 ENDPOINTS = ROOT + "resources/v3/workloadendpoints/"
 AGENT_CONFIGS = ROOT + "resources/v3/agentconfigurations/"
+IP_RESERVATIONS = ROOT + "resources/v3/ipreservations/"
 CONFIG = ROOT + "config/"
 IPAM = ROOT + "ipam/v2/"
 HANDLES = IPAM + "handle/"
 IPAM_CONFIG = IPAM + "config"
+# Every reserved network of every IPReservation in one record, written with them: IPAM reads it in
+# the same round trip as the pools and compares its revision, so a reservation made during an
+# allocation makes that allocation retry rather than hand out a newly reserved address.
+RESERVED = IPAM + "reserved"
 AFFINITY = IPAM + "host/"
 PODS = ROOT + "resources/v3/pods/"  # v1 Pods' labels and named ports, as kube-controllers would sync them
 NAMESPACES = ROOT + "resources/v3/namespaces/"

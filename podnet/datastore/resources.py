@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from podnet.datastore import keys
-from podnet.datastore.api import Datastore, ModRevisionIs, Put
+from podnet.datastore.api import Datastore, Delete, ModRevisionIs, Put
 from podnet.errors import PodnetError
 from podnet.model import Block, IPPool, Node, WorkloadEndpoint
 from podnet.model.agentconfig import AgentConfiguration
 from podnet.model.ipamconfig import IPAMConfiguration
+from podnet.model.ipreservation import IPReservation, encode_index
 from podnet.model.endpoint import endpoint_name, legacy_endpoint_name
 from podnet.model.kinds import Kind
 from podnet.model.errors import ValidationError
@@ -42,6 +43,9 @@ class Storage:
     # The keys a (name, namespace) may be stored under, for kinds whose key needs more than the name.
     keys_of: Callable[[str, str], list[str]] | None = None
     encode: Callable[[object], bytes] = lambda r: _dump(r.to_manifest())
+    # A record derived from every resource of the kind, rewritten in the same transaction as any
+    # change to one of them: (its key, how it is computed from all of them).
+    index: tuple[str, Callable[[list], bytes]] | None = None
 
 
 def _dump(doc: dict) -> bytes:
@@ -82,6 +86,8 @@ STORAGE: dict[str, Storage] = {
                                 name=lambda e: e.key_name, namespace=lambda e: e.pod_namespace),
     "IPAMConfiguration": Storage((keys.IPAM_CONFIG,), IPAMConfiguration.from_json, key=lambda c: keys.IPAM_CONFIG,
                                  encode=IPAMConfiguration.to_json),
+    "IPReservation": Storage((keys.IP_RESERVATIONS,), _decode_manifest(IPReservation),
+                             key=lambda r: keys.IP_RESERVATIONS + r.name, index=(keys.RESERVED, encode_index)),
     "IPAMBlock": Storage((keys.blocks(4), keys.blocks(6)), Block.from_json, name=lambda b: b.cidr),
     "NetworkPolicy": Storage((keys.NETWORK_POLICIES, keys.K8S_NETWORK_POLICIES), _decode_policy, key=_policy_key,
                              namespace=lambda p: p.namespace, keys_of=lambda name, ns: [
@@ -133,6 +139,8 @@ class Resources:
             return self.apply_pool(resource, mode)
         storage = STORAGE[kind.name]
         key = storage.key(resource)
+        if storage.index is not None:
+            return self._change_indexed(kind, storage, key, resource, mode)
         for _ in range(20):
             old = self.store.get(key)
             _check_mode(kind, storage.name(resource), old is not None, mode)
@@ -151,7 +159,34 @@ class Resources:
             if namespace is None and "/" in name:
                 namespace, name = name.split("/", 1)
             return any(self.store.delete(key) for key in storage.keys_of(name, namespace or "default"))
+        if storage.index is not None:
+            return self._change_indexed(kind, storage, storage.key(_Named(name)), None, "delete") == "deleted"
         return self.store.delete(storage.key(_Named(name)))
+
+    def _change_indexed(self, kind: Kind, storage: Storage, key: str, resource, mode: str) -> str:
+        """Write (resource) or delete (None) one record of a kind with an index, and the index, in one
+        transaction that compares every record the new index was computed from."""
+        index_key, compute = storage.index
+        for _ in range(20):
+            kvs, _ = self.store.list(storage.prefixes[0])
+            current = {kv.key: kv for kv in kvs}
+            old = current.get(key)
+            if resource is None and old is None:
+                return "absent"
+            if resource is not None:
+                _check_mode(kind, storage.name(resource), old is not None, mode)
+                if old is not None and storage.decode(old.value) == resource:
+                    return "unchanged"
+            others = [storage.decode(kv.value) for k, kv in current.items() if k != key]
+            kept = others + ([resource] if resource is not None else [])
+            index_kv = self.store.get(index_key)
+            compares = [ModRevisionIs(k, kv.mod_revision) for k, kv in current.items()]
+            compares += [ModRevisionIs(key, 0)] if old is None else []
+            compares.append(ModRevisionIs(index_key, index_kv.mod_revision if index_kv else 0))
+            change = Delete(key) if resource is None else Put(key, storage.encode(resource))
+            if self.store.txn(compares, [change, Put(index_key, compute(kept))]).succeeded:
+                return "deleted" if resource is None else ("updated" if old is not None else "created")
+        raise PodnetError(f"could not change {kind.name} records: too much concurrent change, try again")
 
     # Pools -------------------------------------------------------------
 

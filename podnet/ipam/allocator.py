@@ -24,6 +24,7 @@ from podnet.datastore.api import Datastore, Delete, Get, KeyValue, ModRevisionIs
 from podnet.datastore.resources import Resources, decode_node
 from podnet.errors import PodnetError
 from podnet.model.ipamconfig import DEFAULT_MAX_BLOCKS_PER_HOST
+from podnet.model.ipreservation import decode_index
 from podnet.model.ipamconfig import IPAMConfiguration as IpamConfig  # cluster-wide settings (calicoctl ipam configure)
 from podnet.model import Block, IPPool
 
@@ -123,6 +124,8 @@ class Ipam:
         self._hints = _Hints()
         self._blocks = _DecodedBlocks()
         self._claims: dict[tuple[str, int], KeyValue | None] = {}  # the node's claims record, see _claim
+        self._reserved_kv: KeyValue | None = None  # keys.RESERVED as last read: what IPReservations keep
+        self._reserved_parsed: tuple = (None, ())  # (its revision, its networks)
 
     def config(self) -> IpamConfig:
         kv = self.store.get(keys.IPAM_CONFIG)
@@ -226,6 +229,8 @@ class Ipam:
             node_dep = ModRevisionIs(keys.node(node), record.mod_revision)
             if node_dep not in deps:  # the write holds only while the node's record does
                 deps = [*deps, node_dep]
+            # ... and while the reservations are as read: one made meanwhile makes this retry.
+            deps = [*deps, ModRevisionIs(keys.RESERVED, self._reserved_kv.mod_revision if self._reserved_kv else 0)]
             networks = [p.network for p in candidates]
             affine = [c for c in self._affine_cache[(node, version)] if _within(c, networks)]
             outcome = self._assign_from(affine, node, handle, attrs, deps, fresh)
@@ -301,8 +306,9 @@ class Ipam:
         node's record (labels) and block affinities, and the handle."""
         res = self.store.txn((), [Get(keys.POOLS, prefix=True), Get(keys.node(node)),
                                   Get(keys.affinities(node, version), prefix=True), Get(hkey),
-                                  Get(keys.block_claims(node, version))])
+                                  Get(keys.block_claims(node, version)), Get(keys.RESERVED)])
         self._claims[(node, version)] = res.read(4)
+        self._reserved_kv = res.read(5)
         self._pool_kvs = res.reads[0]
         self._node_kvs[node] = res.read(1)
         cidrs = [keys.cidr_from_part(kv.key.rsplit("/", 1)[1]) for kv in res.reads[2]]
@@ -324,12 +330,24 @@ class Ipam:
             block = self._decoded(bkv)
             if block.node != node or block.free == 0:
                 continue
-            ip = block.assign(handle, attrs)[0]
+            ips = block.assign(handle, attrs, reserved=self._reserved())
+            if not ips:
+                continue  # its free addresses are all reserved
+            ip = ips[0]
             hkv = self._hints.get(keys.handle(handle))  # absent unless seen: a wrong guess fails the compare
             if self._cas(bkv, block, handle, hkv, deps, node).succeeded:
                 return ip
             return _CONFLICT
         return _FULL
+
+    def _reserved(self) -> tuple:
+        """The networks IPReservations keep from automatic assignment, as last read."""
+        kv = self._reserved_kv
+        if kv is None:
+            return ()
+        if self._reserved_parsed[0] != kv.mod_revision:
+            self._reserved_parsed = (kv.mod_revision, decode_index(kv.value))
+        return self._reserved_parsed[1]
 
     def _decoded(self, kv: KeyValue) -> Block:
         """The block of a record, to change at will: decoding a full block's JSON costs ~0.1 ms, so the
@@ -359,7 +377,10 @@ class Ipam:
                 rec = self.block(block.cidr)
                 if rec is None or rec.block.free == 0:
                     continue
-                ip = rec.block.assign(handle, attrs)[0]
+                ips = rec.block.assign(handle, attrs, reserved=self._reserved())
+                if not ips:
+                    continue
+                ip = ips[0]
                 if self._cas(rec.kv, rec.block, handle, _UNREAD, deps, node).succeeded:
                     return ip
                 return _CONFLICT
@@ -368,10 +389,10 @@ class Ipam:
     def _cas(self, bkv: KeyValue, block: Block, handle: str, hkv=_UNREAD, deps=(), node: str | None = None
              ) -> TxnResult:
         """Write the changed block, and the handle's count of addresses in it, atomically.
-        Compare-and-swap on both (and on `deps`: the pools and node record the choice of block
-        came from), so a stale record only costs a retry: a failed compare reads back block and
-        handle (reads 0 and 1) and, with deps, the pools and `node`'s record, and all of them are
-        remembered for the next attempt. `hkv`: the handle record as it is believed to be (None:
+        Compare-and-swap on both (and on `deps`: the pools, node record and reservations the choice
+        of block came from), so a stale record only costs a retry: a failed compare reads back block
+        and handle (reads 0 and 1) and, with deps, the pools, `node`'s record and the reservations,
+        and all of them are remembered for the next attempt. `hkv`: the handle record as it is believed to be (None:
         absent); read here if _UNREAD."""
         hkey, bkey = keys.handle(handle), keys.block(block.cidr)
         if hkv is _UNREAD:
@@ -388,7 +409,7 @@ class Ipam:
         compares = [*deps, ModRevisionIs(bkey, bkv.mod_revision), ModRevisionIs(hkey, hkv.mod_revision if hkv else 0)]
         failure = [Get(bkey), Get(hkey)]
         if deps:
-            failure += [Get(keys.POOLS, prefix=True), Get(keys.node(node))]
+            failure += [Get(keys.POOLS, prefix=True), Get(keys.node(node)), Get(keys.RESERVED)]
         res = self.store.txn(compares, ops, failure)
         if res.succeeded:
             rev = res.revision
@@ -402,6 +423,7 @@ class Ipam:
             if deps:
                 self._pool_kvs = res.reads[2]
                 self._node_kvs[node] = res.read(3)
+                self._reserved_kv = res.read(4)
         return res
 
     def _free_block(self, pools: list[IPPool]) -> str | None:

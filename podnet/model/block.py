@@ -66,10 +66,19 @@ class Block:
             raise ValueError(f"{ip} is not in block {self.cidr}")
         return int(addr) - int(self.network.network_address)
 
-    def assign(self, handle: str, attrs: dict | None = None, count: int = 1) -> list[str]:
-        """Take up to `count` free addresses for `handle`; fewer if the block is fuller."""
-        taken = self.unallocated[:count]
-        del self.unallocated[: len(taken)]
+    def assign(self, handle: str, attrs: dict | None = None, count: int = 1, reserved=()) -> list[str]:
+        """Take up to `count` free addresses for `handle`; fewer if the block is fuller. Addresses in
+        the `reserved` networks (IPReservation) are passed over and stay free."""
+        if reserved:
+            reserved = [n for n in reserved if n.version == self.network.version and n.overlaps(self.network)]
+        if reserved:
+            first = self.network.network_address
+            taken = [o for o in self.unallocated if not any(first + o in n for n in reserved)][:count]
+            chosen = set(taken)
+            self.unallocated = [o for o in self.unallocated if o not in chosen]
+        else:
+            taken = self.unallocated[:count]
+            del self.unallocated[: len(taken)]
         for o in taken:
             self.allocations[o] = Allocation(handle, dict(attrs or {}))
         if taken:

@@ -58,6 +58,7 @@ KINDS: tuple[Kind, ...] = (
          "podnet.model.endpoint:WorkloadEndpoint", namespaced=True, writable=False),
     Kind("IPAMConfiguration", "ipamconfigurations", ("ipamconfiguration", "ipamconfig", "ipamconfigs"),
          "podnet.model.ipamconfig:IPAMConfiguration"),
+    Kind("IPReservation", "ipreservations", ("ipreservation", "ipres"), "podnet.model.ipreservation:IPReservation"),
     Kind("IPAMBlock", "ipamblocks", ("block", "blocks", "ipamblock"), "podnet.model.block:Block", writable=False),
     # Calico's NetworkPolicy and Kubernetes' (networking.k8s.io/v1, shown as knp.default.<name>) share the kind.
     Kind("NetworkPolicy", "networkpolicies", ("networkpolicy", "netpol", "netpols", "np", "policy", "policies"),

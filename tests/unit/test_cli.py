@@ -715,3 +715,30 @@ def test_ipamconfiguration_is_what_ipam_reads(cli, tmp_path, store):
     assert code == 1 and "metadata.name" in err
     code, _, err = apply_text(cli, tmp_path, IPAMCONFIG_YAML.replace("4", "-1"), name="k.yaml")
     assert code == 1 and "spec.maxBlocksPerHost" in err
+
+
+IPRESERVATION_YAML = """\
+apiVersion: projectcalico.org/v3
+kind: IPReservation
+metadata:
+  name: gateways
+spec:
+  reservedCIDRs: [10.244.0.0/30, 10.244.0.9]
+"""
+
+
+def test_ipreservation_applies_lists_and_keeps_ipam_away(cli, tmp_path, store):
+    apply_text(cli, tmp_path, POOL_YAML.format(nat="false"))
+    path = write(tmp_path, "r.yaml", IPRESERVATION_YAML)
+    assert cli("apply", "-f", path) == (0, "ipreservation/gateways created\n", "")
+    _, out, _ = cli("get", "ipreservations")
+    assert table_rows(out) == [["NAME", "RESERVED-CIDRS"], ["gateways", "10.244.0.0/30,10.244.0.9/32"]]
+    from tests.nodes import register_nodes
+
+    register_nodes(store, "node-1")
+    ips = {Ipam(store).auto_assign("node-1", f"h{i}") for i in range(6)}
+    assert not ips & {"10.244.0.0", "10.244.0.1", "10.244.0.2", "10.244.0.3", "10.244.0.9"}
+    assert cli("delete", "-f", path) == (0, "ipreservation/gateways deleted\n", "")
+    assert Ipam(store).auto_assign("node-1", "after") == "10.244.0.0"
+    code, _, err = apply_text(cli, tmp_path, IPRESERVATION_YAML.replace("10.244.0.9", "10.244.0.x"), name="bad.yaml")
+    assert code == 1 and "spec.reservedCIDRs[1]" in err

@@ -503,3 +503,53 @@ def test_a_remembered_block_is_never_changed_by_its_users(store, ipam):
     first.assign("h2", {})
     assert second.allocations == ipam._decoded(kv).allocations
     assert len(second.allocations) == 1
+
+
+# IPReservation ------------------------------------------------------------------------------------
+
+
+def reserve(store, name: str, *cidrs: str) -> None:
+    from podnet.model.ipreservation import IPReservation
+    from podnet.model.kinds import lookup
+
+    Resources(store).write(lookup("IPReservation"), IPReservation(name, tuple(cidrs)))
+
+
+def test_reserved_addresses_are_never_assigned_automatically(store, ipam):
+    add_pool(store)
+    reserve(store, "gateways", "10.244.0.0/30", "10.244.0.9")
+    ips = [ipam.auto_assign("node-a", f"h{i}") for i in range(10)]
+    reserved = {"10.244.0.0", "10.244.0.1", "10.244.0.2", "10.244.0.3", "10.244.0.9"}
+    assert not reserved & set(ips) and len(set(ips)) == 10
+    assert block_of(ipam, ips[0]).cidr == "10.244.0.0/26"
+
+
+def test_a_block_whose_free_addresses_are_all_reserved_counts_as_full(store, ipam):
+    add_pool(store)
+    reserve(store, "all-of-the-first-block", "10.244.0.0/26")
+    ip = ipam.auto_assign("node-a", "h")
+    assert ipaddress.ip_address(ip) not in ipaddress.ip_network("10.244.0.0/26")
+
+
+def test_a_reservation_made_after_an_allocators_last_read_is_still_honoured(store, ipam):
+    add_pool(store)
+    first = ipam.auto_assign("node-a", "h0")  # the allocator now remembers pools, block and reservations
+    assert first == "10.244.0.0"
+    reserve(store, "next", "10.244.0.1/32")  # written by someone else, after that read
+    assert ipam.auto_assign("node-a", "h1") == "10.244.0.2"
+
+
+def test_deleting_a_reservation_frees_its_addresses_for_assignment(store, ipam):
+    from podnet.model.kinds import lookup
+
+    add_pool(store)
+    reserve(store, "r", "10.244.0.0/31")
+    assert ipam.auto_assign("node-a", "h0") == "10.244.0.2"
+    assert Resources(store).remove(lookup("IPReservation"), "r")
+    assert ipam.auto_assign("node-a", "h1") == "10.244.0.0"
+
+
+def test_a_reserved_address_can_still_be_asked_for_by_name(store, ipam):
+    add_pool(store)
+    reserve(store, "r", "10.244.0.5/32")
+    assert ipam.assign_ip("10.244.0.5", "node-a", "fixed") == "10.244.0.5"
