@@ -58,6 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-listen", default=DEFAULT_METRICS_LISTEN, metavar="[HOST]:PORT",
                    help="serve Prometheus /metrics here; no host: every address (default %(default)s, Felix's "
                         "port; '' to turn off)")
+    p.add_argument("--default-endpoint-to-host-action", choices=("Accept", "Drop", "Return"), default="Accept",
+                   help="workload-to-host traffic after the workload's egress policy (Calico's setting)")
+    p.add_argument("--node-protection", choices=("on", "off"), default="on",
+                   help="on: pods may not reach etcd or the agent's metrics and health ports (off allows them)")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", default="info")
     p.add_argument("--etcd-cert-file", dest="etcd_cert_file")
@@ -149,6 +153,7 @@ class Agent:
 
             self.gc = NodeGc(node.name, args.ipam_gc_grace)
         self.view.start()
+        self._start_filter(node.name)
         own_ports = {self.host.port_id}
         self.kernel_watcher = KernelWatcher(
             lambda: {self.config.device, self.config.device6, self.reconciler.local.interface},
@@ -204,6 +209,18 @@ class Agent:
             self.store_problem = problem
             self.metrics.datastore_ok.set(0 if problem else 1)
             self.dirty.set()  # the status file follows
+
+    def _start_filter(self, node: str) -> None:
+        from podnet.agent.filter_loop import FilterLoop, protected_destinations, status_path_for
+        from podnet.calc.policy import FilterConfig
+
+        args = self.args
+        protected = (protected_destinations(args.datastore, args.health_listen, args.metrics_listen)
+                     if args.node_protection == "on" else ())
+        config = FilterConfig(vxlan_port=args.vxlan_port, endpoint_to_host_action=args.default_endpoint_to_host_action,
+                              protected=protected)
+        self.filter = FilterLoop(node, self.store, config, status_path_for(args.status_file), args.resync_interval)
+        self.filter.start()
 
     def _ready(self) -> tuple[bool, str]:
         if self.store_problem:

@@ -76,7 +76,8 @@ def policy_endpoint(wep, pod: Pod | None, namespace: Namespace | None) -> Policy
     labels[ORCHESTRATOR_LABEL] = "k8s"
     ns_labels = dict(namespace.labels) if namespace else {NAMESPACE_NAME_LABEL: ns}
     return PolicyEndpoint(node=wep.node, namespace=ns, pod=wep.pod_name or wep.container_id[:12],
-                          interface=wep.host_interface, ips=tuple(ip.split("/")[0] for ip in wep.ips),
+                          interface=wep.host_interface,
+                          ips=tuple(str(ipaddress.ip_address(ip.split("/")[0])) for ip in wep.ips),
                           labels=labels, namespace_labels=ns_labels, ports=pod.ports if pod else ())
 
 

@@ -76,7 +76,7 @@ def cmd_lab_status(args) -> int:
         print(f"external host (outside the pools, for natOutgoing): {ext['ip']} in namespace {ext['netns']}")
         print()
     table(["POD", "NODE", "NETNS", "IPS", "HOST-IF"],
-          [[p["name"], p["node"], p["netns"], ",".join(p.get("ips") or [p["ip"]]), p["interface"]]
+          [[p["name"], p["node"], p["netns"], ",".join(p.get("ips") or []), p["interface"]]
            for p in status["pods"]])
     return 0
 
@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     dn.add_argument("--all", action="store_true", help="every lab on this machine")
     dn.add_argument("-v", "--verbose", action="store_true")
     dn.set_defaults(func=cmd_lab_down)
+    from podnet.cli import cmd_lab_pod
+
+    cmd_lab_pod.register(lab_parser)
 
     ic = sub.add_parser("install-cni", help="install the CNI plugin and a conflist")
     ic.add_argument("--bin-dir", default="/opt/cni/bin")

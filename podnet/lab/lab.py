@@ -425,38 +425,94 @@ class Lab:
             parsed = None
         return proc.returncode, parsed, out + proc.stderr.decode()
 
-    def add_pod(self, node: str, pod: str, namespace: str = "default") -> dict:
-        ns = self.pod_netns(pod)
+    def add_pod(self, node: str, pod: str, namespace: str = "default", labels: dict | None = None,
+                ports: tuple = (), wait_filter: bool = False) -> dict:
+        """Attach a pod by CNI ADD. With `labels` (or `ports`) the pod's v1 Pod record (and its
+        Namespace's, if missing) is written first, as kube-controllers would have synced it before
+        the runtime calls the plugin; `wait_filter` waits until the node's filter table has it."""
+        if any(p["name"] == pod and p.get("namespace", "default") == namespace for p in self.state["pods"]):
+            raise LabError(f"lab {self.name} already has a pod {namespace}/{pod}")
+        ns = self.pod_netns(pod) if namespace == "default" else f"{self.prefix}pod-{namespace}-{pod}"
         container_id = uuid.uuid4().hex
+        if labels is not None or ports:
+            self.write_pod_records(namespace, pod, labels or {}, ports)
         self.progress(f"{pod}: namespace {ns} on {node}, CNI ADD")
         self._intend_netns(ns)
         with topology.ipr_in(ns) as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         entry = {"name": pod, "node": node, "netns": ns, "namespace": namespace, "container_id": container_id,
-                 "ifname": "eth0"}
+                 "ifname": "eth0", "labels": dict(labels or {}),
+                 "ports": [f"{p.name}={p.port}/{p.protocol}" for p in ports]}
         self.state["pods"].append(entry)
         self._save()
         code, result, raw = self.cni(node, "ADD", container_id, f"/run/netns/{ns}", pod, namespace)
         if code != 0:
+            if labels is not None or ports:  # a pod added by hand: leave nothing of it behind
+                self.delete_pod(pod, namespace)
             raise LabError(f"CNI ADD for {pod} on {node} failed", raw.strip())
         entry["ip"] = result["ips"][0]["address"].split("/")[0]
         entry["ips"] = [ip["address"].split("/")[0] for ip in result["ips"]]
         entry["host_interface"] = result["interfaces"][0]["name"]
         self._save()
+        if wait_filter:
+            self.wait_filter()
         return entry
 
-    def delete_pod(self, pod: str) -> None:
-        entry = self._pod(pod)
+    def write_pod_records(self, namespace: str, pod: str, labels: dict, ports: tuple = ()) -> None:
+        from podnet.model.kinds import lookup
+        from podnet.model.kube import Namespace, Pod
+
+        with self.datastore() as store:
+            res = Resources(store)
+            if res.get(lookup("Namespace"), namespace) is None:
+                res.write(lookup("Namespace"), Namespace(namespace), "apply")
+            res.write(lookup("Pod"), Pod(namespace, pod, labels, tuple(ports)), "apply")
+
+    def filter_status(self, node: str) -> dict | None:
+        try:
+            with open(os.path.join(self.root, f"{node}.filter.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def wait_filter(self, timeout: float = 60.0) -> None:
+        """Until every node's filter table reflects the datastore as it is now (and so every change
+        made before this call is enforced) and holds every pod of the node."""
+        with self.datastore() as store:
+            _, revision = store.list("/podnet/none/")
+        deadline = time.monotonic() + timeout
+        pending = []
+        while time.monotonic() < deadline:
+            pending = []
+            for entry in self.state["nodes"]:
+                st = self.filter_status(entry["name"]) or {}
+                pods = {p["host_interface"] for p in self.state["pods"]
+                        if p["node"] == entry["name"] and p.get("host_interface")}
+                if not st.get("ok") or st.get("revision", 0) < revision or not pods <= set(st.get("interfaces", [])):
+                    pending.append(entry["name"])
+            if not pending:
+                return
+            time.sleep(0.02)
+        raise LabError(f"the filter tables of {', '.join(pending)} did not catch up within {timeout:.0f}s",
+                       self._log_tail(pending[0]))
+
+    def delete_pod(self, pod: str, namespace: str | None = None) -> None:
+        entry = self._pod(pod, namespace)
         self.cni(entry["node"], "DEL", entry["container_id"], f"/run/netns/{entry['netns']}", pod, entry["namespace"])
         topology.delete_netns(entry["netns"])
         self.state["pods"].remove(entry)
         self._save()
+        if entry.get("labels") is not None and "labels" in entry:
+            from podnet.model.kinds import lookup
 
-    def _pod(self, pod: str) -> dict:
+            with self.datastore() as store:
+                Resources(store).remove(lookup("Pod"), pod, entry["namespace"])
+
+    def _pod(self, pod: str, namespace: str | None = None) -> dict:
         for entry in self.state["pods"]:
-            if entry["name"] == pod:
+            if entry["name"] == pod and namespace in (None, entry.get("namespace", "default")):
                 return entry
-        raise LabError(f"lab {self.name} has no pod {pod}")
+        raise LabError(f"lab {self.name} has no pod {namespace + '/' if namespace else ''}{pod}")
 
     def exec(self, netns: str, *cmd: str, timeout: float = 30.0, check: bool = False) -> subprocess.CompletedProcess:
         proc = subprocess.run(["ip", "netns", "exec", netns, *cmd], capture_output=True, text=True, timeout=timeout)
@@ -496,7 +552,9 @@ class Lab:
                 "agent_running": processes.alive(entry.get("pid", 0), entry.get("pid_start")),
                 "ready": bool(st.get("ready")),
             })
-        pods = [{"name": p["name"], "node": p["node"], "netns": p["netns"], "ip": p.get("ip"), "ips": p.get("ips", []),
+        pods = [{"name": p["name"], "namespace": p.get("namespace", "default"), "node": p["node"], "netns": p["netns"],
+                 "ip": p.get("ip"), "ips": p.get("ips", []), "addresses": p.get("ips", []),
+                 "labels": p.get("labels", {}), "ports": p.get("ports", []),
                  "interface": p.get("host_interface"), "container_id": p["container_id"]}
                 for p in self.state.get("pods", [])]
         return {"name": self.name, "datastore": self.datastore_url, "underlay_netns": self.underlay_netns,

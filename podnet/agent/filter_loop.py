@@ -1,0 +1,281 @@
+"""The agent's filter layer: follow what policy reads in the datastore, keep `inet podnet` programmed.
+
+It runs beside the routing loop, on its own thread, so a policy or label change is enforced
+without waiting behind route work (and the other way round). It follows workload endpoints of every
+node (selectors match remote pods too), pods, namespaces, the three policy kinds and the nodes'
+underlay addresses (the VXLAN allow-list); programs nothing until that view is complete (a fresh
+agent must not replace a good table with one that lacks policies it has not read yet); then
+computes the table (calc/policy.py) and lets the FilterManager send only the difference.
+
+It writes what it has programmed to a small JSON status file: the datastore revision its table
+reflects and the interfaces it programmed, so a lab or a test can wait for a change to be enforced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from podnet.calc.policy import FilterConfig, compute_filter, policy_endpoint
+from podnet.dataplane.filter import FilterManager
+from podnet.dataplane.manager import Dataplane
+from podnet.datastore import keys
+from podnet.datastore.api import CompactedError, Datastore, DatastoreError
+
+log = logging.getLogger(__name__)
+
+
+def _decode(name: str, value: bytes):
+    doc = json.loads(value)
+    if name == "endpoints":
+        from podnet.model.endpoint import WorkloadEndpoint
+
+        return WorkloadEndpoint.from_manifest(doc)
+    if name == "pods":
+        from podnet.model.kube import Pod
+
+        return Pod.from_manifest(doc)
+    if name == "namespaces":
+        from podnet.model.kube import Namespace
+
+        return Namespace.from_manifest(doc)
+    if name == "nodes":
+        from podnet.model.node import Node
+
+        return Node.from_manifest(doc)
+    from podnet.model.policy import parse_policy
+
+    return parse_policy(doc)
+
+
+FOLLOWED = {
+    "endpoints": (keys.ENDPOINTS,),
+    "pods": (keys.PODS,),
+    "namespaces": (keys.NAMESPACES,),
+    "policies": (keys.NETWORK_POLICIES, keys.K8S_NETWORK_POLICIES, keys.GLOBAL_NETWORK_POLICIES),
+    "nodes": (keys.NODES,),
+}
+
+
+class PolicyView:
+    """List, then watch from the next revision; keeps its last content while the store is away."""
+
+    def __init__(self, store: Datastore, on_change: Callable[[], None]):
+        self.store = store
+        self.on_change = on_change
+        self.lock = threading.Lock()
+        self.data: dict[str, dict] = {name: {} for name in FOLLOWED}
+        self.in_sync = threading.Event()
+        self.revision = 0  # the store revision the view reflects
+        self.relevant = True  # something policy reads changed since take_relevant()
+        self.stop = threading.Event()
+
+    def take_relevant(self) -> tuple[bool, int]:
+        """(did anything policy reads change since the last call, the revision the view reflects)."""
+        with self.lock:
+            out = (self.relevant, self.revision)
+            self.relevant = False
+            return out
+
+    def _table(self, key: str) -> str | None:
+        for name, prefixes in FOLLOWED.items():
+            if key.startswith(prefixes):
+                return name
+        return None
+
+    def _put(self, name: str, key: str, value: bytes | None) -> None:
+        table = self.data[name]
+        if value is None:
+            table.pop(key, None)
+            return
+        try:
+            table[key] = _decode(name, value)
+        except Exception as e:  # noqa: BLE001 - one bad record must not stop the others
+            log.error("ignoring unreadable record %s: %s", key, e)
+            table.pop(key, None)
+
+    def follow(self) -> None:
+        backoff = 0.1
+        while not self.stop.is_set():
+            try:
+                listed = {}
+                for name, prefixes in FOLLOWED.items():
+                    fresh = {}
+                    for prefix in prefixes:
+                        kvs, rev = self.store.list(prefix)
+                        listed[prefix] = rev
+                        for kv in kvs:
+                            fresh[kv.key] = kv.value
+                    with self.lock:
+                        self.data[name] = {}
+                        for key, value in fresh.items():
+                            self._put(name, key, value)
+                start = min(listed.values())
+                with self.lock:
+                    self.revision = max(listed.values())
+                    self.relevant = True
+                self.in_sync.set()
+                self.on_change()
+                backoff = 0.1
+                with self.store.watch(keys.ROOT, start + 1) as watch:
+                    while not self.stop.is_set():
+                        events = watch.next_events(timeout=0.5)
+                        if not events:
+                            continue
+                        with self.lock:
+                            for ev in events:
+                                name = self._table(ev.key)
+                                prefix = next((p for p in FOLLOWED.get(name, ()) if ev.key.startswith(p)), None)
+                                if name and ev.mod_revision > listed[prefix]:
+                                    self._put(name, ev.key, ev.value if ev.kind == "put" else None)
+                                    self.relevant = True
+                                self.revision = max(self.revision, ev.mod_revision)
+                        # Also for other records: the status then says how far the view has read.
+                        self.on_change()
+            except CompactedError as e:
+                log.warning("filter view: watch fell behind (%s); listing again", e)
+            except DatastoreError as e:
+                log.warning("filter view: datastore unavailable: %s; the filter table is kept as is", e)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:  # noqa: BLE001 - never let the thread die silently
+                log.exception("filter view: unexpected error")
+                self.stop.wait(1.0)
+
+    def inputs(self):
+        """(policy endpoints of every node, policies, node underlay addresses, revision)."""
+        with self.lock:
+            pods = {f"{p.namespace}/{p.name}": p for p in self.data["pods"].values()}
+            namespaces = {n.name: n for n in self.data["namespaces"].values()}
+            eps = [policy_endpoint(w, pods.get(f"{w.pod_namespace or 'default'}/{w.pod_name}"),
+                                   namespaces.get(w.pod_namespace or "default"))
+                   for w in self.data["endpoints"].values()]
+            addresses = [a for n in self.data["nodes"].values() for a in (n.address, n.address6) if a]
+            return eps, list(self.data["policies"].values()), addresses, self.revision
+
+
+def protected_destinations(datastore_url: str | None, *listen: str | None) -> tuple:
+    """What pods may not reach by default: the agent's health and metrics ports on the node, and etcd
+    (client and peer ports)."""
+    out = []
+    for address in listen:
+        port = (address or "").rpartition(":")[2]
+        if port.isdigit():
+            out.append((None, 6, int(port)))
+    url = datastore_url or ""
+    if "://" in url and url.split("://")[0] in ("etcd", "etcds", "http", "https"):
+        for endpoint in url.split("://", 1)[1].split("/")[0].split(","):
+            host, _, port = endpoint.rpartition(":")
+            host = host.strip("[]")
+            try:
+                import ipaddress
+
+                ipaddress.ip_address(host)
+            except ValueError:
+                continue  # a name: podnet cannot know its address here
+            for p in {int(port or 2379), 2380}:
+                out.append((host, 6, p))
+    return tuple(out)
+
+
+@dataclass
+class FilterStatus:
+    revision: int = 0
+    ok: bool = False
+    interfaces: tuple = ()
+    error: str = ""
+    seconds: float = 0.0
+
+
+class FilterLoop:
+    def __init__(self, node: str, store: Datastore, config: FilterConfig, status_path: str | None = None,
+                 resync_interval: float = 30.0):
+        self.node = node
+        self.config = config
+        self.status_path = status_path
+        self.dirty = threading.Event()
+        self.stop = threading.Event()
+        self.view = PolicyView(store, self.dirty.set)
+        self.manager = FilterManager()
+        self.dataplane = Dataplane([self.manager], resync_interval)
+        self.status = FilterStatus()
+
+    def start(self) -> None:
+        threading.Thread(target=self.view.follow, name="filter view", daemon=True).start()
+        threading.Thread(target=self.run, name="filter", daemon=True).start()
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        self.view.stop.set()
+        self.dirty.set()
+
+    def run(self) -> None:
+        backoff = 0.05
+        while not self.stop.is_set():
+            self.dirty.wait(max(0.05, min(self.dataplane.next_due(), 5.0)))
+            if self.stop.is_set():
+                return
+            if not self.view.in_sync.is_set():
+                continue  # program nothing until the view is complete
+            self.dirty.clear()
+            relevant, revision = self.view.take_relevant()
+            if not relevant and self.dataplane.next_due() > 0:
+                if self.status.ok and revision > self.status.revision:
+                    self.status.revision = revision  # nothing policy reads changed up to here
+                    self._write_status()
+                continue
+            try:
+                self.cycle()
+                backoff = 0.05
+            except Exception as e:  # noqa: BLE001
+                log.exception("filter: cycle failed; retrying")
+                with self.view.lock:
+                    self.view.relevant = True
+                self.status.ok, self.status.error = False, str(e)
+                self._write_status()
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self.dirty.set()
+
+    def cycle(self) -> None:
+        start = time.perf_counter()
+        eps, policies, addresses, revision = self.view.inputs()
+        ruleset = compute_filter(self.node, eps, policies, addresses, self.config)
+        self.manager.set_desired(ruleset)
+        result = self.dataplane.apply()
+        seconds = time.perf_counter() - start
+        if result.failures:
+            self.status.ok, self.status.error = False, str(result.failures[0][1])
+            with self.view.lock:
+                self.view.relevant = True  # try again: the driver reads back first
+            self.dirty.set()
+            self.stop.wait(0.2)
+        else:
+            self.status = FilterStatus(revision, True, tuple(sorted(ruleset.endpoint_policies)), "", seconds)
+            if self.manager.last_commands:
+                log.info("filter: %d nft commands in %.1f ms (revision %d, %d policies, %d local endpoints)",
+                         self.manager.last_commands, seconds * 1e3, revision, len(policies),
+                         len(ruleset.endpoint_policies))
+        self._write_status()
+
+    def _write_status(self) -> None:
+        if not self.status_path:
+            return
+        s = self.status
+        tmp = self.status_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"revision": s.revision, "ok": s.ok, "interfaces": list(s.interfaces), "error": s.error,
+                       "last_cycle_ms": round(s.seconds * 1e3, 2), "written": time.time()}, f)
+        os.replace(tmp, self.status_path)
+
+
+def status_path_for(agent_status_file: str | None) -> str | None:
+    if not agent_status_file:
+        return None
+    base = agent_status_file[:-len(".status.json")] if agent_status_file.endswith(".status.json") else agent_status_file
+    return base + ".filter.json"
