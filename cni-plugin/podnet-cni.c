@@ -1,24 +1,30 @@
 /*
  * podnet CNI plugin: a static executable that needs no interpreter on the host.
  *
- * It does what podnet/cni/shim.py does, byte for byte on the wire (podnet/cni/wire.py): VERSION is
- * answered here; every other command is forwarded to the podnet agent on this node over its unix socket
- * (default the abstract "@podnet/cni", or $PODNET_AGENT_SOCKET, or the config's "agent_socket"), as
+ * It does what podnet/cni/shim.py does, byte for byte on the wire (podnet/cni/wire.py has the protocol):
+ * VERSION is answered here; every other command is forwarded to the podnet agent on this node over its
+ * unix socket (default the abstract "@podnet/cni", or $PODNET_AGENT_SOCKET, or the config's
+ * "agent_socket"), as
  *
- *     "PODNET/1 <env bytes> <stdin bytes>\n" + env (NUL-separated CNI_* pairs) + stdin
+ *     "PODNET/2 <env bytes> <stdin bytes> <netns>\n" + env (NUL-separated CNI_* pairs) + stdin
  *
- * and the agent's answer, "<exit code>\n" + stdout, is repeated. Error codes decided here (the rest are
+ * where <netns> says how CNI_NETNS was resolved here, in the runtime's mount namespace, without ever
+ * blocking (O_PATH first, reopened only when it is on nsfs); with "fd" the namespace's descriptor rides
+ * along with the header (SCM_RIGHTS). The agent's answer, "<exit code>\n" + stdout, is repeated. Error codes decided here (the rest are
  * the agent's): 4 when a CNI_* variable is not UTF-8, 11 (try again later) when the agent cannot be
  * reached, 50 for STATUS then. Built by `make` with musl (cni-plugin/Makefile rules in the top Makefile).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
@@ -225,6 +231,62 @@ static char *agent_socket_field(const struct buf *in)
     return v.data;
 }
 
+/* CNI_NETNS resolved as wire.py's steps 1-5 say: the token, and in *fd the descriptor to send (or -1). */
+static void open_netns(const char *path, char *token, size_t size, int *fd)
+{
+    *fd = -1;
+    if (!path || !*path) {
+        snprintf(token, size, "unset");
+        return;
+    }
+    if (path[0] != '/') {
+        snprintf(token, size, "relative");
+        return;
+    }
+    int handle = open(path, O_PATH | O_CLOEXEC); /* opens nothing: cannot block */
+    if (handle < 0) {
+        snprintf(token, size, "errno:%d", errno);
+        return;
+    }
+    struct stat st, ns;
+    if (fstat(handle, &st) < 0 || stat("/proc/self/ns/net", &ns) < 0) {
+        snprintf(token, size, "errno:%d", errno);
+    } else if (!S_ISREG(st.st_mode) || st.st_dev != ns.st_dev) {
+        const char *kind = S_ISREG(st.st_mode) ? "regular" : S_ISDIR(st.st_mode) ? "directory"
+                         : S_ISFIFO(st.st_mode) ? "fifo" : S_ISCHR(st.st_mode) ? "char"
+                         : S_ISBLK(st.st_mode) ? "block" : S_ISSOCK(st.st_mode) ? "socket" : "other";
+        snprintf(token, size, "notnsfs:%s", kind);
+    } else {
+        char proc[64];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", handle);
+        *fd = open(proc, O_RDONLY | O_CLOEXEC); /* nsfs: cannot block */
+        if (*fd < 0)
+            snprintf(token, size, "errno:%d", errno);
+        else
+            snprintf(token, size, "fd");
+    }
+    close(handle);
+}
+
+/* The header with the namespace's descriptor attached (SCM_RIGHTS); returns bytes sent or -1. */
+static ssize_t send_with_fd(int s, const char *data, size_t len, int fd)
+{
+    char control[CMSG_SPACE(sizeof(int))] = {0};
+    struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+                         .msg_controllen = sizeof control};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    ssize_t n;
+    do
+        n = sendmsg(s, &msg, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    return n;
+}
+
 static int connect_agent(int s, const struct sockaddr_un *addr, socklen_t len)
 {
     /* A unix socket whose listen queue is full refuses at once with EAGAIN: the agent is busy, not
@@ -242,6 +304,7 @@ static int connect_agent(int s, const struct sockaddr_un *addr, socklen_t len)
 
 int main(void)
 {
+    signal(SIGPIPE, SIG_IGN); /* a closed socket or stdout is an error to report, not a death */
     const char *command = getenv("CNI_COMMAND");
     if (!command)
         command = "";
@@ -295,6 +358,13 @@ int main(void)
         sa.sun_path[0] = 0; /* abstract: it belongs to this network namespace */
     socklen_t salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + alen + (address[0] == '@' ? 0 : 1));
 
+    char token[64];
+    int netns = -1;
+    if (!strcmp(command, "ADD") || !strcmp(command, "DEL") || !strcmp(command, "CHECK"))
+        open_netns(getenv("CNI_NETNS"), token, sizeof token, &netns);
+    else
+        snprintf(token, sizeof token, "unset");
+
     int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct timeval tv = {TIMEOUT_SECONDS, 0};
     struct buf reply = {0};
@@ -305,23 +375,36 @@ int main(void)
         setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
         struct buf req = {0};
-        char head[64];
-        snprintf(head, sizeof head, "PODNET/1 %zu %zu\n", env.len, in.len);
+        char head[128];
+        int head_len = snprintf(head, sizeof head, "PODNET/2 %zu %zu %s\n", env.len, in.len, token);
         puts_(&req, head);
         if (env.len)
             put(&req, env.data, env.len);
         if (in.len)
             put(&req, in.data, in.len);
-        if (connect_agent(s, &sa, salen) < 0 || write_all(s, req.data, req.len) < 0) {
+        if (connect_agent(s, &sa, salen) < 0) {
             why = errno == EAGAIN ? "timed out" : strerror(errno);
         } else {
+            /* A failed send is not the end: the agent answers a request it refuses before it closes. */
+            size_t sent = 0;
+            if (netns >= 0) {
+                ssize_t n = send_with_fd(s, req.data, (size_t)head_len, netns);
+                sent = n > 0 ? (size_t)n : 0;
+                close(netns);
+                netns = -1;
+                if (n >= 0)
+                    write_all(s, req.data + sent, req.len - sent);
+            } else {
+                write_all(s, req.data, req.len);
+            }
             char chunk[65536];
             for (;;) {
                 ssize_t r = read(s, chunk, sizeof chunk);
                 if (r < 0 && errno == EINTR)
                     continue;
                 if (r < 0) {
-                    why = errno == EAGAIN ? "timed out" : strerror(errno);
+                    if (!reply.len)
+                        why = errno == EAGAIN ? "timed out" : strerror(errno);
                     break;
                 }
                 if (r == 0)
@@ -331,6 +414,8 @@ int main(void)
         }
         close(s);
     }
+    if (netns >= 0)
+        close(netns);
     if (why) {
         char details[sizeof shown + 256];
         snprintf(details, sizeof details, "%s at %s; is `podnet agent` running on this node?", why, shown);
