@@ -117,16 +117,21 @@ def cmd_lab_down(args) -> int:
 
 
 def cmd_install_cni(args) -> int:
-    from podnet.cni.install import PLUGIN_SOURCES, default_conflist, install_conflist, install_plugin, provide_chain
+    from podnet.cni.install import (PLUGIN_SOURCES, default_conflist, install_conflist, install_plugin, provide_chain,
+                                    render_template)
 
     plugin = install_plugin(args.bin_dir, kind=args.plugin)
     print(f"installed {plugin}")
     if args.conf_dir:
-        extra = {}
-        if args.datastore:
-            extra["datastore"] = args.datastore
-        conflist, done, warnings = provide_chain(default_conflist(extra=extra, chain_portmap=not args.no_portmap),
-                                                 args.bin_dir, args.plugin_dir or PLUGIN_SOURCES)
+        template = _conflist_template(args)
+        if template is not None:
+            conflist = render_template(template)
+        else:
+            extra = {}
+            if args.datastore:
+                extra["datastore"] = args.datastore
+            conflist = default_conflist(extra=extra, chain_portmap=not args.no_portmap)
+        conflist, done, warnings = provide_chain(conflist, args.bin_dir, args.plugin_dir or PLUGIN_SOURCES)
         for line in done:
             print(f"chained {line}")
         for line in warnings:
@@ -134,6 +139,21 @@ def cmd_install_cni(args) -> int:
         path = install_conflist(args.conf_dir, conflist)
         print(f"installed {path}")
     return 0
+
+
+def _conflist_template(args) -> str | None:
+    """--conflist-template FILE, else $CNI_NETWORK_CONFIG (a DaemonSet passes its ConfigMap's template so)."""
+    import os
+
+    from podnet.cni.install import TEMPLATE_ENV
+
+    if args.conflist_template:
+        try:
+            with open(args.conflist_template) as f:
+                return f.read()
+        except OSError as e:
+            raise PodnetError(f"cannot read {args.conflist_template}: {e.strerror}") from None
+    return os.environ.get(TEMPLATE_ENV) or None
 
 
 # version -------------------------------------------------------------------------------
@@ -233,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     ic.add_argument("--plugin-dir", action="append", metavar="DIR",
                     help="where to find the plugins the conflist chains, to copy them into --bin-dir "
                          "(repeatable; default: /usr/lib/cni, /opt/cni/bin, /usr/libexec/cni)")
+    ic.add_argument("--conflist-template", metavar="FILE",
+                    help="write this conflist (default: $CNI_NETWORK_CONFIG, else podnet then portmap); it may "
+                         "hold __KUBERNETES_NODE_NAME__, __CNI_MTU__, __LOG_LEVEL__ and __ETCD_ENDPOINTS__")
     ic.set_defaults(func=cmd_install_cni)
 
     # Further commands live in their own modules, each with register(subparsers).

@@ -152,6 +152,44 @@ def default_conflist(name: str = "k8s-pod-network", cni_version: str = "1.0.0", 
     return {"cniVersion": cni_version, "name": name, "plugins": plugins}
 
 
+TEMPLATE_ENV = "CNI_NETWORK_CONFIG"  # the conflist template's text, as Calico's install-cni takes it
+# Placeholders a template may hold, each replaced by the environment variable named (or its default).
+# A placeholder stands for a JSON value's text: write "__LOG_LEVEL__" inside quotes, __CNI_MTU__ bare.
+TEMPLATE_VALUES = {
+    "__KUBERNETES_NODE_NAME__": ("KUBERNETES_NODE_NAME", None),  # else NODE_NAME, else this host's name
+    "__CNI_MTU__": ("CNI_MTU", "0"),  # 0: the agent's own (underlay MTU - 50), as Calico's "auto"
+    "__LOG_LEVEL__": ("LOG_LEVEL", "info"),
+    "__ETCD_ENDPOINTS__": ("ETCD_ENDPOINTS", ""),
+}
+
+
+def render_template(text: str, env=None) -> dict:
+    """The conflist a template describes: placeholders replaced from `env`, then checked to be a conflist
+    whose first plugin is podnet (it creates the interface; the others chain after it)."""
+    env = os.environ if env is None else env
+    for placeholder, (var, default) in TEMPLATE_VALUES.items():
+        if placeholder not in text:
+            continue
+        value = env.get(var) or default
+        if placeholder == "__KUBERNETES_NODE_NAME__":
+            value = value or env.get("NODE_NAME") or os.uname().nodename
+        text = text.replace(placeholder, value)
+    try:
+        conflist = json.loads(text)
+    except ValueError as e:
+        raise PodnetError(f"the conflist template is not JSON once rendered: {e}",
+                          "placeholders stand for JSON text: quote string ones, e.g. \"__LOG_LEVEL__\"") from None
+    plugins = conflist.get("plugins") if isinstance(conflist, dict) else None
+    if not isinstance(plugins, list) or not plugins or not all(isinstance(x, dict) for x in plugins):
+        raise PodnetError("the conflist template has no `plugins` list", "see deploy/podnet.yaml for one")
+    if plugins[0].get("type") != PLUGIN_NAME:
+        raise PodnetError(f"the conflist template's first plugin is {plugins[0].get('type')!r}, not {PLUGIN_NAME!r}",
+                          "podnet creates the pod's interface, so it comes first; chained plugins follow")
+    if not conflist.get("name") or not conflist.get("cniVersion"):
+        raise PodnetError("the conflist template needs `name` and `cniVersion`")
+    return conflist
+
+
 def install_conflist(conf_dir: str, conflist: dict, filename: str = "10-podnet.conflist") -> str:
     os.makedirs(conf_dir, exist_ok=True)
     path = os.path.join(conf_dir, filename)
