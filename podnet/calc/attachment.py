@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-HOST_MAC = "ee:ee:ee:ee:ee:ee"
-GATEWAY_V4 = "169.254.1.1"
-GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
+HOST_MAC = "ee:ee:ee:ee:ee:ee"  # the host end of every pod's veth
+GATEWAY_V4 = "169.254.1.1"  # the pods' IPv4 gateway, answered by proxy ARP
+GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"  # the host end's link-local address (EUI-64 of HOST_MAC)
 RECREATE = "delete and recreate the pod (CNI DEL + ADD rebuild its veth)"
 NODE, POD = "node", "pod"
 
@@ -96,9 +96,21 @@ def _families(want: Attachment):
 
 def judge_attachment(want: Attachment, seen: AttachmentSeen) -> list[Problem]:
     """Everything about the attachment that differs from what ADD made; [] when it is whole."""
-    host, inner = want.host_ifname, want.pod_ifname
     if seen.netns_error is not None:  # the pod is gone, and its veth with it
         return [Problem("netns", POD, seen.netns_error)]
+    host = judge_host_end(want, seen)
+    if host and host[0].part in ("host-link", "host-owner"):
+        return host[:1]  # not there, or not ours: nothing else of it means anything
+    pod = judge_pod_end(want, seen)
+    if pod and pod[0].part in ("pod-link", "pod-mac"):
+        return host + pod[:1]
+    return host + pod
+
+
+def judge_host_end(want: Attachment, seen: AttachmentSeen) -> list[Problem]:
+    """The node's side: the host end of the veth (ours, the pod's peer, MAC, up), proxy ARP/NDP and
+    forwarding on it, and the host routes to the pod's addresses."""
+    host, inner = want.host_ifname, want.pod_ifname
     link = seen.host_link
     if link is None:
         return [Problem("host-link", NODE, f"host interface {host} does not exist")]
@@ -106,6 +118,11 @@ def judge_attachment(want: Attachment, seen: AttachmentSeen) -> list[Problem]:
         return [Problem("host-owner", NODE,
                         f"host interface {host} is not this attachment's (its alias is {link.alias!r})")]
     out: list[Problem] = []
+    pod = seen.pod_link
+    if pod is not None and link.peer is not None and pod.peer is not None \
+            and (link.peer != pod.index or pod.peer != link.index):
+        out.append(Problem("veth-peer", NODE, f"{host} is not the peer of the pod's {inner} (peer index "
+                           f"{pod.peer}, {host} is {link.index})"))
     if link.mac is not None and link.mac != HOST_MAC:
         out.append(Problem("host-mac", NODE, f"{host} has MAC {link.mac}, not {HOST_MAC}",
                            (f"ip link set {host} address {HOST_MAC}",)))
@@ -128,15 +145,20 @@ def judge_attachment(want: Attachment, seen: AttachmentSeen) -> list[Problem]:
                      else f"ip -6 route replace {ip}/{plen} dev {host}")
             up = () if link.up else (f"ip link set {host} up",)
             out.append(Problem("host-route", NODE, f"host route {ip}/{plen} dev {host} is missing", up + (route,)))
+    return out
+
+
+def judge_pod_end(want: Attachment, seen: AttachmentSeen) -> list[Problem]:
+    """The pod's side: its interface (there, the attachment's MAC, up), its addresses (usable) and routes."""
+    inner = want.pod_ifname
+    if seen.netns_error is not None:
+        return [Problem("netns", POD, seen.netns_error)]
     pod = seen.pod_link
     if pod is None:
-        return out + [Problem("pod-link", POD, f"interface {inner} does not exist in {seen.pod_namespace}")]
+        return [Problem("pod-link", POD, f"interface {inner} does not exist in {seen.pod_namespace}")]
     if want.pod_mac and pod.mac != want.pod_mac:
-        return out + [Problem("pod-mac", POD, f"{inner} in the pod has MAC {pod.mac}, not the attachment's "
-                              f"{want.pod_mac}")]
-    if link.peer is not None and pod.peer is not None and (link.peer != pod.index or pod.peer != link.index):
-        out.append(Problem("veth-peer", NODE, f"{host} is not the peer of the pod's {inner} (peer index "
-                           f"{pod.peer}, {host} is {link.index})"))
+        return [Problem("pod-mac", POD, f"{inner} in the pod has MAC {pod.mac}, not the attachment's {want.pod_mac}")]
+    out: list[Problem] = []
     if not pod.up:
         out.append(Problem("pod-down", POD, f"{inner} in the pod is down", (f"ip link set {inner} up",)))
     for version, ip, plen, gateway in _families(want):

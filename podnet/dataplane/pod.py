@@ -17,19 +17,20 @@ from __future__ import annotations
 
 import errno
 import os
+import dataclasses
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from podnet.calc import attachment as judged
+from podnet.calc.attachment import GATEWAY_V4, GATEWAY_V6, HOST_MAC
 from podnet.dataplane import rtnl, sysctl
 from podnet.netns import entered, open_netns
 from podnet.errors import PodnetError
 from podnet.model.endpoint import PRIMARY_INTERFACE
 
-HOST_MAC = "ee:ee:ee:ee:ee:ee"
-GATEWAY_V4 = "169.254.1.1"
-# The host end's IPv6 link-local address, from HOST_MAC by EUI-64: the pod's IPv6 gateway.
-GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
+# HOST_MAC, GATEWAY_V4 and GATEWAY_V6 (the host end's IPv6 link-local address, from HOST_MAC by EUI-64)
+# are defined in podnet.calc.attachment, which judges what this module makes.
 IFA_F_NODAD = 0x02
 
 
@@ -290,57 +291,56 @@ def detach(host: rtnl.RtnlSocket, host_ifname: str, owner: str, pod_mac: str = "
 def inspect(host: rtnl.RtnlSocket, netns: str | int, host_ifname: str, pod_ifname: str, ipv4: str | None,
             ipv6: str | None = None, owner: str | None = None, pod_mac: str | None = None) -> list[str]:
     """Everything about the attachment that differs from what create_pair() and Pair.address() made;
-    [] if all is well. `owner` and `pod_mac`, when given, must be on the host end and the pod end."""
-    problems: list[str] = []
+    [] if all is well. `owner` and `pod_mac`, when given, must be on the host end and the pod end.
+    This reads the kernel; podnet.calc.attachment judges it, as doctor and trace do."""
+    seen = judged.AttachmentSeen(None, pod_namespace=_describe(netns))
     link = host.get_link(ifname=host_ifname)
-    if link is None:
-        return [f"host interface {host_ifname} does not exist"]
-    host_index = link["index"]
-    if owner is not None and link.get("alias") != owner:
-        return [f"host interface {host_ifname} is not this attachment's (its alias is {link.get('alias')!r})"]
-    if link.get("address") != HOST_MAC:
-        problems.append(f"{host_ifname} has MAC {link.get('address')}, not {HOST_MAC}")
-    if not link.get("up"):
-        problems.append(f"{host_ifname} is down")
-    if ipv4 and sysctl.read(sysctl.conf_path(4, host_ifname, "proxy_arp")) != "1":
-        problems.append(f"proxy_arp is off on {host_ifname}")
-    if ipv6 and sysctl.read(sysctl.conf_path(6, host_ifname, "proxy_ndp")) != "1":
-        problems.append(f"proxy_ndp is off on {host_ifname}")
-    families = [(socket.AF_INET, ipv4, 32, GATEWAY_V4, "0.0.0.0/0"), (socket.AF_INET6, ipv6, 128, GATEWAY_V6, "::/0")]
-    families = [f for f in families if f[1]]
-    for family, ip, plen, _, _ in families:
-        routes = [rtnl.parse_route(p) for _, p in host.dump(rtnl.route_dump_msg(family))]
-        if not any(r["dst"] == f"{ip}/{plen}" and r["oif"] == host_index for r in routes):
-            problems.append(f"host route {ip}/{plen} dev {host_ifname} is missing")
+    want = judged.Attachment(host_ifname, pod_ifname, ipv4, ipv6, owner, pod_mac)
+    if link is not None:
+        seen.host_link = judged.LinkSeen(link["index"], bool(link.get("up")), link.get("address"), link.get("link"),
+                                  link.get("alias"))
+        for version, key, wanted in ((4, "proxy_arp", ipv4), (4, "forwarding", ipv4), (6, "proxy_ndp", ipv6)):
+            if wanted:
+                seen.host_sysctls[key] = _sysctl_or_none(sysctl.conf_path(version, host_ifname, key))
+        seen.ip_forward = _sysctl_or_none("/proc/sys/net/ipv4/ip_forward") if ipv4 else None
+        for family, ip in ((socket.AF_INET, ipv4), (socket.AF_INET6, ipv6)):
+            if ip:
+                seen.host_routes += [judged.RouteSeen(r["dst"], host_ifname if r["oif"] == link["index"] else None)
+                                     for r in (rtnl.parse_route(p) for _, p in host.dump(rtnl.route_dump_msg(family)))]
     try:
         fd = os.dup(netns) if isinstance(netns, int) else open_netns(netns)
     except PodnetError as e:
-        return problems + [str(e)]
+        seen.netns_error = str(e)
+        return [problem.message for problem in judged.judge_attachment(want, seen)]
     try:
         with entered(fd):
             pod = rtnl.RtnlSocket()
         try:
             inside = pod.get_link(ifname=pod_ifname)
-            if inside is None:
-                return problems + [f"interface {pod_ifname} does not exist in {_describe(netns)}"]
-            if pod_mac and inside["address"] != pod_mac:
-                return problems + [f"{pod_ifname} in the pod has MAC {inside['address']}, not the attachment's {pod_mac}"]
-            pod_index = inside["index"]
-            metric = route_metric(pod_ifname, pod_index)
-            for family, ip, plen, gateway, default in families:
-                addrs = [rtnl.parse_addr(p) for _, p in pod.dump(rtnl.addr_dump_msg(family))]
-                if not any(a["index"] == pod_index and a["address"] == ip and a["prefixlen"] == plen for a in addrs):
-                    problems.append(f"{pod_ifname} does not hold {ip}/{plen}")
-                proutes = [rtnl.parse_route(p) for _, p in pod.dump(rtnl.route_dump_msg(family))]
-                # IPv6 routes given no metric get the kernel's 1024
-                want = metric or (1024 if family == socket.AF_INET6 else 0)
-                mine = [r for r in proutes if r["oif"] == pod_index and r["metric"] == want]
-                if family == socket.AF_INET and not any(r["dst"] == f"{gateway}/32" for r in mine):
-                    problems.append(f"pod route {gateway} dev {pod_ifname} is missing")
-                if not any(r["dst"] == default and r["gateway"] == gateway for r in mine):
-                    problems.append(f"pod default route via {gateway} dev {pod_ifname} is missing")
+            if inside is not None:
+                index = inside["index"]
+                seen.pod_link = judged.LinkSeen(index, bool(inside.get("up")), inside.get("address"), inside.get("link"))
+                want = dataclasses.replace(want, route_metric=route_metric(pod_ifname, index))
+                for family, ip in ((socket.AF_INET, ipv4), (socket.AF_INET6, ipv6)):
+                    if not ip:
+                        continue
+                    for _, payload in pod.dump(rtnl.addr_dump_msg(family)):
+                        a = rtnl.parse_addr(payload)
+                        if a["index"] == index:
+                            usable = not rtnl.parse_addr_flags(payload) & (rtnl.IFA_F_TENTATIVE | rtnl.IFA_F_DADFAILED)
+                            seen.pod_addresses.append(judged.AddressSeen(a["address"], a["prefixlen"], usable))
+                    seen.pod_routes += [judged.RouteSeen(r["dst"], pod_ifname if r["oif"] == index else None, r["gateway"],
+                                                  r["metric"])
+                                        for r in (rtnl.parse_route(p) for _, p in pod.dump(rtnl.route_dump_msg(family)))]
         finally:
             pod.close()
     finally:
         os.close(fd)
-    return problems
+    return [problem.message for problem in judged.judge_attachment(want, seen)]
+
+
+def _sysctl_or_none(path: str) -> str | None:
+    try:
+        return sysctl.read(path)
+    except OSError:
+        return None

@@ -26,12 +26,13 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 
 from podnet.calc import compute_desired
+from podnet.calc.attachment import RECREATE, judge_host_end, judge_pod_end
 from podnet.calc.config import VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6
 from podnet.calc.state import DesiredState, Route
 from podnet.dataplane.pod import GATEWAY_V4, GATEWAY_V6
 from podnet.errors import PodnetError
 from podnet.model import Node, vtep_mac
-from podnet.observe.facts import Address, ClusterFacts, KernelFacts, Link, NodeFacts, PodFacts
+from podnet.observe.facts import Address, ClusterFacts, KernelFacts, Link, NodeFacts, PodFacts, attachment_of
 
 OK, BROKEN, WARNING, UNKNOWN = "ok", "broken", "warning", "unknown"
 RTPROT_PODNET = 80
@@ -351,22 +352,29 @@ class _Tracer:
                  verb: str) -> Hop | None:
         """What both ends of the path need of a pod's interface: it exists, is up and holds the
         address, usable (not tentative). The broken hop, or None when all of that holds."""
-        k, plen = p.kernel, self.fam.host_len
-        if link is None:
-            return Hop(kind, p.label, title, BROKEN, f"no {p.interface} in {p.netns}", explain, want,
-                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
-        if not link.up:
-            return Hop(kind, p.label, title, BROKEN, found, explain, want,
-                       in_netns(p.netns, f"ip link set {link.name} up"))
-        held = next((x for x in k.addresses_of(link.name) if x.ip == ip and x.prefixlen == plen), None)
-        if held is None:
-            return Hop(kind, p.label, title, BROKEN, found, explain, want,
-                       in_netns(p.netns, f"ip addr add {ip}/{plen} dev {link.name}" + (" nodad" if self.v6 else "")))
-        if not held.usable:
+        judged = self._judged(p)
+        if "pod-link" in judged:
+            return Hop(kind, p.label, title, BROKEN, f"no {p.interface} in {p.netns}", explain, want, RECREATE)
+        if "pod-down" in judged:
+            return Hop(kind, p.label, title, BROKEN, found, explain, want, _fix(judged["pod-down"], p.netns))
+        address = judged.get("pod-address")
+        if address is not None and len(address.fix) == 1:  # missing
+            return Hop(kind, p.label, title, BROKEN, found, explain, want, _fix(address, p.netns))
+        if address is not None:  # held, but tentative or failed DAD: deleted and added again
             return Hop(kind, p.label, title, BROKEN, found, explain, want + " (nodad: never tentative)",
-                       _readd(p.netns, f"{ip}/{plen}", link.name),
+                       _fix(address, p.netns),
                        f"a tentative address or one that failed duplicate address detection {verb} nothing")
         return None
+
+    def _judged(self, p: PodFacts) -> dict:
+        """The first problem of each part of p's attachment in the family traced, as CNI CHECK and doctor
+        judge it (podnet.calc.attachment)."""
+        node = self.facts.nodes.get(p.node)
+        want, seen = attachment_of(node.kernel if node and node.kernel else KernelFacts(), p, self.fam.version)
+        judged: dict = {}
+        for problem in judge_host_end(want, seen) + judge_pod_end(want, seen):
+            judged.setdefault(problem.part, problem)
+        return judged
 
     def pod_route(self) -> Hop:
         p, k, gw_ip = self.src, self.src.kernel, self.fam.gateway
@@ -419,15 +427,13 @@ class _Tracer:
         broken = self._host_end(title, explain, want, link, found)
         if broken:
             return broken
-        if proxy != "1":
-            return Hop("gateway", n.name, title, BROKEN, found, explain, want,
-                       sysctl_cmd(n.netns, f"conf/{cali}/proxy_arp", 1))
-        forwarding = k.sysctls.get(f"conf/{cali}/forwarding")
-        if forwarding not in (None, "1"):
-            # Proxy ARP answers only for what the node would forward from this interface.
-            key = "ip_forward" if k.sysctls.get("ip_forward") != "1" else f"conf/{cali}/forwarding"
+        judged = self._judged(p)
+        if "proxy-arp" in judged:
+            return Hop("gateway", n.name, title, BROKEN, found, explain, want, _fix(judged["proxy-arp"], n.netns))
+        if "forwarding" in judged:
+            forwarding = k.sysctls.get(f"conf/{cali}/forwarding")
             return Hop("gateway", n.name, title, BROKEN, found + f"; forwarding={forwarding} on {cali}", explain,
-                       want + f", forwarding on {cali}", sysctl_cmd(n.netns, key, 1),
+                       want + f", forwarding on {cali}", _fix(judged["forwarding"], n.netns),
                        "proxy ARP answers only for packets the node would forward")
         if route is None or route.dev == cali or route.type != "unicast":
             gw = guess_router(n)
@@ -442,17 +448,14 @@ class _Tracer:
         pod's peer and is up. The broken hop, or None when all of that holds."""
         p, n = self.src, self.a
         cali = p.host_interface
-        if link is None:
-            return Hop("gateway", n.name, title, BROKEN, f"no interface {cali} on {n.name}", explain, want,
-                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
-        pod_link = p.kernel.links.get(p.interface) if p.kernel else None
-        if _is_peer(pod_link, link) is False:
-            return Hop("gateway", n.name, title, BROKEN, found + f"; {cali} is not the peer of the pod's "
-                       f"{p.interface} (peer index {pod_link.peer}, {cali} is {link.index})", explain, want,
-                       "delete and recreate the pod (CNI DEL + ADD rebuild its veth)")
-        if not link.up:
-            return Hop("gateway", n.name, title, BROKEN, found, explain, want,
-                       in_netns(n.netns, f"ip link set {cali} up"))
+        judged = self._judged(p)
+        if "host-link" in judged:
+            return Hop("gateway", n.name, title, BROKEN, f"no interface {cali} on {n.name}", explain, want, RECREATE)
+        if "veth-peer" in judged:
+            return Hop("gateway", n.name, title, BROKEN, found + "; " + judged["veth-peer"].message, explain, want,
+                       RECREATE)
+        if "host-down" in judged:
+            return Hop("gateway", n.name, title, BROKEN, found, explain, want, _fix(judged["host-down"], n.netns))
         return None
 
     def gateway6(self) -> Hop:
@@ -831,6 +834,11 @@ class _Tracer:
                        in_netns(p.netns, f"{fam.ip_route} replace default via {fam.gateway} dev {p.interface}"),
                        "the request arrives but the reply has no way out")
         return Hop("dst-pod", p.label, title, OK, found, explain)
+
+
+def _fix(problem, netns: str | None) -> str:
+    """A judged problem's repair, each command in `netns`; recreating the pod when no command repairs it."""
+    return " && ".join(in_netns(netns, command) for command in problem.fix) or RECREATE
 
 
 def _gateway_address(k: KernelFacts, cali: str) -> Address | None:
