@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -145,3 +146,22 @@ def _raised(fn):
     except Exception as e:  # noqa: BLE001
         return e
     return None
+
+
+READ_AND_CLOSE = ("import sys; from podnet.datastore.sqlite import SqliteDatastore as S; "
+                  "s = S(sys.argv[1]); print(s.get('/podnet/a').value.decode()); s.close()")
+
+
+def _read_in_another_process(path: str) -> str:
+    return subprocess.run([sys.executable, "-c", READ_AND_CLOSE, path], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, PYTHONPATH=os.getcwd())).stdout.strip()
+
+
+def test_checking_the_store_keeps_sqlites_locks_so_no_write_is_lost(store, path):
+    """check() must never close a descriptor of the file: that drops this process's POSIX locks, another
+    process's last close then deletes the WAL under our connections, and later commits vanish."""
+    store.check()
+    assert _read_in_another_process(path) == "1"
+    store.put("/podnet/a", b"2")
+    assert _read_in_another_process(path) == "2"
+    assert os.path.exists(path + "-wal")
