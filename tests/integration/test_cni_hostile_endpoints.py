@@ -540,3 +540,17 @@ def test_a_legacy_record_is_found_but_only_for_its_own_attachment(hostile: Hosti
         assert f"{a.cid}-x" in before.endpoints and f"{a.cid}-x" not in after.endpoints
         assert a.ip not in after.allocations and host_link(h, a.host_if) is None
         assert not [x for x in before.diff(after) if " gained " in x]
+
+
+@pytest.mark.parametrize("alias", ["", "podnet someone-else:eth0"], ids=["mark-cleared", "mark-of-another"])
+def test_a_veth_whose_mark_was_changed_is_found_by_the_pods_mac(hostile: Hostile, alias):
+    """The host end no longer proves it is the attachment's: DEL finds the pair from the pod's side, by the
+    MAC the record holds, in the namespace the runtime gives; the bystander and the node are untouched."""
+    h = hostile
+    with h.unharmed():
+        a = add(h)
+        node_ip(h, "link", "set", a.host_if, "alias", alias)
+        before = h.snapshot()
+        delete(h, a)
+        assert_removed_only(before, h.snapshot(), a)
+        assert kernel.link(os.path.basename(a.netns), "eth0") is None
