@@ -281,6 +281,7 @@ class Agent:
                  local.interface, address, address6 or "", interface)
         self.reconciler.local = dataclasses.replace(local, address=address, interface=interface, address6=address6)
         self.reconciler.request_full()
+        self.kernel_watcher.refresh()  # the parent interface may be another one now
         self.reconciler.reconcile()  # the device follows before anyone is told
         self.store.reconnect()  # connections from the old address are dead without knowing it
         try:

@@ -284,6 +284,8 @@ class Dataplane:
                     log.error("%s: read-back failed: %s", m.name, e)
                     result.failures.append((m.name, e))
                     failed.add(m.name)
+                    self._resync.add(m.name)  # tried again next cycle (the agent backs off)
+                    self._schedule(m, now)
         for m in self.managers:
             if m.name in failed:
                 continue

@@ -168,3 +168,43 @@ def test_index_matches_compute_desired():
     got = idx.desired()
     assert set(got.routes.values()) == set(want.routes)
     assert set(got.neighbours.values()) == set(want.neighbours) and set(got.fdb.values()) == set(want.fdb)
+
+
+def test_kernel_watcher_restarts_and_resyncs_after_any_error_and_on_lost_notifications():
+    """Never a silent stop: a failure of the socket makes it again and asks for a read-back."""
+    import errno
+    import threading
+
+    from podnet.agent.kernel_events import KernelWatcher
+
+    lost = threading.Event()
+    calls = []
+    watcher = KernelWatcher(lambda: set(), lambda: None, lambda: (calls.append("lost"), lost.set()))
+    failures = [RuntimeError("decoder bug"), OSError(errno.ENOBUFS, "No buffer space available")]
+
+    def receive():
+        if failures:
+            raise failures.pop(0)
+        watcher.stop()
+        raise OSError(errno.EBADF, "closed")
+
+    watcher._receive = receive
+    watcher._open()
+    first = watcher.sock
+    watcher._run()
+    assert calls == ["lost", "lost"] and watcher.restarts == 1
+    assert watcher.sock is not first  # made again after the unexpected error
+    watcher.sock.close()
+
+
+def test_kernel_events_decode_ipv6_routes_and_every_followed_kind():
+    from podnet.agent.kernel_events import decode
+
+    msg = rtnl.route_msg(rtnl.RTM_NEWROUTE, "fd00:99::40/122", gateway="fd00:99::40", oif=8, onlink=True)
+    ev = decode(rtnl.RTM_DELROUTE, msg[16:])
+    assert (ev.table, ev.new, ev.entry["dst"], ev.entry["gateway"]) == ("route", False, "fd00:99::40/122", "fd00:99::40")
+    fdb = rtnl.fdb_msg(rtnl.RTM_NEWNEIGH, 8, "66:00:00:00:00:02", "fd31::2")
+    ev = decode(rtnl.RTM_NEWNEIGH, fdb[16:])
+    assert (ev.table, ev.entry["lladdr"], ev.entry["dst"]) == ("fdb", "66:00:00:00:00:02", "fd31::2")
+    assert decode(rtnl.RTM_NEWADDR, rtnl.addr_msg(rtnl.RTM_NEWADDR, 3, "fd31::5", 64)[16:]).table == "addr"
+    assert decode(99, b"") is None
