@@ -411,6 +411,42 @@ def test_chain_gc_and_status_at_1_1_0(lab, installed, sandbox):
     assert footprint(lab) == before
 
 
+def test_a_del_stopped_by_a_missing_chained_plugin_leaves_a_leak_doctor_names(lab, installed, sandbox):
+    """The conflist install-cni would no longer write: podnet then a plugin that is not installed. The ADD
+    fails at that plugin, and the runtime's DEL (in reverse order, stopping at the first failure, as
+    libcni does) never reaches podnet; the runtime then removes the sandbox. What podnet made stays:
+    doctor names the pod whose namespace is gone and says how to release what it left."""
+    bin_dir, _ = installed
+    conflist = {"cniVersion": "1.0.0", "name": "k8s-pod-network",
+                "plugins": [{"type": "podnet", "ipam": {"type": "podnet-ipam"}},
+                            {"type": "not-installed", "capabilities": {"portMappings": True}}]}
+    runner = ChainRunner(conflist, [str(bin_dir)], lab.node_netns("node-1"))
+    before = footprint(lab)
+    att = Attachment(uuid.uuid4().hex, sandbox(), args="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=lost")
+    with pytest.raises(ChainError) as added:
+        runner.add(att)
+    assert added.value.plugin == "not-installed"
+    with pytest.raises(ChainError) as deleted:
+        runner.delete(att, None)
+    assert deleted.value.plugin == "not-installed" and ("podnet", "DEL") not in runner.calls
+    topology.delete_netns(os.path.basename(att.netns))  # the runtime removes the sandbox all the same
+    left = footprint(lab)
+    assert len(left["endpoints"]) == len(before["endpoints"]) + 1 and len(left["allocations"]) == \
+        len(before["allocations"]) + 1, "the attachment podnet made is still recorded"
+
+    proc = subprocess.run([sys.executable, "-m", "podnet", "--lab", lab.name, "doctor", "-o", "json"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    report = json.loads(proc.stdout)
+    gone = [f for f in report["findings"] if f["check"] == "pod" and "lost" in f["problem"]]
+    assert proc.returncode == 1 and len(gone) == 1, report["findings"]
+    assert f"network namespace {att.netns} is gone" in gone[0]["problem"] and "ipam check" in gone[0]["fix"]
+
+    # What the runtime's GC (or an admin) does then: podnet's own DEL releases it all.
+    podnet = conflist["plugins"][0]
+    runner.exec(podnet, "DEL", runner.plugin_config(podnet, att), att)
+    assert footprint(lab) == before
+
+
 # Deployment manifests -----------------------------------------------------------------------------------
 
 
