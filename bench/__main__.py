@@ -30,10 +30,12 @@ BENCHMARKS = {
     "cli": "bench.cli_start",
     "throughput": "bench.throughput",
     "fanout": "bench.fanout",
+    "policy": "bench.policy",
 }
 ALIASES = {"add_latency": "add", "program_nodes": "program", "drift_repair": "drift", "node_join": "join",
            "ipam_rate": "ipam", "node_join_etcd": "join-etcd", "burst": "burst", "sandbox": "sandbox",
-           "address_change": "address", "cli_start": "cli", "throughput": "throughput", "fanout": "fanout"}
+           "address_change": "address", "cli_start": "cli", "throughput": "throughput", "fanout": "fanout",
+           "policy": "policy"}
 FULL_NAMES = {v: k for k, v in ALIASES.items()}
 
 
