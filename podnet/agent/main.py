@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pyroute2 import IPRoute
 
 from podnet.agent.kernel_events import KernelWatcher
+from podnet.agent.lifecycle import NodeLifecycle
 from podnet.agent.metrics import (DEFAULT_HEALTH_LISTEN, DEFAULT_METRICS_LISTEN, AgentMetrics, HealthServer,
                                   Heartbeat)
 from podnet.agent.reconciler import Reconciler
@@ -31,6 +32,7 @@ from podnet.datastore.api import DatastoreError
 from podnet.datastore.resources import Resources
 from podnet.ipam import Ipam
 from podnet.model import IPPool
+from podnet.model.nodestatus import LIVENESS_TTL_SECONDS
 
 log = logging.getLogger("podnet.agent")
 
@@ -53,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--status-file", help="write readiness and programming status here as JSON")
     p.add_argument("--ipam-gc-grace", type=float, default=900.0,
                    help="seconds before a pod address without a workload endpoint is released (0: no GC)")
+    p.add_argument("--liveness-ttl", type=float, default=LIVENESS_TTL_SECONDS,
+                   help="seconds the agent's liveness record outlives its last renewal (renewed every ttl/3)")
     p.add_argument("--health-listen", default=DEFAULT_HEALTH_LISTEN, metavar="HOST:PORT",
                    help="serve /healthz, /readyz (and /metrics) here ('' to turn off)")
     p.add_argument("--metrics-listen", default=DEFAULT_METRICS_LISTEN, metavar="[HOST]:PORT",
@@ -117,6 +121,8 @@ class Agent:
         self._last_failed = False
         self.gc = None
         self.kernel_watcher: KernelWatcher | None = None
+        self.lifecycle = NodeLifecycle(args.node, self.store, self.resources, self.ipam, self.host,
+                                       (self.config.device, self.config.device6), self.dirty.set, args.liveness_ttl)
 
     def _retry(self, what: str, fn):
         delay = 0.2
@@ -144,9 +150,11 @@ class Agent:
         if address6:
             sysctl.write("/proc/sys/net/ipv6/conf/all/forwarding", 1)
         self._retry("creating the default pool", self._ensure_default_pool)
+        self._retry("announcing this agent's liveness", self.lifecycle.announce)  # before the node record
         node = self._retry("registering the node", lambda: register(self.resources, self.ipam, args.node, address,
                                                                      interface, labels or None, address6))
         self.reconciler = Reconciler(node, self.view, self.config, self.host, self.ipr, args.resync_interval)
+        self.lifecycle.start()
         self.reconciler.offloads.publish = lambda status: self.resources.put_node_status(node.name, status)
         if args.ipam_gc_grace > 0:
             from podnet.ipam.maintenance import NodeGc
@@ -171,6 +179,7 @@ class Agent:
             ipam_lock=threading.Lock(),
             metrics=self.metrics,
             workers=ThreadPoolExecutor(max_workers=8, thread_name_prefix="cni-worker"),
+            fenced=self.lifecycle.why_fenced,
         )
         threading.Thread(target=self._watch_store, name="datastore check", daemon=True).start()
         if args.health_listen:
@@ -185,6 +194,7 @@ class Agent:
         log.info("serving CNI requests on %s", args.cni_socket)
         self._loop()
         server.shutdown()
+        self.lifecycle.stop()
         return 0
 
     def _watch_store(self) -> None:
@@ -223,6 +233,8 @@ class Agent:
         self.filter.start()
 
     def _ready(self) -> tuple[bool, str]:
+        if self.lifecycle.fenced:
+            return False, self.lifecycle.fenced
         if self.store_problem:
             return False, f"datastore: {self.store_problem}"
         if not self.view.in_sync.is_set():
@@ -319,6 +331,11 @@ class Agent:
                 next_tick = time.monotonic() + interval
             self.metrics.in_sync.set(1 if self.view.in_sync.is_set() else 0)
             self._take_kernel_events()  # beliefs only: nothing is programmed here
+            if self.lifecycle.fenced:  # deleted from the cluster: program nothing, ever (see lifecycle.py)
+                self.lifecycle.loop_parked.set()
+                self._write_status()
+                self.stop.wait(interval)
+                continue
             if not self.view.in_sync.is_set():
                 continue  # program nothing until the view is complete
             result = None
@@ -383,6 +400,7 @@ class Agent:
             "node": self.args.node,
             "ready": self._ready()[0],
             "reason": self._ready()[1],
+            "fenced": self.lifecycle.fenced,
             "pid": os.getpid(),
             "tunnel_address": self.reconciler.local.tunnel_address,
             "remote_nodes": list(last.remote_nodes) if last else [],

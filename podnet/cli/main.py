@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     from podnet.cli import cmd_lab_pod
 
     cmd_lab_pod.register(lab_parser)
+    from podnet.cli.cmd_lab_node import register as register_lab_node
+
+    register_lab_node(lab_sub)
 
     ic = sub.add_parser("install-cni", help="install the CNI plugin and a conflist")
     ic.add_argument("--bin-dir", default="/opt/cni/bin")

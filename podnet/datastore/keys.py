@@ -25,6 +25,8 @@ NAMESPACES = ROOT + "resources/v3/namespaces/"
 NETWORK_POLICIES = ROOT + "resources/v3/networkpolicies/"  # projectcalico.org/v3, <namespace>/<name>
 K8S_NETWORK_POLICIES = ROOT + "resources/v3/k8snetworkpolicies/"  # networking.k8s.io/v1, <namespace>/<name>
 GLOBAL_NETWORK_POLICIES = ROOT + "resources/v3/globalnetworkpolicies/"
+LIVENESS = ROOT + "liveness/nodes/"  # one liveness record per running agent (a lease on etcd)
+KERNEL_REPORTS = ROOT + "status/kernel/"  # what each node's kernel holds, as its agent last saw it
 NODE_STATUS = ROOT + "status/v1/nodes/"  # what each agent reports about its node (no agent follows it)
 
 
@@ -38,6 +40,14 @@ def node(name: str) -> str:
 
 def node_status(name: str) -> str:
     return NODE_STATUS + name
+
+
+def liveness(node_name: str) -> str:
+    return LIVENESS + node_name
+
+
+def kernel_report(node_name: str) -> str:
+    return KERNEL_REPORTS + node_name
 
 
 def endpoints_of(node_name: str) -> str:

@@ -522,12 +522,13 @@ class Ipam:
                 return alloc.handle
         raise IpamConflict(f"gave up releasing {ip} after {MAX_CAS_RETRIES} conflicting writes", "try again later")
 
-    def release_block(self, cidr: str) -> bool:
-        """Give an empty block back to its pool (block and affinity go together). False if not empty."""
+    def release_block(self, cidr: str, node: str | None = None) -> bool:
+        """Give an empty block back to its pool (block and affinity go together). False if not empty,
+        or, with `node`, if the block is no longer that node's (given back and claimed again meanwhile)."""
         rec = self.block(cidr)
         if rec is None:
             return True
-        if not rec.block.empty:
+        if not rec.block.empty or (node is not None and rec.block.node != node):
             return False
         ops = [Delete(keys.block(cidr))]
         if rec.block.node:

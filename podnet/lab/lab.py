@@ -26,7 +26,8 @@ from podnet.datastore import open_datastore
 from podnet.datastore.resources import Resources
 from podnet.errors import PodnetError
 from podnet.ipam import Ipam
-from podnet.ipam.maintenance import delete_node
+from podnet.ipam.maintenance import remove_node
+from podnet.model.nodestatus import LIVENESS_TTL_SECONDS
 from podnet.lab import processes
 from podnet.lab.etcd import EtcdCluster
 from podnet.lab.etcd import data_root as etcd_data_root
@@ -265,7 +266,7 @@ class Lab:
                  extra_args: list[str] | None = None) -> dict:
         spec = spec or LabSpec(**self.state.get("spec", {}))
         ns = self.node_netns(node)
-        idx = len(self.state["nodes"]) + 1
+        idx = max((n.get("index", 0) for n in self.state["nodes"]), default=0) + 1
         subnet = next((s for s in range(spec.subnets)
                        if ipaddress.ip_interface(address).ip in spec.subnet(s)), 0)
         self.progress(f"{node}: namespace {ns}, eth0 {address}, agent")
@@ -321,8 +322,27 @@ class Lab:
         self.stop_agent(node)
         self._start_agent(entry, extra_args or [])
 
-    def remove_node(self, node: str) -> None:
-        """Stop the node's agent, delete its namespace and its record: as a node leaving the cluster."""
+    def next_node(self, spec: LabSpec | None = None) -> tuple[str, str]:
+        """(name, underlay address) for the next node to join: node-<n> with n past every node so far."""
+        spec = spec or LabSpec(**self.state.get("spec", {}))
+        taken = [int(n["name"].rsplit("-", 1)[1]) for n in self.state["nodes"]
+                 if n["name"].startswith("node-") and n["name"].rsplit("-", 1)[1].isdigit()]
+        n = max([self.state.get("last_node", 0), *taken]) + 1
+        if n + 12 >= spec.subnet(spec.subnet_of_node(n)).num_addresses:
+            raise LabError(f"the lab's underlay has no address left for node-{n}")
+        return f"node-{n}", spec.node_address(n)
+
+    def join_node(self) -> dict:
+        """A new node joins: namespace, underlay link, agent; returns when every node has programmed it."""
+        name, address = self.next_node()
+        self.state["last_node"] = int(name.rsplit("-", 1)[1])
+        entry = self.add_node(name, address)
+        return entry
+
+    def remove_node(self, node: str) -> dict:
+        """The node leaves the cluster: its agent stops (which ends its liveness at once), its pods' and its
+        own namespaces go (the kernel state first), then, as `podnet node delete` does, its record,
+        addresses, blocks and endpoints. Returns that delete's summary."""
         entry = self._node(node)
         self.stop_agent(node)
         for pod in [p for p in self.state["pods"] if p["node"] == node]:
@@ -332,8 +352,8 @@ class Lab:
         self.state["nodes"].remove(entry)
         self._save()
         with self.datastore() as store:
-            # As `podnet node delete` does: the record, its addresses, blocks and endpoints.
-            delete_node(Ipam(store), Resources(store), node)
+            # A stopped agent ended its liveness record; one killed hard leaves it to expire: wait for that.
+            return remove_node(Ipam(store), Resources(store), node, force=True, wait=LIVENESS_TTL_SECONDS + 5)
 
     def _node(self, node: str) -> dict:
         for entry in self.state["nodes"]:
@@ -351,10 +371,12 @@ class Lab:
     def wait_converged(self, timeout: float = 60.0) -> None:
         """Until every agent is ready and has programmed every other node."""
         deadline = time.monotonic() + timeout
-        names = [n["name"] for n in self.state["nodes"]]
         while time.monotonic() < deadline:
             pending = []
-            for entry in self.state["nodes"]:
+            # A node deleted by force (fenced) is out of the cluster: nobody programs it, it programs nothing.
+            members = [n for n in self.state["nodes"] if not (self.agent_status(n["name"]) or {}).get("fenced")]
+            names = [n["name"] for n in members]
+            for entry in members:
                 st = self.agent_status(entry["name"])
                 others = sorted(set(names) - {entry["name"]})
                 if not processes.alive(entry["pid"], entry.get("pid_start")):
