@@ -129,3 +129,20 @@ def test_records_round_trip():
     assert AgentLiveness.from_json(live.to_json()) == live
     block = Block.new("10.0.0.0/26", "n")
     assert block_users(block, [], {"10.0.1.1"}) == []
+
+
+def test_netns_check_of_the_kernel_report_never_blocks(tmp_path):
+    import os
+
+    from podnet.agent.lifecycle import is_netns_path
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer came
+    regular = tmp_path / "file"
+    regular.write_text("")
+    assert not is_netns_path(str(fifo))
+    assert not is_netns_path(str(regular))
+    assert not is_netns_path(str(tmp_path))
+    assert not is_netns_path(str(tmp_path / "missing")) and not is_netns_path("")
+    assert is_netns_path("/proc/self/ns/net")
+    assert not is_netns_path("/proc/self/ns/uts")  # a namespace, but not a network one
