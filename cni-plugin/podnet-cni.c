@@ -91,8 +91,11 @@ static void read_all(int fd, struct buf *b)
             continue;
         if (r <= 0)
             return;
-        if (b->len + (size_t)r > MAX_INPUT)
+        if (b->len + (size_t)r > MAX_INPUT) {
+            /* Not cut short silently: one byte over the limit makes the agent refuse it with its code. */
+            put(b, chunk, MAX_INPUT + 1 - b->len);
             return;
+        }
         put(b, chunk, (size_t)r);
     }
 }

@@ -21,18 +21,25 @@ import uuid
 
 import pytest
 
-from podnet.cni import wire
+from podnet.cni import install, wire
 from podnet.netns import socket_in
 from tests.integration import kernel
 from tests.integration.hostile import Hostile, assert_error, config, hostile_lab
 
 INVALID_ENVIRONMENT, CONTAINER_UNKNOWN, DECODE_FAILURE, INVALID_CONFIG, TRY_AGAIN_LATER = 4, 3, 6, 7, 11
 PREV = {"cniVersion": "1.0.0", "interfaces": [], "ips": []}
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(scope="module")
-def hostile():
+@pytest.fixture(scope="module", params=install.KINDS)
+def hostile(request):
+    """Every case against both plugin executables (the static one and the Python shim): each opens
+    CNI_NETNS itself, so each must refuse what is no pod's namespace without blocking."""
+    if request.param == "static" and not os.access(install.STATIC_PLUGIN, os.X_OK):
+        proc = subprocess.run(["make", "-C", REPO, "--no-print-directory", "plugin"], capture_output=True, text=True)
+        assert proc.returncode == 0, f"building the static plugin failed: {proc.stdout}{proc.stderr}"
     with hostile_lab("pnt-hn") as h:
+        install.install_plugin(h.lab.bin_dir, kind=request.param)
         yield h
 
 
