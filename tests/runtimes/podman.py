@@ -131,8 +131,16 @@ image_copy_tmp_dir = {p['tmp']}
                 "CONTAINERS_CONF": self.path("containers.conf"), "TMPDIR": self.path("tmp"),
                 "HOME": self.path("tmp")}
 
+    def launcher(self) -> list[str]:
+        """How podman is started in the node: nsenter enters only the network namespace; with
+        `self.private_mounts`, `ip netns exec` also gives it a mount namespace of its own, where the
+        container's namespace is mounted out of the agent's sight."""
+        if getattr(self, "private_mounts", False):
+            return ["ip", "netns", "exec", self.node_netns]
+        return ["nsenter", f"--net=/run/netns/{self.node_netns}"]
+
     def podman(self, *args: str, timeout: float = 60.0, check: bool = False) -> subprocess.CompletedProcess:
-        cmd = ["nsenter", f"--net=/run/netns/{self.node_netns}", "podman",
+        cmd = [*self.launcher(), "podman",
                "--root", self.path("root"), "--runroot", self.path("runroot"), "--storage-driver", "vfs",
                "--cgroup-manager", "cgroupfs", *args]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=self.env(),

@@ -47,6 +47,26 @@ def test_container_on_node_1_reaches_a_pod_on_node_2(runtime_lab, podman):
     assert podman.libcni.entries(cid) == []
 
 
+def test_podman_started_under_ip_netns_exec(runtime_lab, podman):
+    """`ip netns exec` gives podman a mount namespace of its own (its root a slave): the container's
+    namespace, bind-mounted at /run/netns/netns-<id> there, is invisible to the agent. The plugin opens
+    it where podman runs and hands the agent the descriptor, so the container is attached all the same."""
+    before = footprint(runtime_lab)
+    other = remote_pod(runtime_lab, "node-2")
+    podman.private_mounts = True
+    try:
+        proc = podman.run("private", "/bin/sh", "-c", f"ip -4 addr show dev eth0 && ping -c 1 -W 2 {other['ip']}",
+                          rm=True)
+    finally:
+        podman.private_mounts = False
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert in_blocks(_address(proc.stdout), node_blocks(runtime_lab, "node-1"))
+    assert "1 packets received" in proc.stdout
+    calls = [c for c in podman.calls() if "K8S_POD_NAME=private" in c["env"].get("CNI_ARGS", "")]
+    assert [c["env"]["CNI_COMMAND"] for c in calls][:1] == ["ADD"] and all(c["code"] == 0 for c in calls), calls
+    assert footprint(runtime_lab) == before
+
+
 def test_run_rm_leaves_nothing(runtime_lab, podman):
     before = footprint(runtime_lab)
     proc = podman.run("once", "/bin/sh", "-c", "ip -4 addr show dev eth0", rm=True)
