@@ -24,10 +24,11 @@ from typing import Callable
 
 from podnet.datastore import keys
 from podnet.datastore.api import Datastore, DatastoreError
-from podnet.datastore.resources import Resources
+from podnet.datastore.resources import Resources, decode_node
 from podnet.dataplane import inventory, rtnl
-from podnet.ipam import Ipam
+from podnet.ipam import Ipam, IpamError
 from podnet.ipam.maintenance import delete_node
+from podnet.model.endpoint import tunnel_handle, tunnel_handle6
 from podnet.model.nodestatus import (
     KERNEL_REPORT_EVERY,
     LIVENESS_RENEW_SECONDS,
@@ -90,10 +91,12 @@ class NodeLifecycle:
             try:
                 if self.fenced is None:
                     self.announce()
-                    if self.store.get(keys.node(self.node)) is None:
+                    record = self.store.get(keys.node(self.node))
+                    if record is None:
                         self._fence()
                         return
                     if passes % KERNEL_REPORT_EVERY == 0:
+                        self.keep_tunnel_addresses(decode_node(record.value))
                         self.publish_report()
             except DatastoreError as e:
                 log.warning("node lifecycle: %s", e)
@@ -133,6 +136,22 @@ class NodeLifecycle:
                 time.sleep(1)
         self.withdrawn.set()
         log.warning("withdrawn: restart this agent to join the cluster again")
+
+    # Tunnel addresses -----------------------------------------------------------------------------
+
+    def keep_tunnel_addresses(self, node) -> None:
+        """The node's tunnel addresses stay allocated to it: one released by hand (`ipam release --force`)
+        is taken back before IPAM can give it to a pod, while the device still holds it."""
+        for address, handle, kind in ((node.tunnel_address, tunnel_handle(self.node), "vxlanTunnelAddress"),
+                                      (node.tunnel_address6, tunnel_handle6(self.node), "vxlanV6TunnelAddress")):
+            if not address or address in self.ipam.ips_by_handle(handle):
+                continue
+            try:
+                self.ipam.assign_ip(address, self.node, handle, {"type": kind}, use="Tunnel")
+                log.warning("the tunnel address %s had been released by hand: allocated to %s again", address, handle)
+            except IpamError as e:
+                log.error("this node's tunnel address %s is not allocated to it and cannot be taken back: %s "
+                          "(podnet ipam check shows who holds it)", address, e)
 
     # Kernel report --------------------------------------------------------------------------------
 

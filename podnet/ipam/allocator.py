@@ -278,6 +278,9 @@ class Ipam:
         addr = ipaddress.ip_address(ip)
         attrs = dict(attrs or {}, node=node)
         for _ in range(MAX_CAS_RETRIES):
+            record = self.store.get(keys.node(node))
+            if record is None:  # as auto_assign: no Node record, no address
+                raise NodeNotRegistered(node)
             pools = [p for p in self.resources.pools() if p.version == addr.version and not p.disabled
                      and use in p.allowed_uses and addr in p.network]
             if not pools:
@@ -296,7 +299,8 @@ class Ipam:
                 owner = block.allocations[block.ordinal(str(addr))].handle
                 raise AddressUnavailable(f"{ip} is already in use ({owner})",
                                          "ask for a free address, or let podnet choose one")
-            if self._cas(rec.kv, block, handle).succeeded:
+            if self._cas(rec.kv, block, handle, deps=[ModRevisionIs(keys.node(node), record.mod_revision)],
+                         node=node).succeeded:
                 return str(addr)
         raise IpamConflict(f"gave up assigning {ip} to {handle} after {MAX_CAS_RETRIES} conflicting writes",
                            "try again later")

@@ -235,8 +235,8 @@ def address_users(ipam: Ipam, resources: Resources, ip: str) -> list[str]:
     for node in resources.nodes():
         if ip in (node.tunnel_address, node.tunnel_address6):
             users.append(f"it is node {node.name}'s VXLAN tunnel address: every node's route to {node.name}'s "
-                         f"blocks leads to it, so pods on {node.name} become unreachable from other nodes, and "
-                         "IPAM may hand it to a pod")
+                         f"blocks leads to it, so pods on {node.name} become unreachable from other nodes if "
+                         "IPAM hands it to a pod before its agent takes it back (within 15 s)")
     if alloc is not None:
         for prefix in TUNNEL_HANDLE_PREFIXES:
             name = alloc.handle[len(prefix):] if alloc.handle.startswith(prefix) else None

@@ -136,7 +136,8 @@ def test_a_stopped_agent_leaves_at_once_so_delete_needs_no_force(lab_factory):
 
 
 def test_release_of_an_address_in_use_is_refused_and_block_cleanup_keeps_its_block(lab_factory):
-    lab = lab_factory("pnt-nr", nodes=2, pods_per_node=1)
+    # Blocks of 4 addresses, so a pod can be alone in a block of its own.
+    lab = lab_factory("pnt-nr", nodes=2, pods_per_node=1, block_size=30)
     pods = {p["node"]: p for p in lab.status()["pods"]}
     tunnel2 = next(n for n in lab.status()["nodes"] if n["name"] == "node-2")["tunnel_ip"]
     pod_ip = pods["node-2"]["ip"]
@@ -145,22 +146,36 @@ def test_release_of_an_address_in_use_is_refused_and_block_cleanup_keeps_its_blo
         assert out.returncode == 1 and "is in use" in out.stderr and what in out.stderr, out.stderr
         assert "--force" in out.stderr and "Traceback" not in out.stderr
         assert "in use by handle" in cli(lab, "ipam", "show", "--ip", ip).stdout
-    # The agent of node-2 collects garbage on every pass from now on.
-    lab.restart_agent("node-2", ["--resync-interval", "0.2", "--ipam-gc-grace", "600"])
+    # node-2's agent collects garbage on every pass, and looks after its tunnel address every 3 s.
+    lab.restart_agent("node-2", ["--resync-interval", "0.2", "--ipam-gc-grace", "600", "--liveness-ttl", "3"])
     lab.wait_converged()
-    # Forced: it says what breaks. Now the block holds no allocation, but a live endpoint and a tunnel.
-    for ip in (pod_ip, tunnel2):
-        out = cli(lab, "ipam", "release", "--ip", ip, "--force")
-        assert out.returncode == 0 and "released" in out.stdout and "warning:" in out.stdout, out.stderr
     with lab.datastore() as store:
-        block = next(b for b in Ipam(store).blocks() if b.node == "node-2")
-        assert block.empty
+        ipam = Ipam(store)
+        alone = None
+        for i in range(4):
+            ip = lab.add_pod("node-2", f"extra-{i}")["ip"]
+            if len(ipam.block_of(ip).block.allocations) == 1:
+                alone = ip
+                break
+        assert alone, "no pod got a block of its own"
+        cidr = ipam.block_of(alone).block.cidr
+    # Forced: it says what breaks. Now the block holds no allocation, but a live endpoint.
+    out = cli(lab, "ipam", "release", "--ip", alone, "--force")
+    assert out.returncode == 0 and "released" in out.stdout and "warning: pod default/extra-" in out.stdout, out
+    with lab.datastore() as store:
+        assert Ipam(store).block(cidr).block.empty
     seen = set()
     # Many GC passes (each writes the status file with a new time): the block must survive them all.
     assert wait_for(lambda: seen.add((lab.agent_status("node-2") or {}).get("last_reconcile")) or len(seen) > 8,
                     timeout=30)
     with lab.datastore() as store:
-        assert any(b.cidr == block.cidr for b in Ipam(store).blocks())
+        assert Ipam(store).block(cidr) is not None
+    assert kernel.ping(pods["node-1"]["netns"], alone).returncode == 0
+    # A tunnel address released by force is taken back by its agent before IPAM can hand it out.
+    out = cli(lab, "ipam", "release", "--ip", tunnel2, "--force")
+    assert out.returncode == 0 and "warning: it is node node-2's VXLAN tunnel address" in out.stdout, out
+    with lab.datastore() as store:
+        assert wait_for(lambda: Ipam(store).ips_by_handle("vxlan-tunnel-addr-node-2") == [tunnel2], timeout=30)
     assert kernel.ping(pods["node-1"]["netns"], pod_ip).returncode == 0
 
 

@@ -57,6 +57,8 @@ def test_ipam_assigns_nothing_to_a_node_without_a_record(store):
     # This allocator remembers node-1's record and block: the write compares the record and fails.
     with pytest.raises(NodeNotRegistered):
         ipam.auto_assign("node-1", "h3")
+    with pytest.raises(NodeNotRegistered):  # a fixed address in the node's existing block: refused as well
+        ipam.assign_ip("10.244.0.9", "node-1", "h3")
     assert ipam.ips_by_handle("h3") == []
 
 
