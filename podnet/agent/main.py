@@ -105,6 +105,7 @@ class Agent:
         self.config = VxlanConfig(vni=args.vni, port=args.vxlan_port, mtu=args.vxlan_mtu)
         self.store = open_datastore(args.datastore, create=True, **_store_options(args))
         self.store_problem: str | None = None  # what store.check() last found wrong (None: usable)
+        self._written_ready: tuple[bool, str] | None = None  # readiness as the status file last said it
         self.resources = Resources(self.store)
         self.ipam = Ipam(self.store)
         self.ipr = IPRoute()
@@ -366,7 +367,7 @@ class Agent:
             # The status file names every remote node: written when the datastore's view or readiness
             # changed, not for each repair of a kernel entry.
             if tick or not status_written or result is None or result.desired_changes or result.failures \
-                    or bool(result.failures) != self._last_failed:
+                    or bool(result.failures) != self._last_failed or self._ready() != self._written_ready:
                 self._write_status()
                 status_written = time.monotonic()
             self._last_failed = bool(result and result.failures)
@@ -396,10 +397,11 @@ class Agent:
         if not self.args.status_file:
             return
         last = self.reconciler.last
+        self._written_ready = self._ready()
         status = {
             "node": self.args.node,
-            "ready": self._ready()[0],
-            "reason": self._ready()[1],
+            "ready": self._written_ready[0],
+            "reason": self._written_ready[1],
             "fenced": self.lifecycle.fenced,
             "pid": os.getpid(),
             "tunnel_address": self.reconciler.local.tunnel_address,

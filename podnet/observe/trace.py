@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 from podnet.calc import compute_desired
 from podnet.calc.attachment import RECREATE, judge_host_end, judge_pod_end
+from podnet.calc.policy import TABLE as POLICY_TABLE
 from podnet.calc.config import VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6
 from podnet.calc.state import DesiredState, Route
 from podnet.dataplane.pod import GATEWAY_V4, GATEWAY_V6
@@ -904,6 +905,8 @@ def guess_router(n: NodeFacts, version: int = 4) -> str:
     return str(net.network_address + 1) if net.max_prefixlen - net.prefixlen > 1 else "<router>"
 
 
+# podnet's own filter table (calc.policy.TABLE) drops VXLAN from workloads and from addresses that are no
+# member node's, by design: its rules never block the tunnel between nodes.
 # nftables families whose rules see packets of an IP version (ip: IPv4 only, ip6: IPv6 only).
 _NFT_SKIPS = {4: "ip6", 6: "ip"}
 
@@ -914,7 +917,7 @@ def blocking_rules(k: KernelFacts | None, port: int, hooks: tuple[str, ...], ver
     if k is None or not k.firewall:
         return []
     return [r for r in k.firewall if r.matches(port) and (r.hook is None or r.hook in hooks)
-            and r.family != _NFT_SKIPS.get(version)]
+            and r.family != _NFT_SKIPS.get(version) and (r.family, r.table) != ("inet", POLICY_TABLE)]
 
 
 def nft_delete_cmd(netns: str | None, rule) -> str:
