@@ -10,6 +10,7 @@ when a later step fails.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -57,18 +58,20 @@ class NodeContext:
 
 
 def handle(ctx: NodeContext, env: dict[str, str], stdin: bytes, netns: "GivenNetns | None" = None,
-           peer_pid: int | None = None) -> tuple[int, bytes]:
+           peer_pid: int | None = None, deadline: float | None = None) -> tuple[int, bytes]:
     """Run one CNI request; returns (exit code, stdout). Never raises.
 
     netns: CNI_NETNS as the plugin resolved it (wire.py); the descriptor stays the caller's. None (for
     callers in this process, such as tests): resolved here by the plugin's rule. peer_pid: the
-    plugin's process, whose network namespace (the runtime's) is never a pod's."""
+    plugin's process, whose network namespace (the runtime's) is never a pod's. deadline: time.monotonic()
+    by which the request should be answered (waits for other requests end there)."""
     started = time.perf_counter()
     command = env.get("CNI_COMMAND", "?")
     req = None
     opened = None
     try:
         req = p.parse_request(env, stdin)
+        req.deadline = deadline
         if req.command in NETNS_COMMANDS:
             if netns is None:
                 netns = opened = GivenNetns.resolve(req.netns)
@@ -399,11 +402,25 @@ def _duplicate(req: Request) -> CniError:
                     "an attachment is added once; DEL it before adding it again")
 
 
+@contextlib.contextmanager
+def _within_deadline(lock: threading.Lock, req: Request):
+    """Hold lock, waiting no later than the request's deadline (wire.REQUEST_DEADLINE): behind allocators
+    stuck on a slow datastore, a request answers 11 in time rather than wait on past the plugin's timeout."""
+    wait = -1 if req.deadline is None else max(0.0, req.deadline - time.monotonic())
+    if not lock.acquire(timeout=wait):
+        raise CniError(p.TRY_AGAIN_LATER, "the podnet agent could not start this request's address allocation "
+                                          "in time", "other allocations on this node are slow (the datastore?); retry")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _allocate(ctx: NodeContext, req: Request, handle: str, attrs: dict) -> list[str]:
     """The ADD's addresses, one per family asked for. A failure releases what was taken before it."""
     taken: list[str] = []
     try:
-        with ctx.ipam_lock:  # one allocator per node at a time; CAS still guards other processes
+        with _within_deadline(ctx.ipam_lock, req):  # one allocator per node at a time; CAS guards others
             fixed = req.fixed_ips()  # asked-for addresses replace automatic assignment, as in Calico
             for version, pools in ((4, req.ipv4_pools), (6, req.ipv6_pools)):
                 if version in fixed:

@@ -132,6 +132,7 @@ class Request:
     config: dict
     raw_config: bytes = b""
     netns_fd: int | None = None  # the pod's namespace as the agent resolved it (handler.resolve_netns)
+    deadline: float | None = None  # time.monotonic() by which the agent should answer (wire.REQUEST_DEADLINE)
 
     @property
     def version(self) -> str:

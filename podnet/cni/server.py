@@ -251,7 +251,8 @@ class CniServer:
             except BadRequest as e:
                 _refuse(incoming, e.error)
                 return
-            code, out = handler.handle(self.ctx, env, stdin, netns=netns, peer_pid=incoming.peer_pid)
+            code, out = handler.handle(self.ctx, env, stdin, netns=netns, peer_pid=incoming.peer_pid,
+                                       deadline=incoming.accepted + wire.REQUEST_DEADLINE)
             _answer(incoming.conn, code, out)
         finally:
             incoming.close()

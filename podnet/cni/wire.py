@@ -43,7 +43,9 @@ Response (agent -> plugin)
 Limits the agent enforces (each answered with a spec error, never a silent close)
     env_len over MAX_ENV: code 4; stdin_len over MAX_CONFIG: code 7 (a configuration that size can
     never succeed, so not 11); a header that is not this protocol: code 4; the whole request not
-    received READ_DEADLINE seconds after the connection was accepted: code 11. PODNET/1 (the
+    received READ_DEADLINE seconds after the connection was accepted: code 11; a request still waiting
+    for others (the node's one address allocator) REQUEST_DEADLINE seconds after it was accepted gives
+    up with code 11, so the plugin (which waits 120 s) always gets an answer. PODNET/1 (the
     previous protocol, no descriptor) is answered with code 4 asking for `podnet install-cni`.
 """
 
@@ -54,6 +56,7 @@ MAX_HEADER = 128
 MAX_ENV = 4 << 20  # Linux caps one environment string at 128 KiB and all of them at ~2 MiB
 MAX_CONFIG = 16 << 20
 READ_DEADLINE = 10.0  # seconds from accept() to the last byte of the request
+REQUEST_DEADLINE = 60.0  # seconds from accept() by which waits for other requests end (the plugins wait 120)
 
 # The <netns> tokens.
 NETNS_FD = "fd"

@@ -18,6 +18,7 @@ from podnet.cni import wire
 from podnet.netns import socket_in
 from tests.integration import kernel
 from tests.integration.hostile import Hostile, config, hostile_lab
+from tests.integration.witness import wait_for
 
 INVALID_ENVIRONMENT, INVALID_CONFIG, TRY_AGAIN_LATER = 4, 7, 11
 
@@ -61,7 +62,8 @@ def test_silent_clients_do_not_hold_the_pool(hostile):
         with raw_clients(hostile, 80):
             add = hostile.run(env, timeout=30)
             assert add.code == 0, add
-            assert kernel.ping(os.path.basename(netns), hostile.peer["ip"]).returncode == 0
+            # (the new pod's first packets may wait for the filter layer to learn its endpoint)
+            assert wait_for(lambda: kernel.ping(os.path.basename(netns), hostile.peer["ip"]).returncode == 0, 10)
             delete = hostile.run(dict(env, CNI_COMMAND="DEL"), timeout=30)
             assert delete.code == 0, delete
 

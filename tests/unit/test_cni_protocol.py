@@ -399,3 +399,18 @@ def test_shim_constants_match_the_protocol():
 ])
 def test_shim_reads_the_version_without_json(raw, version):
     assert _shim()._version_of(raw) == version
+
+
+def test_a_request_waits_for_the_allocator_no_later_than_its_deadline():
+    import threading
+    import time
+
+    lock = threading.Lock()
+    req = p.parse_request(env(), conf())
+    req.deadline = time.monotonic() + 0.05
+    with lock:  # another allocator holds it
+        e = error_of(lambda: handler._within_deadline(lock, req).__enter__())
+    assert e.code == p.TRY_AGAIN_LATER and "in time" in e.msg
+    with handler._within_deadline(lock, req):  # free: taken at once, even past the deadline
+        assert lock.locked()
+    assert not lock.locked()
