@@ -256,7 +256,7 @@ def _summary_rows(b: dict) -> list[str]:
         p, q, r, t = e["summary"]["podnet"], e["summary"]["hand"], e["ratios"], e["targets"]
         n = e["params"]["repetitions"]
         flowed = e["checks"]["traffic_flowed_and_crossed_vxlan"]
-        rows.append(f"| Pod-to-pod TCP across nodes, iperf3, defaults | median of {n} | {p['tcp_gbps']:.2f} Gbit/s | "
+        rows.append(f"| Pod-to-pod TCP across nodes, iperf3, defaults | median of {n} (ratio: of pairs) | {p['tcp_gbps']:.2f} Gbit/s | "
                     f"{q['tcp_gbps']:.2f} Gbit/s (hand-wired VXLAN) | {_x(r['tcp'])} | >= {t['tcp_ratio']}x | "
                     f"{_met(e['checks']['tcp'] and flowed)} |")
         rows.append(f"| Pod-to-pod UDP, 1400-byte datagrams | median of {n} | {p['udp_gbps']:.2f} Gbit/s | "
@@ -306,7 +306,11 @@ def _throughput(e: dict) -> list[str]:
                    f"({', '.join(map(str, s['udp_gbps_all']))}) | {', '.join(map(str, s['udp_lost_percent']))} | "
                    f"{s['ping_p50_ms']:.3f} / {s['ping_p99_ms']:.3f} | {s['rr_per_s']:.0f} | "
                    f"{', '.join(s['tx_checksum_offload'])} |")
-    out += ["", "Checks: " + ", ".join(f"{k} {_met(v)}" for k, v in e["checks"].items())]
+    r = e["ratios"]
+    out += ["", f"podnet/peer of each back-to-back pair: TCP {', '.join(_x(x) for x in r.get('tcp_pairs', []))}; "
+                f"UDP {', '.join(_x(x) for x in r.get('udp_pairs', []))} (the verdict takes their medians; the ratio "
+                f"of the two sides' medians: TCP {_x(r.get('tcp_of_medians'))}, UDP {_x(r.get('udp_of_medians'))})",
+            "", "Checks: " + ", ".join(f"{k} {_met(v)}" for k, v in e["checks"].items())]
     if e.get("failed_checks"):
         out += [""] + [f"- failed check: {x}" for x in e["failed_checks"]]
     return out

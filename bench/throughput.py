@@ -8,7 +8,8 @@ each node behind a veth with proxy ARP, the /32 host routes, and per remote node
 2-node lab (`podnet lab up`) with nothing configured: its agents decide the offloads themselves.
 
 Measured from pod 1 to pod 2, the two sides interleaved (the order alternates per repetition), each
-repeated and reported as medians: iperf3 TCP (one stream) and UDP (1400-byte datagrams, unlimited
+repeated and reported as medians (the verdict's ratio is the median of the ratios of back-to-back
+pairs, each figure of the two sides measured one after the other): iperf3 TCP (one stream) and UDP (1400-byte datagrams, unlimited
 rate; throughput is what arrived), ping round-trip time (p50 and p99 of every reply), and a
 request/response rate (a 1-byte request answered by a 1-byte response over one TCP connection, as
 netperf's TCP_RR does). Checks that count in the verdict: every run moved data (nonzero bytes, UDP
@@ -211,16 +212,20 @@ def run(tag: str, quick: bool) -> dict:
         for s in sides.values():
             Servers(c, s)
             _ping(s, 3)  # warm up: ARP for 169.254.1.1, the first segments
+        measure = {"tcp": lambda s: _iperf(s, False, seconds), "udp": lambda s: _iperf(s, True, seconds),
+                   "ping": lambda s: _ping(s, pings), "rr": lambda s: _rr(s, rr_seconds)}
         for rep in range(reps):
+            # Each figure of the two sides back to back, the order alternating: a pair sees the same load.
             order = ["podnet", "hand"] if rep % 2 == 0 else ["hand", "podnet"]
+            r = {k: {} for k in order}
+            for what, fn in measure.items():
+                for k in order:
+                    r[k][what] = fn(sides[k])
             for k in order:
-                s = sides[k]
-                r = {"tcp": _iperf(s, False, seconds), "udp": _iperf(s, True, seconds), "ping": _ping(s, pings),
-                     "rr": _rr(s, rr_seconds)}
-                runs[k].append(r)
-                progress(f"{NAME}: rep {rep + 1}/{reps} {k}: TCP {r['tcp']['bps'] / 1e9:.2f} Gbit/s, "
-                         f"UDP {r['udp']['bps'] / 1e9:.2f} Gbit/s, ping p50 "
-                         f"{percentile(r['ping']['rtts'], 50):.3f} ms, RR {r['rr']['per_s']:.0f}/s")
+                runs[k].append(r[k])
+                progress(f"{NAME}: rep {rep + 1}/{reps} {k}: TCP {r[k]['tcp']['bps'] / 1e9:.2f} Gbit/s, "
+                         f"UDP {r[k]['udp']['bps'] / 1e9:.2f} Gbit/s, ping p50 "
+                         f"{percentile(r[k]['ping']['rtts'], 50):.3f} ms, RR {r[k]['rr']['per_s']:.0f}/s")
     summary = {}
     for k, rs in runs.items():
         rtts = [x for r in rs for x in r["ping"]["rtts"]]
@@ -232,8 +237,15 @@ def run(tag: str, quick: bool) -> dict:
                       "ping_p50_ms": round(percentile(rtts, 50), 4), "ping_p99_ms": round(percentile(rtts, 99), 4),
                       "rr_per_s": round(_median([r["rr"]["per_s"] for r in rs]), 1),
                       "tx_checksum_offload": offloads[k]}
-    ratios = {"tcp": ratio(summary["podnet"]["tcp_gbps"], summary["hand"]["tcp_gbps"]),
-              "udp": ratio(summary["podnet"]["udp_gbps"], summary["hand"]["udp_gbps"]),
+    # The verdict's ratios are medians of each back-to-back pair's ratio: load that drifts between
+    # repetitions then cancels out (the medians of each side's figures are reported beside them).
+    pairs = {what: [ratio(p[what]["bps"], h[what]["bps"]) for p, h in zip(runs["podnet"], runs["hand"])]
+             for what in ("tcp", "udp")}
+    ratios = {"tcp": round(_median([x for x in pairs["tcp"] if x is not None]), 3) or None,
+              "udp": round(_median([x for x in pairs["udp"] if x is not None]), 3) or None,
+              "tcp_pairs": pairs["tcp"], "udp_pairs": pairs["udp"],
+              "tcp_of_medians": ratio(summary["podnet"]["tcp_gbps"], summary["hand"]["tcp_gbps"]),
+              "udp_of_medians": ratio(summary["podnet"]["udp_gbps"], summary["hand"]["udp_gbps"]),
               "ping_p50": ratio(summary["podnet"]["ping_p50_ms"], summary["hand"]["ping_p50_ms"]),
               "ping_p99": ratio(summary["podnet"]["ping_p99_ms"], summary["hand"]["ping_p99_ms"]),
               "rr": ratio(summary["podnet"]["rr_per_s"], summary["hand"]["rr_per_s"])}
