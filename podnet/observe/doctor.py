@@ -469,8 +469,8 @@ def pod_fix(problem: Problem, n: NodeFacts, pod) -> str:
     """The commands of a problem, each in the namespace of its side."""
     if problem.part == "netns":
         return ("the runtime's DEL never reached podnet (e.g. it stopped at a failing chained plugin): "
-                f"`podnet ipam check` lists what pod {pod.label} left; the runtime's CNI GC, or podnet ipam gc, "
-                "releases it")
+                f"`podnet ipam check` lists what pod {pod.label} left (once the agent's kernel report shows the "
+                "namespace gone); `podnet ipam gc --yes`, or the runtime's CNI GC, releases it")
     if not problem.fix:
         return RECREATE
     ns = n.netns if problem.side == NODE else pod.netns

@@ -31,6 +31,7 @@ from podnet.netns import socket_in
 from tests.integration import kernel
 from tests.integration.conftest import built_lab
 from tests.integration.test_cni_conformance import footprint, sandbox_links
+from tests.integration.witness import wait_for
 
 REFERENCE_PLUGINS = "/usr/lib/cni"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -411,7 +412,7 @@ def test_chain_gc_and_status_at_1_1_0(lab, installed, sandbox):
     assert footprint(lab) == before
 
 
-def test_a_del_stopped_by_a_missing_chained_plugin_leaves_a_leak_doctor_names(lab, installed, sandbox):
+def test_a_del_stopped_by_a_missing_chained_plugin_leaves_a_leak_doctor_names(lab, installed, sandbox, tmp_path):
     """The conflist install-cni would no longer write: podnet then a plugin that is not installed. The ADD
     fails at that plugin, and the runtime's DEL (in reverse order, stopping at the first failure, as
     libcni does) never reaches podnet; the runtime then removes the sandbox. What podnet made stays:
@@ -441,9 +442,19 @@ def test_a_del_stopped_by_a_missing_chained_plugin_leaves_a_leak_doctor_names(la
     assert proc.returncode == 1 and len(gone) == 1, report["findings"]
     assert f"network namespace {att.netns} is gone" in gone[0]["problem"] and "ipam check" in gone[0]["fix"]
 
-    # What the runtime's GC (or an admin) does then: podnet's own DEL releases it all.
-    podnet = conflist["plugins"][0]
-    runner.exec(podnet, "DEL", runner.plugin_config(podnet, att), att)
+    # ipam check reports it once the node's agent has reported the namespace gone, and ipam gc releases it.
+    def check() -> dict:
+        path = tmp_path / "report.json"
+        out = subprocess.run([sys.executable, "-m", "podnet", "--lab", lab.name, "ipam", "check", "-o", str(path)],
+                             capture_output=True, text=True, timeout=120, cwd=REPO)
+        return json.loads(path.read_text()) if out.returncode == 1 else {}
+
+    report = wait_for(lambda: (r := check()) and any(g["container"] == att.container_id
+                                                     for g in r.get("endpoints_gone", [])) and r, timeout=60)
+    assert report, "ipam check never reported the endpoint whose namespace is gone"
+    gc = subprocess.run([sys.executable, "-m", "podnet", "--lab", lab.name, "ipam", "gc", "--yes"],
+                        capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert gc.returncode == 0, gc.stdout + gc.stderr
     assert footprint(lab) == before
 
 
