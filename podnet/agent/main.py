@@ -30,6 +30,7 @@ from podnet.dataplane import rtnl, sysctl
 from podnet.datastore import default_url, open_datastore
 from podnet.datastore.api import DatastoreError
 from podnet.datastore.resources import Resources
+from podnet.errors import PodnetError
 from podnet.ipam import Ipam
 from podnet.model import IPPool
 from podnet.model.nodestatus import LIVENESS_TTL_SECONDS
@@ -434,4 +435,9 @@ def run(args) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="podnet agent")
     add_arguments(p)
-    return run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except PodnetError as e:  # e.g. a damaged or read-only store at start: the cause, no traceback
+        logging.getLogger("podnet.agent").error("the agent cannot run: %s", e)
+        return 1

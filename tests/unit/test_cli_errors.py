@@ -36,3 +36,17 @@ def test_a_missing_store_is_an_error_naming_it(capsys, tmp_path):
                                      "creates it when it starts; name another store with --datastore or "
                                      "$PODNET_DATASTORE)\n"), (argv, err)
     assert not (tmp_path / "x.db").exists()
+
+
+def test_the_agent_names_why_it_cannot_start(monkeypatch, capsys):
+    from podnet.agent import main as agent_main
+    from podnet.datastore.api import DatastoreCorrupt
+
+    def broken(args):
+        agent_main.setup_logging("text", "info", args.node)
+        raise DatastoreCorrupt("the embedded datastore /x.db is damaged: database disk image is malformed")
+
+    monkeypatch.setattr(agent_main, "run", broken)
+    assert cli.main(["agent", "--node", "n1", "--datastore", "sqlite:///x.db"]) == 1
+    err = capsys.readouterr().err
+    assert "the agent cannot run: the embedded datastore /x.db is damaged" in err and "Traceback" not in err
