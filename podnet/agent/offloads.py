@@ -3,8 +3,8 @@
 The self-test (podnet.dataplane.csum_selftest) runs once per agent process, at the first reconcile
 that has a device: it is a fact about this kernel, not about the cluster. Each reconcile then keeps
 every device as decided (podnet.calc.offload), logs a decision when it changes, and reports the
-decisions and the evidence in the node's status record, which `podnet describe node` and
-`podnet doctor` show.
+decisions, the evidence and the node's checksum error counters (InCsumErrors, written again only
+when they change) in the node's status record, which `podnet describe node` and `podnet doctor` show.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ log = logging.getLogger(__name__)
 
 class OffloadKeeper:
     def __init__(self, publish: Callable[[dict], None] | None = None,
-                 selftest: Callable[[VxlanConfig], ChecksumEvidence] | None = None):
+                 selftest: Callable[[VxlanConfig], ChecksumEvidence] | None = None,
+                 counters: Callable[[], dict] | None = None):
         self.publish = publish  # writes the node's status record; failures are retried next reconcile
         self._selftest = selftest or (lambda c: csum_selftest.run(c.vni, c.port, min(c.device_mtu(None), 1450)))
+        self._counters = counters or csum_selftest.checksum_errors
         self.evidence: ChecksumEvidence | None = None
         self.decisions: dict[str, OffloadDecision] = {}
         self._published: dict | None = None
@@ -47,8 +49,13 @@ class OffloadKeeper:
         self._report()
 
     def status(self) -> dict:
+        try:  # what the real underlay delivers: a sender whose offload mangles checksums shows here
+            errors = self._counters()
+        except OSError:
+            errors = None
         return {"offloads": {name: d.to_dict() for name, d in sorted(self.decisions.items())},
-                "checksumSelfTest": self.evidence.to_dict() if self.evidence else None}
+                "checksumSelfTest": self.evidence.to_dict() if self.evidence else None,
+                "checksumErrors": errors}
 
     def _report(self) -> None:
         status = self.status()

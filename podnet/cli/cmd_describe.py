@@ -16,8 +16,12 @@ def _offload_rows(status: dict | None) -> list[tuple[str, object]]:
     offloads = (status or {}).get("offloads") or {}
     if not offloads:
         return [("TX checksum offload", "not reported (has the node's agent run?)")]
-    return [(f"TX checksum offload {dev}", f"{'on' if d['txChecksumOffload'] else 'off'} ({d['source']}): {d['reason']}")
+    rows = [(f"TX checksum offload {dev}", f"{'on' if d['txChecksumOffload'] else 'off'} ({d['source']}): {d['reason']}")
             for dev, d in sorted(offloads.items())]
+    errors = status.get("checksumErrors")
+    if errors:
+        rows.append(("Checksum errors received", ", ".join(f"{k} InCsumErrors {v}" for k, v in sorted(errors.items()))))
+    return rows
 
 
 def cmd_describe(args) -> int:

@@ -73,13 +73,18 @@ def test_the_keeper_runs_the_self_test_once_applies_and_reports(monkeypatch):
 
     fake, runs, published = FakeEthtool(), [], []
     monkeypatch.setattr(offloads, "ethtool", fake)
-    keeper = OffloadKeeper(published.append, lambda config: runs.append(config) or FAIL)
+    counters = {"Tcp": 0, "Udp": 0}
+    keeper = OffloadKeeper(published.append, lambda config: runs.append(config) or FAIL, lambda: dict(counters))
     keeper.ensure(["vxlan.calico"], VxlanConfig())
     keeper.ensure(["vxlan.calico"], VxlanConfig())
     assert len(runs) == 1 and fake.state["vxlan.calico"] is False
     assert len(published) == 1  # only a changed decision is written
     assert published[0]["offloads"]["vxlan.calico"]["source"] == "self-test"
     assert published[0]["checksumSelfTest"] == {"selftest": FAILED, "detail": "12 inner checksums bad"}
+    counters["Tcp"] = 3  # the real underlay delivered bad checksums: reported, once
+    keeper.ensure(["vxlan.calico"], VxlanConfig())
+    keeper.ensure(["vxlan.calico"], VxlanConfig())
+    assert len(published) == 2 and published[-1]["checksumErrors"] == {"Tcp": 3, "Udp": 0}
     keeper.ensure(["vxlan.calico"], VxlanConfig(tx_checksum_offload=True))  # the explicit setting wins
     assert fake.state["vxlan.calico"] is True and published[-1]["offloads"]["vxlan.calico"]["source"] == "configuration"
 
