@@ -60,7 +60,10 @@ class NodeLifecycle:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_report: KernelReport | None = None
-        self._liveness = AgentLiveness(node, socket.gethostname(), os.getpid(), time.time(), ttl, self.renew)
+        from podnet import __version__
+
+        self._liveness = AgentLiveness(node, socket.gethostname(), os.getpid(), time.time(), ttl, self.renew,
+                                       __version__)
 
     # Liveness -------------------------------------------------------------------------------------
 

@@ -160,9 +160,33 @@ def _conflist_template(args) -> str | None:
 
 
 def cmd_version(args) -> int:
+    """The client's version, and each running agent's from its liveness record (as calicoctl version
+    reports the cluster's beside its own)."""
+    import datetime
+
     import podnet
+    from podnet.cli.output import table
+    from podnet.datastore import keys, open_datastore
+    from podnet.model.nodestatus import AgentLiveness
 
     print(f"Client Version:    {podnet.__version__}")
+    try:
+        store = open_datastore(args.datastore)
+        try:
+            live = store.live(keys.LIVENESS)
+        finally:
+            store.close()
+    except PodnetError as e:
+        print(f"Agents:            unknown ({e})")
+        return 0
+    agents = sorted((AgentLiveness.from_json(rec.value) for rec in live.values()), key=lambda a: a.node)
+    print(f"Agents running:    {len(agents)}")
+    if agents:
+        print()
+        table(["NODE", "VERSION", "HOST", "PID", "STARTED"],
+              [[a.node, a.version or "(older than 0.1.0)", a.host, a.pid,
+                datetime.datetime.fromtimestamp(a.started, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")]
+               for a in agents])
     return 0
 
 

@@ -31,6 +31,7 @@ class AgentLiveness:
     started: float  # unix time the agent started
     ttl: float
     renew: float
+    version: str = ""  # the agent's podnet version (`podnet version` lists them)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -39,7 +40,8 @@ class AgentLiveness:
     def from_json(cls, raw: bytes) -> AgentLiveness:
         d = json.loads(raw)
         return cls(str(d.get("node", "")), str(d.get("host", "")), int(d.get("pid", 0)),
-                   float(d.get("started", 0)), float(d.get("ttl", 0)), float(d.get("renew", 0)))
+                   float(d.get("started", 0)), float(d.get("ttl", 0)), float(d.get("renew", 0)),
+                   str(d.get("version", "")))
 
 
 @dataclass(frozen=True)

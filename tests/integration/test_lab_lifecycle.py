@@ -115,6 +115,12 @@ def test_nat_outgoing_lab_has_an_external_host_and_every_command_names_the_lab_a
         assert kernel.ping(pod["netns"], ext["ip"]).returncode == 0
         listed = json.loads(podnet_cli("lab", "list", "-o", "json").stdout)
         assert {"name": name, "nodes": 1, "pods": 1, "datastore": "sqlite", "complete": True} in listed
+        version = podnet_cli("version", "--lab", name)
+        assert version.returncode == 0, version.stderr
+        assert "Agents running:    1" in version.stdout and "node-1" in version.stdout
+        import podnet
+
+        assert version.stdout.count(podnet.__version__) == 2  # the client's and the agent's
         pools = podnet_cli("get", "ippools", "-o", "json", "--lab", name)
         assert pools.returncode == 0 and json.loads(pools.stdout)["items"][0]["spec"]["natOutgoing"] is True
     finally:
