@@ -171,7 +171,7 @@ def cmd_version(args) -> int:
 
     print(f"Client Version:    {podnet.__version__}")
     try:
-        store = open_datastore(args.datastore)
+        store = open_datastore(args.datastore, create=False)
         try:
             live = store.live(keys.LIVENESS)
         finally:

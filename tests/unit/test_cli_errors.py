@@ -29,13 +29,16 @@ def test_an_unexpected_error_prints_one_line_and_saves_the_traceback(monkeypatch
 
 
 def test_a_missing_store_is_an_error_naming_it(capsys, tmp_path):
-    for argv in (["get", "nodes"], ["ipam", "check"], ["ipam", "show"], ["describe", "node", "n1"]):
+    for argv in (["get", "nodes"], ["ipam", "check"], ["ipam", "show"], ["describe", "node", "n1"],
+                 ["delete", "ippool", "p"], ["label", "ippool", "p", "a=b"]):
         code = cli.main(["--datastore", f"sqlite://{tmp_path}/x.db", *argv])
         err = capsys.readouterr().err
         assert code == 1 and err == (f"error: there is no embedded datastore at {tmp_path}/x.db (the podnet agent "
                                      "creates it when it starts; name another store with --datastore or "
                                      "$PODNET_DATASTORE)\n"), (argv, err)
     assert not (tmp_path / "x.db").exists()
+    assert cli.main(["--datastore", f"sqlite://{tmp_path}/x.db", "version"]) == 0
+    assert "no embedded datastore" in capsys.readouterr().out and not (tmp_path / "x.db").exists()
 
 
 def test_the_agent_names_why_it_cannot_start(monkeypatch, capsys):
