@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from podnet.cni.install import install_plugin
 from podnet.dataplane import topology
 from podnet.netns import entered
-from podnet.datastore import open_datastore
+from podnet.datastore import keys, open_datastore
 from podnet.datastore.resources import Resources
 from podnet.errors import PodnetError
 from podnet.ipam import Ipam
@@ -371,10 +371,13 @@ class Lab:
     def wait_converged(self, timeout: float = 60.0) -> None:
         """Until every agent is ready and has programmed every other node."""
         deadline = time.monotonic() + timeout
+        with self.datastore() as store:
+            self._converge(store, deadline, timeout)
+
+    def _converge(self, store, deadline: float, timeout: float) -> None:
         while time.monotonic() < deadline:
             pending = []
-            # A node deleted by force (fenced) is out of the cluster: nobody programs it, it programs nothing.
-            members = [n for n in self.state["nodes"] if not (self.agent_status(n["name"]) or {}).get("fenced")]
+            members = [n for n in self.state["nodes"] if not self._left_cluster(n["name"], store)]
             names = [n["name"] for n in members]
             for entry in members:
                 st = self.agent_status(entry["name"])
@@ -388,6 +391,17 @@ class Lab:
             time.sleep(0.05)
         raise LabError(f"agents did not converge within {timeout:.0f}s: {', '.join(pending)}",
                        self._log_tail(pending[0]))
+
+    def _left_cluster(self, node: str, store) -> bool:
+        """A node deleted by force is out of the cluster (nobody programs it, it programs nothing): its
+        agent says it is fenced, or it was ready once and its record is gone (an agent that has not yet
+        seen the delete, or cannot)."""
+        st = self.agent_status(node) or {}
+        if st.get("fenced"):
+            return True
+        if not st.get("ready"):
+            return False  # still joining: its record may not be written yet
+        return store.get(keys.node(node)) is None
 
     def _log_tail(self, node: str, lines: int = 15) -> str:
         try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -123,6 +125,33 @@ def test_node_delete_refuses_a_live_node_and_force_fences_it(lab_factory, datast
     assert wait_for(lambda: kernel.ping(pods["node-1"]["netns"], newcomer["ip"]).returncode == 0, timeout=10)
     check = cli(lab, "ipam", "check")
     assert check.returncode == 0, check.stdout
+
+
+def test_a_fenced_agent_that_cannot_withdraw_keeps_its_addresses_from_the_next_node(lab_factory):
+    """The agent of node-2 is frozen (SIGSTOP) when it is deleted by force: it cannot withdraw, so its
+    addresses stay reserved, and the node that joins meanwhile gets others. Thawed, it withdraws."""
+    lab = lab_factory("pnt-nf", nodes=3, pods_per_node=1)
+    pods = {p["node"]: p for p in lab.status()["pods"]}
+    agent = next(n for n in lab.state["nodes"] if n["name"] == "node-2")
+    os.kill(agent["pid"], signal.SIGSTOP)
+    try:
+        out = cli(lab, "node", "delete", "node-2", "--force", "--wait", "2")
+        assert out.returncode == 1 and "has not withdrawn" in out.stdout, out.stdout + out.stderr
+        joined = lab.join_node()
+        lab.add_pod(joined["name"], "newcomer")
+        held = assert_no_address_on_two_nodes(lab)  # node-2's kernel still holds its tunnel and pod address
+        assert {ip for ip, nodes in held.items() if "node-2" in nodes} >= {pods["node-2"]["ip"]}
+    finally:
+        os.kill(agent["pid"], signal.SIGCONT)
+    assert wait_for(lambda: kernel.link(lab.node_netns("node-2"), "vxlan.calico") is None, timeout=30)
+    with lab.datastore() as store:
+        assert wait_for(lambda: keys.liveness("node-2") not in store.live(keys.LIVENESS), timeout=30)
+    assert cli(lab, "ipam", "gc", "--yes").returncode == 0
+    assert cli(lab, "ipam", "check").returncode == 0
+    held = assert_no_address_on_two_nodes(lab)
+    assert all("node-2" not in nodes for nodes in held.values())
+    newcomer = next(p for p in lab.status()["pods"] if p["name"] == "newcomer")
+    assert wait_for(lambda: kernel.ping(pods["node-1"]["netns"], newcomer["ip"]).returncode == 0, timeout=10)
 
 
 def test_a_stopped_agent_leaves_at_once_so_delete_needs_no_force(lab_factory):
