@@ -43,7 +43,7 @@ BLOCK_PREFIX = 26
 
 class _StaticView:
     """The agent's DatastoreView, over records held here: what the Reconciler asks of it
-    (a snapshot for the cluster-wide facts, the nodes changed since the last pass, one node's
+    (the cluster-wide facts, the nodes changed since the last pass, one node's
     facts). No pools: every block is routed as vxlanMode Always and no NAT table is wanted."""
 
     def __init__(self, nodes, affinities):
@@ -53,10 +53,8 @@ class _StaticView:
             self.blocks.setdefault(name, []).append(cidr)
         self._all, self._changed = True, set()
 
-    def snapshot(self):
-        from podnet.agent.syncer import Snapshot
-
-        return Snapshot(nodes=list(self.nodes.values()))
+    def cluster_facts(self):
+        return [], []
 
     def take_changes(self):
         out = (self._all, self._changed)

@@ -10,8 +10,10 @@ replaced in place, so an agent restart deletes and re-adds nothing.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import errno
+import gc
 import logging
 import re
 import time
@@ -68,6 +70,8 @@ class Reconciler:
         self.index = DesiredIndex()
         self.last: ReconcileResult | None = None
         self._full = True  # recompute every node's entries at the next pass
+        self._ready_nodes: tuple[str, ...] | None = None
+        self._trim_after = False  # a pass over every node made big transient tables
         self.offloads = OffloadKeeper()
         self.effective = config
 
@@ -99,6 +103,7 @@ class Reconciler:
         when everything did (start, pools, agent configurations, the local node)."""
         everything, names = self.view.take_changes()
         if everything or self._full or self.local.name in names:
+            self._trim_after = True
             return self._update_all()
         delta = Delta()
         for name in names:
@@ -110,16 +115,16 @@ class Reconciler:
 
     def _update_all(self) -> int:
         self._full = False
-        snap = self.view.snapshot()
+        pools, configs = self.view.cluster_facts()
         # This agent registered its own node and knows its addresses first; only the labels
         # (an administrator may change them) come from the datastore's record.
-        recorded = next((n for n in snap.nodes if n.name == self.local.name), None)
+        recorded = self.view.node_facts(self.local.name)[0]
         local = dataclasses.replace(self.local, labels=recorded.labels) if recorded else self.local
-        config = effective_config(self.config, snap.configs, local.name)
+        config = effective_config(self.config, configs, local.name)
         self.effective = config
-        self.index.set_context(local, config, self._host_mtu(config, local), snap.pools)
+        self.index.set_context(local, config, self._host_mtu(config, local), pools)
         self.devices.set_desired(self.index.devices)
-        self.nat.set_desired(nat_ruleset(snap.pools, config.device))
+        self.nat.set_desired(nat_ruleset(pools, config.device))
         delta = Delta()
         names = self.view.node_names() | set(self.index.by_node)
         for name in names:
@@ -151,6 +156,8 @@ class Reconciler:
         if full:
             self.dataplane.request_resync()
         desired_changes = self.update_desired()
+        if desired_changes or self._ready_nodes is None:
+            self._ready_nodes = self.index.ready_nodes  # sorted names: not recomputed for each repair
         cycle = self.dataplane.apply()
         if _device_vanished(cycle.failures):
             # Entries were sent to a device deleted under us before its own notification came:
@@ -167,12 +174,15 @@ class Reconciler:
             cycle.failures.append(("offloads", e))
         # Changes made with no desired change behind them repaired something changed outside podnet.
         drift = cycle.changes if not desired_changes and not cycle.failures else 0
+        if (self._trim_after or cycle.resynced) and not cycle.failures:
+            self._trim_after = False  # read-backs and passes over every node leave big tables behind
+            _release_memory()
         devices = self.index.devices
         self.last = ReconcileResult(
             changes=cycle.changes,
             failures=[(name, e) for name, e in cycle.failures],
             seconds=time.perf_counter() - start,
-            remote_nodes=self.index.ready_nodes,
+            remote_nodes=self._ready_nodes,
             # Pods get the smallest budget of the tunnels they may use (Calico's rule): in dual stack
             # that is vxlan-v6.calico's, whose outer IPv6 header is 20 bytes longer.
             device_mtu=min((d.mtu for d in devices), default=None),
@@ -198,3 +208,13 @@ def _device_vanished(failures) -> bool:
             if isinstance(err, rtnl.NotFound) and err.errno == errno.ENODEV:
                 return True
     return False
+
+
+def _release_memory() -> None:
+    """Give the heap the transient tables of a pass over every node left free back to the system
+    (the start's read-back and index of 10,000 nodes would otherwise stay in the agent's RSS)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the memory is reused, only not returned
+        pass

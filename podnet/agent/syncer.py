@@ -98,6 +98,11 @@ class DatastoreView:
             return (self._node.get(name), tuple(sorted(self._blocks.get(name, ()))),
                     tuple(sorted(self._borrowed.get(name, ()))))
 
+    def cluster_facts(self) -> tuple[list[IPPool], list]:
+        """(pools, agent configurations): what every node's entries depend on."""
+        with self._lock:
+            return list(self._data["pools"].values()), list(self._data["configs"].values())
+
     def node_names(self) -> set[str]:
         with self._lock:
             return set(self._node) | set(self._blocks) | set(self._borrowed)

@@ -64,7 +64,7 @@ class Delta:
 class DesiredIndex:
     def __init__(self):
         self.contexts: tuple[FamilyContext, ...] = ()
-        self.by_node: dict[str, Entries] = {}
+        self.by_node: dict[str, tuple[tuple, tuple, tuple]] = {}  # node -> (routes, neighbours, FDB entries)
 
     @property
     def devices(self) -> tuple[VxlanDevice, ...]:
@@ -74,7 +74,7 @@ class DesiredIndex:
     def ready_nodes(self) -> tuple[str, ...]:
         """Remote nodes that bring at least a tunnel entry (what status calls programmed)."""
         local = self.contexts[0].local.name if self.contexts else None
-        return tuple(sorted(n for n, e in self.by_node.items() if n != local and e.fdb))
+        return tuple(sorted(n for n, (_, _, fdb) in self.by_node.items() if n != local and fdb))
 
     def set_context(self, local: Node, config: VxlanConfig, underlay_mtu: int | None,
                     pools: Iterable[IPPool]) -> bool:
@@ -111,17 +111,21 @@ class DesiredIndex:
         Keys are the node's own (its blocks, its tunnel address, its VTEP MAC): IPAM gives a block
         to one node only, so two nodes never bring the same key."""
         delta = delta if delta is not None else Delta()
-        old = self.by_node.get(name)
+        stored = self.by_node.get(name)
         new = self.entries_of(node, blocks, borrowed)
         if new.routes or new.neighbours or new.fdb:
-            self.by_node[name] = new
+            # Kept as tuples: a third of the memory of three dicts, for 10,000 nodes.
+            self.by_node[name] = (tuple(new.routes.values()), tuple(new.neighbours.values()),
+                                  tuple(new.fdb.values()))
         else:
             self.by_node.pop(name, None)
-        if old is None:  # a node seen for the first time (all of them at start): everything is new
+        if stored is None:  # a node seen for the first time (all of them at start): everything is new
             delta.set.routes.update(new.routes)
             delta.set.neighbours.update(new.neighbours)
             delta.set.fdb.update(new.fdb)
             return delta
+        old = Entries()
+        old.add(*stored)
         for was, now, into_set, into_delete in (
                 (old.routes, new.routes, delta.set.routes, delta.delete.routes),
                 (old.neighbours, new.neighbours, delta.set.neighbours, delta.delete.neighbours),
@@ -138,8 +142,6 @@ class DesiredIndex:
     def desired(self) -> Entries:
         """Every desired entry (for a tracker's replace_desired)."""
         out = Entries()
-        for e in self.by_node.values():
-            out.routes.update(e.routes)
-            out.neighbours.update(e.neighbours)
-            out.fdb.update(e.fdb)
+        for stored in self.by_node.values():
+            out.add(*stored)
         return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Route:
     """A route podnet owns. `blackhole` routes have no gateway or device."""
 
@@ -26,7 +26,7 @@ class Route:
         return s + (" onlink" if self.onlink else "")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Neighbour:
     """A permanent ARP (or NDP) entry: the remote tunnel IP -> the remote VTEP MAC."""
 
@@ -38,7 +38,7 @@ class Neighbour:
         return f"{self.ip} dev {self.ifname} lladdr {self.mac} PERMANENT"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class FdbEntry:
     """A permanent forwarding entry: frames for the remote VTEP MAC go to the remote node IP."""
 

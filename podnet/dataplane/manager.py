@@ -118,7 +118,10 @@ class DeltaTracker(Generic[K, V]):
     # The kernel side (what was applied, what events and read-backs showed).
 
     def believed_set(self, key: K, value: V) -> None:
-        self._believed[key] = value
+        want = self._desired.get(key, _ABSENT)
+        # The kernel holds what is wanted: keep one object for both sides (10,000 nodes' worth of
+        # entries would otherwise live twice).
+        self._believed[key] = want if want is not _ABSENT and want == value else value
         self._settle(key)
 
     def believed_delete(self, key: K) -> None:
@@ -127,9 +130,12 @@ class DeltaTracker(Generic[K, V]):
 
     def replace_believed(self, entries: Mapping[K, V]) -> None:
         """What a full read-back of the kernel found."""
-        old = self._believed
-        self._believed = dict(entries)
-        for key in old.keys() | self._believed.keys() | self._desired.keys():
+        old, desired = self._believed, self._desired
+        self._believed = {}
+        for key, value in entries.items():
+            want = desired.get(key, _ABSENT)
+            self._believed[key] = want if want is not _ABSENT and want == value else value
+        for key in old.keys() | self._believed.keys() | desired.keys():
             self._settle(key)
 
     def forget_believed(self, match: Callable[[K, V], bool]) -> int:
