@@ -185,6 +185,13 @@ class CniServer:
         self._serve()
         for t in self._threads:
             t.join(timeout=5)
+        with self._slow_lock:
+            for key in list(self._selector.get_map().values()):
+                if key.data is not None:
+                    key.data.close()
+            self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     def shutdown(self) -> None:
         """Stop accepting; requests being served finish. Wakes every thread blocked in accept()."""
@@ -194,10 +201,7 @@ class CniServer:
         except OSError:
             pass
         self.sock.close()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self._wake()
 
     # The pool ----------------------------------------------------------------------------------------
 
@@ -268,7 +272,13 @@ class CniServer:
                 self._selector.unregister(oldest.conn)
                 self._expire(oldest, "the agent holds too many unfinished requests")
             self._selector.register(incoming.conn, selectors.EVENT_READ, incoming)
-        os.write(self._wake_w, b"x")
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:  # full (the reader has wakes pending anyway) or closed (shut down)
+            pass
 
     def _expire(self, incoming: _Incoming, why: str) -> None:
         err = p.CniError(p.TRY_AGAIN_LATER, "the podnet agent did not receive the whole request in time", why)
