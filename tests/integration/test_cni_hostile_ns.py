@@ -138,6 +138,18 @@ def test_a_live_pods_container_id_with_the_nodes_namespace_touches_neither(hosti
     hostile.refused(env, INVALID_ENVIRONMENT, with_prev(command))
 
 
+@pytest.mark.parametrize("command,code", [("ADD", 101), ("CHECK", 104), ("DEL", 0)])
+def test_a_live_pods_namespace_under_another_container_id(hostile, command, code):
+    """A pod's namespace is no node's, so it is not refused as such; but a stranger's ADD of eth0 there
+    finds eth0 taken (101), its CHECK finds no attachment (104), its DEL has nothing to remove: the pod
+    is untouched either way."""
+    env = hostile.env(command, f"/run/netns/{hostile.bystander['netns']}", ifname="eth0")
+    if code:
+        hostile.refused(env, code, with_prev(command))
+    else:
+        hostile.accepted(env)
+
+
 def test_the_node_keeps_its_default_route_and_underlay_after_the_attempts(hostile):
     ns = hostile.lab.node_netns("node-1")
     assert kernel.link(ns, "eth0") is not None
