@@ -510,7 +510,8 @@ def write_blocker(path: str) -> str:
         if os.path.exists(name) and not os.access(name, os.W_OK):
             return f"{name} is not writable" + (" (for root that means immutable: see lsattr)"
                                                 if os.geteuid() == 0 else "")
-    if not os.access(parent, os.W_OK):
+    # SQLite creates the -wal and -shm files beside the database when the first connection opens it.
+    if not (os.path.exists(path + "-wal") and os.path.exists(path + "-shm")) and not os.access(parent, os.W_OK):
         return f"its directory {parent} is not writable"
     return ""
 

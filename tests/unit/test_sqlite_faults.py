@@ -116,11 +116,12 @@ def _read_only(path: str):
         finally:
             subprocess.run(["chattr", "-i", path], check=True)
     else:
-        os.chmod(path, 0o444)
+        directory = os.path.isdir(path)
+        os.chmod(path, 0o555 if directory else 0o444)
         try:
             yield
         finally:
-            os.chmod(path, 0o644)
+            os.chmod(path, 0o755 if directory else 0o644)
 
 
 def test_a_read_only_file_names_the_cause(store, path):
@@ -165,3 +166,15 @@ def test_checking_the_store_keeps_sqlites_locks_so_no_write_is_lost(store, path)
     store.put("/podnet/a", b"2")
     assert _read_in_another_process(path) == "2"
     assert os.path.exists(path + "-wal")
+
+
+def test_a_read_only_directory_names_the_directory(store, path):
+    store.close()  # the last connection: SQLite removes the -wal and -shm files
+    parent = os.path.dirname(path)
+    assert not os.path.exists(path + "-wal")
+    with _read_only(parent):
+        with pytest.raises(DatastoreReadOnly) as e:
+            SqliteDatastore(path, create=False).get("/podnet/a")
+        assert f"its directory {parent} is not writable" in str(e.value), e.value
+    with SqliteDatastore(path, create=False) as writable:
+        assert writable.get("/podnet/a").value == b"1"
