@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from podnet.calc.policy import FilterConfig, compute_filter, policy_endpoint
+from podnet.calc.policy import FilterCache, FilterConfig, compute_filter, policy_endpoint
 from podnet.dataplane.filter import FilterManager
 from podnet.dataplane.manager import Dataplane
 from podnet.datastore import keys
@@ -204,6 +204,7 @@ class FilterLoop:
         self.manager = FilterManager()
         self.dataplane = Dataplane([self.manager], resync_interval)
         self.status = FilterStatus()
+        self.cache = FilterCache()
 
     def start(self) -> None:
         threading.Thread(target=self.view.follow, name="filter view", daemon=True).start()
@@ -245,7 +246,7 @@ class FilterLoop:
     def cycle(self) -> None:
         start = time.perf_counter()
         eps, policies, addresses, revision = self.view.inputs()
-        ruleset = compute_filter(self.node, eps, policies, addresses, self.config)
+        ruleset = compute_filter(self.node, eps, policies, addresses, self.config, self.cache)
         self.manager.set_desired(ruleset)
         result = self.dataplane.apply()
         seconds = time.perf_counter() - start

@@ -26,6 +26,7 @@ kernel from one ruleset to another in one transaction, touching only what change
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
@@ -159,7 +160,7 @@ class NftRule:
     body: str  # matches and verdict
     info: str = ""  # who asked for it, for people reading `nft list` and for trace
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         return rule_hash(self.body)
 
@@ -174,7 +175,7 @@ class NftChain:
     rules: tuple[NftRule, ...]
     hook: str | None = None  # e.g. "type filter hook forward priority filter; policy accept;"
 
-    @property
+    @functools.cached_property
     def hashes(self) -> tuple[str, ...]:
         return tuple(r.hash for r in self.rules)
 
@@ -235,11 +236,12 @@ def endpoint_chain(interface: str, direction: str) -> str:
 
 
 class _Builder:
-    """Builds the ruleset; sets are created as rules ask for them, each computed once."""
+    """Builds the ruleset: rules ask for sets by what they mean (their names follow from that alone),
+    and `sets()` computes each asked-for set's members once."""
 
     def __init__(self, endpoints: list[PolicyEndpoint]):
         self.endpoints = endpoints
-        self.sets: dict[str, NftSet] = {}
+        self.wanted: dict[str, tuple] = {}
         self._members: dict[tuple, list[PolicyEndpoint]] = {}
 
     def members(self, text: str, scope: Scope) -> list[PolicyEndpoint]:
@@ -251,23 +253,67 @@ class _Builder:
     def selector_set(self, text: str, scope: Scope, family: int) -> str:
         """The set of addresses (of `family`) of endpoints the selector matches within the scope."""
         name = f"s{family}-{_short(repr((text, scope)))}"
-        if name not in self.sets:
-            els = frozenset(ip for ep in self.members(text, scope) for ip in ep.ips if _addr_family(ip) == family)
-            self.sets[name] = NftSet(name, "ipv4_addr" if family == 4 else "ipv6_addr", els)
+        self.wanted[name] = ("sel", text, scope, family)
         return name
 
     def named_port_set(self, text: str, scope: Scope, port: str, protocol: int, family: int) -> str:
         """(address . protocol . port) of every endpoint the selector matches that names `port`."""
         name = f"n{family}-{_short(repr((text, scope, port, protocol)))}"
-        if name not in self.sets:
+        self.wanted[name] = ("port", text, scope, family, port, protocol)
+        return name
+
+    def sets(self) -> dict[str, NftSet]:
+        out = {}
+        for name, want in self.wanted.items():
+            kind, text, scope, family = want[:4]
+            addr = "ipv4_addr" if family == 4 else "ipv6_addr"
+            if kind == "sel":
+                els = frozenset(ip for ep in self.members(text, scope) for ip in ep.ips if _addr_family(ip) == family)
+                out[name] = NftSet(name, addr, els)
+                continue
+            port, protocol = want[4:]
             els = set()
             for ep in self.members(text, scope):
                 for cp in ep.ports:
                     if cp.name == port and protocol_number(cp.protocol) == protocol:
                         els.update(f"{ip} . {protocol} . {cp.port}" for ip in ep.ips if _addr_family(ip) == family)
-            addr = "ipv4_addr" if family == 4 else "ipv6_addr"
-            self.sets[name] = NftSet(name, f"{addr} . inet_proto . inet_service", frozenset(els))
-        return name
+            out[name] = NftSet(name, f"{addr} . inet_proto . inet_service", frozenset(els))
+        return out
+
+
+class FilterCache:
+    """What a calculation can keep for the next one: each policy's compiled chains (they depend on the
+    policy alone: set names follow from what the sets mean) and which endpoint label sets it selects.
+    Keyed by the policy object, which the agent's view replaces only when the record changes."""
+
+    def __init__(self):
+        self._chains: dict[int, tuple] = {}  # id(policy) -> (policy, chains, set requests)
+        self._selects: dict[int, tuple] = {}  # id(policy) -> (policy, {endpoint signature: bool})
+
+    def chains(self, policy: Policy, b: _Builder) -> list[NftChain]:
+        hit = self._chains.get(id(policy))
+        if hit is None or hit[0] is not policy:
+            saved, b.wanted = b.wanted, {}
+            chains = _policy_chains(policy, b)
+            hit = self._chains[id(policy)] = (policy, chains, b.wanted)
+            b.wanted = saved
+        b.wanted.update(hit[2])
+        return hit[1]
+
+    def selects(self, policy: Policy, ep: PolicyEndpoint, signature: tuple) -> bool:
+        hit = self._selects.get(id(policy))
+        if hit is None or hit[0] is not policy:
+            hit = self._selects[id(policy)] = (policy, {})
+        answer = hit[1].get(signature)
+        if answer is None:
+            answer = hit[1][signature] = policy_selects(policy, ep)
+        return answer
+
+    def keep_only(self, policies: Iterable[Policy]) -> None:
+        alive = {id(p) for p in policies}
+        for table in (self._chains, self._selects):
+            for k in [k for k in table if k not in alive]:
+                del table[k]
 
 
 def _ports_expr(ports) -> str:
@@ -450,10 +496,14 @@ def _base_chains(config: FilterConfig) -> list[NftChain]:
 
 
 def compute_filter(node: str, endpoints: Iterable[PolicyEndpoint], policies: Iterable[Policy],
-                   node_addresses: Iterable[str], config: FilterConfig = FilterConfig()) -> FilterRuleset:
-    """The table of `node`: its endpoints' chains, the policies they use, the sets those name."""
+                   node_addresses: Iterable[str], config: FilterConfig = FilterConfig(),
+                   cache: FilterCache | None = None) -> FilterRuleset:
+    """The table of `node`: its endpoints' chains, the policies they use, the sets those name.
+    With a `cache` kept between calls, unchanged policies are neither compiled nor matched again."""
     endpoints = sorted(endpoints, key=lambda e: (e.node, e.key, e.interface))
     pols = ordered(policies)
+    cache = cache or FilterCache()
+    cache.keep_only(pols)
     b = _Builder(endpoints)
     rs = FilterRuleset()
     for c in _base_chains(config):
@@ -463,9 +513,11 @@ def compute_filter(node: str, endpoints: Iterable[PolicyEndpoint], policies: Ite
     for ep in endpoints:
         if ep.node != node or not ep.interface:
             continue
+        signature = (ep.namespace, tuple(sorted(ep.labels.items())), tuple(sorted(ep.namespace_labels.items())))
+        selecting = [p for p in pols if cache.selects(p, ep, signature)]
         per_dir = {}
         for direction in ("Ingress", "Egress"):
-            selected = endpoint_policies(ep, pols, direction)
+            selected = [p for p in selecting if direction in p.types]
             per_dir[direction] = [p.display for p in selected]
             for p in selected:
                 used[p.key] = p
@@ -476,9 +528,9 @@ def compute_filter(node: str, endpoints: Iterable[PolicyEndpoint], policies: Ite
         to_map.add(f'"{ep.interface}" : goto {endpoint_chain(ep.interface, "Ingress")}')
     # Only the policies some local endpoint uses are programmed (Felix programs only referenced chains).
     for p in used.values():
-        for c in _policy_chains(p, b):
+        for c in cache.chains(p, b):
             rs.chains[c.name] = c
-    rs.sets.update(b.sets)
+    rs.sets.update(b.sets())
     rs.sets[FROM_MAP] = NftSet(FROM_MAP, "ifname : verdict", frozenset(from_map), is_map=True)
     rs.sets[TO_MAP] = NftSet(TO_MAP, "ifname : verdict", frozenset(to_map), is_map=True)
     addrs = [a.split("/")[0] for a in node_addresses if a]
