@@ -33,6 +33,11 @@ def cmd_describe(args) -> int:
     from podnet.model.kinds import lookup
 
     kind = lookup(args.kind).name
+    if kind in ("Pod", "WorkloadEndpoint"):
+        from podnet.cli.cmd_policy_describe import describe_workload
+
+        describe_workload(open_datastore(args.datastore, create=False), args.name, getattr(args, "namespace", None))
+        return 0
     if kind not in ("IPPool", "Node", "AgentConfiguration"):
         raise PodnetError(f"cannot describe {args.kind!r}", "use ippool, node or agentconfiguration")
     store = open_datastore(args.datastore, create=False)
@@ -90,6 +95,7 @@ def cmd_describe(args) -> int:
 
 def register(sub) -> None:
     d = sub.add_parser("describe", help="one resource in detail")
-    d.add_argument("kind", help="ippool | node | agentconfiguration")
-    d.add_argument("name")
+    d.add_argument("kind", help="ippool | node | agentconfiguration | pod (its policies and rules)")
+    d.add_argument("name", help="for a pod: NAMESPACE/NAME")
+    d.add_argument("-n", "--namespace", default=None, help="a pod's namespace (default: default)")
     d.set_defaults(func=cmd_describe)

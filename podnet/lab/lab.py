@@ -286,7 +286,7 @@ class Lab:
 
     def _start_agent(self, entry: dict, extra_args: list[str]) -> None:
         node = entry["name"]
-        for path in (self.status_path(node),):
+        for path in (self.status_path(node), os.path.join(self.root, f"{node}.filter.json")):
             if os.path.exists(path):
                 os.unlink(path)
         # Enter only the network namespace (ip netns exec would also give the agent a mount namespace of

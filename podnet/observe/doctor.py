@@ -389,6 +389,36 @@ def check_vxlan_port(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
                     nft_delete_cmd(n.netns, rule)) for rule in blocking_rules(k, port, hooks)]
 
 
+def check_filter(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
+    """The filter layer: its table is there, every pod of the node is programmed (else its interface
+    passes nothing), and VXLAN is accepted from every node (the node sets are not stale)."""
+    table = n.kernel.filter_table
+    if table is None:
+        return []  # nft missing: check_vxlan_port says so
+    where = f"ip netns exec {n.netns} " if n.netns else ""
+    if not table["present"]:
+        return [Finding(ERROR, "filter", n.name, "the filter table inet podnet is missing: network policy and the "
+                        "VXLAN-mode protections are not enforced on this node",
+                        f"check the agent of {n.name} (its log says why it could not program the table); "
+                        f"{where}nft list table inet podnet")]
+    out = []
+    programmed = set(table["endpoints"])
+    for pod in facts.pods:
+        if pod.node == n.name and pod.host_interface and pod.host_interface not in programmed:
+            out.append(Finding(ERROR, "filter", n.name,
+                               f"pod {pod.namespace}/{pod.name}'s interface {pod.host_interface} has no programmed "
+                               "endpoint: it passes nothing (fail closed)",
+                               f"check the agent of {n.name}; {where}nft list map inet podnet from-wl"))
+    for other in facts.nodes.values():
+        for ip, key in ((other.ip, "nodes4"), (other.ip6, "nodes6")):
+            if ip and ip not in table[key]:
+                out.append(Finding(ERROR, "filter", n.name,
+                                   f"VXLAN from node {other.name} ({ip}) is dropped: {ip} is not in the set {key} "
+                                   "(the node set is stale)",
+                                   f"check the agent of {n.name}; {where}nft list set inet podnet {key}"))
+    return out
+
+
 NM_UNMANAGED = "interface-name:cali*;interface-name:vxlan.calico"
 NM_UNMANAGED6 = NM_UNMANAGED + ";interface-name:vxlan-v6.calico"
 
@@ -509,7 +539,7 @@ def check_pool_reach(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
     return out
 
 
-NODE_CHECKS = [check_agent, check_pods, check_pool_reach, check_vxlan_device, check_vxlan6_device, check_mtu, check_mtu6, check_tx_checksum, check_rp_filter,
+NODE_CHECKS = [check_agent, check_filter, check_pods, check_pool_reach, check_vxlan_device, check_vxlan6_device, check_mtu, check_mtu6, check_tx_checksum, check_rp_filter,
                check_default_route, check_ip_forward, check_ipv6_forward, check_entries, check_vxlan_port,
                check_networkmanager]
 

@@ -188,6 +188,7 @@ class KernelFacts:
     sysctls6: dict[str, str] = field(default_factory=dict)  # below /proc/sys/net/ipv6: "conf/all/forwarding"
     features: dict[str, dict[str, bool]] = field(default_factory=dict)  # ifname -> ethtool feature -> active
     firewall: list[FirewallRule] | None = None  # None: not read (nft missing or failed)
+    filter_table: dict | None = None  # podnet's own filter table, summarised (read_filter_table); None: not read
     release: str = ""  # the kernel's version (uname -r)
     csum_errors: dict[str, int] = field(default_factory=dict)  # /proc/net/snmp InCsumErrors: {"Tcp": n, "Udp": n}
     notes: list[str] = field(default_factory=list)  # what could not be read
@@ -541,6 +542,7 @@ def read_node(netns: str | None, device: str, underlay: str | None, device6: str
     facts.sysctls6 = _read("IPv6 sysctls", facts.notes, lambda: read_sysctls(netns, keys6, 6), {})
     facts.firewall = _read("the firewall", facts.notes, lambda: read_firewall(netns))
     facts.csum_errors = _read("checksum error counters", facts.notes, lambda: read_csum_errors(netns), {})
+    facts.filter_table = _read("the filter table", facts.notes, lambda: read_filter_table(netns))
     return facts
 
 
@@ -694,11 +696,44 @@ def read_firewall(netns: str | None) -> list[FirewallRule] | None:
     return udp_drop_rules(json.loads(proc.stdout or "{}"))
 
 
+def read_filter_table(netns: str | None) -> dict | None:
+    """podnet's filter table (`inet podnet`) in brief: {"present", "nodes4", "nodes6", "endpoints"} (the
+    interfaces its dispatch maps hold); None if nft is missing."""
+    nft = shutil.which("nft")
+    if nft is None:
+        return None
+    with _inside(netns):
+        proc = subprocess.run([nft, "-j", "list", "table", "inet", "podnet"], capture_output=True, text=True,
+                              timeout=10)
+    if proc.returncode != 0:
+        return {"present": False, "nodes4": [], "nodes6": [], "endpoints": []}
+    out = {"present": True, "nodes4": [], "nodes6": [], "endpoints": []}
+    for item in json.loads(proc.stdout or "{}").get("nftables", []):
+        body = item.get("set") or item.get("map")
+        if not body:
+            continue
+        elems = body.get("elem") or []
+        if body["name"] in ("nodes4", "nodes6"):
+            out[body["name"]] = sorted(e for e in elems if isinstance(e, str))
+        elif body["name"] == "from-wl":
+            out["endpoints"] = sorted(e[0] for e in elems if isinstance(e, list))
+    return out
+
+
+# podnet's filter table drops VXLAN on purpose (from workloads, from addresses that are not nodes):
+# those rules are the protections, not a firewall in VXLAN's way. The filter check judges that table.
+OWN_TABLES = {("inet", "podnet")}
+
+
 def udp_drop_rules(ruleset: dict) -> list[FirewallRule]:
-    """From `nft -j list ruleset`: the drop/reject rules that match UDP destination ports."""
+    """From `nft -j list ruleset`: the drop/reject rules that match UDP destination ports (outside
+    podnet's own filter table)."""
     hooks = {}
     rules = []
     for item in ruleset.get("nftables", []):
+        body = item.get("chain") or item.get("rule") or {}
+        if (body.get("family"), body.get("table")) in OWN_TABLES:
+            continue
         if "chain" in item:
             c = item["chain"]
             hooks[(c["family"], c["table"], c["name"])] = c.get("hook")

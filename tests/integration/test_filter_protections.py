@@ -192,3 +192,31 @@ def test_the_vxlan_allow_list_follows_nodes_and_a_restart_changes_nothing(lab):
     lab.wait_filter()
     after = lab.exec(lab.node_netns("node-1"), "nft", "-a", "list", "table", "inet", "podnet", check=True).stdout
     assert after == before
+
+
+def test_doctor_checks_the_filter_layer(lab, capsys):
+    from podnet.cli.main import main
+
+    def findings():
+        capsys.readouterr()
+        main(["doctor", "--lab", lab.name, "-o", "json"])
+        out, _ = capsys.readouterr()
+        return [f for f in json.loads(out)["findings"] if f["check"] == "filter"]
+
+    assert findings() == []
+    node = lab.node_netns("node-1")
+    a = _pod(lab, "a")
+    try:
+        lab.exec(node, "nft", "delete", "element", "inet", "podnet", "from-wl", f'{{ "{a["host_interface"]}" }}',
+                 check=True)
+        lab.exec(node, "nft", "delete", "element", "inet", "podnet", "nodes4", "{ 172.31.0.12 }", check=True)
+        problems = [f["problem"] for f in findings()]
+        assert any(a["host_interface"] in p and "no programmed endpoint" in p for p in problems)
+        assert any("172.31.0.12 is not in the set nodes4" in p for p in problems)
+        lab.exec(node, "nft", "delete", "table", "inet", "podnet", check=True)
+        assert any("filter table inet podnet is missing" in f["problem"] for f in findings())
+    finally:
+        lab.restart_agent("node-1")  # it programs the table again from what the datastore says
+        lab.wait_converged()
+        lab.wait_filter()
+    assert findings() == []

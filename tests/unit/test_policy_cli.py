@@ -62,3 +62,25 @@ spec: {podSelector: {}, ingress: [{from: [{podSelector: {matchLabels: {a: b}}, i
     code, out, err = cli("apply", "-f", str(path))
     assert code == 1 and out == "" and "spec.ingress[0].from[0].ipBlock" in err
     assert rows(cli("get", "networkpolicies", "-A")[1]) == []  # nothing of the file was applied
+
+
+def test_describe_a_pod_shows_its_policies_in_order_and_their_rules(cli, tmp_path):
+    from podnet.datastore import open_datastore
+    from podnet.datastore.resources import Resources
+    from podnet.model.endpoint import WorkloadEndpoint
+
+    assert cli("apply", "-f", DOCS)[0] == 0
+    store = open_datastore(f"sqlite://{tmp_path}/p.db")
+    Resources(store).put_endpoint(WorkloadEndpoint(node="n1", container_id="c1", interface="eth0",
+                                                   host_interface="cali12345678901", ips=("10.244.0.5/32",),
+                                                   mac="", pod_namespace="x", pod_name="a"))
+    store.close()
+    code, out, err = cli("describe", "pod", "x/a")
+    assert code == 0, err
+    ingress, egress = out.split("\nEgress")
+    assert ingress.index("1. deny-icmp") < ingress.index("2. x/knp.default.deny-all")  # order 5 before 1000
+    assert "[0] Deny ICMP" in ingress and "then: drop" in ingress
+    assert "1. x/allow-dns" in egress and "[0] Allow UDP to ports 53" in egress
+    assert "Named ports:      serve-80-tcp=80/TCP" in out
+    code, out, err = cli("describe", "pod", "x/nothing")
+    assert code == 1 and "no workload endpoint" in err
