@@ -611,3 +611,97 @@ def effective_rules(ep: PolicyEndpoint, policies: Iterable[Policy]) -> dict[str,
         selected = endpoint_policies(ep, pols, direction)
         out[direction] = [(p.display, [r.describe() for r in p.rules(direction)]) for p in selected]
     return out
+
+
+# Evaluation of one packet, as the table does it: for trace ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Packet:
+    src_ip: str
+    dst_ip: str
+    protocol: int = 1  # ICMP echo, as ping sends it
+    dport: int | None = None
+    sport: int | None = None
+    icmp_type: int = 8
+    src: PolicyEndpoint | None = None  # the endpoints holding the addresses, when pods do
+    dst: PolicyEndpoint | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    policy: str | None  # the policy that decided (None: no policy, or the end of the tier)
+    rule: int | None  # its rule's index
+    reason: str
+
+
+def _entity_matches(e: EntityRule, policy: Policy, ip: str, ep: PolicyEndpoint | None, port: int | None,
+                    protocol: int) -> bool:
+    addr = ipaddress.ip_address(ip)
+    if e.nets and not any(addr in ipaddress.ip_network(n) for n in e.nets if ipaddress.ip_network(n).version == addr.version):
+        return False
+    if any(addr in ipaddress.ip_network(n) for n in e.not_nets if ipaddress.ip_network(n).version == addr.version):
+        return False
+    scope = entity_scope(e, policy)
+    if e.selector is not None or e.namespace_selector is not None:
+        sel = selectors.parse(e.selector or "all()", "selector")
+        if ep is None or not scope.admits(ep) or not sel.matches(ep.labels):
+            return False
+    if e.not_selector is not None and ep is not None and scope.admits(ep):
+        if selectors.parse(e.not_selector, "notSelector").matches(ep.labels):
+            return False
+
+    def port_in(ports) -> bool:
+        for p in ports:
+            if isinstance(p, PortRange) and port is not None and p.first <= port <= p.last:
+                return True
+            if isinstance(p, str) and ep is not None and any(
+                    cp.name == p and protocol_number(cp.protocol) == protocol and cp.port == port for cp in ep.ports):
+                return True
+        return False
+
+    if e.ports and not port_in(e.ports):
+        return False
+    if e.not_ports and port_in(e.not_ports):
+        return False
+    return True
+
+
+def rule_matches(rule: Rule, policy: Policy, pkt: Packet) -> bool:
+    version = ipaddress.ip_address(pkt.src_ip).version
+    if rule.ip_version and rule.ip_version != version:
+        return False
+    if rule.protocol is not None and protocol_number(rule.protocol) != pkt.protocol:
+        return False
+    if rule.not_protocol is not None and protocol_number(rule.not_protocol) == pkt.protocol:
+        return False
+    if rule.icmp and (rule.icmp[0] != pkt.icmp_type or rule.icmp[1] not in (None, 0)):
+        return False
+    if rule.not_icmp and rule.not_icmp[0] == pkt.icmp_type and rule.not_icmp[1] in (None, 0):
+        return False
+    return (_entity_matches(rule.source, policy, pkt.src_ip, pkt.src, pkt.sport, pkt.protocol)
+            and _entity_matches(rule.destination, policy, pkt.dst_ip, pkt.dst, pkt.dport, pkt.protocol))
+
+
+def evaluate(pkt: Packet, direction: str, policies: Iterable[Policy]) -> Verdict:
+    """What the endpoint's chain decides for `pkt`: egress of `pkt.src`, or ingress of `pkt.dst`."""
+    ep = pkt.src if direction == "Egress" else pkt.dst
+    if ep is None:
+        return Verdict(True, None, None, "no workload endpoint: no policy applies")
+    selected = endpoint_policies(ep, ordered(policies), direction)
+    for p in selected:
+        for i, rule in enumerate(p.rules(direction)):
+            if rule.action == "Log" or not rule_matches(rule, p, pkt):
+                continue
+            short = "ingress" if direction == "Ingress" else "egress"
+            if rule.action == "Allow":
+                return Verdict(True, p.display, i, f"allowed by {p.display} {short}[{i}]: {rule.describe()}")
+            if rule.action == "Deny":
+                return Verdict(False, p.display, i, f"denied by {p.display} {short}[{i}]: {rule.describe()}")
+            return Verdict(True, p.display, i, f"passed by {p.display} {short}[{i}] to the namespace profile, "
+                                                "which allows")
+    if selected:
+        names = ", ".join(p.display for p in selected)
+        return Verdict(False, None, None, f"denied at the end of tier default: selected by {names}, none allowed it")
+    return Verdict(True, None, None, f"no {direction.lower()} policy selects {ep.key}: the namespace profile allows")

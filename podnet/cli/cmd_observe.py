@@ -27,6 +27,9 @@ def register(sub) -> None:
     t.add_argument("-o", "--output", choices=("text", "json"), default="text")
     t.add_argument("--svg", metavar="FILE", help="also draw the path as an SVG picture")
     t.add_argument("--brief", action="store_true", help="leave out the explanation of each hop")
+    t.add_argument("--protocol", choices=("icmp", "tcp", "udp", "sctp"), default="icmp",
+                   help="the packet the filter hops judge (default: an ICMP echo request)")
+    t.add_argument("--port", type=int, default=None, help="its destination port (tcp, udp, sctp)")
     t.set_defaults(func=cmd_trace)
 
     c = sub.add_parser("capture", help="print VXLAN packets on a node's underlay interface, layer by layer")
@@ -120,9 +123,12 @@ def cmd_trace(args) -> int:
     from podnet.observe import facts as F
     from podnet.observe.trace import format_trace, resolve, trace
 
+    from podnet.observe.policy_trace import add_filter_hops, read_policy_inputs
+
     target = _Target(args)
     try:
         facts = F.from_datastore(target.store, target.access)
+        policy_inputs = read_policy_inputs(target.store)
     finally:
         target.close()
     family = 6 if args.ipv6 else None
@@ -130,6 +136,7 @@ def cmd_trace(args) -> int:
     F.read_kernels(facts, target.access, nodes={src.node, dst.node},
                    pods={src.container_id} | ({dst_pod.container_id} if dst_pod else set()))
     result = trace(facts, args.src, args.dst, family)
+    add_filter_hops(result, facts, policy_inputs, args.protocol, args.port)
     if args.svg:
         from podnet.observe.svg import render_svg
 

@@ -220,3 +220,36 @@ def test_doctor_checks_the_filter_layer(lab, capsys):
         lab.wait_converged()
         lab.wait_filter()
     assert findings() == []
+
+
+def test_trace_names_the_policy_and_rule_on_the_path(lab, capsys):
+    from podnet.cli.main import main
+    from podnet.datastore.resources import Resources
+    from podnet.model.kinds import lookup
+    from podnet.model.policy import parse_policy
+
+    policy = parse_policy({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                           "metadata": {"name": "web", "namespace": "x"},
+                           "spec": {"podSelector": {"matchLabels": {"pod": "b"}},
+                                    "ingress": [{"ports": [{"port": 80}]}]}})
+    with lab.datastore() as store:
+        Resources(store).write(lookup("NetworkPolicy"), policy, "apply")
+    lab.wait_filter()
+
+    def hops(*extra):
+        capsys.readouterr()
+        code = main(["trace", "--lab", lab.name, "x/a", "x/b", "-o", "json", *extra])
+        out, _ = capsys.readouterr()
+        return code, {h["id"]: h for h in json.loads(out)["hops"]}
+
+    try:
+        code, h = hops("--protocol", "tcp", "--port", "80")
+        assert code == 0 and h["filter-egress"]["status"] == "ok"
+        assert "allowed by x/knp.default.web ingress[0]" in h["filter-ingress"]["found"]
+        code, h = hops("--protocol", "tcp", "--port", "81")
+        assert code == 1 and h["filter-ingress"]["status"] == "broken"
+        assert "end of tier default" in h["filter-ingress"]["found"] and "knp.default.web" in h["filter-ingress"]["found"]
+    finally:
+        with lab.datastore() as store:
+            Resources(store).remove(lookup("NetworkPolicy"), policy.name, "x")
+        lab.wait_filter()

@@ -285,3 +285,23 @@ def test_endpoint_to_host_action_drop_and_protected_ports():
     assert _rules(rs, "wl-to-host")[-1] == "drop"
     assert rs.sets["protected-ports"].elements == {"6 . 9099"}
     assert rs.sets["protected4"].elements == {"172.31.0.1 . 6 . 2379"}
+
+
+def test_evaluate_names_the_policy_and_rule_that_decided():
+    from podnet.calc.policy import Packet, evaluate
+
+    a = endpoint("n1", "x", "a", 1, {"pod": "a"}, ports=[ContainerPort("http", 8080)])
+    b = endpoint("n2", "y", "b", 2, {"pod": "b"})
+    pols = [knp("web", "x", {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [
+                {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}}}],
+                 "ports": [{"port": "http"}]}]}),
+            cnp("no-ping", {"order": 1, "selector": "pod == 'a'", "ingress": [
+                {"action": "Deny", "protocol": "ICMP", "icmp": {"type": 8}}]}, ns="x")]
+    tcp = Packet("10.244.0.2", "10.244.0.1", protocol=6, dport=8080, src=b, dst=a)
+    v = evaluate(tcp, "Ingress", pols)
+    assert v.allowed and v.policy == "x/knp.default.web" and v.rule == 0
+    assert not evaluate(Packet("10.244.0.2", "10.244.0.1", protocol=6, dport=80, src=b, dst=a), "Ingress",
+                        pols).allowed  # the end of the tier
+    v = evaluate(Packet("10.244.0.2", "10.244.0.1", src=b, dst=a), "Ingress", pols)
+    assert (v.allowed, v.policy, v.rule) == (False, "x/no-ping", 0)
+    assert evaluate(tcp, "Egress", pols).allowed  # nothing selects b for egress
