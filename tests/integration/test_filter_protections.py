@@ -253,3 +253,21 @@ def test_trace_names_the_policy_and_rule_on_the_path(lab, capsys):
         with lab.datastore() as store:
             Resources(store).remove(lookup("NetworkPolicy"), policy.name, "x")
         lab.wait_filter()
+
+
+def test_lab_pod_commands_and_status(lab, capsys):
+    from podnet.cli.main import main
+
+    assert main(["lab", "pod", "add", "--name", lab.name, "--node", "node-2", "z/c", "--label", "pod=c",
+                 "--label", "tier=db", "--port", "serve-80-tcp=80/TCP"]) == 0
+    try:
+        capsys.readouterr()
+        assert main(["lab", "status", "--name", lab.name, "-o", "json"]) == 0
+        pods = {f"{p['namespace']}/{p['name']}": p for p in json.loads(capsys.readouterr()[0])["pods"]}
+        c = pods["z/c"]
+        assert c["labels"] == {"pod": "c", "tier": "db"} and c["node"] == "node-2"
+        assert c["netns"] == f"{lab.prefix}pod-z-c" and c["addresses"] and c["ports"] == ["serve-80-tcp=80/TCP"]
+        assert c["interface"] in (lab.filter_status("node-2") or {}).get("interfaces", [])  # programmed on return
+    finally:
+        assert main(["lab", "pod", "delete", "--name", lab.name, "z/c"]) == 0
+    assert "z/c" not in {f"{p['namespace']}/{p['name']}" for p in lab.status()["pods"]}

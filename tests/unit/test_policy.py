@@ -305,3 +305,12 @@ def test_evaluate_names_the_policy_and_rule_that_decided():
     v = evaluate(Packet("10.244.0.2", "10.244.0.1", src=b, dst=a), "Ingress", pols)
     assert (v.allowed, v.policy, v.rule) == (False, "x/no-ping", 0)
     assert evaluate(tcp, "Egress", pols).allowed  # nothing selects b for egress
+
+
+def test_protected_destinations_from_the_datastore_url_and_listen_addresses():
+    from podnet.agent.filter_loop import protected_destinations
+
+    assert set(protected_destinations("etcd://172.31.0.1:2379,172.31.0.2:12379", "127.0.0.1:9099", ":9091")) == {
+        (None, 6, 9099), (None, 6, 9091), ("172.31.0.1", 6, 2379), ("172.31.0.1", 6, 2380),
+        ("172.31.0.2", 6, 12379), ("172.31.0.2", 6, 2380)}
+    assert protected_destinations("sqlite:///x.db", "", None) == ()
