@@ -288,7 +288,12 @@ class FilterCache:
 
     def __init__(self):
         self._chains: dict[int, tuple] = {}  # id(policy) -> (policy, chains, set requests)
-        self._selects: dict[int, tuple] = {}  # id(policy) -> (policy, {endpoint signature: bool})
+        self._alive: dict[int, Policy] = {}  # id -> policy, so an id is never reused while answers name it
+        self._answers: dict[tuple, dict[int, bool]] = {}  # endpoint signature -> {id(policy): selects}
+        self._by_signature: dict[tuple, tuple] = {}  # endpoint signature -> (policies token, selecting)
+        self._policies: list[Policy] = []
+        self._token: tuple = ()
+        self._endpoint_chains: dict[tuple, tuple] = {}  # (interface, direction) -> (what it depends on, chain)
 
     def chains(self, policy: Policy, b: _Builder) -> list[NftChain]:
         hit = self._chains.get(id(policy))
@@ -300,20 +305,51 @@ class FilterCache:
         b.wanted.update(hit[2])
         return hit[1]
 
-    def selects(self, policy: Policy, ep: PolicyEndpoint, signature: tuple) -> bool:
-        hit = self._selects.get(id(policy))
-        if hit is None or hit[0] is not policy:
-            hit = self._selects[id(policy)] = (policy, {})
-        answer = hit[1].get(signature)
-        if answer is None:
-            answer = hit[1][signature] = policy_selects(policy, ep)
-        return answer
+    def begin(self, policies: list[Policy]) -> None:
+        """The (ordered) policies of this calculation; answers about others are dropped."""
+        self.keep_only(policies)
+        self._policies = policies
+        self._token = tuple(map(id, policies))
+
+    def selecting(self, ep: PolicyEndpoint, signature: tuple) -> list[Policy]:
+        """The policies (in order) that select endpoints with this signature (namespace and labels)."""
+        hit = self._by_signature.get(signature)
+        if hit is not None and hit[0] == self._token:
+            return hit[1]
+        known = self._answers.setdefault(signature, {})
+        out = []
+        for p in self._policies:
+            answer = known.get(id(p))
+            if answer is None:
+                answer = known[id(p)] = policy_selects(p, ep)
+            if answer:
+                out.append(p)
+        self._by_signature[signature] = (self._token, out)
+        return out
+
+    def endpoint_chain(self, ep: PolicyEndpoint, selected: list[Policy], direction: str,
+                       config: FilterConfig) -> NftChain:
+        """The endpoint's chain; the same object as last time when nothing it depends on changed, so
+        its rules' hashes are not computed again."""
+        key = (ep.key, ep.ips, tuple(p.key for p in selected), config.vxlan_port)
+        hit = self._endpoint_chains.get((ep.interface, direction))
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        chain = _endpoint_chain(ep, selected, direction, config)
+        self._endpoint_chains[(ep.interface, direction)] = (key, chain)
+        return chain
 
     def keep_only(self, policies: Iterable[Policy]) -> None:
-        alive = {id(p) for p in policies}
-        for table in (self._chains, self._selects):
-            for k in [k for k in table if k not in alive]:
-                del table[k]
+        alive = {id(p): p for p in policies}
+        gone = [k for k in self._chains if k not in alive]
+        for k in gone:
+            del self._chains[k]
+        dead = [k for k, p in self._alive.items() if alive.get(k) is not p]
+        if dead:
+            for answers in self._answers.values():
+                for k in dead:
+                    answers.pop(k, None)
+        self._alive = alive
 
 
 def _ports_expr(ports) -> str:
@@ -503,7 +539,7 @@ def compute_filter(node: str, endpoints: Iterable[PolicyEndpoint], policies: Ite
     endpoints = sorted(endpoints, key=lambda e: (e.node, e.key, e.interface))
     pols = ordered(policies)
     cache = cache or FilterCache()
-    cache.keep_only(pols)
+    cache.begin(pols)
     b = _Builder(endpoints)
     rs = FilterRuleset()
     for c in _base_chains(config):
@@ -514,14 +550,14 @@ def compute_filter(node: str, endpoints: Iterable[PolicyEndpoint], policies: Ite
         if ep.node != node or not ep.interface:
             continue
         signature = (ep.namespace, tuple(sorted(ep.labels.items())), tuple(sorted(ep.namespace_labels.items())))
-        selecting = [p for p in pols if cache.selects(p, ep, signature)]
+        selecting = cache.selecting(ep, signature)
         per_dir = {}
         for direction in ("Ingress", "Egress"):
             selected = [p for p in selecting if direction in p.types]
             per_dir[direction] = [p.display for p in selected]
             for p in selected:
                 used[p.key] = p
-            chain = _endpoint_chain(ep, selected, direction, config)
+            chain = cache.endpoint_chain(ep, selected, direction, config)
             rs.chains[chain.name] = chain
         rs.endpoint_policies[ep.interface] = per_dir
         from_map.add(f'"{ep.interface}" : goto {endpoint_chain(ep.interface, "Egress")}')
@@ -585,7 +621,7 @@ def diff_filter(old: FilterRuleset | None, new: FilterRuleset) -> list[str]:
             cmds.append(f"add chain {FAMILY} {TABLE} {name}{hook}")
     for name, c in new.chains.items():
         prev = old.chains.get(name)
-        if prev is not None and prev.hashes == c.hashes and prev.hook == c.hook:
+        if prev is c or (prev is not None and prev.hashes == c.hashes and prev.hook == c.hook):
             continue
         if prev is not None:
             cmds.append(f"flush chain {FAMILY} {TABLE} {name}")

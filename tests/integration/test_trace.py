@@ -62,9 +62,9 @@ def test_healthy_paths_across_nodes_and_on_one_node(lab_factory, capsys, tmp_pat
 
     code, data = trace_json(capsys, lab, "pod-1-1", "pod-1-2")
     assert code == 0 and data["kind"] == "same-node" and data["ok"]
-    assert [h["id"] for h in data["hops"]] == ["pod-interface", "pod-route", "gateway", "host-route", "dst-veth",
-                                               "dst-pod"]
-    assert data["hops"][3]["found"] == f"{c['ip']} dev {c['interface']} scope link"
+    assert [h["id"] for h in data["hops"]] == ["pod-interface", "pod-route", "gateway", "filter-egress", "host-route",
+                                               "filter-ingress", "dst-veth", "dst-pod"]
+    assert data["hops"][4]["found"] == f"{c['ip']} dev {c['interface']} scope link"
     assert "ttl=63" in ping(a["netns"], c["ip"]).stdout
 
 
@@ -73,7 +73,8 @@ def test_crosssubnet_trace_goes_direct_inside_a_subnet_and_through_the_tunnel_ac
     code, data = trace_json(capsys, lab, "pod-1-1", "pod-3-1")
     assert code == 0 and data["ok"] and data["kind"] == "cross-node-direct", data["hops"]
     nodes, _ = by_name(lab.status())
-    assert data["hops"][3]["found"].endswith(f"via {nodes['node-3']['underlay_ip']} dev eth0 proto 80 onlink")
+    host_route = next(h for h in data["hops"] if h["id"] == "host-route")
+    assert host_route["found"].endswith(f"via {nodes['node-3']['underlay_ip']} dev eth0 proto 80 onlink")
     code, data = trace_json(capsys, lab, "pod-1-1", "pod-2-1")
     assert code == 0 and data["ok"] and data["kind"] == "cross-node", data["hops"]
 
