@@ -23,7 +23,7 @@ import time
 from typing import Callable
 
 from podnet.datastore import keys
-from podnet.datastore.api import Datastore, DatastoreError
+from podnet.datastore.api import CompactedError, Datastore, DatastoreError
 from podnet.datastore.resources import Resources, decode_node
 from podnet.dataplane import inventory, rtnl
 from podnet.ipam import Ipam, IpamError
@@ -58,6 +58,7 @@ class NodeLifecycle:
         self.loop_parked = threading.Event()  # the main loop has seen `fenced` and programs no more
         self.withdrawn = threading.Event()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a kernel report was asked for
         self._thread: threading.Thread | None = None
         self._last_report: KernelReport | None = None
         from podnet import __version__
@@ -78,6 +79,7 @@ class NodeLifecycle:
     def stop(self) -> None:
         """The agent stops: its liveness ends at once (a stopped agent holds nothing a delete must wait for)."""
         self._stop.set()
+        self._wake.set()
         if self._thread:
             self._thread.join(timeout=10)
         try:
@@ -88,19 +90,46 @@ class NodeLifecycle:
     def why_fenced(self) -> str | None:
         return self.fenced
 
+    def _watch_requests(self) -> None:
+        """Wake the lifecycle loop when `ipam check` asks for fresh kernel reports."""
+        start = None
+        while not self._stop.is_set():
+            try:
+                start = start or self.store.revision() + 1
+                with self.store.watch(keys.KERNEL_REPORT_REQUEST, start) as watch:
+                    while not self._stop.is_set():
+                        events = watch.next_events(timeout=1.0)
+                        if events:
+                            start = events[-1].mod_revision + 1
+                            self._wake.set()
+            except CompactedError:
+                start = None
+            except DatastoreError:
+                self._stop.wait(1.0)
+
     def _run(self) -> None:
         passes = 0
-        while not self._stop.wait(0 if passes == 0 else self.renew):
+        threading.Thread(target=self._watch_requests, name="kernel report requests", daemon=True).start()
+        next_renewal = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, next_renewal - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            if time.monotonic() >= next_renewal:
+                next_renewal = time.monotonic() + self.renew
             try:
                 if self.fenced is None:
                     self.announce()
-                    record = self.store.get(keys.node(self.node))
+                    record, request = self.store.get_many([keys.node(self.node), keys.KERNEL_REPORT_REQUEST])
                     if record is None:
                         self._fence()
                         return
-                    if passes % KERNEL_REPORT_EVERY == 0:
+                    asked = request.mod_revision if request else 0
+                    answered = self._last_report.request if self._last_report else 0
+                    if passes % KERNEL_REPORT_EVERY == 0 or asked > answered:
                         self.keep_tunnel_addresses(decode_node(record.value))
-                        self.publish_report()
+                        self.publish_report(asked)
             except DatastoreError as e:
                 log.warning("node lifecycle: %s", e)
             except Exception:
@@ -158,7 +187,8 @@ class NodeLifecycle:
 
     # Kernel report --------------------------------------------------------------------------------
 
-    def publish_report(self) -> KernelReport:
+    def publish_report(self, request: int = 0) -> KernelReport:
+        """Write what the kernel holds when it changed, or to answer `ipam check`'s request `request`."""
         held = inventory.held_addresses(self.host, self.devices)
         links = set(inventory.links(self.host).values())
         gone = []
@@ -168,7 +198,7 @@ class NodeLifecycle:
                 continue  # attached as recorded
             if not is_netns_path(ep.netns):
                 gone.append(GoneEndpoint(ep.key_name, ep.netns, ep.host_interface, tuple(ep.ips)))
-        report = KernelReport(self.node, time.time(), held, tuple(gone))
+        report = KernelReport(self.node, time.time(), held, tuple(gone), request)
         if not report.same_content(self._last_report):
             self.store.put(keys.kernel_report(self.node), report.to_json())
             self._last_report = report

@@ -27,6 +27,7 @@ K8S_NETWORK_POLICIES = ROOT + "resources/v3/k8snetworkpolicies/"  # networking.k
 GLOBAL_NETWORK_POLICIES = ROOT + "resources/v3/globalnetworkpolicies/"
 LIVENESS = ROOT + "liveness/nodes/"  # one liveness record per running agent (a lease on etcd)
 KERNEL_REPORTS = ROOT + "status/kernel/"  # what each node's kernel holds, as its agent last saw it
+KERNEL_REPORT_REQUEST = ROOT + "status/kernel-request"  # written by `ipam check`: agents report afresh
 NODE_STATUS = ROOT + "status/v1/nodes/"  # what each agent reports about its node (no agent follows it)
 
 

@@ -72,6 +72,34 @@ def kernel_reports(store, live: dict[str, Liveness]) -> dict[str, KernelReport]:
     return out
 
 
+def fresh_kernel_reports(store, live: dict[str, Liveness], wait: float | None = None) -> dict[str, KernelReport]:
+    """Ask every live agent to report its kernel now, and wait (by default up to the longest renewal
+    period of the live agents, plus 2 s) for the answers; agents that do not answer in time are left
+    out (reported as unreported: a stale report would show addresses that moved meanwhile)."""
+    if not live:
+        return {}
+    if wait is None:
+        renewals = []
+        for rec in live.values():
+            try:
+                renewals.append(AgentLiveness.from_json(rec.value).renew)
+            except (ValueError, KeyError, TypeError):
+                renewals.append(5.0)
+        wait = max(renewals) + 2
+    asked = store.put(keys.KERNEL_REPORT_REQUEST, b'{"by":"podnet ipam check"}')
+    deadline = time.monotonic() + wait
+    while True:
+        reports = {n: r for n, r in kernel_reports(store, live).items() if r.request >= asked}
+        if len(reports) == len(live) or time.monotonic() >= deadline:
+            return reports
+        time.sleep(0.2)
+
+
+def _allocations(ipam: Ipam) -> dict[str, tuple[str, str | None]]:
+    """ip -> (handle, node using it) of every allocation."""
+    return {ip: (a.handle, a.attrs.get("node", b.node)) for b in ipam.blocks() for ip, a in b.in_use().items()}
+
+
 # Check ----------------------------------------------------------------------------------------------
 
 
@@ -99,12 +127,16 @@ class IpamReport:
             "unreported_nodes")))
 
 
-def check(ipam: Ipam, resources: Resources) -> IpamReport:
+def check(ipam: Ipam, resources: Resources, report_wait: float | None = None) -> IpamReport:
+    """`report_wait`: how long to wait for the live agents' fresh kernel reports (None: their renewal
+    period and 2 s; 0: use none). IPAM is read before and after the reports: an address counts as live
+    against IPAM only if it is so against both reads, so an ADD or DEL in flight is not taken for one."""
     live = live_agents(ipam.store)
+    before = _allocations(ipam) if report_wait != 0 else {}
+    reports = fresh_kernel_reports(ipam.store, live, report_wait) if report_wait != 0 else {}
     records = {n.name for n in resources.nodes()}
     nodes = records | set(live)  # a deleted node whose agent still runs holds its addresses until it withdraws
     endpoints = resources.endpoints()
-    reports = kernel_reports(ipam.store, live)
     report = IpamReport(unreported_nodes=sorted(set(live) - set(reports)))
     for ep in endpoints:
         reason = None
@@ -136,7 +168,8 @@ def check(ipam: Ipam, resources: Resources) -> IpamReport:
         if missing:
             report.endpoints_without_ips.append({"node": ep.node, "endpoint": ep.key_name, "ips": missing,
                                                  "reason": "not allocated to the endpoint's handle"})
-    report.kernel_conflicts = kernel_conflicts(reports, allocated)
+    earlier = {(c["ip"], c["node"]) for c in kernel_conflicts(reports, before)}
+    report.kernel_conflicts = [c for c in kernel_conflicts(reports, allocated) if (c["ip"], c["node"]) in earlier]
     return report
 
 
@@ -187,13 +220,13 @@ def release_reported(ipam: Ipam, report: IpamReport) -> list[str]:
     return released
 
 
-def gc(ipam: Ipam, resources: Resources, apply: bool) -> tuple[IpamReport, dict]:
+def gc(ipam: Ipam, resources: Resources, apply: bool, report_wait: float | None = None) -> tuple[IpamReport, dict]:
     """Release what a check finds leaked: endpoints whose sandbox or node is gone (record and
     addresses), leaked addresses, then the blocks of departed nodes that are empty. Each step is
     taken only if the record is still as the check saw it. With apply=False nothing changes: the
     returned plan says what would be done. Kernel conflicts are reported, never "fixed": which node is
     right is the operator's call."""
-    report = check(ipam, resources)
+    report = check(ipam, resources, report_wait)
     done = {"endpoints_removed": [], "released": [], "blocks_released": []}
     if not apply:
         return report, done

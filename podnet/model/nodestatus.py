@@ -58,18 +58,21 @@ class KernelReport:
     time: float  # when the agent looked
     addresses: dict = field(default_factory=dict)  # ip -> "tunnel <device>" | "pod <host veth>"
     netns_gone: tuple[GoneEndpoint, ...] = ()
+    request: int = 0  # the revision of the last report request (`ipam check`) this report answers
 
     def same_content(self, other: KernelReport | None) -> bool:
-        return other is not None and (self.node, self.addresses, self.netns_gone) == (
-            other.node, other.addresses, other.netns_gone)
+        return other is not None and (self.node, self.addresses, self.netns_gone, self.request) == (
+            other.node, other.addresses, other.netns_gone, other.request)
 
     def to_json(self) -> bytes:
         return json.dumps({"node": self.node, "time": self.time, "addresses": self.addresses,
-                           "netnsGone": [asdict(g) for g in self.netns_gone]}, sort_keys=True).encode()
+                           "netnsGone": [asdict(g) for g in self.netns_gone], "request": self.request},
+                          sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> KernelReport:
         d = json.loads(raw)
         gone = tuple(GoneEndpoint(g["endpoint"], g.get("netns", ""), g.get("host_interface", ""),
                                   tuple(g.get("ips", ()))) for g in d.get("netnsGone", ()))
-        return cls(str(d["node"]), float(d.get("time", 0)), dict(d.get("addresses", {})), gone)
+        return cls(str(d["node"]), float(d.get("time", 0)), dict(d.get("addresses", {})), gone,
+                   int(d.get("request", 0)))
