@@ -25,6 +25,7 @@ from podnet.ipam import Ipam, maintenance
 from podnet.model import WorkloadEndpoint
 from podnet.model.endpoint import endpoint_name, host_veth_name, ipam_handle, owner_mark
 from tests.integration import kernel
+from tests.integration.witness import wait_for
 from tests.integration.hostile import TRACEBACK, Hostile, State, assert_error, config, hostile_lab
 
 
@@ -85,7 +86,9 @@ def delete(h: Hostile, a: Att, **changes) -> None:
 
 
 def reaches_peer(h: Hostile, netns: str) -> bool:
-    return kernel.ping(os.path.basename(netns), h.peer["ip"]).returncode == 0
+    """The pod reaches the peer on the other node. Waited for (a liveness bound only): the agent's filter
+    layer drops a new workload interface's traffic until it has programmed the endpoint."""
+    return bool(wait_for(lambda: kernel.ping(os.path.basename(netns), h.peer["ip"]).returncode == 0, timeout=15))
 
 
 def assert_works(h: Hostile, a: Att) -> None:
@@ -461,7 +464,7 @@ def test_interfaces_of_one_container_are_added_and_deleted_independently(hostile
             assert (report.leaked, report.endpoints_without_ips) == ([], []), report
         assert_works(h, eth0)
         assert_works(h, second)
-        assert kernel.ping(h.peer["netns"], second.ip).returncode == 0  # the second interface, from outside
+        assert wait_for(lambda: kernel.ping(h.peer["netns"], second.ip).returncode == 0, timeout=15)  # from outside
         gone, kept = (eth0, second) if first_gone else (second, eth0)
         before = h.snapshot()
         delete(h, gone)
