@@ -293,6 +293,7 @@ class FilterCache:
         self._by_signature: dict[tuple, tuple] = {}  # endpoint signature -> (policies token, selecting)
         self._policies: list[Policy] = []
         self._token: tuple = ()
+        self._in_namespace: dict[str, list[Policy]] = {}
         self._endpoint_chains: dict[tuple, tuple] = {}  # (interface, direction) -> (what it depends on, chain)
 
     def chains(self, policy: Policy, b: _Builder) -> list[NftChain]:
@@ -310,6 +311,7 @@ class FilterCache:
         self.keep_only(policies)
         self._policies = policies
         self._token = tuple(map(id, policies))
+        self._in_namespace: dict[str, list[Policy]] = {}
 
     def selecting(self, ep: PolicyEndpoint, signature: tuple) -> list[Policy]:
         """The policies (in order) that select endpoints with this signature (namespace and labels)."""
@@ -317,8 +319,12 @@ class FilterCache:
         if hit is not None and hit[0] == self._token:
             return hit[1]
         known = self._answers.setdefault(signature, {})
+        candidates = self._in_namespace.get(ep.namespace)
+        if candidates is None:  # a namespaced policy applies to its own namespace only
+            candidates = self._in_namespace[ep.namespace] = [p for p in self._policies
+                                                             if not p.namespace or p.namespace == ep.namespace]
         out = []
-        for p in self._policies:
+        for p in candidates:
             answer = known.get(id(p))
             if answer is None:
                 answer = known[id(p)] = policy_selects(p, ep)
