@@ -3,7 +3,10 @@ prints one line naming the file that holds the traceback (exit 3)."""
 
 from __future__ import annotations
 
+import os
 import re
+
+import pytest
 
 from podnet.cli import main as cli
 
@@ -53,3 +56,35 @@ def test_the_agent_names_why_it_cannot_start(monkeypatch, capsys):
     assert cli.main(["agent", "--node", "n1", "--datastore", "sqlite:///x.db"]) == 1
     err = capsys.readouterr().err
     assert "the agent cannot run: the embedded datastore /x.db is damaged" in err and "Traceback" not in err
+
+
+STORE_FAULTS = {
+    "missing": lambda d: None,
+    "a directory": lambda d: os.mkdir(d / "s.db"),
+    "a text file": lambda d: (d / "s.db").write_text("not a database\n" * 100),
+    "garbage": lambda d: (d / "s.db").write_bytes(os.urandom(8192)),
+    "empty": lambda d: (d / "s.db").write_bytes(b""),
+    "no such directory": lambda d: None,
+}
+COMMANDS = [["get", "nodes"], ["get", "ippools", "-o", "yaml"], ["get", "workloadendpoints"], ["ipam", "show"],
+            ["ipam", "check"], ["ipam", "release", "--ip", "10.244.0.1"], ["describe", "node", "n1"], ["version"],
+            ["doctor"], ["trace", "a", "b"], ["delete", "ippool", "p"], ["apply", "-f", "-"]]
+
+
+@pytest.mark.parametrize("fault", sorted(STORE_FAULTS))
+def test_no_command_shows_a_traceback_whatever_the_store_is(fault, tmp_path, capsys, monkeypatch):
+    import io
+
+    STORE_FAULTS[fault](tmp_path)
+    path = tmp_path / ("nowhere/s.db" if fault == "no such directory" else "s.db")
+    before = sorted(os.listdir(tmp_path))
+    for argv in COMMANDS:
+        monkeypatch.setattr("sys.stdin", io.StringIO("apiVersion: projectcalico.org/v3\nkind: IPPool\n"
+                                                     "metadata: {name: p}\nspec: {cidr: 10.9.0.0/16}\n"))
+        code = cli.main(["--datastore", f"sqlite://{path}", *argv])
+        out, err = capsys.readouterr()
+        assert "Traceback" not in out + err and code in (0, 1), (argv, code, out, err)
+        if code:
+            assert err.startswith("error: ") and "podnet failed unexpectedly" not in err, (argv, err)
+        if argv[0] != "apply":  # only a command that writes resources may create the store
+            assert sorted(os.listdir(tmp_path)) == before, (argv, os.listdir(tmp_path))
