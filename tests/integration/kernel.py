@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 
 def ip_json(netns: str, *args: str) -> list:
@@ -50,3 +51,15 @@ def ping(netns: str, ip: str, count: int = 1, timeout: int = 2) -> subprocess.Co
 def netns_list() -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def reaches(netns: str, ip: str, timeout: float = 15.0) -> bool:
+    """Whether a ping from netns to ip gets through, retried up to `timeout` (a liveness bound, never a
+    measurement): the agent's filter layer drops a new pod's traffic until it has programmed its endpoint."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if ping(netns, ip).returncode == 0:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)

@@ -87,7 +87,7 @@ def test_add_check_del(lab, sandbox):
     assert len(after_add["allocations"]) == len(before["allocations"]) + 1
     assert endpoint_name(env["CNI_CONTAINERID"], "eth0") in after_add["endpoints"]
     other = next(p for p in lab.status()["pods"] if p["node"] == "node-2")
-    assert kernel.ping(os.path.basename(netns), other["ip"]).returncode == 0
+    assert kernel.reaches(os.path.basename(netns), other["ip"])
 
     check = dict(env, CNI_COMMAND="CHECK")
     code, out = run_plugin(lab, "node-1", check, json.dumps(config(prevResult=result)).encode())
@@ -187,7 +187,7 @@ def test_an_existing_interface_is_refused(lab, sandbox):
     assert code != 0 and out["code"] == 101 and "eth0" in out["msg"]
     assert footprint(lab) == before
     other = next(p for p in lab.status()["pods"] if p["node"] == "node-2")
-    assert kernel.ping(os.path.basename(netns), other["ip"]).returncode == 0
+    assert kernel.reaches(os.path.basename(netns), other["ip"])
     assert run_plugin(lab, "node-1", dict(first, CNI_COMMAND="DEL"), json.dumps(config()).encode())[0] == 0
 
 
@@ -209,7 +209,7 @@ def test_twenty_concurrent_adds_get_distinct_reachable_addresses(lab, sandbox):
     ips = [out["ips"][0]["address"].split("/")[0] for _, out in results]
     assert len(set(ips)) == 20
     remote = next(p for p in lab.status()["pods"] if p["node"] == "node-2")
-    unreachable = [ip for ip in ips if kernel.ping(remote["netns"], ip).returncode != 0]
+    unreachable = [ip for ip in ips if not kernel.reaches(remote["netns"], ip)]
     assert not unreachable
     with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
         codes = list(pool.map(lambda e: run_plugin(lab, "node-1", dict(e, CNI_COMMAND="DEL"),

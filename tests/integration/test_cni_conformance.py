@@ -227,7 +227,7 @@ def test_lifecycle(lab, sandbox, version):
     code, result, err = run_plugin(lab, env, conf)
     assert code == 0, (result, err)
     assert_result_shape(result, version, netns)
-    assert kernel.ping(os.path.basename(netns), remote_pod(lab)["ip"]).returncode == 0
+    assert kernel.reaches(os.path.basename(netns), remote_pod(lab)["ip"])
 
     code, out, _ = run_plugin(lab, dict(env, CNI_COMMAND="CHECK"), config(version, prevResult=result))
     if version >= p.CHECK_SINCE:
@@ -536,8 +536,8 @@ def test_gc_removes_only_stale_attachments(lab, sandbox):
         assert {n: Ipam(store).ips_by_handle(tunnel_handle(n)) for n in ("node-1", "node-2")} == tunnels_before
     finally:
         store.close()
-    assert kernel.ping(os.path.basename(a["netns"]), remote_pod(lab)["ip"]).returncode == 0
-    assert kernel.ping(lab.pod_netns("pod-2-1"), remote_pod(lab, "node-1")["ip"]).returncode == 0
+    assert kernel.reaches(os.path.basename(a["netns"]), remote_pod(lab)["ip"])
+    assert kernel.reaches(lab.pod_netns("pod-2-1"), remote_pod(lab, "node-1")["ip"])
     code, out, _ = run_plugin(lab, dict(a["env"], CNI_COMMAND="CHECK"), config("1.1.0", prevResult=a["result"]))
     assert (code, out) == (0, None)
 
@@ -561,7 +561,7 @@ def test_gc_leaves_the_veth_of_a_newer_sandbox_of_the_same_pod(lab, sandbox):
     assert old["host_if"] == host_veth_name("default", pod, "") != new["host_if"]
     assert _gc(lab, "node-1", _lab_pods(lab) + [(new["env"]["CNI_CONTAINERID"], "eth0")])[0] == 0
     assert not _attached(lab, old) and _attached(lab, new)
-    assert kernel.ping(os.path.basename(new["netns"]), remote_pod(lab)["ip"]).returncode == 0
+    assert kernel.reaches(os.path.basename(new["netns"]), remote_pod(lab)["ip"])
     assert run_plugin(lab, dict(new["env"], CNI_COMMAND="DEL"), config("1.1.0"))[0] == 0
     assert footprint(lab) == before
 
