@@ -242,6 +242,16 @@ def test_named_port_and_end_port(fresh):
     check(fresh, truth)
 
 
+def test_protocol_only_rule_and_all_namespaces(fresh):
+    fresh.apply(knp("udp-only", "x", {"podSelector": pod("a")["podSelector"],
+                                      "ingress": [{"ports": [{"protocol": "UDP"}]}]}),
+                knp("all-ns-b", "y", {"podSelector": pod("b")["podSelector"],
+                                      "ingress": [{"from": [{"namespaceSelector": {}, **pod("c")}]}]}))
+    truth = Truth().set(False, dst="x/a").set(True, dst="x/a", proto="udp")
+    truth.set(False, dst="y/b").set(True, src=["x/c", "y/c", "z/c"], dst="y/b")
+    check(fresh, truth)
+
+
 def test_sctp_rule_is_programmed_and_never_matches_tcp_or_udp(fresh):
     fresh.apply(knp("sctp", "x", {"podSelector": pod("a")["podSelector"],
                                   "ingress": [{"ports": [{"port": 80, "protocol": "SCTP"}]}]}))
