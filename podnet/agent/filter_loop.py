@@ -13,6 +13,7 @@ reflects and the interfaces it programmed, so a lab or a test can wait for a cha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -48,6 +49,10 @@ def _decode(name: str, value: bytes):
         from podnet.model.node import Node
 
         return Node.from_manifest(doc)
+    if name == "configs":
+        from podnet.model.agentconfig import AgentConfiguration
+
+        return AgentConfiguration.from_manifest(doc)
     from podnet.model.policy import parse_policy
 
     return parse_policy(doc)
@@ -59,6 +64,7 @@ FOLLOWED = {
     "namespaces": (keys.NAMESPACES,),
     "policies": (keys.NETWORK_POLICIES, keys.K8S_NETWORK_POLICIES, keys.GLOBAL_NETWORK_POLICIES),
     "nodes": (keys.NODES,),
+    "configs": (keys.AGENT_CONFIGS,),  # FelixConfiguration's defaultEndpointToHostAction
 }
 
 
@@ -72,6 +78,7 @@ class PolicyView:
         self.data: dict[str, dict] = {name: {} for name in FOLLOWED}
         self.in_sync = threading.Event()
         self.revision = 0  # the store revision the view reflects
+        self.configs: list = []  # AgentConfiguration resources, as of the last inputs()
         self.relevant = True  # something policy reads changed since take_relevant()
         self.stop = threading.Event()
 
@@ -156,7 +163,21 @@ class PolicyView:
                                    namespaces.get(w.pod_namespace or "default"))
                    for w in self.data["endpoints"].values()]
             addresses = [a for n in self.data["nodes"].values() for a in (n.address, n.address6) if a]
+            self.configs = list(self.data["configs"].values())
             return eps, list(self.data["policies"].values()), addresses, self.revision
+
+
+def endpoint_to_host_action(configs, node: str, default: str) -> str:
+    """FelixConfiguration's defaultEndpointToHostAction: the node's own resource, else `default`'s, else
+    the agent's flag."""
+    from podnet.model.agentconfig import endpoint_to_host_action as of
+
+    by_name = {c.name: c for c in configs}
+    for name in (f"node.{node}", "default"):
+        c = by_name.get(name)
+        if c is not None and of(c) is not None:
+            return of(c)
+    return default
 
 
 def protected_destinations(datastore_url: str | None, *listen: str | None) -> tuple:
@@ -246,7 +267,9 @@ class FilterLoop:
     def cycle(self) -> None:
         start = time.perf_counter()
         eps, policies, addresses, revision = self.view.inputs()
-        ruleset = compute_filter(self.node, eps, policies, addresses, self.config, self.cache)
+        action = endpoint_to_host_action(self.view.configs, self.node, self.config.endpoint_to_host_action)
+        config = dataclasses.replace(self.config, endpoint_to_host_action=action)
+        ruleset = compute_filter(self.node, eps, policies, addresses, config, self.cache)
         self.manager.set_desired(ruleset)
         result = self.dataplane.apply()
         seconds = time.perf_counter() - start

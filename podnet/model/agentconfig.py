@@ -58,7 +58,8 @@ class AgentConfiguration:
         return [(k, v, "a Calico setting podnet does not implement" if k in CALICO_FIELDS
                  else "not a FelixConfiguration field podnet knows (a newer Calico's, or a typo?)")
                 for k, v in sorted(self.extra.items())
-                if not (k == "featureDetectOverride" and str(v).strip().startswith("ChecksumOffloadBroken=")
+                if not (k == "defaultEndpointToHostAction" and v in ENDPOINT_TO_HOST_ACTIONS)  # applied: filter
+                and not (k == "featureDetectOverride" and str(v).strip().startswith("ChecksumOffloadBroken=")
                         and "," not in str(v))]  # applied: TX checksum offload
 
     @property
@@ -85,6 +86,15 @@ class AgentConfiguration:
         if broken is not None and "tx_checksum_offload" not in given:
             given["tx_checksum_offload"] = not broken  # Calico's way of saying it; vxlanTxChecksumOffload wins
         return cls(name=meta.get("name", "default"), extra=extra, **given)
+
+
+ENDPOINT_TO_HOST_ACTIONS = ("Accept", "Drop", "Return")
+
+
+def endpoint_to_host_action(config: AgentConfiguration) -> str | None:
+    """Calico's defaultEndpointToHostAction when the resource sets it to a value podnet applies."""
+    value = config.extra.get("defaultEndpointToHostAction")
+    return value if value in ENDPOINT_TO_HOST_ACTIONS else None
 
 
 def checksum_offload_broken(overrides) -> bool | None:

@@ -271,3 +271,30 @@ def test_lab_pod_commands_and_status(lab, capsys):
     finally:
         assert main(["lab", "pod", "delete", "--name", lab.name, "z/c"]) == 0
     assert "z/c" not in {f"{p['namespace']}/{p['name']}" for p in lab.status()["pods"]}
+
+
+def test_default_endpoint_to_host_action_from_felix_configuration(lab):
+    from podnet.datastore.resources import Resources
+    from podnet.model.agentconfig import AgentConfiguration
+    from podnet.model.kinds import lookup
+
+    a = _pod(lab, "a")
+    node1 = lab.state["nodes"][0]["address"].split("/")[0]
+
+    def ping() -> bool:
+        return lab.exec(a["netns"], "ping", "-c", "1", "-W", "1", node1).returncode == 0
+
+    assert ping()  # Accept, as Calico's Kubernetes manifest sets it
+    drop = AgentConfiguration.from_manifest({"apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
+                                             "metadata": {"name": "default"},
+                                             "spec": {"defaultEndpointToHostAction": "Drop"}})
+    with lab.datastore() as store:
+        Resources(store).write(lookup("AgentConfiguration"), drop, "apply")
+    lab.wait_filter()
+    try:
+        assert not ping()
+    finally:
+        with lab.datastore() as store:
+            Resources(store).remove(lookup("AgentConfiguration"), "default")
+        lab.wait_filter()
+    assert ping()

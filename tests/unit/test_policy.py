@@ -314,3 +314,20 @@ def test_protected_destinations_from_the_datastore_url_and_listen_addresses():
         (None, 6, 9099), (None, 6, 9091), ("172.31.0.1", 6, 2379), ("172.31.0.1", 6, 2380),
         ("172.31.0.2", 6, 12379), ("172.31.0.2", 6, 2380)}
     assert protected_destinations("sqlite:///x.db", "", None) == ()
+
+
+def test_felix_configuration_sets_the_endpoint_to_host_action():
+    from podnet.agent.filter_loop import endpoint_to_host_action
+    from podnet.model.agentconfig import AgentConfiguration
+
+    def felix(name, value):
+        return AgentConfiguration.from_manifest({"apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
+                                                 "metadata": {"name": name},
+                                                 "spec": {"defaultEndpointToHostAction": value}})
+
+    assert endpoint_to_host_action([], "n1", "Accept") == "Accept"  # the agent's flag
+    assert endpoint_to_host_action([felix("default", "Drop")], "n1", "Accept") == "Drop"
+    assert endpoint_to_host_action([felix("default", "Drop"), felix("node.n1", "Return")], "n1", "Accept") == "Return"
+    assert endpoint_to_host_action([felix("default", "Sideways")], "n1", "Accept") == "Accept"
+    assert felix("default", "Drop").not_applied() == []  # podnet applies it
+    assert felix("default", "Sideways").not_applied()[0][0] == "defaultEndpointToHostAction"
