@@ -81,11 +81,12 @@ class KernelWatcher:
             self._filter = None
         self.refresh()
 
-    def take(self) -> list[KernelEvent]:
-        """The events queued since the last call, oldest first, decoded. A notification that cannot
-        be decoded means the agent cannot trust its belief: everything is read back."""
+    def take(self, limit: int = 1000) -> list[KernelEvent]:
+        """Up to `limit` of the events queued, oldest first, decoded (in chunks, so a burst of
+        20,000 is never decoded at once). A notification that cannot be decoded means the agent
+        cannot trust its belief: everything is read back."""
         out = []
-        while True:
+        while len(out) < limit:
             try:
                 kind, payload = self.queue.popleft()
             except IndexError:
@@ -98,6 +99,7 @@ class KernelWatcher:
                 continue
             if ev is not None:
                 out.append(ev)
+        return out
 
     def refresh(self) -> None:
         """Tell the kernel which notifications to keep from this socket: none caused by the agent's

@@ -259,17 +259,18 @@ class Agent:
         if self.events_lost.is_set():
             self.events_lost.clear()
             self.reconciler.dataplane.request_resync()
-        events = self.kernel_watcher.take()
-        if not events:
-            return
-        self.reconciler.on_kernel_events(events)
-        devices = set(self.reconciler.devices.indexes.values())
-        parent = self.reconciler.local.interface
-        for ev in events:
-            if ev.table == "addr" and ev.entry.get("index") not in devices:
-                self.underlay_changed.set()
-            elif ev.table == "link" and parent and ev.entry.get("ifname") == parent:
-                self.reconciler.request_full()  # its MTU sets the tunnel's
+        while True:
+            events = self.kernel_watcher.take()
+            if not events:
+                return
+            self.reconciler.on_kernel_events(events)
+            devices = set(self.reconciler.devices.indexes.values())
+            parent = self.reconciler.local.interface
+            for ev in events:
+                if ev.table == "addr" and ev.entry.get("index") not in devices:
+                    self.underlay_changed.set()
+                elif ev.table == "link" and parent and ev.entry.get("ifname") == parent:
+                    self.reconciler.request_full()  # its MTU sets the tunnel's
 
     def _follow_underlay(self) -> None:
         """If the node's underlay address moved, follow it: the VXLAN device first (its local

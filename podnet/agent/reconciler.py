@@ -174,8 +174,8 @@ class Reconciler:
             cycle.failures.append(("offloads", e))
         # Changes made with no desired change behind them repaired something changed outside podnet.
         drift = cycle.changes if not desired_changes and not cycle.failures else 0
-        if (self._trim_after or cycle.resynced) and not cycle.failures:
-            self._trim_after = False  # read-backs and passes over every node leave big tables behind
+        if self._trim_after and not cycle.failures:
+            self._trim_after = False  # a pass over every node (the start's too) left big tables behind
             _release_memory()
         devices = self.index.devices
         self.last = ReconcileResult(
@@ -213,7 +213,11 @@ def _device_vanished(failures) -> bool:
 def _release_memory() -> None:
     """Give the heap the transient tables of a pass over every node left free back to the system
     (the start's read-back and index of 10,000 nodes would otherwise stay in the agent's RSS)."""
+    # What is alive now (the view, the index, the trackers) lives long: frozen out of the cyclic
+    # collector's reach, so a collection during a repair does not walk 10,000 nodes' objects.
+    gc.unfreeze()
     gc.collect()
+    gc.freeze()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: the memory is reused, only not returned
