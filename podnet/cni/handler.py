@@ -308,9 +308,11 @@ def add(ctx: NodeContext, req: Request) -> dict:
 
 
 def _add(ctx: NodeContext, req: Request, netns_fd: int) -> dict:
-    # The host end's name: the first free one of the candidates (Calico's name first); the record
-    # starts with that first one and is corrected in the rare case that it was held.
-    host_ifnames = list(host_veth_names(req.pod_namespace, req.pod_name, req.container_id, req.ifname))
+    # The host end's name: the first free one of the candidates (Calico's name first, unless an older
+    # sandbox of the pod still holds it). The record is written with it before the pair exists (they
+    # are made at the same time), and corrected in the rare case that a racing ADD took it meanwhile.
+    host_ifnames = pod.free_names_first(
+        ctx.host, list(host_veth_names(req.pod_namespace, req.pod_name, req.container_id, req.ifname)))
     handle = ipam_handle(req.container_id, req.ifname)
     mtu = req.config.get("mtu") or ctx.pod_mtu()
     attrs = {

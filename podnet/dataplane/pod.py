@@ -240,6 +240,16 @@ def _bring_up(host: rtnl.RtnlSocket, fd: int, host_ifname: str, host_index: int,
     return Pair(host, fd, pod_sock, host_ifname, host_index, pod_ifname, pod_index, pod_mac, mtu)
 
 
+def free_names_first(host: rtnl.RtnlSocket, names: list[str]) -> list[str]:
+    """The candidate names from the first one no interface holds now (usually the first: one look).
+    The endpoint record is then written with the name the veth will almost surely get; only an ADD
+    racing another for the same name has to correct it."""
+    for n, name in enumerate(names):
+        if host.get_link(ifname=name) is None:
+            return names[n:] + names[:n]
+    return names
+
+
 def owned_host_link(host: rtnl.RtnlSocket, host_ifname: str, owner: str) -> dict | None:
     """The host end of an attachment, if the link of that name is one: a veth with podnet's host MAC
     and the attachment's owner mark. Anything else of that name is not podnet's to touch."""

@@ -406,6 +406,7 @@ def test_a_new_sandbox_takes_calicos_name_once_the_old_pair_is_gone_and_the_old_
     with h.unharmed():
         old = add(h, pod=pod)
         subprocess.run(["ip", "netns", "del", os.path.basename(old.netns)], check=True)
+        assert wait_for(lambda: host_link(h, old.host_if) is None)  # the kernel cleans a namespace up later
         new = add(h, pod=pod)
         assert new.host_if == old.host_if
         before = h.snapshot()
