@@ -558,3 +558,20 @@ def test_a_veth_whose_mark_was_changed_is_found_by_the_pods_mac(hostile: Hostile
         delete(h, a)
         assert_removed_only(before, h.snapshot(), a)
         assert kernel.link(os.path.basename(a.netns), "eth0") is None
+
+
+def test_gc_of_a_second_interface_leaves_the_first(hostile: Hostile):
+    """The runtime still holds eth0 of the container but no longer eth1: GC removes eth1 alone."""
+    h = hostile
+    with h.unharmed():
+        netns = h.sandbox()
+        eth0 = add(h, netns)
+        eth1 = add(h, netns, cid=eth0.cid, ifname="eth1")
+        valid = [{"containerID": x["container_id"], "ifname": "eth0"} for x in h.lab.status()["pods"]]
+        valid.append({"containerID": eth0.cid, "ifname": "eth0"})
+        before = h.snapshot()
+        run = h.run({"CNI_COMMAND": "GC", "CNI_PATH": h.lab.bin_dir}, config("1.1.0", **{p.VALID_ATTACHMENTS: valid}))
+        assert (run.code, run.stdout.strip()) == (0, ""), run
+        assert_removed_only(before, h.snapshot(), eth1)
+        assert_works(h, eth0)
+        delete(h, eth0)
