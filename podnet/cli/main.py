@@ -68,7 +68,8 @@ def cmd_lab_status(args) -> int:
     v6 = (["UNDERLAY-IP6", "TUNNEL-IP6", "VTEP-MAC6"], lambda n: [n["underlay_ip6"], n["tunnel_ip6"], n["vtep_mac6"]])
     table(["NODE", "NETNS", "UNDERLAY-IP", "TUNNEL-IP"] + (v6[0] if dual else []) + ["BLOCKS", "AGENT"],
           [[n["name"], n["netns"], n["underlay_ip"], n["tunnel_ip"]] + (v6[1](n) if dual else []) +
-           [",".join(n["blocks"]), ("ready" if n["ready"] else "starting") if n["agent_running"] else "stopped"]
+           [",".join(n["blocks"]), ("fenced" if n.get("fenced") else "ready" if n["ready"] else "starting")
+            if n["agent_running"] else "stopped"]
            for n in status["nodes"]])
     print()
     if status.get("external"):

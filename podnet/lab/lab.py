@@ -587,6 +587,7 @@ class Lab:
                 "agent_pid": entry.get("pid"),
                 "agent_running": processes.alive(entry.get("pid", 0), entry.get("pid_start")),
                 "ready": bool(st.get("ready")),
+                "fenced": bool(st.get("fenced")),  # deleted from the cluster by force; its agent withdrew
             })
         pods = [{"name": p["name"], "namespace": p.get("namespace", "default"), "node": p["node"], "netns": p["netns"],
                  "ip": p.get("ip"), "ips": p.get("ips", []), "addresses": p.get("ips", []),

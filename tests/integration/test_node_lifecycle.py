@@ -97,6 +97,7 @@ def test_node_delete_refuses_a_live_node_and_force_fences_it(lab_factory, datast
     assert not [r for r in kernel.routes(node2) if r.get("protocol") in ("80", 80)]
     assert not [a for link in kernel.ip_json(pods["node-2"]["netns"], "addr", "show")
                 for a in link.get("addr_info", []) if ipaddress.ip_address(a["local"]) in POOL]
+    assert wait_for(lambda: next(n for n in lab.status()["nodes"] if n["name"] == "node-2")["fenced"])
     with lab.datastore() as store:
         assert Resources(store).node("node-2") is None
         assert keys.liveness("node-2") not in store.live(keys.LIVENESS)
