@@ -127,6 +127,13 @@ def test_node_delete_refuses_a_live_node_and_force_fences_it(lab_factory, datast
     check = cli(lab, "ipam", "check")
     assert check.returncode == 0, check.stdout
 
+    # Restarting the fenced agent joins the cluster again, with addresses nobody else holds.
+    lab.restart_agent("node-2")
+    lab.wait_converged()
+    rejoined = next(n for n in lab.status()["nodes"] if n["name"] == "node-2")
+    assert rejoined["ready"] and not rejoined["fenced"] and rejoined["tunnel_ip"]
+    assert_no_address_on_two_nodes(lab)
+
 
 def test_a_fenced_agent_that_cannot_withdraw_keeps_its_addresses_from_the_next_node(lab_factory):
     """The agent of node-2 is frozen (SIGSTOP) when it is deleted by force: it cannot withdraw, so its
