@@ -239,10 +239,10 @@ class _Builder:
     """Builds the ruleset: rules ask for sets by what they mean (their names follow from that alone),
     and `sets()` computes each asked-for set's members once."""
 
-    def __init__(self, endpoints: list[PolicyEndpoint]):
+    def __init__(self, endpoints: list[PolicyEndpoint], members: dict | None = None):
         self.endpoints = endpoints
         self.wanted: dict[str, tuple] = {}
-        self._members: dict[tuple, list[PolicyEndpoint]] = {}
+        self._members: dict[tuple, list[PolicyEndpoint]] = {} if members is None else members
 
     def members(self, text: str, scope: Scope) -> list[PolicyEndpoint]:
         key = (text, scope)
@@ -294,6 +294,8 @@ class FilterCache:
         self._policies: list[Policy] = []
         self._token: tuple = ()
         self._in_namespace: dict[str, list[Policy]] = {}
+        self._members_token: tuple | None = None
+        self._members: dict = {}
         self._endpoint_chains: dict[tuple, tuple] = {}  # (interface, direction) -> (what it depends on, chain)
 
     def chains(self, policy: Policy, b: _Builder) -> list[NftChain]:
@@ -344,6 +346,14 @@ class FilterCache:
         chain = _endpoint_chain(ep, selected, direction, config)
         self._endpoint_chains[(ep.interface, direction)] = (key, chain)
         return chain
+
+    def members_for(self, endpoints: list[PolicyEndpoint]) -> dict:
+        """Selector members, kept while no endpoint came, went, moved or changed its labels or ports."""
+        token = tuple((e.node, e.key, e.interface, e.ips, tuple(sorted(e.labels.items())),
+                       tuple(sorted(e.namespace_labels.items())), e.ports) for e in endpoints)
+        if token != self._members_token:
+            self._members_token, self._members = token, {}
+        return self._members
 
     def keep_only(self, policies: Iterable[Policy]) -> None:
         alive = {id(p): p for p in policies}
@@ -546,7 +556,7 @@ def compute_filter(node: str, endpoints: Iterable[PolicyEndpoint], policies: Ite
     pols = ordered(policies)
     cache = cache or FilterCache()
     cache.begin(pols)
-    b = _Builder(endpoints)
+    b = _Builder(endpoints, cache.members_for(endpoints))
     rs = FilterRuleset()
     for c in _base_chains(config):
         rs.chains[c.name] = c
