@@ -40,9 +40,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import uuid
 from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
 
 from podnet.cni import protocol as p
 from podnet.dataplane import topology
@@ -79,7 +82,7 @@ class State:
     eth0, read only) plus the datastore's allocations and endpoints."""
 
     namespaces: dict[str, dict] = field(default_factory=dict)  # netns -> {"links", "addresses", "routes"}
-    host: dict = field(default_factory=dict)  # the machine's eth0, its addresses and default route
+    host: dict = field(default_factory=dict)  # the machine's eth0, its addresses, its default routes
     allocations: dict[str, str] = field(default_factory=dict)  # address -> handle
     endpoints: dict[str, tuple] = field(default_factory=dict)  # key -> (container, interface, host if, ips)
 
@@ -102,43 +105,35 @@ class State:
         return out
 
 
-def _links(netns: str | None) -> set[tuple]:
-    found = kernel.ip_json(netns, "link", "show") if netns else _host_json("link", "show", "dev", "eth0")
-    return {(l["ifindex"], l["ifname"], l.get("address"), l.get("mtu"), tuple(sorted(l.get("flags", ()))))
-            for l in found}
-
-
-def _kernel_made(address: str) -> bool:
+def _kernel_made(address: str | None) -> bool:
     """IPv6 link-local and multicast addresses and routes: the kernel adds them by itself (late, after
     DAD, on a fresh link), so they are no witness; the links they belong to are."""
-    return address.startswith(("fe80:", "ff00:", "ff02:", "multicast"))
+    return bool(address) and address.startswith(("fe80:", "ff00:", "ff02:"))
 
 
-def _addresses(netns: str | None) -> set[tuple]:
-    found = kernel.ip_json(netns, "addr", "show") if netns else _host_json("addr", "show", "dev", "eth0")
-    return {(l["ifname"], a["family"], a["local"], a["prefixlen"]) for l in found for a in l.get("addr_info", ())
-            if not _kernel_made(a["local"])}
-
-
-def _routes(netns: str) -> set[tuple]:
+def _kernel_state(ipr: IPRoute, only: str | None = None) -> dict:
+    """Links, addresses and routes (every table, both families) as sets of tuples, read over netlink with
+    pyroute2 (not podnet's own netlink code: an independent witness). `only`: one link and its addresses
+    and the default routes (the machine's own namespace, where others' tests may come and go)."""
+    found = ipr.get_links()
+    names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in found}
+    links = {(l["index"], names[l["index"]], l.get_attr("IFLA_ADDRESS"), l.get_attr("IFLA_MTU"), l["flags"])
+             for l in found if only in (None, names[l["index"]])}
+    addresses = set()
+    for a in ipr.get_addr():
+        local = a.get_attr("IFA_ADDRESS") or a.get_attr("IFA_LOCAL")
+        if not _kernel_made(local) and only in (None, names.get(a["index"])):
+            addresses.add((names.get(a["index"]), a["family"], local, a["prefixlen"]))
     routes = set()
-    for family in ("-4", "-6"):
-        for r in kernel.ip_json(netns, family, "route", "show", "table", "all"):
-            if _kernel_made(r["dst"]):
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for r in ipr.route("dump", family=family):
+            dst = r.get_attr("RTA_DST")
+            if _kernel_made(dst) or (only and dst is not None):
                 continue
-            routes.add((family, r.get("table", "main"), r.get("type", "unicast"), r["dst"], r.get("gateway"),
-                        r.get("dev"), r.get("prefsrc"), tuple(sorted(r.get("flags", ())))))
-    return routes
-
-
-def _host_json(*args: str) -> list:
-    """Read-only look at the machine's own namespace (this process's)."""
-    proc = subprocess.run(["ip", "-j", *args], capture_output=True, text=True)
-    return json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else []
-
-
-def _host_default() -> list:
-    return [(r["dst"], r.get("gateway"), r.get("dev")) for r in _host_json("-4", "route", "show", "default")]
+            routes.add((family, r.get_attr("RTA_TABLE"), r["type"], f"{dst or 'default'}/{r['dst_len']}",
+                        r.get_attr("RTA_GATEWAY"), names.get(r.get_attr("RTA_OIF")), r.get_attr("RTA_PREFSRC"),
+                        r["flags"]))
+    return {"links": links, "addresses": addresses, "routes": routes}
 
 
 class Hostile:
@@ -215,8 +210,10 @@ class Hostile:
         state = State()
         namespaces = [n["netns"] for n in self.lab.state["nodes"]] + [self.lab.underlay_netns]
         for ns in namespaces:
-            state.namespaces[ns] = {"links": _links(ns), "addresses": _addresses(ns), "routes": _routes(ns)}
-        state.host = {"links": _links(None), "addresses": _addresses(None), "default": _host_default()}
+            with topology.ipr_in(ns) as ipr:
+                state.namespaces[ns] = _kernel_state(ipr)
+        with IPRoute() as ipr:  # this thread's namespace: the machine's own (read, never written)
+            state.host = _kernel_state(ipr, only="eth0")
         with self.lab.datastore() as store:
             state.allocations = {ip: a.handle for b in Ipam(store).blocks() for ip, a in b.in_use().items()}
             state.endpoints = {e.key_name: (e.container_id, e.interface, e.host_interface, tuple(e.ips))

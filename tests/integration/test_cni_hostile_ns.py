@@ -307,7 +307,11 @@ touch "$dir/pod"
 unshare --net="$dir/pod" ip link set lo up
 export CNI_NETNS="$dir/pod"
 CNI_COMMAND=ADD "$PLUGIN" < "$CONFIG" > "$OUT/add.json" || echo "add failed $?" >> "$OUT/errors"
-nsenter --net="$dir/pod" ping -c 1 -W 2 "$PEER" > "$OUT/ping.txt" 2>&1 || echo "ping failed" >> "$OUT/errors"
+# (a new pod's first packets may wait for the agent's filter layer to learn its endpoint)
+ok=; for i in 1 2 3 4 5 6 7 8 9 10; do
+    nsenter --net="$dir/pod" ping -c 1 -W 1 "$PEER" > "$OUT/ping.txt" 2>&1 && ok=1 && break
+done
+[ -n "$ok" ] || echo "ping failed" >> "$OUT/errors"
 nsenter --net="$dir/pod" ip -j addr show eth0 > "$OUT/addr.json"
 CNI_COMMAND=DEL "$PLUGIN" < "$CONFIG" > "$OUT/del.json" || echo "del failed $?" >> "$OUT/errors"
 umount "$dir/pod"
