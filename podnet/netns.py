@@ -111,6 +111,21 @@ def open_namespace_file(path: str) -> int:
         os.close(handle)
 
 
+def is_netns_path(path: str) -> bool:
+    """Whether an absolute path names a live network namespace, looked at without ever blocking
+    (open_namespace_file's rule: nothing but an nsfs file is opened)."""
+    if not path.startswith("/"):
+        return False
+    try:
+        fd = open_namespace_file(path)
+    except (NamespaceNotFound, NamespaceError):
+        return False
+    try:
+        return is_netns_fd(fd)
+    finally:
+        os.close(fd)
+
+
 class NetnsFd(int):
     """An open namespace descriptor that names itself by the path it was given as (in messages)."""
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import stat
 import threading
 import time
 from typing import Callable
@@ -37,7 +36,7 @@ from podnet.model.nodestatus import (
     GoneEndpoint,
     KernelReport,
 )
-from podnet.netns import CLONE_NEWNET, NS_GET_NSTYPE
+from podnet.netns import is_netns_path
 
 log = logging.getLogger(__name__)
 
@@ -204,23 +203,3 @@ class NodeLifecycle:
             self._last_report = report
         return report
 
-
-def is_netns_path(path: str) -> bool:
-    """Whether path names a live network namespace, without ever blocking: only a regular file (a
-    bind-mounted nsfs inode is one) is opened, non-blocking, and asked its namespace type."""
-    if not path:
-        return False
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return False
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        import fcntl
-
-        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
