@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -44,6 +45,7 @@ NODES4, NODES6 = "nodes4", "nodes6"
 PROTECTED4, PROTECTED6, PROTECTED_PORTS = "protected4", "protected6", "protected-ports"
 WORKLOAD_PREFIX = "cali"
 ENDPOINT_TO_HOST_ACTIONS = ("Accept", "Drop", "Return")
+_NFT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # an interface name nft takes as a chain name's tail
 _PROTO_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132, "udplite": 136}
 
 
@@ -563,8 +565,8 @@ def compute_filter(node: str, endpoints: Iterable[PolicyEndpoint], policies: Ite
     used: dict[str, Policy] = {}
     from_map, to_map = set(), set()
     for ep in endpoints:
-        if ep.node != node or not ep.interface:
-            continue
+        if ep.node != node or not _NFT_NAME.match(ep.interface or ""):
+            continue  # no interface nft can name: a cali* one then passes nothing (fail closed)
         signature = (ep.namespace, tuple(sorted(ep.labels.items())), tuple(sorted(ep.namespace_labels.items())))
         selecting = cache.selecting(ep, signature)
         per_dir = {}

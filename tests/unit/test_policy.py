@@ -331,3 +331,10 @@ def test_felix_configuration_sets_the_endpoint_to_host_action():
     assert endpoint_to_host_action([felix("default", "Sideways")], "n1", "Accept") == "Accept"
     assert felix("default", "Drop").not_applied() == []  # podnet applies it
     assert felix("default", "Sideways").not_applied()[0][0] == "defaultEndpointToHostAction"
+
+
+def test_an_endpoint_whose_interface_nft_cannot_name_is_left_out():
+    odd = WorkloadEndpoint(node="n1", container_id="c9", interface="eth0", host_interface="cali{x}",
+                           ips=("10.244.0.9/32",), mac="", pod_namespace="x", pod_name="odd")
+    rs = compute_filter("n1", [policy_endpoint(odd, None, None), endpoint("n1", "x", "a", 1)], [], [])
+    assert len(rs.sets[FROM_MAP].elements) == 1 and "fw-cali{x}" not in rs.chains
