@@ -156,6 +156,8 @@ class Reconciler:
         if full:
             self.dataplane.request_resync()
         desired_changes = self.update_desired()
+        if desired_changes > 3000:
+            self._trim_after = True  # e.g. thousands of nodes joined at once
         if desired_changes or self._ready_nodes is None:
             self._ready_nodes = self.index.ready_nodes  # sorted names: not recomputed for each repair
         cycle = self.dataplane.apply()

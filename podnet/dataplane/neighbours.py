@@ -15,6 +15,7 @@ from podnet.dataplane import rtnl
 from podnet.dataplane.manager import ApplyError, DeltaTracker, KernelEvent, Manager
 
 _SET = rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE
+CHUNK = 2000  # entries per netlink request batch
 NOT_PERMANENT = "not permanent"  # believed value of a wanted neighbour the kernel holds otherwise
 
 
@@ -106,10 +107,22 @@ class NeighbourManager(Manager):
         return True
 
     def apply_updates(self) -> int:
-        """FDB entries first, then neighbours: a route's next hop must resolve completely."""
+        """FDB entries first, then neighbours: a route's next hop must resolve completely. Sent in
+        chunks: 20,000 entries' messages never all exist at once."""
+        n, failures = 0, []
+        fdb, neighbours = self.fdb.pending_updates(), self.neighbours.pending_updates()
+        for i in range(0, len(fdb), CHUNK):
+            n += self._updates(fdb[i:i + CHUNK], [], failures)
+        for i in range(0, len(neighbours), CHUNK):
+            n += self._updates([], neighbours[i:i + CHUNK], failures)
+        if failures:
+            raise ApplyError(self.name, failures)
+        return n
+
+    def _updates(self, fdb, neighbours, failures) -> int:
         indexes = self.devices()
         msgs, what, done = [], [], []
-        for key, want in self.fdb.pending_updates():
+        for key, want in fdb:
             ifindex = indexes.get(want.ifname)
             if ifindex is None:
                 continue  # its device is not there yet: the devices manager comes first
@@ -121,14 +134,14 @@ class NeighbourManager(Manager):
                     msgs.append(rtnl.fdb_msg(rtnl.RTM_DELNEIGH, ifindex, extra.mac, extra.dst))
                     what.append(f"fdb - {extra}")
                     done.append((None, key, extra, False))
-        for key, want in self.neighbours.pending_updates():
+        for key, want in neighbours:
             ifindex = indexes.get(want.ifname)
             if ifindex is None:
                 continue
             msgs.append(rtnl.neigh_msg(rtnl.RTM_NEWNEIGH, ifindex, want.ip, want.mac, flags=_SET))
             what.append(f"neigh + {want}")
             done.append((self.neighbours, key, want, True))
-        return self._send(msgs, what, done)
+        return self._send(msgs, what, done, failures)
 
     def apply_deletes(self) -> int:
         """Neighbours first, then FDB entries (the routes using them left already)."""
@@ -151,12 +164,15 @@ class NeighbourManager(Manager):
                 msgs.append(rtnl.fdb_msg(rtnl.RTM_DELNEIGH, ifindex, entry.mac, entry.dst))
                 what.append(f"fdb - {entry}")
                 done.append((self.fdb, key, None, False))
-        return self._send(msgs, what, done)
+        failures = []
+        n = self._send(msgs, what, done, failures)
+        if failures:
+            raise ApplyError(self.name, failures)
+        return n
 
-    def _send(self, msgs, what, done) -> int:
+    def _send(self, msgs, what, done, failures) -> int:
         if not msgs:
             return 0
-        failures = []
         for (tracker, key, value, is_set), desc, err in zip(done, what, self.sock.apply(msgs, what)):
             if err is not None:
                 failures.append((desc, err))
@@ -165,8 +181,6 @@ class NeighbourManager(Manager):
                     tracker.believed_set(key, value)
                 else:
                     tracker.believed_delete(key)
-        if failures:
-            raise ApplyError(self.name, failures)
         return len(msgs)
 
 

@@ -14,6 +14,7 @@ from podnet.dataplane.devices import Links
 from podnet.dataplane.manager import ApplyError, DeltaTracker, KernelEvent, Manager
 
 _SET = rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE
+CHUNK = 2000  # entries per netlink request batch
 
 
 def owned(r: dict) -> bool:
@@ -74,8 +75,15 @@ class RouteManager(Manager):
                           lambda key, _: self.tracker.believed_delete(key))
 
     def _send(self, pending, kind: int, flags: int, verb: str, record) -> int:
-        if not pending:
-            return 0
+        """Send in chunks: 20,000 routes' messages never all exist at once."""
+        failures = []
+        for i in range(0, len(pending), CHUNK):
+            failures += self._send_chunk(pending[i:i + CHUNK], kind, flags, verb, record)
+        if failures:
+            raise ApplyError(self.name, failures)
+        return len(pending)
+
+    def _send_chunk(self, pending, kind: int, flags: int, verb: str, record) -> list:
         msgs, what, entries, failures = [], [], [], []
         for key, r in pending:
             oif = self.links.index(r.ifname) if r.ifname else None
@@ -93,6 +101,4 @@ class RouteManager(Manager):
                 record(key, r)
             else:
                 failures.append((desc, err))
-        if failures:
-            raise ApplyError(self.name, failures)
-        return len(pending)
+        return failures
