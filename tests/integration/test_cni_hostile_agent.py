@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import socket
+import time
 
 import pytest
 
@@ -139,5 +140,30 @@ def test_the_runtimes_namespace_is_refused(hostile):
                 s.sendall(env + stdin)
                 exit_code, out = answer(s)
         assert exit_code == 1 and out["code"] == INVALID_ENVIRONMENT and "node's own" in out["msg"], out
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("pause", [0.3, 2.0])
+def test_a_request_that_trickles_in_is_still_served(hostile, pause):
+    """Slower than a pool thread waits (0.1 s): the reader thread finishes it, the descriptor included,
+    and the request is served like any other (here the DEL of an attachment that never existed)."""
+    netns = hostile.sandbox()
+    env = b"\0".join(f"{k}={v}".encode() for k, v in hostile.env("DEL", netns).items())
+    stdin = json.dumps(config()).encode()
+    fd = os.open(netns, os.O_RDONLY)
+    try:
+        with hostile.unharmed():
+            with raw_clients(hostile, 1) as (s,):
+                s.sendmsg([wire.header(len(env), len(stdin), "fd")],
+                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, "little"))])
+                time.sleep(pause)
+                s.sendall(env[:10])
+                time.sleep(pause)
+                s.sendall(env[10:] + stdin)
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+        assert data == b"0\n", data
     finally:
         os.close(fd)
