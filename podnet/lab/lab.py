@@ -492,7 +492,21 @@ class Lab:
         self._save()
         if wait_filter:
             self.wait_filter()
+        else:
+            # The node's filter table passes nothing for an interface it has not programmed yet (fail
+            # closed): give its agent a moment, so what the caller sends next is not dropped for that.
+            self.wait_programmed(node, entry["host_interface"])
         return entry
+
+    def wait_programmed(self, node: str, interface: str, timeout: float = 5.0) -> bool:
+        """Until the node's filter table holds the interface (True), or the time is up (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.filter_status(node)
+            if st and interface in st.get("interfaces", ()):
+                return True
+            time.sleep(0.01)
+        return False
 
     def write_pod_records(self, namespace: str, pod: str, labels: dict, ports: tuple = ()) -> None:
         from podnet.model.kinds import lookup
