@@ -148,3 +148,39 @@ def test_netns_check_of_the_kernel_report_never_blocks(tmp_path):
     assert not is_netns_path(str(tmp_path / "missing")) and not is_netns_path("")
     assert is_netns_path("/proc/self/ns/net")
     assert not is_netns_path("/proc/self/ns/uts")  # a namespace, but not a network one
+
+
+def test_check_asks_for_fresh_reports_and_ignores_a_delete_in_flight(store):
+    """A stand-in agent answers check's request: its kernel still holds a pod address whose DEL is
+    finishing (IPAM releases it meanwhile), and a stale route to an address IPAM gives to another node.
+    Only the second is a conflict."""
+    import threading
+
+    ipam, res = Ipam(store), Resources(store)
+    register(store, ipam, "node-1")
+    register(store, ipam, "node-2")
+    leaving = add_pod(store, ipam, "node-1", "a" * 64)
+    elsewhere = add_pod(store, ipam, "node-2", "b" * 64)
+    store.keep_alive(keys.liveness("node-1"), AgentLiveness("node-1", "vm", 1, 0, 3, 1).to_json(), 3)
+    store.delete(keys.liveness("node-2"))
+    answered = threading.Event()
+    start = store.revision() + 1  # the request comes after this
+
+    def agent():
+        with store.watch(keys.KERNEL_REPORT_REQUEST, start) as watch:
+            events = watch.next_events(timeout=10)
+        held = {leaving: "pod caliA", elsewhere: "pod caliStale"}
+        store.put(keys.kernel_report("node-1"), KernelReport("node-1", 0, held, (), events[-1].mod_revision).to_json())
+        res.delete_endpoint("node-1", res.endpoints("node-1")[0].key_name)  # the DEL finishes
+        ipam.release_handle(ipam_handle("a" * 64))
+        answered.set()
+
+    thread = threading.Thread(target=agent)
+    thread.start()
+    try:
+        report = check(Ipam(store), res, report_wait=10)
+    finally:
+        thread.join()
+    assert answered.is_set() and report.unreported_nodes == []
+    assert [(c["ip"], c["node"], c["reason"]) for c in report.kernel_conflicts] == [
+        (elsewhere, "node-1", "IPAM gives it to node node-2")]
