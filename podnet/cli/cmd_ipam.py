@@ -126,6 +126,9 @@ def cmd_gc(args) -> int:
     for what in ("endpoints_removed", "released", "blocks_released"):
         if done[what]:
             print(f"  {what.replace('_', ' ')}: {', '.join(sorted(set(done[what])))}")
+    if done.get("kept_held"):
+        print(f"left alone: {', '.join(done['kept_held'])}, leaked in IPAM but still live in a node's kernel "
+              "(remove what holds it there first)")
     if report.kernel_conflicts:
         print(f"left alone: {len(report.kernel_conflicts)} addresses live in a kernel against IPAM "
               "(see podnet ipam check)")

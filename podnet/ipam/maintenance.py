@@ -15,6 +15,7 @@ lives on two nodes.
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import ipaddress
 import json
 import time
@@ -111,6 +112,7 @@ class IpamReport:
     endpoints_gone: list[dict] = field(default_factory=list)  # node, endpoint, ips, netns, reason
     kernel_conflicts: list[dict] = field(default_factory=list)  # ip, node, holder, ipam_node, handle, reason
     unreported_nodes: list[str] = field(default_factory=list)  # live agents that have not reported their kernel
+    held_in_kernel: dict = field(default_factory=dict)  # ip -> node whose kernel holds it (fresh reports)
 
     @property
     def clean(self) -> bool:
@@ -124,7 +126,7 @@ class IpamReport:
     def from_dict(cls, d: dict) -> IpamReport:
         return cls(*(list(d.get(name, [])) for name in (
             "leaked", "endpoints_without_ips", "orphan_blocks", "endpoints_gone", "kernel_conflicts",
-            "unreported_nodes")))
+            "unreported_nodes")), dict(d.get("held_in_kernel", {})))
 
 
 def check(ipam: Ipam, resources: Resources, report_wait: float | None = None) -> IpamReport:
@@ -137,7 +139,8 @@ def check(ipam: Ipam, resources: Resources, report_wait: float | None = None) ->
     records = {n.name for n in resources.nodes()}
     nodes = records | set(live)  # a deleted node whose agent still runs holds its addresses until it withdraws
     endpoints = resources.endpoints()
-    report = IpamReport(unreported_nodes=sorted(set(live) - set(reports)))
+    report = IpamReport(unreported_nodes=sorted(set(live) - set(reports)),
+                        held_in_kernel={ip: n for n, r in sorted(reports.items()) for ip in r.addresses})
     for ep in endpoints:
         reason = None
         if ep.node not in nodes:
@@ -223,9 +226,10 @@ def release_reported(ipam: Ipam, report: IpamReport) -> list[str]:
 def gc(ipam: Ipam, resources: Resources, apply: bool, report_wait: float | None = None) -> tuple[IpamReport, dict]:
     """Release what a check finds leaked: endpoints whose sandbox or node is gone (record and
     addresses), leaked addresses, then the blocks of departed nodes that are empty. Each step is
-    taken only if the record is still as the check saw it. With apply=False nothing changes: the
-    returned plan says what would be done. Kernel conflicts are reported, never "fixed": which node is
-    right is the operator's call."""
+    taken only if the record is still as the check saw it, and never for an address a node's kernel
+    holds (an ADD that died halfway may have left its veth and route: releasing the address would let
+    IPAM give it to a second pod). With apply=False nothing changes: the returned plan says what would
+    be done. Kernel conflicts are reported, never "fixed": which node is right is the operator's call."""
     report = check(ipam, resources, report_wait)
     done = {"endpoints_removed": [], "released": [], "blocks_released": []}
     if not apply:
@@ -243,7 +247,10 @@ def gc(ipam: Ipam, resources: Resources, apply: bool, report_wait: float | None 
             done["released"] += ipam.release_handle(ep.handle)
         resources.delete_endpoint(ep.node, ep.key_name)
         done["endpoints_removed"].append(f"{ep.node}/{ep.key_name}")
-    done["released"] += [ip for ip in release_reported(ipam, report) if ip not in done["released"]]
+    held = report.held_in_kernel
+    done["kept_held"] = sorted(x["ip"] for x in report.leaked if x["ip"] in held)
+    releasable = dataclasses.replace(report, leaked=[x for x in report.leaked if x["ip"] not in held])
+    done["released"] += [ip for ip in release_reported(ipam, releasable) if ip not in done["released"]]
     nodes = {n.name for n in resources.nodes()} | set(live_agents(ipam.store))
     for item in report.orphan_blocks:
         if item["node"] not in nodes and ipam.release_block(item["cidr"], node=item["node"]):

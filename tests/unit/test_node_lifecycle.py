@@ -184,3 +184,32 @@ def test_check_asks_for_fresh_reports_and_ignores_a_delete_in_flight(store):
     assert answered.is_set() and report.unreported_nodes == []
     assert [(c["ip"], c["node"], c["reason"]) for c in report.kernel_conflicts] == [
         (elsewhere, "node-1", "IPAM gives it to node node-2")]
+
+
+def test_gc_never_releases_a_leaked_address_a_kernel_still_holds(store):
+    """An ADD that died halfway: an address without an endpoint, but its veth and route are on the node."""
+    import threading
+
+    from podnet.ipam.maintenance import gc
+
+    ipam, res = Ipam(store), Resources(store)
+    register(store, ipam, "node-1")
+    held = ipam.auto_assign("node-1", ipam_handle("c" * 64))
+    gone = ipam.auto_assign("node-1", ipam_handle("d" * 64))
+    store.keep_alive(keys.liveness("node-1"), AgentLiveness("node-1", "vm", 1, 0, 3, 1).to_json(), 3)
+    start = store.revision() + 1
+
+    def agent():
+        with store.watch(keys.KERNEL_REPORT_REQUEST, start) as watch:
+            asked = watch.next_events(timeout=10)[-1].mod_revision
+        store.put(keys.kernel_report("node-1"), KernelReport("node-1", 0, {held: "pod caliHalf"}, (), asked).to_json())
+
+    thread = threading.Thread(target=agent)
+    thread.start()
+    try:
+        report, done = gc(ipam, res, apply=True, report_wait=10)
+    finally:
+        thread.join()
+    assert sorted(x["ip"] for x in report.leaked) == sorted([held, gone])
+    assert done["released"] == [gone] and done["kept_held"] == [held]
+    assert ipam.ips_by_handle(ipam_handle("c" * 64)) == [held]
