@@ -127,19 +127,19 @@ class NeighbourManager(Manager):
             if ifindex is None:
                 continue  # its device is not there yet: the devices manager comes first
             msgs.append(rtnl.fdb_msg(rtnl.RTM_NEWNEIGH, ifindex, want.mac, want.dst, _SET))
-            what.append(f"fdb + {want}")
+            what.append(("fdb +", want))
             done.append((self.fdb, key, want, True))
             for extra in _entries(self.fdb.believed_get(key)):
                 if extra.dst != want.dst:
                     msgs.append(rtnl.fdb_msg(rtnl.RTM_DELNEIGH, ifindex, extra.mac, extra.dst))
-                    what.append(f"fdb - {extra}")
+                    what.append(("fdb -", extra))
                     done.append((None, key, extra, False))
         for key, want in neighbours:
             ifindex = indexes.get(want.ifname)
             if ifindex is None:
                 continue
             msgs.append(rtnl.neigh_msg(rtnl.RTM_NEWNEIGH, ifindex, want.ip, want.mac, flags=_SET))
-            what.append(f"neigh + {want}")
+            what.append(("neigh +", want))
             done.append((self.neighbours, key, want, True))
         return self._send(msgs, what, done, failures)
 
@@ -153,7 +153,7 @@ class NeighbourManager(Manager):
                 self.neighbours.believed_delete(key)
                 continue
             msgs.append(rtnl.neigh_msg(rtnl.RTM_DELNEIGH, ifindex, key[1]))
-            what.append(f"neigh - {key[1]} dev {key[0]}")
+            what.append(("neigh -", f"{key[1]} dev {key[0]}"))
             done.append((self.neighbours, key, None, False))
         for key, have in self.fdb.pending_deletes():
             ifindex = indexes.get(key[0])
@@ -162,7 +162,7 @@ class NeighbourManager(Manager):
                 continue
             for entry in _entries(have):
                 msgs.append(rtnl.fdb_msg(rtnl.RTM_DELNEIGH, ifindex, entry.mac, entry.dst))
-                what.append(f"fdb - {entry}")
+                what.append(("fdb -", entry))
                 done.append((self.fdb, key, None, False))
         failures = []
         n = self._send(msgs, what, done, failures)
@@ -173,9 +173,10 @@ class NeighbourManager(Manager):
     def _send(self, msgs, what, done, failures) -> int:
         if not msgs:
             return 0
-        for (tracker, key, value, is_set), desc, err in zip(done, what, self.sock.apply(msgs, what)):
+        # (verb, entry) pairs, made text only for a failure.
+        for (tracker, key, value, is_set), err in zip(done, self.sock.apply(msgs, lambda n: " ".join(map(str, what[n])))):
             if err is not None:
-                failures.append((desc, err))
+                failures.append((err.what, err))
             elif tracker is not None:
                 if is_set:
                     tracker.believed_set(key, value)

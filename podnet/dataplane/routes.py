@@ -84,7 +84,7 @@ class RouteManager(Manager):
         return len(pending)
 
     def _send_chunk(self, pending, kind: int, flags: int, verb: str, record) -> list:
-        msgs, what, entries, failures = [], [], [], []
+        msgs, entries, failures = [], [], []
         for key, r in pending:
             oif = self.links.index(r.ifname) if r.ifname else None
             if r.ifname and oif is None:
@@ -94,11 +94,10 @@ class RouteManager(Manager):
                     failures.append((f"{verb} {r}", rtnl.NetlinkError(19, f"{verb} {r}: no device {r.ifname}")))
                 continue
             msgs.append(route_msg(kind, r, oif, flags))
-            what.append(f"{verb} {r}")
             entries.append((key, r))
-        for (key, r), desc, err in zip(entries, what, self.sock.apply(msgs, what)):
+        for (key, r), err in zip(entries, self.sock.apply(msgs, lambda n: f"{verb} {entries[n][1]}")):
             if err is None:
                 record(key, r)
             else:
-                failures.append((desc, err))
+                failures.append((err.what, err))
         return failures

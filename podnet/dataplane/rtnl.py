@@ -203,6 +203,9 @@ def _msg(kind: int, flags: int, body: bytes) -> bytes:
     return _HDR.pack(_HDR.size + len(body), kind, flags | NLM_F_REQUEST | NLM_F_ACK, 0, 0) + body
 
 
+_ROUTE_VIA = {(n, n): struct.Struct(f"=IHHII BBBBBBBBI HHI HH{n}s HH{n}s HHI") for n in (4, 16)}
+
+
 def route_msg(
     kind: int,
     dst: str,
@@ -217,6 +220,14 @@ def route_msg(
     priority: int = 0,
 ) -> bytes:
     family, prefixlen, network = _net(dst)
+    if gateway and oif and prefixlen and table < 256:  # the bulk shape: a block via a tunnel address
+        gw = _ip(gateway)[1]
+        shape = _ROUTE_VIA.get((len(network), len(gw)))
+        if shape is not None:
+            return shape.pack(shape.size, kind, flags | NLM_F_REQUEST | NLM_F_ACK, 0, 0,
+                              family, prefixlen, 0, 0, table, proto, scope, rtype, RTNH_F_ONLINK if onlink else 0,
+                              8, RTA_TABLE, table, 4 + len(network), RTA_DST, network, 4 + len(gw), RTA_GATEWAY, gw,
+                              8, RTA_OIF, oif)
     body = _RTMSG.pack(family, prefixlen, 0, 0, table if table < 256 else 252, proto, scope, rtype,
                        RTNH_F_ONLINK if onlink else 0)
     body += _attr(RTA_TABLE, _U32.pack(table))
@@ -231,20 +242,31 @@ def route_msg(
     return _msg(kind, flags, body)
 
 
+# Whole messages in one pack for the bulk shapes (3 per remote node): header, fixed part and
+# attributes with their padding, so an entry costs one struct call instead of a dozen.
+_NEIGH_MAC = {alen: struct.Struct(f"=IHHII BBHiHBB HH{alen}s{(4 - alen % 4) % 4}x HH6s2x") for alen in (4, 16)}
+_FDB = {alen: struct.Struct(f"=IHHII BBHiHBB HH6s2x HH{alen}s{(4 - alen % 4) % 4}x") for alen in (4, 16)}
+
+
 def neigh_msg(kind: int, ifindex: int, ip: str, mac: str | None = None, state: int = NUD_PERMANENT,
               flags: int = 0) -> bytes:
     family, packed = _ip(ip)
-    body = _NDMSG.pack(family, 0, 0, ifindex, state, 0, 0) + _attr(NDA_DST, packed)
     if mac:
-        body += _attr(NDA_LLADDR, _mac(mac))
+        shape = _NEIGH_MAC[len(packed)]
+        return shape.pack(shape.size, kind, flags | NLM_F_REQUEST | NLM_F_ACK, 0, 0,
+                          family, 0, 0, ifindex, state, 0, 0, 4 + len(packed), NDA_DST, packed, 10, NDA_LLADDR,
+                          _mac(mac))
+    body = _NDMSG.pack(family, 0, 0, ifindex, state, 0, 0) + _attr(NDA_DST, packed)
     return _msg(kind, flags, body)
 
 
 def fdb_msg(kind: int, ifindex: int, mac: str, dst: str, flags: int = 0) -> bytes:
     """A VXLAN FDB entry: frames for `mac` are sent to remote VTEP `dst`."""
-    body = _NDMSG.pack(AF_BRIDGE, 0, 0, ifindex, NUD_PERMANENT | NUD_NOARP, NTF_SELF, 0)
-    body += _attr(NDA_LLADDR, _mac(mac)) + _attr(NDA_DST, _ip(dst)[1])
-    return _msg(kind, flags, body)
+    packed = _ip(dst)[1]
+    shape = _FDB[len(packed)]
+    return shape.pack(shape.size, kind, flags | NLM_F_REQUEST | NLM_F_ACK, 0, 0,
+                      AF_BRIDGE, 0, 0, ifindex, NUD_PERMANENT | NUD_NOARP, NTF_SELF, 0, 10, NDA_LLADDR, _mac(mac),
+                      4 + len(packed), NDA_DST, packed)
 
 
 def addr_msg(kind: int, ifindex: int, address: str, prefixlen: int, scope: int = RT_SCOPE_UNIVERSE,
@@ -660,12 +682,15 @@ class RtnlSocket:
         seqs = [(first + n) & 0xFFFFFFFF or 1 for n in range(len(batch))]
         return [errors.get(s, 0) for s in seqs], {n: details[s] for n, s in enumerate(seqs) if s in details}
 
-    def apply(self, messages: list[bytes], what: list[str]) -> list[NetlinkError | None]:
+    def apply(self, messages: list[bytes], what) -> list[NetlinkError | None]:
         """Send messages as one batch; per message None (done) or its typed error. A delete of
-        what is already gone is done: deletes are idempotent here, so no caller judges errno."""
+        what is already gone is done: deletes are idempotent here, so no caller judges errno.
+        `what`: each message's description, as a list or a function of its position (called
+        only for a failure: describing 20,000 entries that succeed costs more than sending them)."""
+        describe = what if callable(what) else what.__getitem__
         out: list[NetlinkError | None] = []
         for n, code in enumerate(self.request(messages)):
-            err = NetlinkError(code, what[n], self.last_details.get(n)) if code else None
+            err = NetlinkError(code, describe(n), self.last_details.get(n)) if code else None
             if isinstance(err, NotFound) and is_delete(messages[n]):
                 err = None
             out.append(err)
