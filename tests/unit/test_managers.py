@@ -208,3 +208,27 @@ def test_kernel_events_decode_ipv6_routes_and_every_followed_kind():
     assert (ev.table, ev.entry["lladdr"], ev.entry["dst"]) == ("fdb", "66:00:00:00:00:02", "fd31::2")
     assert decode(rtnl.RTM_NEWADDR, rtnl.addr_msg(rtnl.RTM_NEWADDR, 3, "fd31::5", 64)[16:]).table == "addr"
     assert decode(99, b"") is None
+
+
+def test_bulk_message_shapes_are_the_generic_encoding():
+    """The one-pack encoders of the bulk shapes produce the bytes the attribute-by-attribute
+    encoding does (the kernel parses both the same)."""
+    import socket
+
+    a = rtnl._attr
+    for ip, family in (("10.64.1.0", socket.AF_INET), ("fd00:99::40", socket.AF_INET6)):
+        packed = socket.inet_pton(family, ip)
+        mac = bytes.fromhex("660000000001")
+        body = rtnl._NDMSG.pack(family, 0, 0, 5, rtnl.NUD_PERMANENT, 0, 0) + a(rtnl.NDA_DST, packed) + \
+            a(rtnl.NDA_LLADDR, mac)
+        assert rtnl.neigh_msg(rtnl.RTM_NEWNEIGH, 5, ip, "66:00:00:00:00:01", flags=0x500) == \
+            rtnl._msg(rtnl.RTM_NEWNEIGH, 0x500, body)
+        body = rtnl._NDMSG.pack(rtnl.AF_BRIDGE, 0, 0, 5, rtnl.NUD_PERMANENT | rtnl.NUD_NOARP, rtnl.NTF_SELF, 0) + \
+            a(rtnl.NDA_LLADDR, mac) + a(rtnl.NDA_DST, packed)
+        assert rtnl.fdb_msg(rtnl.RTM_DELNEIGH, 5, "66:00:00:00:00:01", ip) == rtnl._msg(rtnl.RTM_DELNEIGH, 0, body)
+        plen = 26 if family == socket.AF_INET else 122
+        body = rtnl._RTMSG.pack(family, plen, 0, 0, 254, rtnl.RTPROT_PODNET, 0, rtnl.RTN_UNICAST, rtnl.RTNH_F_ONLINK) + \
+            a(rtnl.RTA_TABLE, rtnl._U32.pack(254)) + a(rtnl.RTA_DST, packed) + a(rtnl.RTA_GATEWAY, packed) + \
+            a(rtnl.RTA_OIF, rtnl._U32.pack(5))
+        assert rtnl.route_msg(rtnl.RTM_NEWROUTE, f"{ip}/{plen}", gateway=ip, oif=5, onlink=True, flags=0x500) == \
+            rtnl._msg(rtnl.RTM_NEWROUTE, 0x500, body)
