@@ -459,6 +459,10 @@ class Lab:
             parsed = json.loads(out) if out.strip() else None
         except ValueError:
             parsed = None
+        if command == "ADD" and proc.returncode == 0 and isinstance(parsed, dict) and parsed.get("interfaces"):
+            # As a runtime's pod would, the caller sends right away: its node's filter table passes nothing
+            # for the interface until the agent has programmed it (fail closed). Wait a moment for that.
+            self.wait_programmed(node, parsed["interfaces"][0].get("name", ""))
         return proc.returncode, parsed, out + proc.stderr.decode()
 
     def add_pod(self, node: str, pod: str, namespace: str = "default", labels: dict | None = None,
