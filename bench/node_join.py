@@ -194,7 +194,8 @@ def measure(tag: str, quick: bool, datastore: str = "sqlite", etcd_members: int 
     s = summary_ms(join_t)
     return {
         "params": {"nodes": n_nodes, "joins": reps, "observed_by": "netlink notifications in every node namespace",
-                   "registration": "a Node record without a tunnel address, its IPAM tunnel address (claims a block + affinity), then the record with it (timed)",
+                   "registration": "a Node record without a tunnel address, its IPAM tunnel address (claims a "
+                                   "block + affinity), then the record with it (timed)",
                    "datastore": store_label},
         "targets": {"p99_ms": TARGET_P99_MS},
         "join_all_nodes_ms": s,
