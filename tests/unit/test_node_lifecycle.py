@@ -42,8 +42,9 @@ def register(store, ipam, name: str) -> str:
 
 def add_pod(store, ipam, node: str, cid: str) -> str:
     ip = ipam.auto_assign(node, ipam_handle(cid), {"pod": cid})
-    Resources(store).put_endpoint(WorkloadEndpoint(node, cid, "eth0", "cali" + cid[:11], (f"{ip}/32",), "ee:ee:ee:ee:ee:ee",
-                                                   netns=f"/run/netns/{cid}", pod_namespace="default", pod_name=cid))
+    Resources(store).put_endpoint(WorkloadEndpoint(node, cid, "eth0", "cali" + cid[:11], (f"{ip}/32",),
+                                                   "ee:ee:ee:ee:ee:ee", netns=f"/run/netns/{cid}",
+                                                   pod_namespace="default", pod_name=cid))
     return ip
 
 
