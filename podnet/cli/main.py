@@ -336,6 +336,22 @@ EXIT_ERROR = 1  # a PodnetError: the message says what is wrong and what to do
 EXIT_INTERNAL = 3  # a defect in podnet: the message names the file holding the traceback
 
 
+_WRITES = ("apply", "create", "replace", "delete", "label")
+
+
+def _wait_enforced(lab_name: str) -> None:
+    """In a lab, a write returns once every node's filter table reflects it, so what is sent next
+    meets the policy just applied (a node whose agent is down is waited for a few seconds, no more)."""
+    from podnet.lab.lab import Lab, LabError
+
+    lab = Lab(lab_name)
+    try:
+        lab.load()
+        lab.wait_filter(timeout=10.0)
+    except LabError as e:
+        print(f"warning: {e.message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     agent_argv = _agent_argv(argv)
@@ -356,7 +372,10 @@ def main(argv=None) -> int:
         args.name = getattr(args, "name", None) or args.global_lab or "podnet"
     try:
         with _lab_context(args):
-            return args.func(args) or 0
+            code = args.func(args) or 0
+        if code == 0 and args.global_lab and args.command in _WRITES:
+            _wait_enforced(args.global_lab)
+        return code
     except PodnetError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -298,3 +298,21 @@ def test_default_endpoint_to_host_action_from_felix_configuration(lab):
             Resources(store).remove(lookup("AgentConfiguration"), "default")
         lab.wait_filter()
     assert ping()
+
+
+def test_a_write_through_the_cli_in_a_lab_returns_once_enforced(lab, tmp_path):
+    from podnet.cli.main import main
+
+    a, b = _pod(lab, "a"), _pod(lab, "b")
+    doc = tmp_path / "deny.yaml"
+    doc.write_text("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+                   "metadata: {name: deny-b, namespace: x}\nspec: {podSelector: {matchLabels: {pod: b}}}\n")
+
+    def ping() -> bool:
+        return lab.exec(a["netns"], "ping", "-c", "1", "-W", "1", b["ip"]).returncode == 0
+
+    assert ping()
+    assert main(["--lab", lab.name, "apply", "-f", str(doc)]) == 0
+    assert not ping()  # no wait of the test's own: the apply waited
+    assert main(["--lab", lab.name, "delete", "-f", str(doc)]) == 0
+    assert ping()
