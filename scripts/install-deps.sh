@@ -52,5 +52,7 @@ if [ $need_pip = 1 ]; then
   echo "==> installing podnet and its Python dependencies into $VENV (pip, editable)"
   extra=""
   [ "$want" = all ] && extra="[test]"
+  # pip's own certificate setting must win: requests (inside pip) lets REQUESTS_CA_BUNDLE override it.
+  if [ -n "${PIP_CERT:-}" ]; then export REQUESTS_CA_BUNDLE="$PIP_CERT"; fi
   "$PY" -m pip install -q --disable-pip-version-check -e ".${extra}"
 fi
