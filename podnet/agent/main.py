@@ -373,6 +373,8 @@ class Agent:
                 self._write_status()
                 status_written = time.monotonic()
             self._last_failed = bool(result and result.failures)
+            if result is not None:  # after the status: no one waits for the heap housekeeping
+                self.reconciler.release_memory()
 
     def _record(self, result) -> None:
         m = self.metrics

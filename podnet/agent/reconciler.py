@@ -141,12 +141,9 @@ class Reconciler:
             self.neighbours.neighbours.desired_delete(key)
         for key in delta.delete.fdb:
             self.neighbours.fdb.desired_delete(key)
-        for key, r in delta.set.routes.items():
-            self.routes.tracker.desired_set(key, r)
-        for key, n in delta.set.neighbours.items():
-            self.neighbours.neighbours.desired_set(key, n)
-        for key, f in delta.set.fdb.items():
-            self.neighbours.fdb.desired_set(key, f)
+        self.routes.tracker.desired_update(delta.set.routes.items())
+        self.neighbours.neighbours.desired_update(delta.set.neighbours.items())
+        self.neighbours.fdb.desired_update(delta.set.fdb.items())
         return len(delta.set) + len(delta.delete)
 
     def reconcile(self, full: bool = False) -> ReconcileResult:
@@ -176,9 +173,6 @@ class Reconciler:
             cycle.failures.append(("offloads", e))
         # Changes made with no desired change behind them repaired something changed outside podnet.
         drift = cycle.changes if not desired_changes and not cycle.failures else 0
-        if self._trim_after and not cycle.failures:
-            self._trim_after = False  # a pass over every node (the start's too) left big tables behind
-            _release_memory()
         devices = self.index.devices
         self.last = ReconcileResult(
             changes=cycle.changes,
@@ -193,6 +187,16 @@ class Reconciler:
             desired_changes=desired_changes,
         )
         return self.last
+
+    def release_memory(self) -> bool:
+        """After a pass over every node (the start's too), or one of thousands of changes: give the
+        big transient tables it left free back to the system. Not part of the pass: the agent
+        calls it once the kernel is programmed and nothing is pending, so no entry waits for it."""
+        if not self._trim_after or (self.last is not None and self.last.failures):
+            return False
+        self._trim_after = False
+        _release_memory()
+        return True
 
     @property
     def pending(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 from typing import Callable, Iterable
@@ -80,11 +81,30 @@ class DeviceManager(Manager):
         return self.indexes.get(name)
 
     def _observe(self, name: str) -> object | None:
-        found = self.ipr.link_lookup(ifname=name)
-        if not found:
+        """The device as the kernel holds it: None when absent, the desired device when it is
+        exactly as wanted (nothing to do), else RECHECK (converge() judges it). Read through the
+        fast codec: a start with the devices in place costs two link and two address requests."""
+        link = self.sock.get_link(ifname=name)
+        if link is None:
             return None
-        self._set_index(name, found[0])
-        return RECHECK  # the device converge() judges it against the desired one
+        self._set_index(name, link["index"])
+        want = self.tracker.desired_get(name)
+        if (want is not None and _link_matches(link, want, self.links.index(want.parent))
+                and self._addresses(link["index"]) == _wanted_addresses(want)):
+            return want
+        return RECHECK
+
+    def _addresses(self, index: int) -> set[tuple[str, int]]:
+        """The device's addresses but IPv6 link-local ones (the kernel's own, left alone)."""
+        out = set()
+        for _, payload in self.sock.dump(rtnl.addr_dump_msg(ifindex=index)):
+            a = rtnl.parse_addr(payload)
+            if a["index"] != index or not a["address"]:
+                continue
+            if a["family"] == socket.AF_INET6 and ipaddress.ip_address(a["address"]).is_link_local:
+                continue
+            out.add((a["address"], a["prefixlen"]))
+        return out
 
     def resync(self) -> None:
         believed = {}
@@ -161,6 +181,14 @@ class DeviceManager(Manager):
                     self.tracker.believed_set(name, RECHECK)  # its tunnel address changed
                     return True
         return False
+
+
+def _wanted_addresses(want: VxlanDevice) -> set[tuple[str, int]]:
+    """The tunnel address as a host route, the only address a device should hold (see vxlan)."""
+    if not want.address:
+        return set()
+    a = ipaddress.ip_address(want.address)
+    return {(str(a), a.max_prefixlen)}
 
 
 def _link_matches(link: dict, want: VxlanDevice, parent_index: int | None) -> bool:

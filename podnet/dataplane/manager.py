@@ -96,6 +96,18 @@ class DeltaTracker(Generic[K, V]):
         self._desired[key] = value
         self._settle(key)
 
+    def desired_update(self, entries: Iterable[tuple[K, V]]) -> None:
+        """desired_set of many entries (thousands at start): the same result, settled inline."""
+        desired, believed, updates, deletes = self._desired, self._believed, self._updates, self._deletes
+        for key, value in entries:
+            desired[key] = value
+            have = believed.get(key, _ABSENT)
+            if have is value or value == have:
+                updates.discard(key)
+            else:
+                updates.add(key)
+            deletes.discard(key)
+
     def desired_delete(self, key: K) -> None:
         if self._desired.pop(key, _ABSENT) is not _ABSENT:
             self._settle(key)
@@ -124,6 +136,19 @@ class DeltaTracker(Generic[K, V]):
         self._believed[key] = want if want is not _ABSENT and want == value else value
         self._settle(key)
 
+    def believed_update(self, entries: Iterable[tuple[K, V]]) -> None:
+        """believed_set of many entries (what an apply cycle programmed), settled inline."""
+        desired, believed = self._desired, self._believed
+        for key, value in entries:
+            want = desired.get(key, _ABSENT)
+            if want is value or (want is not _ABSENT and want == value):
+                believed[key] = want
+                self._updates.discard(key)
+                self._deletes.discard(key)
+            else:
+                believed[key] = value
+                self._settle(key)
+
     def believed_delete(self, key: K) -> None:
         if self._believed.pop(key, _ABSENT) is not _ABSENT:
             self._settle(key)
@@ -135,8 +160,13 @@ class DeltaTracker(Generic[K, V]):
         for key, value in entries.items():
             want = desired.get(key, _ABSENT)
             self._believed[key] = want if want is not _ABSENT and want == value else value
-        for key in old.keys() | self._believed.keys() | desired.keys():
-            self._settle(key)
+        # The pending sets are current for every key whose belief is unchanged: settle only the
+        # others (a start from empty tables, or a resync that finds the kernel as believed,
+        # costs the read-back, not a second pass over the desired table).
+        new = self._believed
+        for key in old.keys() | new.keys():
+            if old.get(key, _ABSENT) != new.get(key, _ABSENT):
+                self._settle(key)
 
     def forget_believed(self, match: Callable[[K, V], bool]) -> int:
         """Drop the belief of every entry matching (e.g. all entries of a device that was made

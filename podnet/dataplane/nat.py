@@ -7,8 +7,11 @@ listing that differs means someone changed it, and the table is applied again
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
+import socket
+import struct
 import subprocess
 
 from podnet.dataplane.manager import DeltaTracker, Manager
@@ -19,6 +22,14 @@ log = logging.getLogger(__name__)
 
 class NatError(PodnetError):
     pass
+
+
+# nf_tables over netlink (linux/netfilter/nfnetlink.h, nf_tables.h): enough to ask whether a table exists.
+_NETLINK_NETFILTER = 12
+_NFT_NEWTABLE, _NFT_GETTABLE = (10 << 8) | 0, (10 << 8) | 1  # NFNL_SUBSYS_NFTABLES
+_NFTA_TABLE_NAME = 1
+_NLM_F_REQUEST, _NLM_F_ACK, _NLMSG_ERROR = 1, 4, 2
+_NFPROTO = {"inet": 1, "ip": 2, "arp": 3, "netdev": 5, "bridge": 7, "ip6": 10}
 
 
 class NatTable:
@@ -33,6 +44,39 @@ class NatTable:
         if nft is None:
             raise NatError("natOutgoing needs the nft command", "apt-get install nftables")
         return subprocess.run([nft, *args], input=stdin, capture_output=True, text=True, timeout=30)
+
+    def exists(self) -> bool | None:
+        """Whether the kernel holds the table, asked over netlink (no nft process: a start with
+        nothing to masquerade costs one request); None when the kernel would not say."""
+        family = _NFPROTO.get(self.family)
+        if family is None:
+            return None
+        name = self.table.encode() + b"\0"
+        attr = struct.pack("=HH", 4 + len(name), _NFTA_TABLE_NAME) + name + b"\0" * (-len(name) % 4)
+        body = struct.pack("=BBH", family, 0, 0) + attr
+        msg = struct.pack("=IHHII", 16 + len(body), _NFT_GETTABLE, _NLM_F_REQUEST | _NLM_F_ACK, 1, 0) + body
+        try:
+            with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER) as sock:
+                sock.settimeout(5)
+                sock.send(msg)
+                found = False
+                while True:
+                    data = sock.recv(65536)
+                    offset = 0
+                    while offset + 16 <= len(data):
+                        length, kind, _, seq, _ = struct.unpack_from("=IHHII", data, offset)
+                        if length < 16:
+                            return None
+                        if seq == 1 and kind == _NFT_NEWTABLE:
+                            found = True
+                        elif seq == 1 and kind == _NLMSG_ERROR:
+                            code = -struct.unpack_from("=i", data, offset + 16)[0]
+                            if code == 0:
+                                return found
+                            return False if code == errno.ENOENT else None
+                        offset += (length + 3) & ~3
+        except OSError:
+            return None
 
     def listing(self) -> str | None:
         """The kernel's listing of the table, None if there is none."""
@@ -90,7 +134,8 @@ class NatManager(Manager):
         if shutil.which("nft") is None:
             self.tracker.replace_believed({})  # nothing can be there; apply says why if wanted
             return
-        listing = self.table.listing()
+        # No table (the usual case without natOutgoing pools): known without running nft.
+        listing = None if self.table.exists() is False else self.table.listing()
         if listing is None:
             self.tracker.replace_believed({})
         elif self.table.applied is not None and listing == self.table.applied_listing:

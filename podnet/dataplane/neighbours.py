@@ -174,14 +174,19 @@ class NeighbourManager(Manager):
         if not msgs:
             return 0
         # (verb, entry) pairs, made text only for a failure.
+        sets: dict[int, list] = {}  # by tracker: believed in one go
+        trackers = {}
         for (tracker, key, value, is_set), err in zip(done, self.sock.apply(msgs, lambda n: " ".join(map(str, what[n])))):
             if err is not None:
                 failures.append((err.what, err))
             elif tracker is not None:
                 if is_set:
-                    tracker.believed_set(key, value)
+                    trackers[id(tracker)] = tracker
+                    sets.setdefault(id(tracker), []).append((key, value))
                 else:
                     tracker.believed_delete(key)
+        for ident, entries in sets.items():
+            trackers[ident].believed_update(entries)
         return len(msgs)
 
 

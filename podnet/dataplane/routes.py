@@ -67,12 +67,12 @@ class RouteManager(Manager):
 
     def apply_updates(self) -> int:
         pending = self.tracker.pending_updates()
-        return self._send(pending, rtnl.RTM_NEWROUTE, _SET, "route +", self.tracker.believed_set)
+        return self._send(pending, rtnl.RTM_NEWROUTE, _SET, "route +", self.tracker.believed_update)
 
     def apply_deletes(self) -> int:
         pending = self.tracker.pending_deletes()
         return self._send(pending, rtnl.RTM_DELROUTE, 0, "route -",
-                          lambda key, _: self.tracker.believed_delete(key))
+                          lambda done: [self.tracker.believed_delete(key) for key, _ in done])
 
     def _send(self, pending, kind: int, flags: int, verb: str, record) -> int:
         """Send in chunks: 20,000 routes' messages never all exist at once."""
@@ -84,20 +84,26 @@ class RouteManager(Manager):
         return len(pending)
 
     def _send_chunk(self, pending, kind: int, flags: int, verb: str, record) -> list:
-        msgs, entries, failures = [], [], []
+        """`record(done)`: believe the (key, route) pairs the kernel took (or that left with their device)."""
+        msgs, entries, failures, done = [], [], [], []
+        oifs: dict[str, int | None] = {}  # by device name: thousands of routes share one or two
         for key, r in pending:
-            oif = self.links.index(r.ifname) if r.ifname else None
+            oif = None
+            if r.ifname:
+                oif = oifs[r.ifname] if r.ifname in oifs else oifs.setdefault(r.ifname, self.links.index(r.ifname))
             if r.ifname and oif is None:
                 if kind == rtnl.RTM_DELROUTE:  # its device is gone, and the route with it
-                    record(key, r)
+                    done.append((key, r))
                 else:
                     failures.append((f"{verb} {r}", rtnl.NetlinkError(19, f"{verb} {r}: no device {r.ifname}")))
                 continue
             msgs.append(route_msg(kind, r, oif, flags))
             entries.append((key, r))
-        for (key, r), err in zip(entries, self.sock.apply(msgs, lambda n: f"{verb} {entries[n][1]}")):
+        results = self.sock.apply(msgs, lambda n: f"{verb} {entries[n][1]}") if msgs else []
+        for entry, err in zip(entries, results):
             if err is None:
-                record(key, r)
+                done.append(entry)
             else:
                 failures.append((err.what, err))
+        record(done)
         return failures

@@ -589,6 +589,9 @@ def notification_filter(ignore_ports: set[int], links: set[int] | None = None) -
     return prog
 
 
+_FLAGS, _FLAGS_SEQ = struct.Struct("=H"), struct.Struct("=HI")  # a header's flags (offset 6), then its sequence
+
+
 class RtnlSocket:
     """One NETLINK_ROUTE socket, optionally in another namespace. Thread-safe."""
 
@@ -661,17 +664,23 @@ class RtnlSocket:
         return results
 
     def _send_batch(self, batch: list[bytes]) -> tuple[list[int], dict[int, str]]:
+        # Only the last message asks for an acknowledgement: the kernel handles a datagram's
+        # messages in order and answers a failure whether asked or not, so once the last one is
+        # answered every failure before it has been too. 3000 entries then cost one reply to
+        # read, not 3000 (each acknowledgement is a datagram of its own).
         first = self._seq + 1
-        buf = bytearray()
-        for m in batch:
+        buf = bytearray(b"".join(batch))
+        offset, last = 0, len(batch) - 1
+        for n, m in enumerate(batch):
             self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
-            msg = bytearray(m)
-            struct.pack_into("=I", msg, 8, self._seq)
-            buf += msg
-        self.sock.send(bytes(buf))
+            flags = _FLAGS.unpack_from(buf, offset + 6)[0]
+            _FLAGS_SEQ.pack_into(buf, offset + 6, flags | NLM_F_ACK if n == last else flags & ~NLM_F_ACK, self._seq)
+            offset += len(m)
+        self.sock.send(buf)
+        last_seq = self._seq
         errors: dict[int, int] = {}
         details: dict[int, str] = {}
-        while len(errors) < len(batch):
+        while last_seq not in errors:
             for kind, _, seq, payload in iter_messages(self._recv()):
                 if kind == NLMSG_ERROR:
                     errors[seq] = -_I32.unpack_from(payload)[0]
