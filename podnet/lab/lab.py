@@ -37,6 +37,14 @@ LAB_ROOT = os.environ.get("PODNET_LAB_ROOT", "/run/podnet/labs")
 NETWORK_NAME = "k8s-pod-network"
 
 
+
+def enter_net(netns: str) -> list[str]:
+    """The command prefix that runs a program in a lab namespace: its network namespace only.
+
+    `ip netns exec` would also give the program a private mount namespace with /sys mounted again,
+    which fails where / is not a mount point (a chroot) and is not what a runtime does."""
+    return ["nsenter", f"--net=/run/netns/{netns}"]
+
 class LabError(PodnetError):
     pass
 
@@ -291,7 +299,7 @@ class Lab:
                 os.unlink(path)
         # Enter only the network namespace (ip netns exec would also give the agent a mount namespace of
         # its own, hiding namespace files a runtime mounts elsewhere than /run/netns).
-        cmd = ["nsenter", f"--net=/run/netns/{entry['netns']}", sys.executable, "-m", "podnet", "agent",
+        cmd = [*enter_net(entry['netns']), sys.executable, "-m", "podnet", "agent",
                "--node", node, "--datastore", self.datastore_url, "--interface", entry["interface"],
                "--status-file", self.status_path(node), "--default-ipv4-pool", "",
                "--resync-interval", str(self.state.get("spec", {}).get("resync_interval", 30.0)),
@@ -450,8 +458,9 @@ class Lab:
             "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod}" if pod else "",
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         }
+        # As a runtime runs it: in the node's network namespace, in the machine's mount namespace.
         proc = subprocess.run(
-            ["ip", "netns", "exec", self.node_netns(node), os.path.join(self.bin_dir, "podnet")],
+            [*enter_net(self.node_netns(node)), os.path.join(self.bin_dir, "podnet")],
             input=json.dumps(config or self.network_config()).encode(), env=env, capture_output=True, timeout=timeout,
         )
         out = proc.stdout.decode()
@@ -569,7 +578,7 @@ class Lab:
         raise LabError(f"lab {self.name} has no pod {namespace + '/' if namespace else ''}{pod}")
 
     def exec(self, netns: str, *cmd: str, timeout: float = 30.0, check: bool = False) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["ip", "netns", "exec", netns, *cmd], capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([*enter_net(netns), *cmd], capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise LabError(f"`{' '.join(cmd)}` in {netns} failed: {proc.stderr.strip() or proc.stdout.strip()}")
         return proc
