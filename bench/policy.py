@@ -70,7 +70,7 @@ def _fill(store, endpoints: int, policies: int) -> None:
 def _change_latency(netns: str, reps: int) -> dict:
     from podnet.agent.filter_loop import FilterLoop
     from podnet.calc.policy import FilterConfig
-    from podnet.dataplane.filter import run_nft
+    from podnet.dataplane.nftables import run_binary  # the peer: a bare `nft -f` process
     from podnet.datastore.resources import Resources
     from podnet.datastore.sqlite import SqliteDatastore
     from podnet.model.kinds import lookup
@@ -105,7 +105,7 @@ def _change_latency(netns: str, reps: int) -> dict:
                 text = f"flush chain inet podnet {chain}\nadd rule inet podnet {chain} tcp dport {81 + r} accept\n"
                 with entered(netns):
                     t1 = time.perf_counter()
-                    run_nft(text)
+                    run_binary(text)
                     floor.append(time.perf_counter() - t1)
                 # Put the agent's own content back, so the next change starts from its table.
                 res.write(lookup("NetworkPolicy"), parse_policy(_policy_doc(r % 200)), "apply")

@@ -16,7 +16,7 @@ VENV=${VENV:-.venv}
 # python3-venv: Debian splits venv's pip bootstrap (ensurepip) out of python3.
 debs=(python3-venv musl-tools iproute2 iputils-ping procps kmod util-linux)
 if [ "$want" = all ]; then
-  debs+=(containernetworking-plugins etcd-server etcd-client tcpdump tshark ethtool nftables openssl
+  debs+=(containernetworking-plugins etcd-server etcd-client tcpdump tshark ethtool nftables libnftables1 openssl
          containerd runc podman busybox-static iperf3)
 fi
 

@@ -1,7 +1,8 @@
 """The filter table (`inet podnet`) as a dataplane manager: nft transactions of only what changed.
 
-Programming goes through `nft -f -` in nft's text syntax: one process per apply cycle, one
-transaction for the whole change (docs/filter.md has the measurement that chose text over JSON).
+Programming goes through podnet.dataplane.nftables (libnftables in-process) in nft's text syntax: one
+transaction for the whole change per apply cycle (docs/filter.md has the measurement that chose text
+over JSON).
 The manager believes what it last applied; at start, after a failure and on its periodic resync it
 reads the table back as JSON and recognises its own rules by the hash at the head of each rule's
 comment, so an agent restart changes nothing in a table that is already right. A failed apply is
@@ -13,33 +14,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import shutil
-import subprocess
 from dataclasses import dataclass
 
 from podnet.calc.policy import FAMILY, TABLE, FilterRuleset, NftSet, diff_filter
 from podnet.dataplane.manager import ApplyError, Manager
-from podnet.errors import PodnetError
+from podnet.dataplane.nftables import NftError, run as run_nft  # noqa: F401 (NftError: callers catch it)
 
 log = logging.getLogger(__name__)
 
 _PROTO = {"tcp": "6", "udp": "17", "icmp": "1", "ipv6-icmp": "58", "icmpv6": "58", "sctp": "132", "udplite": "136"}
-
-
-class NftError(PodnetError):
-    pass
-
-
-def run_nft(text: str | None, *args: str, timeout: float = 60.0) -> str:
-    """`nft [args]` with `text` on stdin (`-f -`); its stdout, or NftError with nft's own words."""
-    nft = shutil.which("nft")
-    if nft is None:
-        raise NftError("the filter layer needs the nft command", "apt-get install nftables")
-    argv = [nft, *args] if text is None else [nft, *args, "-f", "-"]
-    proc = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise NftError(f"nft {' '.join(args) or '-f'} failed: {proc.stderr.strip()[:2000]}")
-    return proc.stdout
 
 
 @dataclass(frozen=True)

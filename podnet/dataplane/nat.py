@@ -1,4 +1,4 @@
-"""Apply the masquerade table with nft: the whole table in one atomic transaction.
+"""Apply the masquerade table through podnet.dataplane.nftables: the whole table in one atomic transaction.
 
 The kernel's listing of the table right after applying is remembered; a later
 listing that differs means someone changed it, and the table is applied again
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import errno
 import logging
-import shutil
 import socket
 import struct
-import subprocess
 
+from podnet.dataplane import nftables
 from podnet.dataplane.manager import DeltaTracker, Manager
 from podnet.errors import PodnetError
 
@@ -38,12 +37,6 @@ class NatTable:
         self.family = family
         self._applied: str | None = None  # the desired text we last applied
         self._listing: str | None = None  # what the kernel showed right after
-
-    def _nft(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        nft = shutil.which("nft")
-        if nft is None:
-            raise NatError("natOutgoing needs the nft command", "apt-get install nftables")
-        return subprocess.run([nft, *args], input=stdin, capture_output=True, text=True, timeout=30)
 
     def exists(self) -> bool | None:
         """Whether the kernel holds the table, asked over netlink (no nft process: a start with
@@ -80,8 +73,12 @@ class NatTable:
 
     def listing(self) -> str | None:
         """The kernel's listing of the table, None if there is none."""
-        proc = self._nft("list", "table", self.family, self.table)
-        return proc.stdout if proc.returncode == 0 else None
+        try:
+            return nftables.run(None, "list", "table", self.family, self.table)
+        except nftables.NftUnavailable as e:
+            raise NatError(f"natOutgoing: {e.message}", e.hint) from None
+        except nftables.NftError:
+            return None
 
     @property
     def applied(self) -> str | None:
@@ -95,9 +92,10 @@ class NatTable:
         """Make the table exactly `ruleset`, atomically."""
         # Create-then-delete makes the replace one transaction whether or not the table exists.
         text = f"table {self.family} {self.table} {{}}\ndelete table {self.family} {self.table}\n{ruleset}"
-        proc = self._nft("-f", "-", stdin=text)
-        if proc.returncode != 0:
-            raise NatError(f"nft rejected the masquerade table: {proc.stderr.strip()}")
+        try:
+            nftables.run(text)
+        except nftables.NftError as e:
+            raise NatError(f"nft rejected the masquerade table: {e.detail or e.message}", e.hint) from None
         self._applied = ruleset
         self._listing = self.listing()
         log.info("applied nftables table %s %s", self.family, self.table)
@@ -105,7 +103,11 @@ class NatTable:
     def delete(self) -> None:
         """Remove the table; removing a table that is not there is success."""
         if self.listing() is not None:
-            self._nft("delete", "table", self.family, self.table)
+            try:
+                nftables.run(None, "delete", "table", self.family, self.table)
+            except nftables.NftError as e:
+                raise NatError(f"nft could not remove table {self.family} {self.table}: {e.detail or e.message}") \
+                    from None
             log.info("removed nftables table %s %s", self.family, self.table)
         self._applied = self._listing = None
 
@@ -131,7 +133,7 @@ class NatManager(Manager):
             self.tracker.desired_set(self.KEY, ruleset)
 
     def resync(self) -> None:
-        if shutil.which("nft") is None:
+        if not nftables.available():
             self.tracker.replace_believed({})  # nothing can be there; apply says why if wanted
             return
         # No table (the usual case without natOutgoing pools): known without running nft.

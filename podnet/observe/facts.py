@@ -20,15 +20,13 @@ import glob
 import ipaddress
 import json
 import os
-import shutil
 import socket
-import subprocess
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from podnet.calc.attachment import AddressSeen, Attachment, AttachmentSeen, LinkSeen, RouteSeen
 from podnet.calc.config import VxlanConfig, effective_config
-from podnet.dataplane import csum_selftest, ethtool, rtnl, sysctl
+from podnet.dataplane import csum_selftest, ethtool, nftables, rtnl, sysctl
 from podnet import netns as _netns
 from podnet.errors import PodnetError
 
@@ -686,29 +684,28 @@ def ethtool_features(netns: str | None, ifname: str, wanted: Iterable[str] | Non
 
 def read_firewall(netns: str | None) -> list[FirewallRule] | None:
     """Rules in the namespace's ruleset that drop or reject UDP by destination port; None if nft is missing."""
-    nft = shutil.which("nft")
-    if nft is None:
+    if not nftables.available():
         return None
-    with _inside(netns):  # a child process starts in the namespace of the thread that forks it
-        proc = subprocess.run([nft, "-j", "list", "ruleset"], capture_output=True, text=True, timeout=10)
-    if proc.returncode != 0:
-        raise PodnetError(f"nft list ruleset failed: {proc.stderr.strip()}")
-    return udp_drop_rules(json.loads(proc.stdout or "{}"))
+    with _inside(netns):  # a context binds to the namespace of the thread that makes it
+        try:
+            listing = nftables.run(None, "-j", "list", "ruleset", transient=True, timeout=10)
+        except nftables.NftError as e:
+            raise PodnetError(f"nft list ruleset failed: {e.detail or e.message}") from None
+    return udp_drop_rules(json.loads(listing or "{}"))
 
 
 def read_filter_table(netns: str | None) -> dict | None:
     """podnet's filter table (`inet podnet`) in brief: {"present", "nodes4", "nodes6", "endpoints"} (the
     interfaces its dispatch maps hold); None if nft is missing."""
-    nft = shutil.which("nft")
-    if nft is None:
+    if not nftables.available():
         return None
     with _inside(netns):
-        proc = subprocess.run([nft, "-j", "list", "table", "inet", "podnet"], capture_output=True, text=True,
-                              timeout=10)
-    if proc.returncode != 0:
-        return {"present": False, "nodes4": [], "nodes6": [], "endpoints": []}
+        try:
+            listing = nftables.run(None, "-j", "list", "table", "inet", "podnet", transient=True, timeout=10)
+        except nftables.NftError:
+            return {"present": False, "nodes4": [], "nodes6": [], "endpoints": []}
     out = {"present": True, "nodes4": [], "nodes6": [], "endpoints": []}
-    for item in json.loads(proc.stdout or "{}").get("nftables", []):
+    for item in json.loads(listing or "{}").get("nftables", []):
         body = item.get("set") or item.get("map")
         if not body:
             continue

@@ -103,5 +103,16 @@ def test_the_image_has_every_program_the_agent_runs():
         assert program in packages, f"the agent runs {program}: say which Debian package provides it"
         assert re.search(rf"apt-get install[^\n]*\b{packages[program]}\b", final_stage), \
             f"the image lacks {packages[program]} ({program})"
+    # Shared libraries the agent loads with ctypes likewise (libc comes with every image).
+    libraries = {"libnftables.so.1": "libnftables1"}
+    loaded = set()
+    for path in (REPO / "podnet").rglob("*.py"):
+        if "/lab/" not in str(path) and "/observe/" not in str(path):
+            loaded |= set(re.findall(r'"(lib[\w-]+\.so[.\d]*)"', path.read_text())) - {"libc.so.6"}
+    assert "libnftables.so.1" in loaded  # the filter and NAT tables
+    for library in sorted(loaded):
+        assert library in libraries, f"the agent loads {library}: say which Debian package provides it"
+        assert re.search(rf"apt-get install[^\n]*\b{libraries[library]}\b", final_stage), \
+            f"the image lacks {libraries[library]} ({library})"
     # The static plugin is built in the image, so install-cni installs it rather than the Python shim.
     assert "COPY --from=plugin /src/podnet/cni/podnet-cni" in final_stage
