@@ -6,7 +6,8 @@ interfaces need not exist (nftables keys its maps on interface names).
 
 * change -> enforced: 100 local endpoints, 200 Kubernetes policies; one policy is changed in the
   datastore and the clock stops when the filter loop reports the table programmed for that revision
-  (p50/p99; target p99 <= 100 ms). Peer: one `nft -f` of the same commands (the kernel's floor).
+  (p50/p99; target p99 <= 100 ms). Peers: one `nft -f` process of the same commands, and the same
+  through libnftables in-process as the agent runs it (the kernel's floor).
 * from empty: 1000 policies x 200 endpoints, the agent's calculation + transaction vs `nft -f` of
   the same ruleset written by the benchmark (target <= 1.5x); the same ruleset loaded as nft JSON
   (`nft -j -f`) is measured beside it (why podnet writes nft's text syntax).
@@ -70,7 +71,7 @@ def _fill(store, endpoints: int, policies: int) -> None:
 def _change_latency(netns: str, reps: int) -> dict:
     from podnet.agent.filter_loop import FilterLoop
     from podnet.calc.policy import FilterConfig
-    from podnet.dataplane.nftables import run_binary  # the peer: a bare `nft -f` process
+    from podnet.dataplane.nftables import run, run_binary  # the peer: a bare `nft -f` process
     from podnet.datastore.resources import Resources
     from podnet.datastore.sqlite import SqliteDatastore
     from podnet.model.kinds import lookup
@@ -91,7 +92,7 @@ def _change_latency(netns: str, reps: int) -> dict:
                     raise RuntimeError(f"the filter loop did not program the table: {loop.status.error}")
                 time.sleep(0.005)
             res = Resources(store)
-            times, floor = [], []
+            times, floor, floor_lib = [], [], []
             for r in range(reps):
                 doc = _policy_doc(r % 200, port=81 + r)
                 t0 = time.perf_counter()
@@ -107,6 +108,9 @@ def _change_latency(netns: str, reps: int) -> dict:
                     t1 = time.perf_counter()
                     run_binary(text)
                     floor.append(time.perf_counter() - t1)
+                    t1 = time.perf_counter()
+                    run(text)  # the same through libnftables in-process, as the agent runs it
+                    floor_lib.append(time.perf_counter() - t1)
                 # Put the agent's own content back, so the next change starts from its table.
                 res.write(lookup("NetworkPolicy"), parse_policy(_policy_doc(r % 200)), "apply")
                 _, rev = store.list("/podnet/none/")
@@ -116,7 +120,8 @@ def _change_latency(netns: str, reps: int) -> dict:
         finally:
             loop.shutdown()
             store.close()
-    return {"agent": summary_ms(times), "nft_floor": summary_ms(floor), "bench_process_rss_mib": rss}
+    return {"agent": summary_ms(times), "nft_floor": summary_ms(floor), "libnftables_floor": summary_ms(floor_lib),
+            "bench_process_rss_mib": rss}
 
 
 def _from_empty(netns: str, policies: int, endpoints: int) -> dict:
