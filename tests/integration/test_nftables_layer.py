@@ -120,3 +120,19 @@ def test_the_nat_table_uses_the_runner(two_netns):
         assert table.listing() == table.applied_listing  # the refused replace left the old table
         table.delete()
         assert table.listing() is None
+
+
+def test_without_the_library_the_binary_runs_and_the_log_says_so_once(two_netns, monkeypatch, caplog):
+    monkeypatch.setattr(nftables, "SONAME", "libnftables-not-installed.so.0")
+    monkeypatch.setattr(nftables, "_lib", None)
+    monkeypatch.setattr(nftables, "_lib_state", "untried")
+    ns = two_netns[0]
+    with caplog.at_level("WARNING", logger="podnet.dataplane.nftables"), entered(ns):
+        assert not nftables.using_library() and nftables.available()
+        nftables.run("add table inet fallback\n")
+        assert nftables.run(None, "list", "tables") == "table inet fallback\n"
+        with pytest.raises(nftables.NftError) as e:
+            nftables.run(None, "list", "table", "inet", "absent")
+        assert "No such file or directory" in e.value.detail
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "cannot be loaded" in messages[0], messages  # said once, not per call
