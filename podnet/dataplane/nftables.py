@@ -132,7 +132,8 @@ class NftContext:
         if rc != 0:
             if source:
                 err = err.replace(source + ":", "line ")  # "line 3:81-81: Error: ..."
-            raise NftError(f"nft failed: {err[:2000] or 'no reason given'}", err)
+            what = "transaction" if as_file else command
+            raise NftError(f"nft {what} failed: {err[:2000] or 'no reason given'}", err)
         return out
 
     def close(self) -> None:
