@@ -39,6 +39,21 @@ def _decode_borrowed(key: str, value: bytes):
 _ABSENT = object()
 
 
+def _toggle_small(index: dict[str, tuple], key: str, item: str, add: bool) -> None:
+    """_toggle for the few items a key has (a node's blocks: IPAM bounds them), kept as a tuple: a
+    set costs 216 bytes, a tuple of two 56, and 10,000 nodes each have one."""
+    items = index.get(key, ())
+    if add:
+        if item not in items:
+            index[key] = items + (item,)
+    elif item in items:
+        left = tuple(i for i in items if i != item)
+        if left:
+            index[key] = left
+        else:
+            del index[key]
+
+
 def _toggle(index: dict[str, set], key: str, item: str, add: bool) -> None:
     if add:
         index.setdefault(key, set()).add(item)
@@ -78,7 +93,7 @@ class DatastoreView:
         self._stop = threading.Event()
         # Indexes by node, kept as records come and go, so the agent can recompute one node.
         self._node: dict[str, Node] = {}
-        self._blocks: dict[str, set[str]] = {}  # node -> CIDRs of the blocks it has affinity to
+        self._blocks: dict[str, tuple[str, ...]] = {}  # node -> CIDRs of the blocks it has affinity to
         self._borrowed: dict[str, set[str]] = {}  # node -> addresses it uses in others' blocks
         # What changed since the agent last asked: every node (True), or these node names.
         self._changed_all = True
@@ -123,7 +138,7 @@ class DatastoreView:
                 self._changed.add(value.name)
             elif name == "affinities":
                 node, cidr = value
-                _toggle(self._blocks, node, cidr, add)
+                _toggle_small(self._blocks, node, cidr, add)
                 self._changed.add(node)
             elif name == "blocks":
                 for ip, user in value:
