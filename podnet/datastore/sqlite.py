@@ -16,6 +16,7 @@ store opened with `create=True` (the agent's, the lab's) may create the file, on
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -66,6 +67,7 @@ _PUTS_PER_STATEMENT = 200  # 4 parameters each: below the 999 of SQLite builds b
 # the journal, which costs about twice as much (measured 0.26 against 0.12-0.15 ms on the test VM).
 # SQLite deletes the WAL when its last connection closes, so every store that is reopened starts
 # over with an empty one.
+IDLE_CONNECTIONS = 4  # kept open between requests; a burst may open more, closed after it
 WAL_AUTOCHECKPOINT_PAGES = 256
 # Truncate the WAL back to this size when a checkpoint resets it (SQLite's default, -1, never does).
 # Far above what WAL_AUTOCHECKPOINT_PAGES needs, so in steady state it is never truncated (and then
@@ -97,8 +99,10 @@ class SqliteDatastore(Datastore):
         self.busy_timeout = busy_timeout
         self.history = history
         self.durable = durable
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        self._local = threading.local()  # each thread's writer-queue descriptor (_writer_turn)
+        self._conns: list[sqlite3.Connection] = []  # every connection made, to close them all
+        self._idle: list[sqlite3.Connection] = []  # connections no request holds now
+        self._waits: dict[int, bool] = {}  # id(connection) -> whether its busy handler is on
         self._conns_lock = threading.Lock()
         self._failed: DatastoreError | None = None  # once set, every request raises it again
         self._deep_problem: DatastoreError | None = None  # what the last quick_check found
@@ -117,8 +121,7 @@ class SqliteDatastore(Datastore):
         except OSError as e:
             raise DatastoreUnavailable(f"cannot open the embedded datastore {path}: {e.strerror}") from None
         self._identity = (st.st_dev, st.st_ino)
-        conn = self._conn()
-        with _translate_errors(path):
+        with self._conn() as conn, _translate_errors(path):
             if not conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0]:
                 if not create:
                     raise DatastoreMissing(f"{path} is not a podnet datastore (it has no podnet tables)",
@@ -145,20 +148,42 @@ class SqliteDatastore(Datastore):
             self._conns.append(conn)
         return conn
 
-    def _conn(self, wait: bool = True) -> sqlite3.Connection:
-        """This thread's connection; `wait`: with SQLite's busy handler on (readers) or off
-        (writers, which poll for the lock themselves, see _begin_write). Switched only when the
-        other kind of request comes, so a run of writes does not pay two PRAGMAs each."""
-        local = self._local
-        conn = getattr(local, "conn", None)
+    @contextlib.contextmanager
+    def _conn(self, wait: bool = True):
+        """A connection for one request, returned to the idle pool after it. Not one per thread: the
+        agent serves CNI requests from 64 threads, and a connection each costs memory for nothing
+        when requests come one after another. `wait`: with SQLite's busy handler on (readers) or off
+        (writers, which poll for the lock themselves, see _begin_write), switched only when a
+        connection serves the other kind of request than its last."""
+        with self._conns_lock:
+            conn = self._idle.pop() if self._idle else None
         if conn is None:
-            conn = local.conn = self._connect()
-            local.waits = True
-        if local.waits != wait:
-            with _translate_errors(self.path):
-                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000) if wait else 0}")
-            local.waits = wait
-        return conn
+            conn = self._connect()
+        try:
+            if self._waits.get(id(conn), True) != wait:
+                with _translate_errors(self.path):
+                    conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000) if wait else 0}")
+                self._waits[id(conn)] = wait
+            yield conn
+        finally:
+            if conn.in_transaction:  # a request that failed between BEGIN and its end
+                _rollback(conn)
+            with self._conns_lock:
+                if conn in self._conns and len(self._idle) < IDLE_CONNECTIONS:
+                    self._idle.append(conn)
+                    conn = None
+            if conn is not None:  # more idle than worth keeping after a burst, or the store was closed
+                self._forget(conn)
+
+    def _forget(self, conn: sqlite3.Connection) -> None:
+        with self._conns_lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+            self._waits.pop(id(conn), None)
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
 
     def _guard(self) -> None:
         """Refuse to go on when the path no longer names the file this store opened: requests would
@@ -215,7 +240,8 @@ class SqliteDatastore(Datastore):
 
     def close(self) -> None:
         with self._conns_lock:
-            conns, self._conns = self._conns, []
+            conns, self._conns, self._idle = self._conns, [], []
+            self._waits.clear()
         for c in conns:
             try:
                 c.close()
@@ -227,16 +253,15 @@ class SqliteDatastore(Datastore):
 
     def get(self, key: str) -> KeyValue | None:
         self._guard()
-        with _translate_errors(self.path):
-            row = self._conn().execute(
+        with self._conn() as conn, _translate_errors(self.path):
+            row = conn.execute(
                 "SELECT key, value, create_rev, mod_rev, version FROM kv WHERE key = ?", (key,)
             ).fetchone()
         return KeyValue(*row) if row else None
 
     def get_many(self, keys: Sequence[str]) -> list[KeyValue | None]:
         self._guard()
-        conn = self._conn()
-        with _translate_errors(self.path):
+        with self._conn() as conn, _translate_errors(self.path):
             conn.execute("BEGIN")  # one read transaction: every key at one revision
             try:
                 rows = [conn.execute("SELECT key, value, create_rev, mod_rev, version FROM kv WHERE key = ?",
@@ -250,8 +275,7 @@ class SqliteDatastore(Datastore):
     def list(self, prefix: str, keys_only: bool = False) -> tuple[list[KeyValue], int]:
         cols = "key, x'', create_rev, mod_rev, version" if keys_only else "key, value, create_rev, mod_rev, version"
         self._guard()
-        conn = self._conn()
-        with _translate_errors(self.path):
+        with self._conn() as conn, _translate_errors(self.path):
             # One read transaction so the rows and the revision agree.
             conn.execute("BEGIN")
             try:
@@ -268,8 +292,8 @@ class SqliteDatastore(Datastore):
 
     def revision(self) -> int:
         self._guard()
-        with _translate_errors(self.path):
-            return self._conn().execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
+        with self._conn() as conn, _translate_errors(self.path):
+            return conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
 
     # Writes ------------------------------------------------------------
 
@@ -317,8 +341,7 @@ class SqliteDatastore(Datastore):
     def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
         read_only = not any(isinstance(op, (Put, Delete)) for op in (*success, *failure))
         self._guard()
-        conn = self._conn(wait=read_only)
-        with _translate_errors(self.path):
+        with self._conn(wait=read_only) as conn, _translate_errors(self.path):
             if read_only:  # a snapshot is enough: no write lock, so writers are not held up
                 conn.execute("BEGIN")
             else:
@@ -407,8 +430,7 @@ class SqliteDatastore(Datastore):
     def compact(self, upto: int) -> None:
         """Drop change history up to and including revision `upto`."""
         self._guard()
-        conn = self._conn()
-        with _translate_errors(self.path):
+        with self._conn() as conn, _translate_errors(self.path):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 self._compact(conn, upto)

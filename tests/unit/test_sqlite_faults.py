@@ -99,7 +99,8 @@ def test_check_finds_damage_under_open_connections(store, path, monkeypatch):
     monkeypatch.setattr("podnet.datastore.sqlite.DEEP_CHECK_SECONDS", 0.0)
     store.check()
     store.get("/podnet/a")  # this thread's connection has the pages cached
-    store._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file, none only in the WAL
+    with store._conn() as conn:  # every page in the file, none only in the WAL
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     with open(path, "r+b") as f:
         f.write(b"garbage" * 4)
     with pytest.raises(DatastoreCorrupt, match="is damaged"):
