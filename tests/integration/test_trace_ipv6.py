@@ -89,10 +89,10 @@ def test_healthy_ipv6_paths_across_nodes_and_on_one_node(lab_factory, capsys, tm
 
     code, data = trace_json(capsys, lab, "pod-1-1", "pod-1-2", "-6")
     assert code == 0 and (data["kind"], data["family"]) == ("same-node", 6) and data["ok"]
-    assert [h["id"] for h in data["hops"]] == ["pod-interface", "pod-route", "gateway", "host-route", "dst-veth",
-                                               "dst-pod"]
+    assert [h["id"] for h in data["hops"]] == ["pod-interface", "pod-route", "gateway", "filter-egress", "host-route",
+                                               "filter-ingress", "dst-veth", "dst-pod"]
     assert {h["status"] for h in data["hops"]} == {"ok"}
-    assert data["hops"][3]["found"] == f"{c6} dev {c['interface']}"
+    assert data["hops"][4]["found"] == f"{c6} dev {c['interface']}"
     assert "ttl=63" in ping(a["netns"], c6).stdout
 
 

@@ -133,10 +133,12 @@ image_copy_tmp_dir = {p['tmp']}
 
     def launcher(self) -> list[str]:
         """How podman is started in the node: nsenter enters only the network namespace; with
-        `self.private_mounts`, `ip netns exec` also gives it a mount namespace of its own, where the
-        container's namespace is mounted out of the agent's sight."""
+        `self.private_mounts`, it also gets a mount namespace of its own, a slave of the machine's, as
+        `ip netns exec` gives one: the container's namespace is mounted there out of the agent's sight.
+        (Not `ip netns exec` itself: it also mounts a fresh /sys, which on a host with cgroup v1
+        hierarchies under /sys/fs/cgroup hides them, and runc then cannot start any container.)"""
         if getattr(self, "private_mounts", False):
-            return ["ip", "netns", "exec", self.node_netns]
+            return ["nsenter", f"--net=/run/netns/{self.node_netns}", "unshare", "--mount", "--propagation", "slave"]
         return ["nsenter", f"--net=/run/netns/{self.node_netns}"]
 
     def podman(self, *args: str, timeout: float = 60.0, check: bool = False) -> subprocess.CompletedProcess:

@@ -47,9 +47,9 @@ def test_container_on_node_1_reaches_a_pod_on_node_2(runtime_lab, podman):
     assert podman.libcni.entries(cid) == []
 
 
-def test_podman_started_under_ip_netns_exec(runtime_lab, podman):
-    """`ip netns exec` gives podman a mount namespace of its own (its root a slave): the container's
-    namespace, bind-mounted at /run/netns/netns-<id> there, is invisible to the agent. The plugin opens
+def test_podman_in_a_private_mount_namespace(runtime_lab, podman):
+    """Started as under `ip netns exec`, with a mount namespace of its own (its root a slave), podman
+    bind-mounts the container's namespace at /run/netns/netns-<id> where the agent cannot see it. The plugin opens
     it where podman runs and hands the agent the descriptor, so the container is attached all the same."""
     before = footprint(runtime_lab)
     other = remote_pod(runtime_lab, "node-2")
