@@ -213,6 +213,9 @@ class FilterStatus:
     seconds: float = 0.0
 
 
+COALESCE_MAX_SECONDS = 0.05  # the most a change waits for others to join it
+
+
 class FilterLoop:
     def __init__(self, node: str, store: Datastore, config: FilterConfig, status_path: str | None = None,
                  resync_interval: float = 30.0):
@@ -244,6 +247,10 @@ class FilterLoop:
                 return
             if not self.view.in_sync.is_set():
                 continue  # program nothing until the view is complete
+            # Let a run of changes (pods added one after another) gather into one pass: wait twice as
+            # long as the last pass took, so computing the table takes at most a third of the agent's
+            # time (it shares the interpreter with the CNI requests) and a quiet change is not delayed.
+            self.stop.wait(min(COALESCE_MAX_SECONDS, 2 * self.status.seconds))
             self.dirty.clear()
             relevant, revision = self.view.take_relevant()
             if not relevant and self.dataplane.next_due() > 0:
