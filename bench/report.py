@@ -122,7 +122,7 @@ def markdown(doc: dict) -> str:
     for name, render in (("add_latency", _add), ("program_nodes", _program), ("drift_repair", _drift),
                          ("node_join", _join), ("node_join_etcd", _join), ("ipam_rate", _ipam), ("burst", _burst),
                          ("sandbox", _sandbox), ("address_change", _address), ("throughput", _throughput), ("cli_start", _cli_start),
-                         ("fanout", _fanout)):
+                         ("fanout", _fanout), ("policy", _policy)):
         e = b.get(name)
         if e is None:
             continue
@@ -279,6 +279,25 @@ def _summary_rows(b: dict) -> list[str]:
                     f"{et['rss_mib_total']:.0f} MiB | | | (informational) | |")
     elif e:
         rows.append("| Fan-out to 1000 agents | | failed | | | | **no** |")
+    e = b.get("policy")
+    if e and e.get("status") == "ok":
+        c, f, t, ok = e["change_to_enforced_ms"], e["from_empty"], e["throughput"], e["checks"]
+        a, floor = c["agent"], c["libnftables_floor"]
+        rows.append(f"| Policy change -> enforced on a node, 100 endpoints, 200 policies ({a['n']}x) | p50 / p99 | "
+                    f"{a['p50']:.1f} / {a['p99']:.1f} ms | {floor['p50']:.1f} ms (one libnftables transaction), "
+                    f"{c['nft_floor']['p50']:.1f} ms (`nft -f`), p50 | | p99 <= 100 ms | "
+                    f"{_met(ok['change_p99_ms<=100'])} |")
+        rows.append(f"| 1000 policies x 200 endpoints from empty ({f['size']['rules']} rules) | seconds | "
+                    f"{f['agent_s']:.3f} s (calculation {f['of_which_calculation_s']:.3f} s) | {f['nft_text_s']:.3f} s "
+                    f"(`nft -f` of the same text) | {_x(f['agent_vs_nft_text'])} | <= 1.5x | "
+                    f"{_met(ok['from_empty<=1.5x_nft'])} |")
+        rows.append(f"| Pod-to-pod TCP with 200 policies selecting the pods | Gbit/s | {t['gbit_with_policies']:.2f} | "
+                    f"{t['gbit_none']:.2f} (no policy) | {_x(t['ratio'])} | >= 0.95x | "
+                    f"{_met(ok['throughput>=0.95x'])} |")
+        rows.append(f"| Agent RSS under that load | MiB | {max(t['agent_rss_mib']):.0f} | none | | <= 150 MiB | "
+                    f"{_met(ok['agent_rss<=150MiB'])} |")
+    elif e:
+        rows.append("| Policy | | failed | | | | **no** |")
     e = b.get("cli_start")
     if e and e.get("status") == "ok":
         floor = e["ms"]["python"]["p50"]
@@ -314,6 +333,12 @@ def _throughput(e: dict) -> list[str]:
     if e.get("failed_checks"):
         out += [""] + [f"- failed check: {x}" for x in e["failed_checks"]]
     return out
+
+
+def _policy(e: dict) -> list[str]:
+    c = e["change_to_enforced_ms"]
+    return _dist_table([("policy change -> enforced (agent)", c["agent"]), ("one libnftables transaction", c["libnftables_floor"]),
+                        ("one `nft -f` process", c["nft_floor"])])
 
 
 def _fanout(e: dict) -> list[str]:
