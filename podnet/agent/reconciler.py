@@ -51,6 +51,9 @@ class ReconcileResult:
     desired_changes: int = 0  # desired entries set or deleted in this pass
 
 
+DEVICE_MADE_RECHECK_SECONDS = 1.0
+
+
 class Reconciler:
     def __init__(self, local: Node, view: DatastoreView, config: VxlanConfig, host: rtnl.RtnlSocket, ipr: IPRoute,
                  resync_interval: float = 30.0, managers: Iterable[Manager] = ()):
@@ -79,6 +82,10 @@ class Reconciler:
         # The kernel dropped every entry on the old device (IPv4 routes without a notification).
         self.neighbours.forget_device(name)
         self.routes.forget_device(name)
+        # Changes to the new device made before the event filter learned its index reach no one:
+        # read its entries back once, shortly after (a device made again is rare; this is cheap).
+        for manager in (self.neighbours, self.routes):
+            self.dataplane.resync_soon(manager.name, DEVICE_MADE_RECHECK_SECONDS)
 
     def request_full(self) -> None:
         """Recompute every node's entries (the local node, its parent's MTU or the config changed)."""

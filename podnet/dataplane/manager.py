@@ -276,6 +276,10 @@ class Dataplane:
     def manager(self, name: str) -> Manager:
         return next(m for m in self.managers if m.name == name)
 
+    def resync_soon(self, name: str, delay: float) -> None:
+        """Have a manager read the kernel back within `delay` seconds (sooner if already due)."""
+        self._due[name] = min(self._due.get(name, float("inf")), self._clock() + delay)
+
     def request_resync(self, name: str | None = None) -> None:
         """Have a manager (None: every one) read the kernel back in the next cycle."""
         self._resync |= {m.name for m in self.managers} if name is None else {name}
