@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from podnet.dataplane import topology
 from podnet.lab.lab import Lab, LabSpec
 
 
@@ -67,3 +68,19 @@ def lab_factory():
     yield make
     for fx in made:
         fx.down()
+
+
+@pytest.fixture
+def sandbox(lab):
+    """make() -> the path of a fresh pod namespace of the module's `lab`; all removed afterwards."""
+    made = []
+
+    def make() -> str:
+        name = f"{lab.name}-sb{uuid.uuid4().hex[:6]}"
+        topology.create_netns(name)
+        made.append(name)
+        return f"/run/netns/{name}"
+
+    yield make
+    for name in made:
+        topology.delete_netns(name)

@@ -13,7 +13,6 @@ import uuid
 import pytest
 
 from podnet.cni.install import install_plugin
-from podnet.dataplane import topology
 from podnet.datastore.resources import Resources
 from tests.integration import kernel
 from tests.integration.conftest import built_lab
@@ -39,21 +38,6 @@ def pool(lab):
     with lab.datastore() as store:
         [pool] = [p for p in Resources(store).pools() if p.version == 4]
     return pool
-
-
-@pytest.fixture
-def sandbox(lab):
-    made = []
-
-    def make() -> str:
-        name = f"{lab.name}-sb{uuid.uuid4().hex[:6]}"
-        topology.create_netns(name)
-        made.append(name)
-        return f"/run/netns/{name}"
-
-    yield make
-    for name in made:
-        topology.delete_netns(name)
 
 
 def calico_conflist(pool, log_file: str, version: str = "0.3.1", **fields) -> dict:

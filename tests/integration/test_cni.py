@@ -10,7 +10,6 @@ import uuid
 
 import pytest
 
-from podnet.dataplane import topology
 from podnet.lab.lab import Lab
 from podnet.model.endpoint import endpoint_name
 from tests.integration import kernel
@@ -22,22 +21,6 @@ from tests.integration.conftest import built_lab
 def lab():
     with built_lab("pnt-n", nodes=2, pods_per_node=1) as lab:
         yield lab
-
-
-@pytest.fixture
-def sandbox(lab):
-    """A fresh pod namespace, removed afterwards."""
-    made = []
-
-    def make() -> str:
-        name = f"{lab.name}-sb{uuid.uuid4().hex[:6]}"
-        topology.create_netns(name)
-        made.append(name)
-        return f"/run/netns/{name}"
-
-    yield make
-    for name in made:
-        topology.delete_netns(name)
 
 
 def config(version: str = "1.0.0", **extra) -> dict:
