@@ -70,6 +70,11 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
+def shim_socket(address: str, namespace: str, container_id: str) -> str:
+    """Where containerd 1.6 puts a task's shim socket: /run/containerd/s/sha256(<address>/<ns>/<id>)."""
+    return os.path.join(SHIM_SOCKET_DIR, hashlib.sha256(os.path.join(address, namespace, container_id).encode()).hexdigest())
+
+
 class Containerd(RuntimeDirs):
     def __init__(self, node_netns: str, base_dir: str | None = None, conflist: dict | None = None,
                  log_level: str = "warn", record_calls: bool = False):
@@ -318,9 +323,7 @@ disabled_plugins = [
         return forced
 
     def shim_socket(self, container_id: str) -> str:
-        """Where containerd 1.6 puts a task's shim socket: /run/containerd/s/sha256(<address>/<ns>/<id>)."""
-        digest = hashlib.sha256(os.path.join(self.socket, K8S_NAMESPACE, container_id).encode()).hexdigest()
-        return os.path.join(SHIM_SOCKET_DIR, digest)
+        return shim_socket(self.socket, K8S_NAMESPACE, container_id)
 
     def _force_cleanup(self) -> list[str]:
         forced = []
