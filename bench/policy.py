@@ -125,7 +125,8 @@ def _change_latency(netns: str, reps: int) -> dict:
 
 
 def _from_empty(netns: str, policies: int, endpoints: int) -> dict:
-    from podnet.calc.policy import compute_filter, policy_endpoint
+    from podnet.calc.filter_calc import compute_filter
+    from podnet.calc.policy import policy_endpoint
     from podnet.dataplane.filter import FilterManager, run_nft
     from podnet.model.kube import ContainerPort, Namespace, Pod
     from podnet.model.policy import parse_policy

@@ -5,7 +5,8 @@ without waiting behind route work (and the other way round). It follows workload
 node (selectors match remote pods too), pods, namespaces, the three policy kinds and the nodes'
 underlay addresses (the VXLAN allow-list); programs nothing until that view is complete (a fresh
 agent must not replace a good table with one that lacks policies it has not read yet); then
-computes the table (calc/policy.py) and lets the FilterManager send only the difference.
+hands what changed to the calculation (calc/filter_calc.py), whose work is in proportion to the
+change, and lets the FilterManager send only the difference.
 
 It writes what it has programmed to a small JSON status file: the datastore revision its table
 reflects and the interfaces it programmed, so a lab or a test can wait for a change to be enforced.
@@ -22,7 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from podnet.calc.policy import FilterCache, FilterConfig, compute_filter, policy_endpoint
+from podnet.calc.filter_calc import EndpointJoin, FilterCalculator
+from podnet.calc.policy import FilterConfig
 from podnet.dataplane.filter import FilterManager
 from podnet.dataplane.manager import Dataplane
 from podnet.datastore import keys
@@ -81,16 +83,22 @@ class PolicyView:
         self.data: dict[str, dict] = {name: {} for name in FOLLOWED}
         self.in_sync = threading.Event()
         self.revision = 0  # the store revision the view reflects
-        self.configs: list = []  # AgentConfiguration resources, as of the last inputs()
-        self.relevant = True  # something policy reads changed since take_relevant()
+        self.changed: dict[str, set] = {name: set() for name in FOLLOWED}  # keys changed since take_changes()
         self.stop = threading.Event()
 
-    def take_relevant(self) -> tuple[bool, int]:
-        """(did anything policy reads change since the last call, the revision the view reflects)."""
+    def take_changes(self) -> tuple[dict[str, dict], list, int]:
+        """What changed since the last call ({table: {key: record or None when gone}}), every
+        AgentConfiguration, and the revision the view reflects."""
         with self.lock:
-            out = (self.relevant, self.revision)
-            self.relevant = False
-            return out
+            changes = {name: {k: self.data[name].get(k) for k in keys} for name, keys in self.changed.items() if keys}
+            self.changed = {name: set() for name in FOLLOWED}
+            return changes, list(self.data["configs"].values()), self.revision
+
+    def mark_all(self) -> None:
+        """Everything counts as changed: the next reader starts from nothing."""
+        with self.lock:
+            for name, table in self.data.items():
+                self.changed[name].update(table)
 
     def _table(self, key: str) -> str | None:
         for name, prefixes in FOLLOWED.items():
@@ -100,6 +108,7 @@ class PolicyView:
 
     def _put(self, name: str, key: str, value: bytes | None) -> None:
         table = self.data[name]
+        self.changed[name].add(key)
         if value is None:
             table.pop(key, None)
             return
@@ -122,13 +131,13 @@ class PolicyView:
                         for kv in kvs:
                             fresh[kv.key] = kv.value
                     with self.lock:
+                        self.changed[name].update(self.data[name])  # what is gone now counts too
                         self.data[name] = {}
                         for key, value in fresh.items():
                             self._put(name, key, value)
                 start = min(listed.values())
                 with self.lock:
                     self.revision = max(listed.values())
-                    self.relevant = True
                 self.in_sync.set()
                 self.on_change()
                 backoff = 0.1
@@ -143,7 +152,6 @@ class PolicyView:
                                 prefix = next((p for p in FOLLOWED.get(name, ()) if ev.key.startswith(p)), None)
                                 if name and ev.mod_revision > listed[prefix]:
                                     self._put(name, ev.key, ev.value if ev.kind == "put" else None)
-                                    self.relevant = True
                                 self.revision = max(self.revision, ev.mod_revision)
                         # Also for other records: the status then says how far the view has read.
                         self.on_change()
@@ -156,18 +164,6 @@ class PolicyView:
             except Exception:  # noqa: BLE001 - never let the thread die silently
                 log.exception("filter view: unexpected error")
                 self.stop.wait(1.0)
-
-    def inputs(self):
-        """(policy endpoints of every node, policies, node underlay addresses, revision)."""
-        with self.lock:
-            pods = {f"{p.namespace}/{p.name}": p for p in self.data["pods"].values()}
-            namespaces = {n.name: n for n in self.data["namespaces"].values()}
-            eps = [policy_endpoint(w, pods.get(f"{w.pod_namespace or 'default'}/{w.pod_name}"),
-                                   namespaces.get(w.pod_namespace or "default"))
-                   for w in self.data["endpoints"].values()]
-            addresses = [a for node_addresses in self.data["nodes"].values() for a in node_addresses]
-            self.configs = list(self.data["configs"].values())
-            return eps, list(self.data["policies"].values()), addresses, self.revision
 
 
 def endpoint_to_host_action(configs, node: str, default: str) -> str:
@@ -231,7 +227,12 @@ class FilterLoop:
         self.manager = FilterManager()
         self.dataplane = Dataplane([self.manager], resync_interval)
         self.status = FilterStatus()
-        self.cache = FilterCache()
+        self._fresh_calculation()
+        self.retry = False  # the last apply failed: apply again even if nothing changed
+
+    def _fresh_calculation(self) -> None:
+        self.join = EndpointJoin()
+        self.calculation = FilterCalculator(self.node, self.config)
 
     def start(self) -> None:
         threading.Thread(target=self.view.follow, name="filter view", daemon=True).start()
@@ -251,50 +252,48 @@ class FilterLoop:
             if not self.view.in_sync.is_set():
                 continue  # program nothing until the view is complete
             # Let a run of changes (pods added one after another) gather into one pass: wait twice as
-            # long as the last pass took, so computing the table takes at most a third of the agent's
-            # time (it shares the interpreter with the CNI requests) and a quiet change is not delayed.
+            # long as the last pass took (it shares the interpreter with the CNI requests), at most 50 ms.
             self.stop.wait(min(COALESCE_MAX_SECONDS, 2 * self.status.seconds))
             self.dirty.clear()
-            relevant, revision = self.view.take_relevant()
-            if not relevant and self.dataplane.next_due() > 0:
+            changes, configs, revision = self.view.take_changes()
+            if not changes and not self.retry and self.dataplane.next_due() > 0:
                 if self.status.ok and revision > self.status.revision:
                     self.status.revision = revision  # nothing policy reads changed up to here
                     self._write_status()
                 continue
             try:
-                self.cycle()
+                self.cycle(changes, configs, revision)
                 backoff = 0.05
             except Exception as e:  # noqa: BLE001
-                log.exception("filter: cycle failed; retrying")
-                with self.view.lock:
-                    self.view.relevant = True
+                log.exception("filter: cycle failed; calculating the table again from nothing")
+                self._fresh_calculation()
+                self.view.mark_all()
                 self.status.ok, self.status.error = False, str(e)
                 self._write_status()
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 self.dirty.set()
 
-    def cycle(self) -> None:
+    def cycle(self, changes: dict, configs: list, revision: int) -> None:
         start = time.perf_counter()
-        eps, policies, addresses, revision = self.view.inputs()
-        action = endpoint_to_host_action(self.view.configs, self.node, self.config.endpoint_to_host_action)
-        config = dataclasses.replace(self.config, endpoint_to_host_action=action)
-        ruleset = compute_filter(self.node, eps, policies, addresses, config, self.cache)
+        action = endpoint_to_host_action(configs, self.node, self.config.endpoint_to_host_action)
+        endpoints = self.join.update(changes.get("endpoints"), changes.get("pods"), changes.get("namespaces"))
+        ruleset = self.calculation.update(endpoints=endpoints, policies=changes.get("policies"),
+                                          node_addresses=changes.get("nodes"),
+                                          config=dataclasses.replace(self.config, endpoint_to_host_action=action))
         self.manager.set_desired(ruleset)
         result = self.dataplane.apply()
         seconds = time.perf_counter() - start
+        self.retry = bool(result.failures)
         if result.failures:
             self.status.ok, self.status.error = False, str(result.failures[0][1])
-            with self.view.lock:
-                self.view.relevant = True  # try again: the driver reads back first
-            self.dirty.set()
+            self.dirty.set()  # try again: the driver reads back first
             self.stop.wait(0.2)
         else:
             self.status = FilterStatus(revision, True, tuple(sorted(ruleset.endpoint_policies)), "", seconds)
             if self.manager.last_commands:
-                log.info("filter: %d nft commands in %.1f ms (revision %d, %d policies, %d local endpoints)",
-                         self.manager.last_commands, seconds * 1e3, revision, len(policies),
-                         len(ruleset.endpoint_policies))
+                log.info("filter: %d nft commands in %.1f ms (revision %d, %d local endpoints)",
+                         self.manager.last_commands, seconds * 1e3, revision, len(ruleset.endpoint_policies))
         self._write_status()
 
     def _write_status(self) -> None:

@@ -153,6 +153,7 @@ def selector_members(text: str, scope: Scope, endpoints: Iterable[PolicyEndpoint
 # The ruleset -----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=65536)
 def rule_hash(body: str) -> str:
     return hashlib.sha1(body.encode()).hexdigest()[:8]
 
@@ -166,9 +167,13 @@ class NftRule:
     def hash(self) -> str:
         return rule_hash(self.body)
 
-    def render(self) -> str:
+    @functools.cached_property
+    def text(self) -> str:
         note = f"{self.hash} {self.info}".strip()[:120].replace('"', "'")
         return f'{self.body} comment "{note}"'
+
+    def render(self) -> str:
+        return self.text
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,35 @@ class FilterRuleset:
     chains: dict[str, NftChain] = field(default_factory=dict)
     # Per local endpoint interface: the policies of each direction, for describe and trace.
     endpoint_policies: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # A ruleset made from another by a few changes names it and what it changed, so diff_filter
+    # looks at those names only (calc/filter_calc.py). Only one step back is kept.
+    parent: "FilterRuleset | None" = field(default=None, compare=False, repr=False)
+    touched_sets: set = field(default_factory=set, compare=False, repr=False)
+    touched_chains: set = field(default_factory=set, compare=False, repr=False)
+
+    def child(self) -> "FilterRuleset":
+        """A copy to change: it shares every set and chain (they are immutable) and remembers `self`."""
+        self.parent = None  # a chain of ancestors would keep every old ruleset alive
+        return FilterRuleset(dict(self.sets), dict(self.chains), dict(self.endpoint_policies), parent=self)
+
+    def put_set(self, s: NftSet) -> None:
+        if self.sets.get(s.name) != s:
+            self.sets[s.name] = s
+            self.touched_sets.add(s.name)
+
+    def drop_set(self, name: str) -> None:
+        if self.sets.pop(name, None) is not None:
+            self.touched_sets.add(name)
+
+    def put_chain(self, c: NftChain) -> None:
+        prev = self.chains.get(c.name)
+        if prev is not c:
+            self.chains[c.name] = c
+            self.touched_chains.add(c.name)
+
+    def drop_chain(self, name: str) -> None:
+        if self.chains.pop(name, None) is not None:
+            self.touched_chains.add(name)
 
     def render(self) -> str:
         """The whole table in `nft -f` syntax."""
@@ -213,7 +247,7 @@ class FilterRuleset:
             out.append(f"  chain {c.name} {{")
             if c.hook:
                 out.append(f"    {c.hook}")
-            out.extend(f"    {r.render()}" for r in c.rules)
+            out.extend(f"    {r.text}" for r in c.rules)
             out.append("  }")
         out.append("}")
         return "\n".join(out) + "\n"
@@ -228,8 +262,19 @@ def _short(text: str, n: int = 12) -> str:
 
 
 def policy_chain(policy: Policy, direction: str) -> str:
-    base = ("pi-" if direction == "Ingress" else "po-") + policy.key
-    return base if len(base) <= 200 else base[:3] + _short(policy.key, 20)
+    return _policy_chain_name(policy.key, direction)
+
+
+@functools.lru_cache(maxsize=65536)
+def _policy_chain_name(key: str, direction: str) -> str:
+    base = ("pi-" if direction == "Ingress" else "po-") + key
+    return base if len(base) <= 200 else base[:3] + _short(key, 20)
+
+
+@functools.lru_cache(maxsize=65536)
+def jump_rule(chain: str, display: str) -> NftRule:
+    """One rule object per policy chain, shared by every endpoint chain that jumps to it."""
+    return NftRule(f"jump {chain}", f"policy {display}")
 
 
 def endpoint_chain(interface: str, direction: str) -> str:
@@ -238,19 +283,11 @@ def endpoint_chain(interface: str, direction: str) -> str:
 
 
 class _Builder:
-    """Builds the ruleset: rules ask for sets by what they mean (their names follow from that alone),
-    and `sets()` computes each asked-for set's members once."""
+    """Collects the sets a policy's rules ask for, by what they mean (their names follow from that
+    alone); calc/filter_calc.py computes their members."""
 
-    def __init__(self, endpoints: list[PolicyEndpoint], members: dict | None = None):
-        self.endpoints = endpoints
+    def __init__(self):
         self.wanted: dict[str, tuple] = {}
-        self._members: dict[tuple, list[PolicyEndpoint]] = {} if members is None else members
-
-    def members(self, text: str, scope: Scope) -> list[PolicyEndpoint]:
-        key = (text, scope)
-        if key not in self._members:
-            self._members[key] = selector_members(text, scope, self.endpoints)
-        return self._members[key]
 
     def selector_set(self, text: str, scope: Scope, family: int) -> str:
         """The set of addresses (of `family`) of endpoints the selector matches within the scope."""
@@ -264,110 +301,26 @@ class _Builder:
         self.wanted[name] = ("port", text, scope, family, port, protocol)
         return name
 
-    def sets(self) -> dict[str, NftSet]:
-        out = {}
-        for name, want in self.wanted.items():
-            kind, text, scope, family = want[:4]
-            addr = "ipv4_addr" if family == 4 else "ipv6_addr"
-            if kind == "sel":
-                els = frozenset(ip for ep in self.members(text, scope) for ip in ep.ips if _addr_family(ip) == family)
-                out[name] = NftSet(name, addr, els)
-                continue
-            port, protocol = want[4:]
-            els = set()
-            for ep in self.members(text, scope):
-                for cp in ep.ports:
-                    if cp.name == port and protocol_number(cp.protocol) == protocol:
-                        els.update(f"{ip} . {protocol} . {cp.port}" for ip in ep.ips if _addr_family(ip) == family)
-            out[name] = NftSet(name, f"{addr} . inet_proto . inet_service", frozenset(els))
-        return out
+
+def set_type(spec: tuple) -> str:
+    addr = "ipv4_addr" if spec[3] == 4 else "ipv6_addr"
+    return addr if spec[0] == "sel" else f"{addr} . inet_proto . inet_service"
 
 
-class FilterCache:
-    """What a calculation can keep for the next one: each policy's compiled chains (they depend on the
-    policy alone: set names follow from what the sets mean) and which endpoint label sets it selects.
-    Keyed by the policy object, which the agent's view replaces only when the record changes."""
+def set_matches(spec: tuple, ep: PolicyEndpoint) -> bool:
+    """Whether the selector of set `spec` (a _Builder request) matches `ep` (its signature decides)."""
+    return spec[2].admits(ep) and selectors.parse(spec[1], "selector").matches(ep.labels)
 
-    def __init__(self):
-        self._chains: dict[int, tuple] = {}  # id(policy) -> (policy, chains, set requests)
-        self._alive: dict[int, Policy] = {}  # id -> policy, so an id is never reused while answers name it
-        self._answers: dict[tuple, dict[int, bool]] = {}  # endpoint signature -> {id(policy): selects}
-        self._by_signature: dict[tuple, tuple] = {}  # endpoint signature -> (policies token, selecting)
-        self._policies: list[Policy] = []
-        self._token: tuple = ()
-        self._in_namespace: dict[str, list[Policy]] = {}
-        self._members_token: tuple | None = None
-        self._members: dict = {}
-        self._endpoint_chains: dict[tuple, tuple] = {}  # (interface, direction) -> (what it depends on, chain)
 
-    def chains(self, policy: Policy, b: _Builder) -> list[NftChain]:
-        hit = self._chains.get(id(policy))
-        if hit is None or hit[0] is not policy:
-            saved, b.wanted = b.wanted, {}
-            chains = _policy_chains(policy, b)
-            hit = self._chains[id(policy)] = (policy, chains, b.wanted)
-            b.wanted = saved
-        b.wanted.update(hit[2])
-        return hit[1]
-
-    def begin(self, policies: list[Policy]) -> None:
-        """The (ordered) policies of this calculation; answers about others are dropped."""
-        self.keep_only(policies)
-        self._policies = policies
-        self._token = tuple(map(id, policies))
-        self._in_namespace: dict[str, list[Policy]] = {}
-
-    def selecting(self, ep: PolicyEndpoint, signature: tuple) -> list[Policy]:
-        """The policies (in order) that select endpoints with this signature (namespace and labels)."""
-        hit = self._by_signature.get(signature)
-        if hit is not None and hit[0] == self._token:
-            return hit[1]
-        known = self._answers.setdefault(signature, {})
-        candidates = self._in_namespace.get(ep.namespace)
-        if candidates is None:  # a namespaced policy applies to its own namespace only
-            candidates = self._in_namespace[ep.namespace] = [p for p in self._policies
-                                                             if not p.namespace or p.namespace == ep.namespace]
-        out = []
-        for p in candidates:
-            answer = known.get(id(p))
-            if answer is None:
-                answer = known[id(p)] = policy_selects(p, ep)
-            if answer:
-                out.append(p)
-        self._by_signature[signature] = (self._token, out)
-        return out
-
-    def endpoint_chain(self, ep: PolicyEndpoint, selected: list[Policy], direction: str,
-                       config: FilterConfig) -> NftChain:
-        """The endpoint's chain; the same object as last time when nothing it depends on changed, so
-        its rules' hashes are not computed again."""
-        key = (ep.key, ep.ips, tuple(p.key for p in selected), config.vxlan_port)
-        hit = self._endpoint_chains.get((ep.interface, direction))
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        chain = _endpoint_chain(ep, selected, direction, config)
-        self._endpoint_chains[(ep.interface, direction)] = (key, chain)
-        return chain
-
-    def members_for(self, endpoints: list[PolicyEndpoint]) -> dict:
-        """Selector members, kept while no endpoint came, went, moved or changed its labels or ports."""
-        token = tuple((e.node, e.key, e.interface, e.ips, tuple(sorted(e.labels.items())),
-                       tuple(sorted(e.namespace_labels.items())), e.ports) for e in endpoints)
-        if token != self._members_token:
-            self._members_token, self._members = token, {}
-        return self._members
-
-    def keep_only(self, policies: Iterable[Policy]) -> None:
-        alive = {id(p): p for p in policies}
-        gone = [k for k in self._chains if k not in alive]
-        for k in gone:
-            del self._chains[k]
-        dead = [k for k, p in self._alive.items() if alive.get(k) is not p]
-        if dead:
-            for answers in self._answers.values():
-                for k in dead:
-                    answers.pop(k, None)
-        self._alive = alive
+def set_elements(spec: tuple, ep: PolicyEndpoint) -> frozenset:
+    """What endpoint `ep`, when `set_matches`, puts into the set `spec`."""
+    kind, family = spec[0], spec[3]
+    ips = [ip for ip in ep.ips if _addr_family(ip) == family]
+    if kind == "sel":
+        return frozenset(ips)
+    port, protocol = spec[4:]
+    return frozenset(f"{ip} . {protocol} . {cp.port}" for cp in ep.ports
+                     if cp.name == port and protocol_number(cp.protocol) == protocol for ip in ips)
 
 
 def _ports_expr(ports) -> str:
@@ -410,6 +363,31 @@ def _families(rule: Rule) -> list[int | None]:
 
 
 def compile_rule(rule: Rule, policy: Policy, b: _Builder, info: str) -> list[NftRule]:
+    bodies, wanted = _rule_bodies(rule, policy.namespace or None, policy.name[:16] if rule.action == "Log" else "")
+    b.wanted.update(wanted)
+    return [NftRule(body, info) for body in bodies]
+
+
+@functools.lru_cache(maxsize=16384)
+def _rule_bodies(rule: Rule, namespace: str | None, log_name: str) -> tuple[tuple[str, ...], tuple]:
+    """A rule's nft matches and verdicts, and the sets they name. They depend on the rule, the
+    policy's namespace (the scope of its selectors) and, for Log, the policy's name only, so
+    policies written from one template share the work."""
+    policy = _ScopeOf(namespace, log_name)
+    b = _Builder()
+    out = [r.body for r in _compile_rule(rule, policy, b)]
+    return tuple(out), tuple(b.wanted.items())
+
+
+@dataclass(frozen=True)
+class _ScopeOf:
+    """What compiling a rule reads of its policy."""
+    namespace: str | None
+    name: str
+
+
+def _compile_rule(rule: Rule, policy, b: _Builder) -> list[NftRule]:
+    info = ""
     out = []
     proto = protocol_number(rule.protocol) if rule.protocol is not None else None
     verdict = {"Allow": "accept", "Deny": "drop", "Pass": "accept", "Log": None}[rule.action]
@@ -501,7 +479,7 @@ def _endpoint_chain(ep: PolicyEndpoint, pols: list[Policy], direction: str, conf
         rules.append(NftRule(f"ip6 saddr != {{ {', '.join(['::', 'fe80::/10'] + v6)} }} drop",
                              f"anti-spoofing: {ep.key} sends from its own IPv6 address only"))
     for p in pols:
-        rules.append(NftRule(f"jump {policy_chain(p, direction)}", f"policy {p.display}"))
+        rules.append(jump_rule(policy_chain(p, direction), p.display))
     if pols:
         rules.append(NftRule("drop", "end of tier default: a policy selected the endpoint and none allowed"))
     else:
@@ -549,62 +527,6 @@ def _base_chains(config: FilterConfig) -> list[NftChain]:
     return [forward_from, forward_to, input_chain, wl_to_host]
 
 
-def compute_filter(node: str, endpoints: Iterable[PolicyEndpoint], policies: Iterable[Policy],
-                   node_addresses: Iterable[str], config: FilterConfig = FilterConfig(),
-                   cache: FilterCache | None = None) -> FilterRuleset:
-    """The table of `node`: its endpoints' chains, the policies they use, the sets those name.
-    With a `cache` kept between calls, unchanged policies are neither compiled nor matched again."""
-    endpoints = sorted(endpoints, key=lambda e: (e.node, e.key, e.interface))
-    pols = ordered(policies)
-    cache = cache or FilterCache()
-    cache.begin(pols)
-    b = _Builder(endpoints, cache.members_for(endpoints))
-    rs = FilterRuleset()
-    for c in _base_chains(config):
-        rs.chains[c.name] = c
-    used: dict[str, Policy] = {}
-    from_map, to_map = set(), set()
-    for ep in endpoints:
-        if ep.node != node or not _NFT_NAME.match(ep.interface or ""):
-            continue  # no interface nft can name: a cali* one then passes nothing (fail closed)
-        signature = (ep.namespace, tuple(sorted(ep.labels.items())), tuple(sorted(ep.namespace_labels.items())))
-        selecting = cache.selecting(ep, signature)
-        per_dir = {}
-        for direction in ("Ingress", "Egress"):
-            selected = [p for p in selecting if direction in p.types]
-            per_dir[direction] = [p.display for p in selected]
-            for p in selected:
-                used[p.key] = p
-            chain = cache.endpoint_chain(ep, selected, direction, config)
-            rs.chains[chain.name] = chain
-        rs.endpoint_policies[ep.interface] = per_dir
-        from_map.add(f'"{ep.interface}" : goto {endpoint_chain(ep.interface, "Egress")}')
-        to_map.add(f'"{ep.interface}" : goto {endpoint_chain(ep.interface, "Ingress")}')
-    # Only the policies some local endpoint uses are programmed (Felix programs only referenced chains).
-    for p in used.values():
-        for c in cache.chains(p, b):
-            rs.chains[c.name] = c
-    rs.sets.update(b.sets())
-    rs.sets[FROM_MAP] = NftSet(FROM_MAP, "ifname : verdict", frozenset(from_map), is_map=True)
-    rs.sets[TO_MAP] = NftSet(TO_MAP, "ifname : verdict", frozenset(to_map), is_map=True)
-    addrs = [a.split("/")[0] for a in node_addresses if a]
-    rs.sets[NODES4] = NftSet(NODES4, "ipv4_addr", frozenset(a for a in addrs if _addr_family(a) == 4))
-    rs.sets[NODES6] = NftSet(NODES6, "ipv6_addr", frozenset(str(ipaddress.ip_address(a)) for a in addrs
-                                                            if _addr_family(a) == 6))
-    p4, p6, ports = set(), set(), set()
-    for addr, proto, port in config.protected:
-        if addr is None:
-            ports.add(f"{proto} . {port}")
-        elif _addr_family(addr) == 4:
-            p4.add(f"{addr} . {proto} . {port}")
-        else:
-            p6.add(f"{ipaddress.ip_address(addr)} . {proto} . {port}")
-    rs.sets[PROTECTED4] = NftSet(PROTECTED4, "ipv4_addr . inet_proto . inet_service", frozenset(p4))
-    rs.sets[PROTECTED6] = NftSet(PROTECTED6, "ipv6_addr . inet_proto . inet_service", frozenset(p6))
-    rs.sets[PROTECTED_PORTS] = NftSet(PROTECTED_PORTS, "inet_proto . inet_service", frozenset(ports))
-    return rs
-
-
 # Diff ----------------------------------------------------------------------------------------
 
 
@@ -614,16 +536,28 @@ def _obj(kind: str, name: str) -> str:
 
 def diff_filter(old: FilterRuleset | None, new: FilterRuleset) -> list[str]:
     """nft commands (one transaction) from `old` to `new`; [] when nothing changed. Only changed sets,
-    elements and chains are touched. `old` None: create the table from nothing, replacing any."""
+    elements and chains are touched. `old` None: create the table from nothing, replacing any.
+    When `new` was made from `old` (FilterRuleset.child), only the names it touched are compared."""
     if old is None:
         return [f"table {FAMILY} {TABLE} {{}}", f"delete table {FAMILY} {TABLE}", new.render()]
+    if new is old:
+        return []
+    if new.parent is old:
+        set_names, chain_names = sorted(new.touched_sets), sorted(new.touched_chains)
+    else:
+        set_names = list(new.sets) + [n for n in old.sets if n not in new.sets]
+        chain_names = list(new.chains) + [n for n in old.chains if n not in new.chains]
     cmds: list[str] = []
     # 1. New sets, then element changes of every set (maps whose verdicts name new chains come later).
-    for name, s in new.sets.items():
-        if name not in old.sets:
+    for name in set_names:
+        s = new.sets.get(name)
+        if s is not None and name not in old.sets:
             cmds.append(f"add {s.declaration().replace(f'{s.name} ', f'{FAMILY} {TABLE} {s.name} ', 1)}")
     later: list[str] = []
-    for name, s in new.sets.items():
+    for name in set_names:
+        s = new.sets.get(name)
+        if s is None or old.sets.get(name) is s:
+            continue
         before = old.sets[name].elements if name in old.sets else frozenset()
         removed, added = before - s.elements, s.elements - before
         target = later if s.is_map else cmds
@@ -633,24 +567,28 @@ def diff_filter(old: FilterRuleset | None, new: FilterRuleset) -> list[str]:
         if added:
             target.append(f"add element {FAMILY} {TABLE} {name} {{ {', '.join(sorted(added))} }}")
     # 2. Chains: new ones exist (empty) before any rule jumps to them; changed ones are refilled.
-    for name, c in new.chains.items():
-        if name not in old.chains:
+    for name in chain_names:
+        c = new.chains.get(name)
+        if c is not None and name not in old.chains:
             hook = f" {{ {c.hook} }}" if c.hook else ""
             cmds.append(f"add chain {FAMILY} {TABLE} {name}{hook}")
-    for name, c in new.chains.items():
+    for name in chain_names:
+        c = new.chains.get(name)
+        if c is None:
+            continue
         prev = old.chains.get(name)
         if prev is c or (prev is not None and prev.hashes == c.hashes and prev.hook == c.hook):
             continue
         if prev is not None:
             cmds.append(f"flush chain {FAMILY} {TABLE} {name}")
-        cmds.extend(f"add rule {FAMILY} {TABLE} {name} {r.render()}" for r in c.rules)
+        cmds.extend(f"add rule {FAMILY} {TABLE} {name} {r.text}" for r in c.rules)
     cmds.extend(later)
     # 3. What is gone: chains (emptied first: they may jump to each other), then sets.
-    gone = [n for n in old.chains if n not in new.chains]
+    gone = [n for n in chain_names if n in old.chains and n not in new.chains]
     cmds.extend(f"flush chain {FAMILY} {TABLE} {n}" for n in gone)
     cmds.extend(f"delete chain {FAMILY} {TABLE} {n}" for n in gone)
     cmds.extend(f"delete {'map' if old.sets[n].is_map else 'set'} {FAMILY} {TABLE} {n}"
-                for n in old.sets if n not in new.sets)
+                for n in set_names if n in old.sets and n not in new.sets)
     return cmds
 
 

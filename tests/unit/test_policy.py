@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from podnet.calc.policy import (FROM_MAP, NODES4, TO_MAP, FilterConfig, compute_filter, diff_filter, endpoint_chain,
-                                endpoint_policies, ordered, policy_chain, policy_endpoint)
+from podnet.calc.filter_calc import compute_filter
+from podnet.calc.policy import (FROM_MAP, NODES4, TO_MAP, FilterConfig, diff_filter, endpoint_chain, endpoint_policies,
+                                ordered, policy_chain, policy_endpoint)
 from podnet.model import ValidationError, WorkloadEndpoint
 from podnet.model.kube import ContainerPort, Namespace, Pod, parse_port_flag
 from podnet.model.policy import PortRange, parse_policy
