@@ -74,31 +74,35 @@ FOLLOWED = {
 
 
 class PolicyView:
-    """List, then watch from the next revision; keeps its last content while the store is away."""
+    """List, then watch from the next revision, and hand on what changed. It keeps the keys it has
+    seen (a new listing must tell which records went away), not the records: the calculation holds
+    those already."""
 
     def __init__(self, store: Datastore, on_change: Callable[[], None]):
         self.store = store
         self.on_change = on_change
         self.lock = threading.Lock()
-        self.data: dict[str, dict] = {name: {} for name in FOLLOWED}
+        self.keys: dict[str, set] = {name: set() for name in FOLLOWED}
+        self.pending: dict[str, dict] = {name: {} for name in FOLLOWED}  # key -> record, None when gone
+        self.configs: dict = {}  # AgentConfiguration resources (few): every one is read on each pass
         self.in_sync = threading.Event()
         self.revision = 0  # the store revision the view reflects
-        self.changed: dict[str, set] = {name: set() for name in FOLLOWED}  # keys changed since take_changes()
         self.stop = threading.Event()
+        self._relist = threading.Event()
 
     def take_changes(self) -> tuple[dict[str, dict], list, int]:
         """What changed since the last call ({table: {key: record or None when gone}}), every
         AgentConfiguration, and the revision the view reflects."""
         with self.lock:
-            changes = {name: {k: self.data[name].get(k) for k in keys} for name, keys in self.changed.items() if keys}
-            self.changed = {name: set() for name in FOLLOWED}
-            return changes, list(self.data["configs"].values()), self.revision
+            changes = {name: table for name, table in self.pending.items() if table}
+            self.pending = {name: {} for name in FOLLOWED}
+            return changes, list(self.configs.values()), self.revision
 
-    def mark_all(self) -> None:
-        """Everything counts as changed: the next reader starts from nothing."""
-        with self.lock:
-            for name, table in self.data.items():
-                self.changed[name].update(table)
+    def relist(self) -> None:
+        """Start again from a listing of everything, and count as out of sync until it is done (for a
+        reader that starts again from nothing and must not act on half of it)."""
+        self.in_sync.clear()
+        self._relist.set()
 
     def _table(self, key: str) -> str | None:
         for name, prefixes in FOLLOWED.items():
@@ -107,21 +111,28 @@ class PolicyView:
         return None
 
     def _put(self, name: str, key: str, value: bytes | None) -> None:
-        table = self.data[name]
-        self.changed[name].add(key)
-        if value is None:
-            table.pop(key, None)
-            return
-        try:
-            table[key] = _decode(name, value)
-        except Exception as e:  # noqa: BLE001 - one bad record must not stop the others
-            log.error("ignoring unreadable record %s: %s", key, e)
-            table.pop(key, None)
+        record = None
+        if value is not None:
+            try:
+                record = _decode(name, value)
+            except Exception as e:  # noqa: BLE001 - one bad record must not stop the others
+                log.error("ignoring unreadable record %s: %s", key, e)
+        self.pending[name][key] = record
+        if record is None:
+            self.keys[name].discard(key)
+        else:
+            self.keys[name].add(key)
+        if name == "configs":
+            if record is None:
+                self.configs.pop(key, None)
+            else:
+                self.configs[key] = record
 
     def follow(self) -> None:
         backoff = 0.1
         while not self.stop.is_set():
             try:
+                self._relist.clear()
                 listed = {}
                 for name, prefixes in FOLLOWED.items():
                     fresh = {}
@@ -131,18 +142,19 @@ class PolicyView:
                         for kv in kvs:
                             fresh[kv.key] = kv.value
                     with self.lock:
-                        self.changed[name].update(self.data[name])  # what is gone now counts too
-                        self.data[name] = {}
+                        for key in self.keys[name] - fresh.keys():  # gone while the view was not watching
+                            self._put(name, key, None)
                         for key, value in fresh.items():
                             self._put(name, key, value)
                 start = min(listed.values())
                 with self.lock:
                     self.revision = max(listed.values())
-                self.in_sync.set()
+                if not self._relist.is_set():  # else a reader starting from nothing needs another listing
+                    self.in_sync.set()
                 self.on_change()
                 backoff = 0.1
                 with self.store.watch(keys.ROOT, start + 1) as watch:
-                    while not self.stop.is_set():
+                    while not self.stop.is_set() and not self._relist.is_set():
                         events = watch.next_events(timeout=0.5)
                         if not events:
                             continue
@@ -267,7 +279,7 @@ class FilterLoop:
             except Exception as e:  # noqa: BLE001
                 log.exception("filter: cycle failed; calculating the table again from nothing")
                 self._fresh_calculation()
-                self.view.mark_all()
+                self.view.relist()
                 self.status.ok, self.status.error = False, str(e)
                 self._write_status()
                 self.stop.wait(backoff)
