@@ -14,7 +14,7 @@ import pytest
 from tests.integration.conftest import built_lab
 
 from tests.runtimes.cri import MissingDependency
-from tests.runtimes.runtime_util import RuntimeSetupError
+from tests.runtimes.runtime_util import RuntimeSetupError, mount_cgroups_if_none, unmount_cgroups
 
 
 def pytest_configure(config):
@@ -32,6 +32,24 @@ def pytest_collection_modifyitems(items):
 def _need_root():
     if os.geteuid() != 0:
         pytest.fail("runtime tests need root (network namespaces, containers)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cgroups():
+    """runc needs the cgroup hierarchies at /sys/fs/cgroup: where nothing is mounted there (a chroot that
+    binds /sys alone), they are mounted for the session and unmounted after it; a host that has them is
+    left as it is."""
+    if os.geteuid() != 0:
+        yield
+        return
+    try:
+        made = mount_cgroups_if_none()
+    except RuntimeSetupError as e:
+        _setup_failure(e)
+    try:
+        yield
+    finally:
+        unmount_cgroups(made)
 
 
 @pytest.fixture(scope="module")

@@ -176,6 +176,67 @@ def cgroup_hierarchies() -> list[str]:
     return points
 
 
+def kernel_cgroup_hierarchies(proc_cgroup: str = "/proc/self/cgroup") -> tuple[list[str], bool]:
+    """The hierarchies this kernel gives this process, from /proc/self/cgroup: the cgroup v1 ones (each
+    as its controller list, e.g. "cpu,cpuacct" or "name=systemd") and whether there is the v2 one."""
+    v1, v2 = [], False
+    with open(proc_cgroup) as f:
+        for line in f:
+            number, controllers, _ = line.rstrip("\n").split(":", 2)
+            if number == "0" and not controllers:
+                v2 = True
+            elif controllers:
+                v1.append(controllers)
+    return v1, v2
+
+
+def cgroup_mount_plan(v1: list[str], v2: bool, root: str = CGROUP_ROOT) -> list[tuple[str, str, str]]:
+    """(fstype, options, mount point) to mount, in order, for the layout systemd gives such a kernel:
+    cgroup2 on /sys/fs/cgroup when there is no v1 hierarchy; else a tmpfs there with each v1 hierarchy
+    in a directory named after its controllers (`name=` dropped) and cgroup2 in `unified`."""
+    if not v1:
+        return [("cgroup2", "rw", root)] if v2 else []
+    plan = [("tmpfs", "mode=0755", root)]
+    for controllers in v1:
+        named_only = all(c.startswith("name=") for c in controllers.split(","))
+        directory = ",".join(c.removeprefix("name=") for c in controllers.split(","))
+        plan.append(("cgroup", ("none," if named_only else "") + controllers, os.path.join(root, directory)))
+    if v2:
+        plan.append(("cgroup2", "rw", os.path.join(root, "unified")))
+    return plan
+
+
+def mount_cgroups_if_none() -> list[str]:
+    """Mount this kernel's cgroup hierarchies at /sys/fs/cgroup when nothing at all is mounted there, as
+    a container's init mounts them; returns the mount points made, outermost first (none on a machine
+    that has them: a working host is never changed).
+
+    runc finds the hierarchies through the mount table and cannot create a container without them. A
+    chroot that binds /sys without its submounts (../shared/tools/fresh-debian-check) has none."""
+    if not os.path.isdir(CGROUP_ROOT) or mounts_under(CGROUP_ROOT):
+        return []
+    made = []
+    try:
+        for fstype, options, point in cgroup_mount_plan(*kernel_cgroup_hierarchies()):
+            os.makedirs(point, exist_ok=True)
+            subprocess.run(["mount", "-t", fstype, "-o", options, fstype, point], check=True,
+                           capture_output=True, text=True)
+            made.append(point)
+    except (OSError, subprocess.CalledProcessError) as e:
+        unmount_cgroups(made)
+        detail = e.stderr if isinstance(e, subprocess.CalledProcessError) else str(e)
+        raise RuntimeSetupError(f"nothing is mounted at {CGROUP_ROOT} and mounting the cgroup hierarchies failed",
+                                detail) from None
+    return made
+
+
+def unmount_cgroups(points: list[str]) -> None:
+    """Undo mount_cgroups_if_none (innermost first)."""
+    for point in reversed(points):
+        if subprocess.run(["umount", point], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", point], capture_output=True)
+
+
 def remove_cgroup_tree(relative: str) -> list[str]:
     """rmdir `relative` (e.g. /podnet-test-abc) and everything under it, in every hierarchy.
 

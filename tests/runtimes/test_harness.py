@@ -11,6 +11,7 @@ import tempfile
 
 from tests.runtimes import cri, images
 from tests.runtimes.bench_sandbox import percentile, summarize
+from tests.runtimes.runtime_util import cgroup_mount_plan, kernel_cgroup_hierarchies
 
 
 def test_cri_subset_compiles_with_upstream_field_numbers():
@@ -73,3 +74,16 @@ def test_percentiles_are_nearest_rank():
     assert percentile([7.0], 99) == 7.0
     s = summarize([0.010, 0.020, 0.030])
     assert s["p50_ms"] == 20.0 and s["n"] == 3 and s["max_ms"] == 30.0
+
+
+def test_cgroup_layout_is_the_kernels_own_as_systemd_mounts_it():
+    with tempfile.TemporaryDirectory(prefix="podnet-cgroup-test-") as tmp:
+        hybrid, pure_v2 = pathlib.Path(tmp, "hybrid"), pathlib.Path(tmp, "v2")
+        hybrid.write_text("9:name=systemd:/\n8:pids:/\n2:cpu,cpuacct:/x\n0::/\n")
+        pure_v2.write_text("0::/user.slice\n")
+        assert kernel_cgroup_hierarchies(str(hybrid)) == (["name=systemd", "pids", "cpu,cpuacct"], True)
+        assert kernel_cgroup_hierarchies(str(pure_v2)) == ([], True)
+    assert cgroup_mount_plan(["name=systemd", "pids", "cpu,cpuacct"], True, "/c") == [
+        ("tmpfs", "mode=0755", "/c"), ("cgroup", "none,name=systemd", "/c/systemd"), ("cgroup", "pids", "/c/pids"),
+        ("cgroup", "cpu,cpuacct", "/c/cpu,cpuacct"), ("cgroup2", "rw", "/c/unified")]
+    assert cgroup_mount_plan([], True, "/c") == [("cgroup2", "rw", "/c")]
