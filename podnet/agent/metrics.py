@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import socketserver
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -73,7 +74,18 @@ class AgentMetrics:
         return generate_latest(self.registry)
 
 
-class _DualStackServer(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
+    """Binds without looking the host's name up: http.server's bind asks the resolver for the FQDN of
+    the listen address (for '' or '::', of this machine's hostname), which on a node whose resolver does
+    not answer (no DNS yet, a hostname missing from /etc/hosts) holds the agent's start for the resolver's
+    whole timeout. The name is used for nothing here."""
+
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+
+class _DualStackServer(_Server):
     """Listens on IPv6 and IPv4 both when bound to '::' (an empty host: every address)."""
 
     address_family = socket.AF_INET6
@@ -83,7 +95,7 @@ class _DualStackServer(ThreadingHTTPServer):
         super().server_bind()
 
 
-def _http_server(address: str, handler) -> ThreadingHTTPServer:
+def _http_server(address: str, handler) -> _Server:
     """HOST:PORT, [V6]:PORT or :PORT (every address, IPv6 and IPv4 where the node has IPv6)."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
@@ -94,7 +106,7 @@ def _http_server(address: str, handler) -> ThreadingHTTPServer:
             host = "0.0.0.0"
     if ":" in host:
         return _DualStackServer((host, int(port)), handler)
-    return ThreadingHTTPServer((host, int(port)), handler)
+    return _Server((host, int(port)), handler)
 
 
 class HealthServer:
