@@ -23,7 +23,7 @@ import itertools
 from typing import Hashable, Iterable, Mapping
 
 from podnet.calc.policy import (FROM_MAP, NODES4, NODES6, PROTECTED4, PROTECTED6, PROTECTED_PORTS, TO_MAP,
-                                _NFT_NAME, FilterConfig, FilterRuleset, NftChain, NftRule, NftSet, PolicyEndpoint,
+                                _NFT_NAME, FilterConfig, FilterRuleset, NftChain, NftSet, PolicyEndpoint,
                                 _addr_family, _base_chains, _Builder, _endpoint_chain, _policy_chains, endpoint_chain,
                                 ordered, policy_endpoint, policy_selects, set_elements, set_matches,
                                 set_type)
