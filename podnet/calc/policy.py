@@ -2,21 +2,26 @@
 
 Felix's invariants, in nftables terms:
 
-* Base chains: `forward-from` (hook forward, priority filter) dispatches by input interface to the
-  sending workload's from-workload chain (its egress policy); `forward-to` (priority filter + 1) by
-  output interface to the receiving workload's to-workload chain (its ingress policy). An accept in
-  the first base chain lets the packet on to the second, so pod-to-pod traffic on one node meets
-  both. `input` guards the node: VXLAN only from member nodes' underlay addresses; workload-to-host
-  traffic through `wl-to-host` (node-protection list, then the endpoint's egress policy, then
-  DefaultEndpointToHostAction). Each begins with conntrack ESTABLISHED/RELATED accept, INVALID drop.
+* Base chains: one `forward` chain (hook forward, priority filter) dispatches by input interface to
+  the sending workload's from-workload chain (its egress policy) and by output interface to the
+  receiving workload's to-workload chain (its ingress policy). An egress Allow is not the end: it
+  `goto`s `to-workload`, the receiving side's dispatch, so pod-to-pod traffic on one node meets both
+  policies while an established packet crosses one base chain only. `input` guards the node: VXLAN
+  only from member nodes' underlay addresses; workload-to-host traffic through `wl-to-host`
+  (node-protection list, then the endpoint's egress policy, then DefaultEndpointToHostAction).
+  Each begins with conntrack ESTABLISHED/RELATED accept, INVALID drop.
+* The tunnel's own packets (UDP to the configured VXLAN port) are not connection-tracked:
+  `raw-prerouting` and `raw-output` (priority raw) mark them `notrack`. The member-node check on
+  them is stateless, and tracking them cost a conntrack entry per flow and direction, never replied.
 * Dispatch is a verdict map keyed on the interface name (constant time per packet, as Calico's
   nftables mode does); a `cali*` interface without an element is dropped: fail closed.
 * A from-workload chain drops VXLAN and IPIP the workload sends and any source address that is not
   the endpoint's (anti-spoofing, v4 and v6), then jumps to each policy that selects the endpoint.
-* A policy becomes one chain per direction, shared by every endpoint it selects: Allow accepts,
-  Deny drops, Log logs and goes on, Pass leaves the tier for the namespace profile, which allows
-  (podnet has the default tier only; Kubernetes namespaces' profiles allow everything). When a
-  policy of the tier selected the endpoint and none decided, the endpoint chain drops.
+* A policy becomes one chain per direction, shared by every endpoint it selects: Allow allows (an
+  ingress chain accepts, an egress chain goes on to the receiving side's `to-workload`), Deny drops,
+  Log logs and goes on, Pass leaves the tier for the namespace profile, which allows (podnet has the
+  default tier only; Kubernetes namespaces' profiles allow everything). When a policy of the tier
+  selected the endpoint and none decided, the endpoint chain drops.
 * Selectors become sets of endpoint addresses (one per family), named ports sets of
   (address . protocol . port); both follow endpoint and label changes by element updates only.
 
@@ -41,6 +46,8 @@ from podnet.model.policy import (NAMESPACE_LABEL, ORCHESTRATOR_LABEL, EntityRule
 TABLE = "podnet"
 FAMILY = "inet"
 FROM_MAP, TO_MAP = "from-wl", "to-wl"
+FORWARD, TO_WORKLOAD = "forward", "to-workload"
+NOTRACK_IN, NOTRACK_OUT = "raw-prerouting", "raw-output"
 NODES4, NODES6 = "nodes4", "nodes6"
 PROTECTED4, PROTECTED6, PROTECTED_PORTS = "protected4", "protected6", "protected-ports"
 WORKLOAD_PREFIX = "cali"
@@ -362,20 +369,28 @@ def _families(rule: Rule) -> list[int | None]:
     return sorted(fams)
 
 
-def compile_rule(rule: Rule, policy: Policy, b: _Builder, info: str) -> list[NftRule]:
-    bodies, wanted = _rule_bodies(rule, policy.namespace or None, policy.name[:16] if rule.action == "Log" else "")
+def allow_verdict(direction: str) -> str:
+    """What an allowed packet does next: leaving its sender (egress) it goes on to the receiving
+    side's policy; arriving at its receiver (ingress) it is accepted."""
+    return "accept" if direction == "Ingress" else f"goto {TO_WORKLOAD}"
+
+
+def compile_rule(rule: Rule, policy: Policy, b: _Builder, info: str, direction: str = "Ingress") -> list[NftRule]:
+    bodies, wanted = _rule_bodies(rule, policy.namespace or None, policy.name[:16] if rule.action == "Log" else "",
+                                  allow_verdict(direction))
     b.wanted.update(wanted)
     return [NftRule(body, info) for body in bodies]
 
 
 @functools.lru_cache(maxsize=16384)
-def _rule_bodies(rule: Rule, namespace: str | None, log_name: str) -> tuple[tuple[str, ...], tuple]:
+def _rule_bodies(rule: Rule, namespace: str | None, log_name: str,
+                 allow: str = "accept") -> tuple[tuple[str, ...], tuple]:
     """A rule's nft matches and verdicts, and the sets they name. They depend on the rule, the
-    policy's namespace (the scope of its selectors) and, for Log, the policy's name only, so
-    policies written from one template share the work."""
+    policy's namespace (the scope of its selectors), the direction's allow verdict and, for Log,
+    the policy's name only, so policies written from one template share the work."""
     policy = _ScopeOf(namespace, log_name)
     b = _Builder()
-    out = [r.body for r in _compile_rule(rule, policy, b)]
+    out = [r.body for r in _compile_rule(rule, policy, b, allow)]
     return tuple(out), tuple(b.wanted.items())
 
 
@@ -386,11 +401,11 @@ class _ScopeOf:
     name: str
 
 
-def _compile_rule(rule: Rule, policy, b: _Builder) -> list[NftRule]:
+def _compile_rule(rule: Rule, policy, b: _Builder, allow: str = "accept") -> list[NftRule]:
     info = ""
     out = []
     proto = protocol_number(rule.protocol) if rule.protocol is not None else None
-    verdict = {"Allow": "accept", "Deny": "drop", "Pass": "accept", "Log": None}[rule.action]
+    verdict = {"Allow": allow, "Deny": "drop", "Pass": allow, "Log": None}[rule.action]
     if rule.action == "Log":
         verdict = f'log prefix "podnet {policy.name[:16]} " level info'
     for fam in _families(rule):
@@ -461,7 +476,7 @@ def _policy_chains(policy: Policy, b: _Builder) -> list[NftChain]:
         short = "ingress" if direction == "Ingress" else "egress"
         for i, rule in enumerate(policy.rules(direction)):
             info = f"{policy.display} {short}[{i}] {rule.action}"
-            rules.extend(compile_rule(rule, policy, b, info))
+            rules.extend(compile_rule(rule, policy, b, info, direction))
         chains.append(NftChain(policy_chain(policy, direction), tuple(rules)))
     return chains
 
@@ -483,7 +498,8 @@ def _endpoint_chain(ep: PolicyEndpoint, pols: list[Policy], direction: str, conf
     if pols:
         rules.append(NftRule("drop", "end of tier default: a policy selected the endpoint and none allowed"))
     else:
-        rules.append(NftRule("accept", f"no {direction.lower()} policy selects {ep.key}: the profile allows"))
+        rules.append(NftRule(allow_verdict(direction),
+                             f"no {direction.lower()} policy selects {ep.key}: the profile allows"))
     return NftChain(endpoint_chain(ep.interface, direction), tuple(rules))
 
 
@@ -493,16 +509,28 @@ _CT = (NftRule("ct state established,related accept", "established and related f
 
 def _base_chains(config: FilterConfig) -> list[NftChain]:
     wl = f'"{WORKLOAD_PREFIX}*"'
-    forward_from = NftChain("forward-from", _CT + (
+    # The tunnel's packets skip conntrack (the member-node check in `input` needs no state); priority
+    # raw runs before conntrack sees them. Only the configured VXLAN port, in this node only.
+    notrack_in = NftChain(NOTRACK_IN, (
+        NftRule(f"udp dport {config.vxlan_port} notrack", "VXLAN packets are not connection-tracked"),
+    ), "type filter hook prerouting priority raw; policy accept;")
+    notrack_out = NftChain(NOTRACK_OUT, (
+        NftRule(f"udp dport {config.vxlan_port} notrack", "VXLAN packets are not connection-tracked"),
+    ), "type filter hook output priority raw; policy accept;")
+    # One base chain: an established packet costs one chain and one rule. The sender's side first;
+    # its Allow goes on to `to-workload`, so an accept means both sides allowed.
+    forward = NftChain(FORWARD, _CT + (
         NftRule(f"iifname {wl} ip daddr . meta l4proto . th dport @{PROTECTED4} drop", "node protection"),
         NftRule(f"iifname {wl} ip6 daddr . meta l4proto . th dport @{PROTECTED6} drop", "node protection"),
         NftRule(f"iifname vmap @{FROM_MAP}", "dispatch to the sending workload's chain"),
         NftRule(f"iifname {wl} drop", "fail closed: a workload interface without a programmed endpoint"),
+        NftRule(f"goto {TO_WORKLOAD}", "not from a workload: on to the receiving side"),
     ), "type filter hook forward priority filter; policy accept;")
-    forward_to = NftChain("forward-to", _CT + (
+    to_workload = NftChain(TO_WORKLOAD, (
         NftRule(f"oifname vmap @{TO_MAP}", "dispatch to the receiving workload's chain"),
         NftRule(f"oifname {wl} drop", "fail closed: a workload interface without a programmed endpoint"),
-    ), "type filter hook forward priority filter + 1; policy accept;")
+        NftRule("accept", "not to a workload"),
+    ))
     to_host = [
         NftRule("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
                 "workloads resolve their gateway"),
@@ -524,7 +552,13 @@ def _base_chains(config: FilterConfig) -> list[NftChain]:
         NftRule(f"udp dport {config.vxlan_port} ip saddr != @{NODES4} drop", "VXLAN only from member nodes"),
         NftRule(f"udp dport {config.vxlan_port} ip6 saddr != @{NODES6} drop", "VXLAN only from member nodes"),
     ), "type filter hook input priority filter; policy accept;")
-    return [forward_from, forward_to, input_chain, wl_to_host]
+    return [notrack_in, notrack_out, forward, to_workload, input_chain, wl_to_host]
+
+
+def base_chain_names() -> dict[str, bool]:
+    """The chains every node's table has, whatever its endpoints and policies; True where the
+    protections and policy depend on the chain (False: the raw chains, which only save work)."""
+    return {c.name: c.name not in (NOTRACK_IN, NOTRACK_OUT) for c in _base_chains(FilterConfig())}
 
 
 # Diff ----------------------------------------------------------------------------------------

@@ -206,13 +206,17 @@ def test_endpoint_chains_dispatch_spoofing_vxlan_and_end_of_tier():
     fw_a = _rules(rs, endpoint_chain(a.interface, "Egress"))
     assert fw_a[:4] == ["udp dport 4789 drop", "meta l4proto 4 drop", "ip saddr != 10.244.0.1 drop",
                         "ip6 saddr != { ::, fe80::/10, fd00::1 } drop"]
-    assert fw_a[-1] == "accept"  # no egress policy: the profile allows
+    assert fw_a[-1] == "goto to-workload"  # no egress policy: the profile allows; on to the receiver's side
     assert _rules(rs, endpoint_chain(b.interface, "Ingress")) == [f"jump {policy_chain(deny_b, 'Ingress')}", "drop"]
     assert _rules(rs, policy_chain(deny_b, "Ingress")) == []  # selected, no rule: default deny
     assert _rules(rs, endpoint_chain(a.interface, "Ingress")) == ["accept"]
     assert "fw-" + remote.interface not in rs.chains
-    forward_from = _rules(rs, "forward-from")
-    assert forward_from[0] == "ct state established,related accept" and forward_from[-1] == 'iifname "cali*" drop'
+    # One forward base chain: established first, the sender's side, then (goto) the receiver's.
+    forward = _rules(rs, "forward")
+    assert forward[0] == "ct state established,related accept" and forward[1] == "ct state invalid drop"
+    assert forward[-3:] == ["iifname vmap @from-wl", 'iifname "cali*" drop', "goto to-workload"]
+    assert _rules(rs, "to-workload") == ["oifname vmap @to-wl", 'oifname "cali*" drop', "accept"]
+    assert [c.name for c in rs.chains.values() if c.hook and "hook forward" in c.hook] == ["forward"]
     assert any("udp dport 4789 ip saddr != @nodes4 drop" == r for r in _rules(rs, "input"))
 
 
@@ -277,7 +281,28 @@ def test_from_nothing_replaces_the_whole_table_in_one_transaction():
     rs = compute_filter("n1", [endpoint("n1", "x", "a", 1)], [], ["172.31.0.11/24"])
     cmds = diff_filter(None, rs)
     assert cmds[:2] == ["table inet podnet {}", "delete table inet podnet"]
-    assert cmds[2].startswith("table inet podnet {") and "chain forward-from" in cmds[2]
+    assert cmds[2].startswith("table inet podnet {") and "chain forward {" in cmds[2]
+
+
+def test_vxlan_packets_are_not_tracked_on_the_configured_port_only():
+    rs = compute_filter("n1", [], [], [], FilterConfig(vxlan_port=8472))
+    for chain, hook in (("raw-prerouting", "prerouting"), ("raw-output", "output")):
+        assert rs.chains[chain].hook == f"type filter hook {hook} priority raw; policy accept;"
+        assert _rules(rs, chain) == ["udp dport 8472 notrack"]
+    # Untracked, the tunnel's packets meet the stateless member-node check in input.
+    assert "udp dport 8472 ip saddr != @nodes4 drop" in _rules(rs, "input")
+
+
+def test_an_egress_allow_goes_on_to_the_receivers_policy():
+    a = endpoint("n1", "x", "a", 1, {"pod": "a"})
+    p = cnp("both", {"selector": "all()", "types": ["Ingress", "Egress"],
+                     "ingress": [{"action": "Allow", "protocol": "TCP"}, {"action": "Pass", "protocol": "UDP"}],
+                     "egress": [{"action": "Allow", "protocol": "TCP"}, {"action": "Pass", "protocol": "UDP"},
+                                {"action": "Deny"}]}, ns="x")
+    rs = compute_filter("n1", [a], [p], [])
+    assert _rules(rs, policy_chain(p, "Ingress")) == ["meta l4proto 6 accept", "meta l4proto 17 accept"]
+    assert _rules(rs, policy_chain(p, "Egress")) == ["meta l4proto 6 goto to-workload",
+                                                     "meta l4proto 17 goto to-workload", "drop"]
 
 
 def test_endpoint_to_host_action_drop_and_protected_ports():
