@@ -390,8 +390,11 @@ def check_vxlan_port(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
 
 
 def check_filter(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
-    """The filter layer: its table is there, every pod of the node is programmed (else its interface
-    passes nothing), and VXLAN is accepted from every node (the node sets are not stale)."""
+    """The filter layer: its table is there with its base chains, every pod of the node is programmed
+    (else its interface passes nothing), and VXLAN is accepted from every node (the node sets are not
+    stale)."""
+    from podnet.calc.policy import base_chain_names
+
     table = n.kernel.filter_table
     if table is None:
         return []  # nft missing: check_vxlan_port says so
@@ -402,6 +405,16 @@ def check_filter(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
                         f"check the agent of {n.name} (its log says why it could not program the table); "
                         f"{where}nft list table inet podnet")]
     out = []
+    have = set(table.get("chains", ()))
+    for name, enforces in base_chain_names().items():
+        if name not in have:
+            out.append(Finding(
+                ERROR if enforces else WARNING, "filter", n.name,
+                f"the chain {name} of the filter table is missing: " + (
+                    "network policy and the VXLAN-mode protections are not all enforced on this node" if enforces
+                    else "the tunnel's packets are connection-tracked again (slower, nothing unprotected)"),
+                f"check the agent of {n.name} (its periodic resync programs the table again); "
+                f"{where}nft list table inet podnet"))
     programmed = set(table["endpoints"])
     for pod in facts.pods:
         if pod.node == n.name and pod.host_interface and pod.host_interface not in programmed:

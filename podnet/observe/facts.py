@@ -696,16 +696,18 @@ def read_firewall(netns: str | None) -> list[FirewallRule] | None:
 
 def read_filter_table(netns: str | None) -> dict | None:
     """podnet's filter table (`inet podnet`) in brief: {"present", "nodes4", "nodes6", "endpoints"} (the
-    interfaces its dispatch maps hold); None if nft is missing."""
+    interfaces its dispatch maps hold), "chains" (their names); None if nft is missing."""
     if not nftables.available():
         return None
     with _inside(netns):
         try:
             listing = nftables.run(None, "-j", "list", "table", "inet", "podnet", transient=True, timeout=10)
         except nftables.NftError:
-            return {"present": False, "nodes4": [], "nodes6": [], "endpoints": []}
-    out = {"present": True, "nodes4": [], "nodes6": [], "endpoints": []}
+            return {"present": False, "nodes4": [], "nodes6": [], "endpoints": [], "chains": []}
+    out = {"present": True, "nodes4": [], "nodes6": [], "endpoints": [], "chains": []}
     for item in json.loads(listing or "{}").get("nftables", []):
+        if "chain" in item:
+            out["chains"].append(item["chain"]["name"])
         body = item.get("set") or item.get("map")
         if not body:
             continue

@@ -27,7 +27,7 @@ def read_policy_inputs(store) -> dict:
 
 
 def add_filter_hops(t: Trace, facts, inputs: dict, protocol: str = "icmp", port: int | None = None) -> None:
-    from podnet.calc.policy import Packet, endpoint_chain, evaluate
+    from podnet.calc.policy import FROM_MAP, TO_MAP, Packet, endpoint_chain, evaluate
 
     eps = inputs["endpoints"]
     by_ip = {ip: ep for ep in eps.values() for ip in ep.ips}
@@ -45,7 +45,10 @@ def add_filter_hops(t: Trace, facts, inputs: dict, protocol: str = "icmp", port:
         node = facts.nodes.get(node_name)
         table = node.kernel.filter_table if node is not None and node.kernel is not None else None
         explain = (f"{what} from {t.src.ip} to {t.dst.ip}: the policies that select {ep.key} are evaluated in "
-                   "order (Calico's by order, then Kubernetes' as knp.default.*)")
+                   "order (Calico's by order, then Kubernetes' as knp.default.*); the node's forward chain "
+                   + ("sends a new flow to this chain, whose allow goes on to the receiver's side (to-workload)"
+                      if direction == "Egress" else "reaches this chain through to-workload, whose allow accepts")
+                   + "; later packets of an allowed flow are accepted as established")
         where = node_name
         if table is not None and not table["present"]:
             hops.append(Hop(f"filter-{direction.lower()}", where, title, BROKEN,
@@ -55,7 +58,8 @@ def add_filter_hops(t: Trace, facts, inputs: dict, protocol: str = "icmp", port:
         if table is not None and ep.interface not in table["endpoints"]:
             hops.append(Hop(f"filter-{direction.lower()}", where, title, BROKEN,
                             f"{ep.interface} has no programmed endpoint: it passes nothing (fail closed)", explain,
-                            f'"{ep.interface}" in map from-wl', None, f"check the agent of {node_name}"))
+                            f'"{ep.interface}" in map {FROM_MAP if direction == "Egress" else TO_MAP}', None,
+                            f"check the agent of {node_name}"))
             continue
         status = OK if verdict.allowed else BROKEN
         hint = None if verdict.allowed else "a policy decides this: change the policy if the packet should pass"
