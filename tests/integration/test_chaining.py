@@ -182,13 +182,27 @@ def sandbox(lab):
         topology.delete_netns(name)
 
 
+# http.server's file server, bound without its name lookup: `python3 -m http.server` asks the resolver for
+# this machine's FQDN first, and in a pod whose resolver cannot answer (no route to it) and a machine whose
+# hostname is not in /etc/hosts (a debootstrap'd Debian) that waits out the resolver's 10 s timeout.
+FILE_SERVER = """
+import functools, http.server, socketserver, sys
+class Server(http.server.ThreadingHTTPServer):
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[2])
+Server(("0.0.0.0", int(sys.argv[1])), handler).serve_forever()
+"""
+
+
 class Server:
-    """`python3 -m http.server` inside a pod namespace, started and ended by its PID."""
+    """http.server's file server inside a pod namespace, started and ended by its PID."""
 
     def __init__(self, netns: str, port: int, directory: Path):
         # `ip netns exec` execs the command: the PID is the server's own.
-        self.proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-m", "http.server", str(port),
-                                      "--bind", "0.0.0.0", "--directory", str(directory)],
+        self.proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", FILE_SERVER, str(port),
+                                      str(directory)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.netns, self.port = netns, port
 
