@@ -109,9 +109,12 @@ class Reconciler:
         desired entries set or deleted. Work in proportion to the nodes that changed, except
         when everything did (start, pools, agent configurations, the local node)."""
         everything, names = self.view.take_changes()
-        if everything or self._full or self.local.name in names:
-            self._trim_after = True
+        # The local node's record or blocks changed (its first pod's block, say): every node's entries
+        # depend on its record only through the context, so only a different context recomputes them.
+        if everything or self._full:
             return self._update_all()
+        if self.local.name in names and self._set_context():
+            return self._update_all(context_set=True)
         delta = Delta()
         for name in names:
             node, blocks, borrowed = self.view.node_facts(name)
@@ -120,8 +123,9 @@ class Reconciler:
             self.index.update(name, node, blocks, borrowed, delta)
         return self._feed(delta)
 
-    def _update_all(self) -> int:
-        self._full = False
+    def _set_context(self) -> bool:
+        """What every node's entries depend on (the local node, the effective configuration, the
+        underlay MTU, the pools) into the index; True if it changed."""
         pools, configs = self.view.cluster_facts()
         # This agent registered its own node and knows its addresses first; only the labels
         # (an administrator may change them) come from the datastore's record.
@@ -129,9 +133,17 @@ class Reconciler:
         local = dataclasses.replace(self.local, labels=recorded.labels) if recorded else self.local
         config = effective_config(self.config, configs, local.name)
         self.effective = config
-        self.index.set_context(local, config, self._host_mtu(config, local), pools)
+        return self.index.set_context(local, config, self._host_mtu(config, local), pools)
+
+    def _update_all(self, context_set: bool = False) -> int:
+        self._full = False
+        self._trim_after = True
+        if not context_set:
+            self._set_context()
+        pools = self.view.cluster_facts()[0]
+        local = self.index.contexts[0].local
         self.devices.set_desired(self.index.devices)
-        self.nat.set_desired(nat_ruleset(pools, config.device))
+        self.nat.set_desired(nat_ruleset(pools, self.effective.device))
         delta = Delta()
         names = self.view.node_names() | set(self.index.by_node)
         for name in names:
