@@ -23,7 +23,7 @@ config on stdin, inside the node's network namespace) and checks, around that on
 - the exit code is not 0 and stdout is exactly one spec error object whose "code" is `code`,
   with a non-empty "msg" and a supported "cniVersion";
 - no Python traceback on stdout, on stderr, or in any agent's log written meanwhile;
-- nothing leaked or damaged (`State`): every lab node's links (name, index, MAC, MTU, flags), their
+- nothing leaked or damaged (`State`): every lab node's links (name, index, MAC, MTU, flags but IFF_RUNNING), their
   addresses, every route of every table and the default route; the underlay namespace likewise;
   the machine's own eth0, its addresses and its default route (read, never written); the IPAM
   allocations (address -> handle); the workload endpoint records;
@@ -105,6 +105,12 @@ class State:
         return out
 
 
+# IFF_RUNNING follows the operational state, which the kernel's link watcher sets by itself, late (up to a
+# second after a fresh veth's carrier, longer on a loaded machine): no witness either. IFF_UP and
+# IFF_LOWER_UP (the carrier) stay in the comparison.
+IFF_RUNNING = 0x40
+
+
 def _kernel_made(address: str | None) -> bool:
     """IPv6 link-local and multicast addresses and routes: the kernel adds them by itself (late, after
     DAD, on a fresh link), so they are no witness; the links they belong to are."""
@@ -117,8 +123,8 @@ def _kernel_state(ipr: IPRoute, only: str | None = None) -> dict:
     and the default routes (the machine's own namespace, where others' tests may come and go)."""
     found = ipr.get_links()
     names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in found}
-    links = {(l["index"], names[l["index"]], l.get_attr("IFLA_ADDRESS"), l.get_attr("IFLA_MTU"), l["flags"])
-             for l in found if only in (None, names[l["index"]])}
+    links = {(l["index"], names[l["index"]], l.get_attr("IFLA_ADDRESS"), l.get_attr("IFLA_MTU"),
+              l["flags"] & ~IFF_RUNNING) for l in found if only in (None, names[l["index"]])}
     addresses = set()
     for a in ipr.get_addr():
         local = a.get_attr("IFA_ADDRESS") or a.get_attr("IFA_LOCAL")
