@@ -10,9 +10,6 @@ Felix's invariants, in nftables terms:
   only from member nodes' underlay addresses; workload-to-host traffic through `wl-to-host`
   (node-protection list, then the endpoint's egress policy, then DefaultEndpointToHostAction).
   Each begins with conntrack ESTABLISHED/RELATED accept, INVALID drop.
-* The tunnel's own packets (UDP to the configured VXLAN port) are not connection-tracked:
-  `raw-prerouting` and `raw-output` (priority raw) mark them `notrack`. The member-node check on
-  them is stateless, and tracking them cost a conntrack entry per flow and direction, never replied.
 * Dispatch is a verdict map keyed on the interface name (constant time per packet, as Calico's
   nftables mode does); a `cali*` interface without an element is dropped: fail closed.
 * A from-workload chain drops VXLAN and IPIP the workload sends and any source address that is not
@@ -47,7 +44,6 @@ TABLE = "podnet"
 FAMILY = "inet"
 FROM_MAP, TO_MAP = "from-wl", "to-wl"
 FORWARD, TO_WORKLOAD = "forward", "to-workload"
-NOTRACK_IN, NOTRACK_OUT = "raw-prerouting", "raw-output"
 NODES4, NODES6 = "nodes4", "nodes6"
 PROTECTED4, PROTECTED6, PROTECTED_PORTS = "protected4", "protected6", "protected-ports"
 WORKLOAD_PREFIX = "cali"
@@ -509,14 +505,6 @@ _CT = (NftRule("ct state established,related accept", "established and related f
 
 def _base_chains(config: FilterConfig) -> list[NftChain]:
     wl = f'"{WORKLOAD_PREFIX}*"'
-    # The tunnel's packets skip conntrack (the member-node check in `input` needs no state); priority
-    # raw runs before conntrack sees them. Only the configured VXLAN port, in this node only.
-    notrack_in = NftChain(NOTRACK_IN, (
-        NftRule(f"udp dport {config.vxlan_port} notrack", "VXLAN packets are not connection-tracked"),
-    ), "type filter hook prerouting priority raw; policy accept;")
-    notrack_out = NftChain(NOTRACK_OUT, (
-        NftRule(f"udp dport {config.vxlan_port} notrack", "VXLAN packets are not connection-tracked"),
-    ), "type filter hook output priority raw; policy accept;")
     # One base chain: an established packet costs one chain and one rule. The sender's side first;
     # its Allow goes on to `to-workload`, so an accept means both sides allowed.
     forward = NftChain(FORWARD, _CT + (
@@ -552,13 +540,12 @@ def _base_chains(config: FilterConfig) -> list[NftChain]:
         NftRule(f"udp dport {config.vxlan_port} ip saddr != @{NODES4} drop", "VXLAN only from member nodes"),
         NftRule(f"udp dport {config.vxlan_port} ip6 saddr != @{NODES6} drop", "VXLAN only from member nodes"),
     ), "type filter hook input priority filter; policy accept;")
-    return [notrack_in, notrack_out, forward, to_workload, input_chain, wl_to_host]
+    return [forward, to_workload, input_chain, wl_to_host]
 
 
-def base_chain_names() -> dict[str, bool]:
-    """The chains every node's table has, whatever its endpoints and policies; True where the
-    protections and policy depend on the chain (False: the raw chains, which only save work)."""
-    return {c.name: c.name not in (NOTRACK_IN, NOTRACK_OUT) for c in _base_chains(FilterConfig())}
+def base_chain_names() -> list[str]:
+    """The chains every node's table has, whatever its endpoints and policies."""
+    return [c.name for c in _base_chains(FilterConfig())]
 
 
 # Diff ----------------------------------------------------------------------------------------

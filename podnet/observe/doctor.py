@@ -406,15 +406,12 @@ def check_filter(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
                         f"{where}nft list table inet podnet")]
     out = []
     have = set(table.get("chains", ()))
-    for name, enforces in base_chain_names().items():
+    for name in base_chain_names():
         if name not in have:
-            out.append(Finding(
-                ERROR if enforces else WARNING, "filter", n.name,
-                f"the chain {name} of the filter table is missing: " + (
-                    "network policy and the VXLAN-mode protections are not all enforced on this node" if enforces
-                    else "the tunnel's packets are connection-tracked again (slower, nothing unprotected)"),
-                f"check the agent of {n.name} (its periodic resync programs the table again); "
-                f"{where}nft list table inet podnet"))
+            out.append(Finding(ERROR, "filter", n.name, f"the chain {name} of the filter table is missing: network "
+                               "policy and the VXLAN-mode protections are not all enforced on this node",
+                               f"check the agent of {n.name} (its periodic resync programs the table again); "
+                               f"{where}nft list table inet podnet"))
     programmed = set(table["endpoints"])
     for pod in facts.pods:
         if pod.node == n.name and pod.host_interface and pod.host_interface not in programmed:

@@ -194,15 +194,6 @@ def test_the_vxlan_allow_list_follows_nodes_and_a_restart_changes_nothing(lab):
     assert after == before
 
 
-def test_the_tunnels_packets_are_not_tracked_but_pod_flows_are(lab):
-    a, b = _pod(lab, "a"), _pod(lab, "b")
-    assert "pod-flow" in deliver(lab, b["netns"], [(a["netns"], a["ip"], b["ip"], 9999, b"pod-flow")])
-    for node in ("node-1", "node-2"):  # the sender's node (output) and the receiver's (prerouting)
-        table = lab.exec(lab.node_netns(node), "cat", "/proc/net/nf_conntrack", check=True).stdout
-        assert f"src={a['ip']} dst={b['ip']}" in table and "dport=9999" in table  # control: the pod flow
-        assert "dport=4789" not in table
-
-
 def test_doctor_checks_the_filter_layer(lab, capsys):
     from podnet.cli.main import main
 
@@ -219,12 +210,13 @@ def test_doctor_checks_the_filter_layer(lab, capsys):
         lab.exec(node, "nft", "delete", "element", "inet", "podnet", "from-wl", f'{{ "{a["host_interface"]}" }}',
                  check=True)
         lab.exec(node, "nft", "delete", "element", "inet", "podnet", "nodes4", "{ 172.31.0.12 }", check=True)
-        lab.exec(node, "nft", "delete", "chain", "inet", "podnet", "raw-output", check=True)
+        lab.exec(node, "nft", "flush", "chain", "inet", "podnet", "input", check=True)
+        lab.exec(node, "nft", "delete", "chain", "inet", "podnet", "input", check=True)
         found = findings()
         problems = [f["problem"] for f in found]
         assert any(a["host_interface"] in p and "no programmed endpoint" in p for p in problems)
         assert any("172.31.0.12 is not in the set nodes4" in p for p in problems)
-        assert [f["severity"] for f in found if "chain raw-output" in f["problem"]] == ["warning"]
+        assert [f["severity"] for f in found if "chain input " in f["problem"]] == ["error"]
         assert not any("chain forward " in p for p in problems)  # control: the chains that are there
         lab.exec(node, "nft", "delete", "table", "inet", "podnet", check=True)
         assert any("filter table inet podnet is missing" in f["problem"] for f in findings())

@@ -284,15 +284,6 @@ def test_from_nothing_replaces_the_whole_table_in_one_transaction():
     assert cmds[2].startswith("table inet podnet {") and "chain forward {" in cmds[2]
 
 
-def test_vxlan_packets_are_not_tracked_on_the_configured_port_only():
-    rs = compute_filter("n1", [], [], [], FilterConfig(vxlan_port=8472))
-    for chain, hook in (("raw-prerouting", "prerouting"), ("raw-output", "output")):
-        assert rs.chains[chain].hook == f"type filter hook {hook} priority raw; policy accept;"
-        assert _rules(rs, chain) == ["udp dport 8472 notrack"]
-    # Untracked, the tunnel's packets meet the stateless member-node check in input.
-    assert "udp dport 8472 ip saddr != @nodes4 drop" in _rules(rs, "input")
-
-
 def test_an_egress_allow_goes_on_to_the_receivers_policy():
     a = endpoint("n1", "x", "a", 1, {"pod": "a"})
     p = cnp("both", {"selector": "all()", "types": ["Ingress", "Egress"],
