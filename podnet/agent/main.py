@@ -31,6 +31,7 @@ from podnet.datastore import default_url, open_datastore
 from podnet.datastore.api import DatastoreError
 from podnet.datastore.resources import Resources
 from podnet.errors import PodnetError
+from podnet.heap import QuietTrim
 from podnet.ipam import Ipam
 from podnet.model import IPPool
 from podnet.model.nodestatus import LIVENESS_TTL_SECONDS
@@ -38,6 +39,7 @@ from podnet.model.nodestatus import LIVENESS_TTL_SECONDS
 log = logging.getLogger("podnet.agent")
 
 STORE_CHECK_SECONDS = 1.0
+HEAP_QUIET_SECONDS = 1.0  # after the last change, before freed heap memory is returned
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -112,6 +114,9 @@ class Agent:
         self.ipr = IPRoute()
         self.host = rtnl.RtnlSocket()
         self.dirty = threading.Event()
+        # What a run of changes freed (CNI requests, filter and routing passes, libnftables) goes back
+        # to the system once the agent is quiet: glibc would keep it in each thread's arena.
+        self.heap = QuietTrim(HEAP_QUIET_SECONDS)
         self.stop = threading.Event()
         self.view = DatastoreView(self.store, self.dirty.set)
         self.reconciler: Reconciler | None = None
@@ -324,9 +329,13 @@ class Agent:
         status_written = 0.0
         while not self.stop.is_set():
             due = self.reconciler.next_due() if self.reconciler else interval
-            self.dirty.wait(max(0.0, min(due, next_tick - time.monotonic())))
+            trim_in = self.heap.seconds_left()
+            woke = self.dirty.wait(max(0.0, min(due, next_tick - time.monotonic(),
+                                                trim_in if trim_in is not None else interval)))
             if self.stop.is_set():
                 break
+            if woke:  # a change (datastore, kernel, a CNI request's records): the heap is trimmed after the run
+                self.heap.worked()
             self.dirty.clear()
             self.heartbeat.beat()
             tick = time.monotonic() >= next_tick
@@ -374,7 +383,8 @@ class Agent:
                 status_written = time.monotonic()
             self._last_failed = bool(result and result.failures)
             if result is not None:  # after the status: no one waits for the heap housekeeping
-                self.reconciler.release_memory()
+                if not self.reconciler.release_memory():
+                    self.heap.maybe()
 
     def _record(self, result) -> None:
         m = self.metrics

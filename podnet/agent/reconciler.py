@@ -10,7 +10,6 @@ replaced in place, so an agent restart deletes and re-adds nothing.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import errno
 import gc
@@ -22,6 +21,7 @@ from typing import Iterable
 
 from pyroute2 import IPRoute
 
+from podnet import heap
 from podnet.agent.offloads import OffloadKeeper
 from podnet.agent.syncer import DatastoreView
 from podnet.calc import VxlanConfig
@@ -243,7 +243,4 @@ def _release_memory() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the memory is reused, only not returned
-        pass
+    heap.trim()

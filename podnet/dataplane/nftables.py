@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import threading
 
+from podnet import heap
 from podnet.errors import PodnetError
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class NftContext:
         out = (lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode(errors="replace")
         err = (lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace").strip()
         if len(command) > TRIM_ABOVE:
-            _trim_heap()
+            heap.trim()
         if rc != 0:
             if source:
                 err = err.replace(source + ":", "line ")  # "line 3:81-81: Error: ..."
@@ -146,13 +147,6 @@ class NftContext:
             self.close()
         except Exception:
             pass
-
-
-def _trim_heap() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the memory is reused, only not returned
-        pass
 
 
 _local = threading.local()
