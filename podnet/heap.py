@@ -12,16 +12,32 @@ import time
 from typing import Callable
 
 _libc = None
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def _glibc():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL("libc.so.6")
+    return _libc
 
 
 def trim() -> bool:
     """Return the heap's free pages to the system; False where that cannot be done (not glibc)."""
-    global _libc
     try:
-        if _libc is None:
-            _libc = ctypes.CDLL("libc.so.6")
-        return bool(_libc.malloc_trim(0))
+        return bool(_glibc().malloc_trim(0))
     except (OSError, AttributeError):  # not glibc: the memory is reused, only not returned
+        return False
+
+
+def single_arena() -> bool:
+    """Let every thread allocate from one malloc arena (call before starting threads). glibc gives
+    threads arenas of their own (up to 8 per core) so they need not wait for each other; the agent's
+    threads run under one interpreter lock, so that buys little, and each arena keeps what its threads
+    freed for them alone (measured: 4-7 MiB of the agent at 10,000 nodes and 250 pods)."""
+    try:
+        return bool(_glibc().mallopt(M_ARENA_MAX, 1))
+    except (OSError, AttributeError):
         return False
 
 

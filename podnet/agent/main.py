@@ -31,6 +31,7 @@ from podnet.datastore import default_url, open_datastore
 from podnet.datastore.api import DatastoreError
 from podnet.datastore.resources import Resources
 from podnet.errors import PodnetError
+from podnet import heap
 from podnet.heap import QuietTrim
 from podnet.ipam import Ipam
 from podnet.model import IPPool
@@ -431,6 +432,7 @@ class Agent:
 
 
 def run(args) -> int:
+    heap.single_arena()  # before any thread starts (see heap.py)
     setup_logging(args.log_format, args.log_level, args.node)
     agent = Agent(args)
 
