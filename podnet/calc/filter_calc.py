@@ -23,8 +23,8 @@ import itertools
 from typing import Hashable, Iterable, Mapping
 
 from podnet.calc.policy import (FROM_MAP, NODES4, NODES6, PROTECTED4, PROTECTED6, PROTECTED_PORTS, TO_MAP,
-                                _NFT_NAME, FilterConfig, FilterRuleset, NftChain, NftSet, PolicyEndpoint,
-                                _addr_family, _base_chains, _Builder, _endpoint_chain, _policy_chains, endpoint_chain,
+                                NFT_NAME, FilterConfig, FilterRuleset, NftChain, NftSet, PolicyEndpoint,
+                                addr_family, base_chains, SetRequests, workload_chain, policy_chains, endpoint_chain,
                                 ordered, policy_endpoint, policy_selects, set_elements, set_matches,
                                 set_type)
 from podnet.model.policy import Policy
@@ -148,7 +148,7 @@ class FilterCalculator:
 
     def _is_local(self, ep: PolicyEndpoint) -> bool:
         # No interface nft can name: a cali* one then passes nothing (fail closed).
-        return ep.node == self.node and bool(_NFT_NAME.match(ep.interface or ""))
+        return ep.node == self.node and bool(NFT_NAME.match(ep.interface or ""))
 
     def _take_endpoints(self, changes: Mapping, ifaces: set) -> list:
         changed = []
@@ -230,7 +230,7 @@ class FilterCalculator:
         hit = self._ep_chains.get((ep.interface, direction))
         if hit is not None and hit[0] == depends:
             return hit[1]
-        chain = _endpoint_chain(ep, selected, direction, self.config)
+        chain = workload_chain(ep, selected, direction, self.config)
         self._ep_chains[(ep.interface, direction)] = (depends, chain)
         return chain
 
@@ -272,8 +272,8 @@ class FilterCalculator:
         old_chains, old_sets = (programmed[1], programmed[2]) if programmed else ((), ())
         chains, sets = [], {}
         if wanted:
-            b = _Builder()
-            chains = _policy_chains(p, b)
+            b = SetRequests()
+            chains = policy_chains(p, b)
             sets = b.wanted
             for c in chains:
                 rs.put_chain(c)
@@ -370,17 +370,17 @@ class FilterCalculator:
                 self._nodes.pop(key, None)
             dirty = True
         if dirty:
-            rs.put_set(NftSet(NODES4, "ipv4_addr", frozenset(a for a in self._node_counts if _addr_family(a) == 4)))
-            rs.put_set(NftSet(NODES6, "ipv6_addr", frozenset(a for a in self._node_counts if _addr_family(a) == 6)))
+            rs.put_set(NftSet(NODES4, "ipv4_addr", frozenset(a for a in self._node_counts if addr_family(a) == 4)))
+            rs.put_set(NftSet(NODES6, "ipv6_addr", frozenset(a for a in self._node_counts if addr_family(a) == 6)))
 
     def _apply_config(self, rs: FilterRuleset) -> None:
-        for c in _base_chains(self.config):
+        for c in base_chains(self.config):
             rs.put_chain(c)
         p4, p6, ports = set(), set(), set()
         for addr, proto, port in self.config.protected:
             if addr is None:
                 ports.add(f"{proto} . {port}")
-            elif _addr_family(addr) == 4:
+            elif addr_family(addr) == 4:
                 p4.add(f"{addr} . {proto} . {port}")
             else:
                 p6.add(f"{ipaddress.ip_address(addr)} . {proto} . {port}")

@@ -48,7 +48,7 @@ NODES4, NODES6 = "nodes4", "nodes6"
 PROTECTED4, PROTECTED6, PROTECTED_PORTS = "protected4", "protected6", "protected-ports"
 WORKLOAD_PREFIX = "cali"
 ENDPOINT_TO_HOST_ACTIONS = ("Accept", "Drop", "Return")
-_NFT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # an interface name nft takes as a chain name's tail
+NFT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # an interface name nft takes as a chain name's tail
 _PROTO_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132, "udplite": 136}
 
 
@@ -256,7 +256,7 @@ class FilterRuleset:
         return "\n".join(out) + "\n"
 
 
-def _addr_family(ip: str) -> int:
+def addr_family(ip: str) -> int:
     return 6 if ":" in ip else 4
 
 
@@ -285,7 +285,7 @@ def endpoint_chain(interface: str, direction: str) -> str:
     return ("tw-" if direction == "Ingress" else "fw-") + interface
 
 
-class _Builder:
+class SetRequests:
     """Collects the sets a policy's rules ask for, by what they mean (their names follow from that
     alone); calc/filter_calc.py computes their members."""
 
@@ -311,14 +311,14 @@ def set_type(spec: tuple) -> str:
 
 
 def set_matches(spec: tuple, ep: PolicyEndpoint) -> bool:
-    """Whether the selector of set `spec` (a _Builder request) matches `ep` (its signature decides)."""
+    """Whether the selector of set `spec` (a SetRequests request) matches `ep` (its signature decides)."""
     return spec[2].admits(ep) and selectors.parse(spec[1], "selector").matches(ep.labels)
 
 
 def set_elements(spec: tuple, ep: PolicyEndpoint) -> frozenset:
     """What endpoint `ep`, when `set_matches`, puts into the set `spec`."""
     kind, family = spec[0], spec[3]
-    ips = [ip for ip in ep.ips if _addr_family(ip) == family]
+    ips = [ip for ip in ep.ips if addr_family(ip) == family]
     if kind == "sel":
         return frozenset(ips)
     port, protocol = spec[4:]
@@ -355,7 +355,7 @@ def _families(rule: Rule) -> list[int | None]:
         specific = True
     for e in (rule.source, rule.destination):
         if e.nets:
-            fams &= {_addr_family(n) for n in e.nets}
+            fams &= {addr_family(n) for n in e.nets}
             specific = True
         if (e.selector is not None or e.not_selector is not None or e.namespace_selector is not None or e.not_nets
                 or any(isinstance(p, str) for p in e.ports + e.not_ports)):
@@ -371,7 +371,7 @@ def allow_verdict(direction: str) -> str:
     return "accept" if direction == "Ingress" else f"goto {TO_WORKLOAD}"
 
 
-def compile_rule(rule: Rule, policy: Policy, b: _Builder, info: str, direction: str = "Ingress") -> list[NftRule]:
+def compile_rule(rule: Rule, policy: Policy, b: SetRequests, info: str, direction: str = "Ingress") -> list[NftRule]:
     bodies, wanted = _rule_bodies(rule, policy.namespace or None, policy.name[:16] if rule.action == "Log" else "",
                                   allow_verdict(direction))
     b.wanted.update(wanted)
@@ -385,7 +385,7 @@ def _rule_bodies(rule: Rule, namespace: str | None, log_name: str,
     policy's namespace (the scope of its selectors), the direction's allow verdict and, for Log,
     the policy's name only, so policies written from one template share the work."""
     policy = _ScopeOf(namespace, log_name)
-    b = _Builder()
+    b = SetRequests()
     out = [r.body for r in _compile_rule(rule, policy, b, allow)]
     return tuple(out), tuple(b.wanted.items())
 
@@ -397,7 +397,7 @@ class _ScopeOf:
     name: str
 
 
-def _compile_rule(rule: Rule, policy, b: _Builder, allow: str = "accept") -> list[NftRule]:
+def _compile_rule(rule: Rule, policy, b: SetRequests, allow: str = "accept") -> list[NftRule]:
     info = ""
     out = []
     proto = protocol_number(rule.protocol) if rule.protocol is not None else None
@@ -425,12 +425,12 @@ def _compile_rule(rule: Rule, policy, b: _Builder, allow: str = "accept") -> lis
         for side, e, addr in (("source", rule.source, "saddr"), ("destination", rule.destination, "daddr")):
             if fam is None:
                 continue
-            nets = [n for n in e.nets if _addr_family(n) == fam]
+            nets = [n for n in e.nets if addr_family(n) == fam]
             if e.nets and not nets:
                 skip = True  # no network of this family: the rule cannot match it
             if nets:
                 base.append(f"{ipk} {addr} {_nets_expr(nets)}")
-            not_nets = [n for n in e.not_nets if _addr_family(n) == fam]
+            not_nets = [n for n in e.not_nets if addr_family(n) == fam]
             if not_nets:
                 base.append(f"{ipk} {addr} != {_nets_expr(not_nets)}")
             scope = entity_scope(e, policy)
@@ -465,7 +465,7 @@ def _compile_rule(rule: Rule, policy, b: _Builder, allow: str = "accept") -> lis
     return out
 
 
-def _policy_chains(policy: Policy, b: _Builder) -> list[NftChain]:
+def policy_chains(policy: Policy, b: SetRequests) -> list[NftChain]:
     chains = []
     for direction in policy.types:
         rules: list[NftRule] = []
@@ -477,13 +477,13 @@ def _policy_chains(policy: Policy, b: _Builder) -> list[NftChain]:
     return chains
 
 
-def _endpoint_chain(ep: PolicyEndpoint, pols: list[Policy], direction: str, config: FilterConfig) -> NftChain:
+def workload_chain(ep: PolicyEndpoint, pols: list[Policy], direction: str, config: FilterConfig) -> NftChain:
     rules = []
     if direction == "Egress":
         rules.append(NftRule(f"udp dport {config.vxlan_port} drop", "workloads may not send VXLAN"))
         rules.append(NftRule("meta l4proto 4 drop", "workloads may not send IPIP"))
-        v4 = sorted(ip for ip in ep.ips if _addr_family(ip) == 4)
-        v6 = sorted(ip for ip in ep.ips if _addr_family(ip) == 6)
+        v4 = sorted(ip for ip in ep.ips if addr_family(ip) == 4)
+        v6 = sorted(ip for ip in ep.ips if addr_family(ip) == 6)
         rules.append(NftRule(f"ip saddr != {_nets_expr(v4)} drop" if v4 else "meta nfproto ipv4 drop",
                              f"anti-spoofing: {ep.key} sends from its own IPv4 address only"))
         # Link-local and unspecified sources are never forwarded; the host needs them for NDP and DAD.
@@ -503,7 +503,7 @@ _CT = (NftRule("ct state established,related accept", "established and related f
        NftRule("ct state invalid drop", "invalid packets"))
 
 
-def _base_chains(config: FilterConfig) -> list[NftChain]:
+def base_chains(config: FilterConfig) -> list[NftChain]:
     wl = f'"{WORKLOAD_PREFIX}*"'
     # One base chain: an established packet costs one chain and one rule. The sender's side first;
     # its Allow goes on to `to-workload`, so an accept means both sides allowed.
@@ -545,7 +545,7 @@ def _base_chains(config: FilterConfig) -> list[NftChain]:
 
 def base_chain_names() -> list[str]:
     """The chains every node's table has, whatever its endpoints and policies."""
-    return [c.name for c in _base_chains(FilterConfig())]
+    return [c.name for c in base_chains(FilterConfig())]
 
 
 # Diff ----------------------------------------------------------------------------------------

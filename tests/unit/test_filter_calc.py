@@ -142,8 +142,8 @@ def test_a_policy_change_compiles_that_policy_only(monkeypatch):
     eps = {i: make_endpoint("n1", "x", f"p{i}", i, APPS[i % 3], "t1", i + 1, True, False) for i in range(30)}
     calc.update(endpoints=eps, policies=dict(enumerate(POLICIES)))
     compiled = []
-    real = filter_calc._policy_chains
-    monkeypatch.setattr(filter_calc, "_policy_chains", lambda p, b: compiled.append(p.key) or real(p, b))
+    real = filter_calc.policy_chains
+    monkeypatch.setattr(filter_calc, "policy_chains", lambda p, b: compiled.append(p.key) or real(p, b))
     changed = knp("web", "x", {"podSelector": {"matchLabels": {"app": "a"}},
                                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "c"}}}]}]})
     calc.update(policies={0: changed})
