@@ -99,6 +99,11 @@ class FilterCalculator:
         self._set_members: dict[str, dict] = {}  # set name -> {endpoint key: its elements}
         self._nodes: dict[Hashable, tuple] = {}
         self._node_counts: dict[str, int] = {}
+        self._by_key: dict[str, Policy] = {}  # policy key -> policy (the last of a duplicated key wins)
+        # Of the update in progress: sets made from every endpoint in it, and whether the per-interface
+        # policy lists (for describe and trace) changed.
+        self._fresh_sets: set[str] = set()
+        self._endpoint_policies_changed = False
         rs = FilterRuleset()
         for name, typ in ((FROM_MAP, "ifname : verdict"), (TO_MAP, "ifname : verdict")):
             rs.sets[name] = NftSet(name, typ, frozenset(), is_map=True)
@@ -120,8 +125,8 @@ class FilterCalculator:
         """Apply the changes (a value None: the key is gone) and return the new desired ruleset, a
         child of the previous one (the same object when nothing changed)."""
         rs = self._rs.child()
-        self._fresh_sets: set[str] = set()
-        self._policies_touched = False
+        self._fresh_sets = set()
+        self._endpoint_policies_changed = False
         ifaces: set[str] = set()
         if config is not None and config != self.config:
             self.config = config
@@ -139,7 +144,7 @@ class FilterCalculator:
         self._update_set_members(rs, changed_eps)
         if node_addresses:
             self._take_nodes(rs, node_addresses)
-        if not rs.touched_sets and not rs.touched_chains and not self._policies_touched:
+        if not rs.touched_sets and not rs.touched_chains and not self._endpoint_policies_changed:
             return self._rs
         self._rs = rs
         return rs
@@ -195,7 +200,7 @@ class FilterCalculator:
                 self._ep_chains.pop((iface, direction), None)
             self._map_element(rs, iface, present=False)
             if rs.endpoint_policies.pop(iface, None) is not None:
-                self._policies_touched = True
+                self._endpoint_policies_changed = True
             self._iface_uses.pop(iface, None)
             for k in before:
                 self._users.get(k, set()).discard(iface)
@@ -214,7 +219,7 @@ class FilterCalculator:
             rs.put_chain(self._endpoint_chain(ep, selected, direction))
         if rs.endpoint_policies.get(iface) != per_dir:
             rs.endpoint_policies[iface] = per_dir
-            self._policies_touched = True
+            self._endpoint_policies_changed = True
         self._map_element(rs, iface, present=True)
         now = frozenset(uses)
         self._iface_uses[iface] = now
@@ -256,11 +261,9 @@ class FilterCalculator:
             if p is not None:
                 self._policies[key] = p
                 touched.add(p.key)
-        self._by_key = {p.key: p for p in self._policies.values()}  # the last of a duplicated key wins
+        self._by_key = {p.key: p for p in self._policies.values()}
         self._selection.set_policies(ordered(self._by_key.values()))
         return touched
-
-    _by_key: dict = {}
 
     def _program_policy(self, rs: FilterRuleset, key: str) -> None:
         """The policy's chains and the sets they name, present while some local interface uses it."""

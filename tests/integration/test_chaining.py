@@ -167,19 +167,15 @@ def installed(tmp_path_factory):
 
 
 @pytest.fixture
-def sandbox(lab):
-    made = []
+def sandbox(sandbox):
+    """The integration conftest's pod namespaces, with loopback up (the pods serve on it)."""
 
     def make() -> str:
-        name = f"{lab.name}-sb{uuid.uuid4().hex[:6]}"
-        topology.create_netns(name)
-        made.append(name)
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        return f"/run/netns/{name}"
+        path = sandbox()
+        subprocess.run(["ip", "-n", os.path.basename(path), "link", "set", "lo", "up"], check=True)
+        return path
 
-    yield make
-    for name in made:
-        topology.delete_netns(name)
+    return make
 
 
 # http.server's file server, bound without its name lookup: `python3 -m http.server` asks the resolver for
