@@ -132,7 +132,7 @@ class Reconciler:
         recorded = self.view.node_facts(self.local.name)[0]
         local = dataclasses.replace(self.local, labels=recorded.labels) if recorded else self.local
         config = effective_config(self.config, configs, local.name)
-        self.effective = config
+        self.effective, self._pools, self._local_recorded = config, pools, local
         return self.index.set_context(local, config, self._host_mtu(config, local), pools)
 
     def _update_all(self, context_set: bool = False) -> int:
@@ -140,10 +140,9 @@ class Reconciler:
         self._trim_after = True
         if not context_set:
             self._set_context()
-        pools = self.view.cluster_facts()[0]
-        local = self.index.contexts[0].local
+        local = self._local_recorded
         self.devices.set_desired(self.index.devices)
-        self.nat.set_desired(nat_ruleset(pools, self.effective.device))
+        self.nat.set_desired(nat_ruleset(self._pools, self.effective.device))
         delta = Delta()
         names = self.view.node_names() | set(self.index.by_node)
         for name in names:
