@@ -50,6 +50,10 @@ def _one(target: dict, timeout: float) -> bool:
     with socket.socket(family, kind) as s:
         s.settimeout(timeout if kind == socket.SOCK_STREAM else timeout / 3)
         try:
+            if target.get("sport"):
+                # A UDP flow that an earlier round allowed stays ESTABLISHED in conntrack for 30-120 s and is
+                # accepted whatever the policy says now; a source port no earlier round used makes it new.
+                s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", target["sport"]))
             if kind == socket.SOCK_STREAM:
                 s.connect((target["ip"], target["port"]))
                 return s.recv(2) == b"ok"
