@@ -10,6 +10,8 @@ DEPS = PYTHON3=$(PYTHON3) VENV=$(VENV) ./scripts/install-deps.sh
 # The CNI plugin that needs no interpreter on the host: static, with musl (install-cni prefers it).
 PLUGIN := podnet/cni/podnet-cni
 MUSL_CC ?= musl-gcc
+# Tests and benchmarks make network namespaces: they need / to be a mount point (see the script).
+ROOTMOUNT := ./scripts/with-root-mount
 
 .PHONY: all demo test unit integration bench deps deps-demo plugin install clean-lab
 
@@ -34,7 +36,7 @@ demo: deps-demo
 
 # pytest exits 5 when it collected no test (a filtered run): that is not a failure of the suite.
 define pytest
-	$(PYTEST) -q -p no:cacheprovider $(1); rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+	$(ROOTMOUNT) $(PYTEST) -q -p no:cacheprovider $(1); rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
 endef
 
 test: deps
@@ -47,7 +49,7 @@ integration: deps
 	$(call pytest,tests/integration)
 
 bench: deps
-	$(PYTHON) -m bench
+	$(ROOTMOUNT) $(PYTHON) -m bench
 
 install: deps-demo
 	ln -sfn "$(abspath $(VENV))/bin/podnet" "$(BINDIR)/podnet"
