@@ -484,10 +484,13 @@ def workload_chain(ep: PolicyEndpoint, pols: list[Policy], direction: str, confi
         rules.append(NftRule("meta l4proto 4 drop", "workloads may not send IPIP"))
         v4 = sorted(ip for ip in ep.ips if addr_family(ip) == 4)
         v6 = sorted(ip for ip in ep.ips if addr_family(ip) == 6)
-        rules.append(NftRule(f"ip saddr != {_nets_expr(v4)} drop" if v4 else "meta nfproto ipv4 drop",
+        # Each address its own `!=` match, never an anonymous set: libnftables reads back the elements
+        # of every anonymous set in the table on each transaction, so one per endpoint chain made a
+        # pod's transaction cost grow with the node's pods (14 ms beside 1000).
+        rules.append(NftRule(" ".join(f"ip saddr != {ip}" for ip in v4) + " drop" if v4 else "meta nfproto ipv4 drop",
                              f"anti-spoofing: {ep.key} sends from its own IPv4 address only"))
         # Link-local and unspecified sources are never forwarded; the host needs them for NDP and DAD.
-        rules.append(NftRule(f"ip6 saddr != {{ {', '.join(['::', 'fe80::/10'] + v6)} }} drop",
+        rules.append(NftRule(" ".join(f"ip6 saddr != {a}" for a in ["::", "fe80::/10"] + v6) + " drop",
                              f"anti-spoofing: {ep.key} sends from its own IPv6 address only"))
     for p in pols:
         rules.append(jump_rule(policy_chain(p, direction), p.display))

@@ -192,6 +192,19 @@ def _rules(rs, chain):
     return [r.body for r in rs.chains[chain].rules]
 
 
+def test_endpoint_chains_name_no_anonymous_set():
+    # libnftables reads back every anonymous set's elements on each transaction: one per endpoint chain
+    # made a new pod's transaction grow with the node's pods (17 ms beside 1000, 2.3 ms without).
+    eps = [endpoint("n1", "x", f"p{i}", i, {"pod": "a"}, ips=(f"10.244.0.{i}/32", f"10.244.1.{i}/32", f"fd00::{i}/128"))
+           for i in range(1, 4)]
+    deny = knp("deny", "x", {"podSelector": {}})
+    rs = compute_filter("n1", eps, [deny], ["172.31.0.11/24"], FilterConfig(vxlan_port=4789))
+    for ep in eps:
+        for direction in ("Ingress", "Egress"):
+            rules = _rules(rs, endpoint_chain(ep.interface, direction))
+            assert rules and not any("{" in r for r in rules), rules
+
+
 def test_endpoint_chains_dispatch_spoofing_vxlan_and_end_of_tier():
     a = endpoint("n1", "x", "a", 1, {"pod": "a"}, ips=("10.244.0.1/32", "fd00::1/128"))
     b = endpoint("n1", "x", "b", 2, {"pod": "b"})
@@ -205,7 +218,7 @@ def test_endpoint_chains_dispatch_spoofing_vxlan_and_end_of_tier():
     assert rs.sets[NODES4].elements == {"172.31.0.11", "172.31.0.12"}
     fw_a = _rules(rs, endpoint_chain(a.interface, "Egress"))
     assert fw_a[:4] == ["udp dport 4789 drop", "meta l4proto 4 drop", "ip saddr != 10.244.0.1 drop",
-                        "ip6 saddr != { ::, fe80::/10, fd00::1 } drop"]
+                        "ip6 saddr != :: ip6 saddr != fe80::/10 ip6 saddr != fd00::1 drop"]
     assert fw_a[-1] == "goto to-workload"  # no egress policy: the profile allows; on to the receiver's side
     assert _rules(rs, endpoint_chain(b.interface, "Ingress")) == [f"jump {policy_chain(deny_b, 'Ingress')}", "drop"]
     assert _rules(rs, policy_chain(deny_b, "Ingress")) == []  # selected, no rule: default deny
