@@ -25,8 +25,8 @@ from typing import Hashable, Iterable, Mapping
 from podnet.calc.policy import (FROM_MAP, NODES4, NODES6, PROTECTED4, PROTECTED6, PROTECTED_PORTS, TO_MAP,
                                 NFT_NAME, FilterConfig, FilterRuleset, NftChain, NftSet, PolicyEndpoint,
                                 addr_family, base_chains, SetRequests, workload_chain, policy_chains, endpoint_chain,
-                                ordered, policy_endpoint, policy_selects, set_elements, set_matches,
-                                set_type)
+                                is_constant, ordered, policy_endpoint, policy_selects, set_elements,
+                                set_flags, set_matches, set_type)
 from podnet.model.policy import Policy
 
 _DIRECTIONS = ("Ingress", "Egress")
@@ -298,6 +298,10 @@ class FilterCalculator:
     def _use_set(self, rs: FilterRuleset, name: str, spec: tuple, user: str) -> None:
         users = self._set_users.setdefault(name, set())
         users.add(user)
+        if is_constant(spec):
+            if len(users) == 1:  # its elements are in its name's request: no endpoint changes them
+                rs.put_set(NftSet(name, set_type(spec), frozenset(spec[2]), set_flags(spec)))
+            return
         if name in self._set_specs:
             return
         # A set named for the first time: its members from every endpoint of the cluster.
@@ -324,8 +328,8 @@ class FilterCalculator:
         users.discard(user)
         if not users:
             del self._set_users[name]
-            del self._set_specs[name]
-            del self._set_members[name]
+            if self._set_specs.pop(name, None) is not None:
+                del self._set_members[name]
             rs.drop_set(name)
 
     def _update_set_members(self, rs: FilterRuleset, changed: list) -> None:

@@ -298,6 +298,16 @@ class SetRequests:
         self.wanted[name] = ("sel", text, scope, family)
         return name
 
+    def constant_set(self, kind: int | str, items: Iterable[str]) -> str:
+        """A named set holding a rule's literal list: `kind` 4 or 6 (networks) or "port" (ports and
+        ranges). Named, not anonymous: libnftables reads every anonymous set's elements back on each
+        transaction, so a policy's lists would tax every later change; one name per content, so
+        policies written from one template share one set."""
+        elements = _constant_elements(kind, items)
+        name = f"c{kind if kind != 'port' else 'p'}-{_short(repr(elements))}"
+        self.wanted[name] = ("const", kind, elements)
+        return name
+
     def named_port_set(self, text: str, scope: Scope, port: str, protocol: int, family: int) -> str:
         """(address . protocol . port) of every endpoint the selector matches that names `port`."""
         name = f"n{family}-{_short(repr((text, scope, port, protocol)))}"
@@ -305,7 +315,33 @@ class SetRequests:
         return name
 
 
+def _constant_elements(kind: int | str, items: Iterable[str]) -> tuple[str, ...]:
+    """Sorted, overlaps merged (an interval set refuses overlapping elements)."""
+    if kind == "port":
+        spans = sorted(tuple(int(x) for x in (i.split("-") if "-" in i else (i, i))) for i in items)
+        merged: list[list[int]] = []
+        for first, last in spans:
+            if merged and first <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], last)
+            else:
+                merged.append([first, last])
+        return tuple(str(a) if a == b else f"{a}-{b}" for a, b in merged)
+    nets = ipaddress.collapse_addresses(ipaddress.ip_network(n, strict=False) for n in items)
+    return tuple(str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n) for n in nets)
+
+
+def is_constant(spec: tuple) -> bool:
+    """A set whose elements are in its request (a rule's literal list), not from endpoints."""
+    return spec[0] == "const"
+
+
+def set_flags(spec: tuple) -> str:
+    return "interval" if is_constant(spec) else ""
+
+
 def set_type(spec: tuple) -> str:
+    if is_constant(spec):
+        return {4: "ipv4_addr", 6: "ipv6_addr", "port": "inet_service"}[spec[1]]
     addr = "ipv4_addr" if spec[3] == 4 else "ipv6_addr"
     return addr if spec[0] == "sel" else f"{addr} . inet_proto . inet_service"
 
@@ -326,13 +362,13 @@ def set_elements(spec: tuple, ep: PolicyEndpoint) -> frozenset:
                      if cp.name == port and protocol_number(cp.protocol) == protocol for ip in ips)
 
 
-def _ports_expr(ports) -> str:
+def _ports_expr(ports, b: SetRequests) -> str:
     items = [str(p.first) if p.first == p.last else f"{p.first}-{p.last}" for p in ports]
-    return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
+    return items[0] if len(items) == 1 else f"@{b.constant_set('port', items)}"
 
 
-def _nets_expr(nets) -> str:
-    return nets[0] if len(nets) == 1 else "{ " + ", ".join(nets) + " }"
+def _nets_expr(nets, family: int, b: SetRequests) -> str:
+    return nets[0] if len(nets) == 1 else f"@{b.constant_set(family, nets)}"
 
 
 def _port_variants(ports) -> list:
@@ -429,10 +465,10 @@ def _compile_rule(rule: Rule, policy, b: SetRequests, allow: str = "accept") -> 
             if e.nets and not nets:
                 skip = True  # no network of this family: the rule cannot match it
             if nets:
-                base.append(f"{ipk} {addr} {_nets_expr(nets)}")
+                base.append(f"{ipk} {addr} {_nets_expr(nets, fam, b)}")
             not_nets = [n for n in e.not_nets if addr_family(n) == fam]
             if not_nets:
-                base.append(f"{ipk} {addr} != {_nets_expr(not_nets)}")
+                base.append(f"{ipk} {addr} != {_nets_expr(not_nets, fam, b)}")
             scope = entity_scope(e, policy)
             if e.selector is not None or e.namespace_selector is not None:
                 base.append(f"{ipk} {addr} @{b.selector_set(e.selector or 'all()', scope, fam)}")
@@ -449,13 +485,13 @@ def _compile_rule(rule: Rule, policy, b: SetRequests, allow: str = "accept") -> 
                                                    ("destination", dv, rule.destination, "daddr", "dport")):
                     if variant is not None:
                         if variant[0] == "num":
-                            m.append(f"th {th} {_ports_expr(variant[1])}")
+                            m.append(f"th {th} {_ports_expr(variant[1], b)}")
                         else:
                             s = b.named_port_set(e.selector or "all()", entity_scope(e, policy), variant[1], proto, fam)
                             m.append(f"{ipk} {addr} . meta l4proto . th {th} @{s}")
                     numeric_not = [p for p in e.not_ports if isinstance(p, PortRange)]
                     if numeric_not:
-                        m.append(f"th {th} != {_ports_expr(numeric_not)}")
+                        m.append(f"th {th} != {_ports_expr(numeric_not, b)}")
                     for name in (p for p in e.not_ports if isinstance(p, str)):
                         s = b.named_port_set(e.selector or "all()", entity_scope(e, policy), name, proto, fam)
                         m.append(f"{ipk} {addr} . meta l4proto . th {th} != @{s}")

@@ -353,6 +353,16 @@ def test_calico_not_nets_and_not_ports(fresh):
     check(fresh, truth)
 
 
+def test_calico_lists_of_nets_and_ports(fresh):
+    # Lists become named interval sets (calc/policy.py, SetRequests.constant_set): the kernel must match
+    # every member and merged range as the list says.
+    b_ip, c_ip = fresh.pods["x/b"]["ip"], fresh.pods["y/c"]["ip"]
+    fresh.apply(cnp("lists", "x", {"selector": "pod == 'a'", "ingress": [
+        {"action": "Allow", "protocol": "TCP", "source": {"nets": [f"{b_ip}/32", f"{c_ip}/32"]},
+         "destination": {"ports": [81, "8000:9000", "8500:9500"]}}]}))
+    check(fresh, Truth().set(False, dst="x/a").set(True, src=["x/b", "y/c"], dst="x/a", proto="tcp", port=81))
+
+
 def test_calico_icmp_rule(fresh):
     fresh.apply(gnp("no-ping", {"order": 1, "selector": "pod == 'a'", "ingress": [
         {"action": "Deny", "protocol": "ICMP", "icmp": {"type": 8}}, {"action": "Allow"}]}))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from podnet.calc.filter_calc import compute_filter
+from podnet.calc.filter_calc import FilterCalculator, compute_filter
 from podnet.calc.policy import (FROM_MAP, NODES4, TO_MAP, FilterConfig, diff_filter, endpoint_chain, endpoint_policies,
                                 ordered, policy_chain, policy_endpoint)
 from podnet.model import ValidationError, WorkloadEndpoint
@@ -288,6 +288,29 @@ def test_rules_compile_by_family_and_port_kind():
     assert rules[6].startswith("meta l4proto 17 ip6 daddr . meta l4proto . th dport @n6-")
     assert rules[7] == "meta nfproto ipv6 accept"
     assert rules[8] == "meta l4proto 132 th dport 80 accept"  # SCTP never matches TCP or UDP
+
+
+def test_a_rules_lists_are_named_sets_shared_by_policies_with_the_same_list():
+    ep = endpoint("n1", "x", "a", 1, {"pod": "a"})
+    spec = {"ingress": [{"action": "Allow", "protocol": "TCP",
+                         "source": {"nets": ["10.1.0.0/16", "10.0.0.0/8", "192.168.1.7/32"]},
+                         "destination": {"ports": [443, "8000:8100", 80, "8050:8200"], "notPorts": [8080, 9000]}}]}
+    one, two = cnp("one", spec, ns="x"), cnp("two", spec, ns="x")
+    rs = compute_filter("n1", [ep], [one, two], [])
+    rules = _rules(rs, policy_chain(one, "Ingress"))
+    assert rules == _rules(rs, policy_chain(two, "Ingress"))  # one set per content, whoever asks
+    assert "{" not in rules[0], rules  # no anonymous set: each would be read back on every transaction
+    names = [w[1:] for w in rules[0].split() if w.startswith("@")]
+    nets, ports, not_ports = (rs.sets[n] for n in names)
+    assert (nets.type, nets.flags, nets.elements) == ("ipv4_addr", "interval", {"10.0.0.0/8", "192.168.1.7"})
+    assert (ports.type, ports.flags) == ("inet_service", "interval")
+    assert ports.elements == {"80", "443", "8000-8200"}  # overlapping ranges merged: an interval set refuses them
+    assert not_ports.elements == {"8080", "9000"}
+    # The set lives while a policy names it.
+    calc = FilterCalculator("n1")
+    calc.update(endpoints={0: ep}, policies={1: one, 2: two})
+    assert set(names) <= set(calc.update(policies={1: None}).sets)
+    assert not set(names) & set(calc.update(policies={2: None}).sets)
 
 
 def test_from_nothing_replaces_the_whole_table_in_one_transaction():
