@@ -20,7 +20,7 @@ from podnet.agent.lifecycle import NodeLifecycle
 from podnet.agent.metrics import (DEFAULT_HEALTH_LISTEN, DEFAULT_METRICS_LISTEN, AgentMetrics, HealthServer,
                                   Heartbeat)
 from podnet.agent.reconciler import Reconciler
-from podnet.agent.registration import find_underlay, find_underlay6, register
+from podnet.agent.registration import find_underlay, find_underlay6, may_move_underlay, register
 from podnet.agent.syncer import DatastoreView
 from podnet.calc import VxlanConfig
 from podnet.cni.handler import NodeContext
@@ -273,7 +273,7 @@ class Agent:
             devices = set(self.reconciler.devices.indexes.values())
             parent = self.reconciler.local.interface
             for ev in events:
-                if ev.table == "addr" and ev.entry.get("index") not in devices:
+                if ev.table == "addr" and may_move_underlay(ev.entry, devices):
                     self.underlay_changed.set()
                 elif ev.table == "link" and parent and ev.entry.get("ifname") == parent:
                     self.reconciler.request_full()  # its MTU sets the tunnel's

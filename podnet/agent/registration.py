@@ -8,6 +8,7 @@ import logging
 
 from pyroute2 import IPRoute
 
+from podnet.dataplane.rtnl import RT_SCOPE_UNIVERSE  # a global address: the only kind an underlay is found by
 from podnet.datastore.resources import Resources
 from podnet.errors import PodnetError
 from podnet.ipam import Ipam, NoUsablePool
@@ -21,6 +22,14 @@ class RegistrationError(PodnetError):
     pass
 
 
+def may_move_underlay(address: dict, own_devices) -> bool:
+    """Whether an address notification (kernel_events: family, scope, index, address) can change what
+    find_underlay and find_underlay6 answer: a global address on an interface podnet did not make.
+    Every pod's host-side veth gets a link-local IPv6 address; following those would read all the
+    node's addresses once per pod, and that, at a few hundred pods, slowed every ADD."""
+    return address.get("scope") == RT_SCOPE_UNIVERSE and address.get("index") not in own_devices
+
+
 def find_underlay(ipr: IPRoute, interface: str | None, address: str | None) -> tuple[str, str]:
     """(address with prefix, interface) of the node's underlay.
 
@@ -30,7 +39,7 @@ def find_underlay(ipr: IPRoute, interface: str | None, address: str | None) -> t
     """
     addrs = []
     for msg in ipr.get_addr(family=2):
-        if msg["scope"] != 0:
+        if msg["scope"] != RT_SCOPE_UNIVERSE:
             continue
         name = ipr.link("get", index=msg["index"])[0].get_attr("IFLA_IFNAME")
         addrs.append((f"{msg.get_attr('IFA_LOCAL') or msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}", name))
@@ -62,7 +71,7 @@ def find_underlay(ipr: IPRoute, interface: str | None, address: str | None) -> t
 def find_underlay6(ipr: IPRoute, interface: str) -> str | None:
     """The interface's first global IPv6 address with its prefix, if it has one."""
     for msg in ipr.get_addr(family=10):
-        if msg["scope"] != 0:
+        if msg["scope"] != RT_SCOPE_UNIVERSE:
             continue
         if ipr.link("get", index=msg["index"])[0].get_attr("IFLA_IFNAME") == interface:
             return f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"
