@@ -27,13 +27,7 @@ def _decode_affinity(key: str, value: bytes):
 
 def _decode_borrowed(key: str, value: bytes):
     """Addresses of a block in use by a node other than the block's owner."""
-    block = Block.from_json(value)
-    out = []
-    for ip, alloc in block.in_use().items():
-        user = alloc.attrs.get("node")
-        if user and user != block.node:
-            out.append((ip, user))
-    return tuple(out)
+    return tuple(Block.from_json(value).borrowed().items())
 
 
 _ABSENT = object()

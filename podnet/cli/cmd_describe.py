@@ -63,8 +63,7 @@ def cmd_describe(args) -> int:
         if node is None:
             raise PodnetError(f"node {args.name} does not exist")
         blocks = [b for b in ipam.blocks() if b.node == node.name]
-        borrowed = [(ip, b.cidr) for b in ipam.blocks() if b.node != node.name
-                    for ip, a in b.in_use().items() if a.attrs.get("node") == node.name]
+        borrowed = [(ip, b.cidr) for b in ipam.blocks() for ip, user in b.borrowed().items() if user == node.name]
         _kv([("Name", node.name), ("Underlay address", node.address), ("Interface", node.interface),
              ("VTEP MAC", node.effective_vtep_mac), ("Tunnel address", node.tunnel_address),
              ("IPv6 underlay address", node.address6), ("IPv6 tunnel address", node.tunnel_address6),

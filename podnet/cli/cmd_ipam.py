@@ -32,15 +32,15 @@ def cmd_show(args) -> int:
         if alloc is None:
             print(f"IP {addr} is not assigned")
         else:
-            borrowed = alloc.attrs.get("node") not in (None, rec.block.node)
+            borrowed = rec.block.user_of(alloc) != rec.block.node
             print(f"IP {addr} is in use by handle {alloc.handle} (block {rec.block.cidr}, {rec.block.affinity}"
                   + (", borrowed" if borrowed else "") + ")")
             for k, v in sorted(alloc.attrs.items()):
                 print(f"  {k}: {v}")
         return 0
     if args.show_borrowed:
-        rows = [[ip, b.cidr, b.node, a.attrs.get("node"), a.handle] for b in blocks
-                for ip, a in b.in_use().items() if a.attrs.get("node") not in (None, b.node)]
+        rows = [[ip, b.cidr, b.node, user, b.allocations[b.ordinal(ip)].handle] for b in blocks
+                for ip, user in b.borrowed().items()]
         if args.output == "json":
             emit([dict(zip(("ip", "block", "block_node", "used_by", "handle"), r)) for r in rows], "json")
         else:

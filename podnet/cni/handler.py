@@ -641,7 +641,7 @@ def _orphan_handles(ctx: NodeContext, network: str, explained: set[str]) -> list
     for block in ctx.ipam.blocks(4):
         for alloc in block.in_use().values():
             if (alloc.handle.startswith(POD_HANDLE_PREFIX)
-                    and alloc.attrs.get("node", block.node) == ctx.node
+                    and block.user_of(alloc) == ctx.node
                     and alloc.attrs.get("network", network) == network
                     and alloc.handle not in explained):
                 handles.add(alloc.handle)

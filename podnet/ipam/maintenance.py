@@ -98,7 +98,7 @@ def fresh_kernel_reports(store, live: dict[str, Liveness], wait: float | None = 
 
 def _allocations(ipam: Ipam) -> dict[str, tuple[str, str | None]]:
     """ip -> (handle, node using it) of every allocation."""
-    return {ip: (a.handle, a.attrs.get("node", b.node)) for b in ipam.blocks() for ip, a in b.in_use().items()}
+    return {ip: (a.handle, b.user_of(a)) for b in ipam.blocks() for ip, a in b.in_use().items()}
 
 
 # Check ----------------------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def check(ipam: Ipam, resources: Resources, report_wait: float | None = None) ->
         if block.node and block.node not in nodes:
             report.orphan_blocks.append({"cidr": block.cidr, "node": block.node, "in_use": len(block.allocations)})
         for ip, alloc in block.in_use().items():
-            user = alloc.attrs.get("node", block.node)
+            user = block.user_of(alloc)
             allocated[ip] = (alloc.handle, user)
             reason = _leak_reason(alloc.handle, explained, nodes, user)
             if reason:
@@ -342,7 +342,7 @@ class NodeGc:
         empty_now = set()
         for block in ipam.blocks():
             for ip, alloc in block.in_use().items():
-                if alloc.attrs.get("node", block.node) != self.node:
+                if block.user_of(alloc) != self.node:
                     continue
                 if _leak_reason(alloc.handle, explained, {self.node}):
                     age = _age_seconds(alloc.attrs.get("timestamp", ""), now)
@@ -374,7 +374,7 @@ def delete_node(ipam: Ipam, resources: Resources, name: str) -> dict:
         resources.delete_endpoint(name, ep.key_name)
     for block in ipam.blocks():
         for ip, alloc in block.in_use().items():
-            if alloc.attrs.get("node") == name and ipam.release_ip(ip):
+            if block.user_of(alloc) == name and ipam.release_ip(ip):
                 released.append(ip)
     blocks, kept = [], []
     for cidr in ipam.node_block_cidrs(name, 4) + ipam.node_block_cidrs(name, 6):

@@ -117,6 +117,16 @@ class Block:
     def in_use(self) -> dict[str, Allocation]:
         return {self.address(o): a for o, a in sorted(self.allocations.items())}
 
+    def user_of(self, alloc: Allocation) -> str | None:
+        """The node an allocation of this block serves: the node it names, else the block's own node
+        (tunnel addresses, and allocations recorded before a node was, name none). The one answer to
+        "whose address is this" for GC, leak reports, node removal, describe and the syncer."""
+        return alloc.attrs.get("node") or self.node
+
+    def borrowed(self) -> dict[str, str]:
+        """ip -> the node using it, for addresses of this block that another node than its own uses."""
+        return {ip: user for ip, a in self.in_use().items() if (user := self.user_of(a)) and user != self.node}
+
     def copy(self) -> Block:
         """A copy whose allocations can change without touching this one's (allocations themselves
         are replaced, never changed, so they are shared)."""

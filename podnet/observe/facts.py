@@ -447,8 +447,7 @@ def from_datastore(store, access: NodeAccess, config: VxlanConfig | None = None)
         for b in ipam.blocks(version=version):
             if b.node:
                 blocks.setdefault((b.node, version), []).append(b.cidr)
-            borrowed += [(ip, a.attrs["node"]) for ip, a in b.in_use().items()
-                         if a.attrs.get("node") not in (None, b.node)]
+            borrowed += list(b.borrowed().items())
     nodes = {
         n.name: NodeFacts(n.name, access.netns.get(n.name), n.address, n.interface, n.tunnel_address,
                           n.effective_vtep_mac, sorted(blocks.get((n.name, 4), [])),

@@ -553,3 +553,19 @@ def test_a_reserved_address_can_still_be_asked_for_by_name(store, ipam):
     add_pool(store)
     reserve(store, "r", "10.244.0.5/32")
     assert ipam.assign_ip("10.244.0.5", "node-a", "fixed") == "10.244.0.5"
+
+
+def test_whose_address_is_one_answer_the_named_node_else_the_blocks():
+    from podnet.model.block import Block
+
+    b = Block.new("10.244.0.0/26", "node-1")
+    own, tunnel, lent, unnamed = (b.assign(h, attrs)[0] for h, attrs in (
+        ("k8s-pod-network.a", {"node": "node-1"}), ("vxlan-tunnel-addr-node-1", {}),
+        ("k8s-pod-network.b", {"node": "node-2"}), ("k8s-pod-network.c", {"node": ""})))
+    users = {ip: b.user_of(a) for ip, a in b.in_use().items()}
+    assert users == {own: "node-1", tunnel: "node-1", lent: "node-2", unnamed: "node-1"}
+    assert b.borrowed() == {lent: "node-2"}
+    floating = Block.new("10.244.0.64/26", None)  # no affinity: only a named node uses an address
+    ip = floating.assign("k8s-pod-network.d", {"node": "node-3"})[0]
+    none = floating.assign("k8s-pod-network.e", {})[0]
+    assert floating.borrowed() == {ip: "node-3"} and floating.user_of(floating.in_use()[none]) is None
