@@ -9,7 +9,8 @@ interfaces need not exist (nftables keys its maps on interface names).
   (p50/p99; target p99 <= 100 ms). Peers: one `nft -f` process of the same commands, and the same
   through libnftables in-process as the agent runs it (the kernel's floor).
 * from empty: 1000 policies x 200 endpoints, the agent's calculation + transaction vs `nft -f` of
-  the same ruleset written by the benchmark (target <= 1.5x); the same ruleset loaded as nft JSON
+  the same ruleset written by the benchmark, medians of 3 alternating rounds (target <= 1.5x); the
+  same ruleset loaded as nft JSON
   (`nft -j -f`) is measured beside it (why podnet writes nft's text syntax).
 * throughput: pod-to-pod TCP (iperf3) across two lab nodes with 200 policies selecting the pods vs
   none (target >= 0.95x), and the agent's RSS under that load (target <= 150 MiB). The peer is a
@@ -127,6 +128,9 @@ def _change_latency(netns: str, reps: int) -> dict:
             "bench_process_rss_mib": rss}
 
 
+REPS_FROM_EMPTY = 3
+
+
 def _from_empty(netns: str, policies: int, endpoints: int) -> dict:
     from podnet.calc.filter_calc import compute_filter
     from podnet.calc.policy import policy_endpoint
@@ -142,20 +146,32 @@ def _from_empty(netns: str, policies: int, endpoints: int) -> dict:
         eps.append(policy_endpoint(w, Pod(w.pod_namespace, w.pod_name, {"app": f"a{i % 20}"},
                                           (ContainerPort("http", 8080),)), namespaces[w.pod_namespace]))
     pols = [parse_policy(_policy_doc(j)) for j in range(policies)]
+    import statistics
+
+    agent, calc, text_s = [], [], []
     with entered(netns):
-        manager = FilterManager()
-        t0 = time.perf_counter()
-        ruleset = compute_filter("bench", eps, pols, ["172.31.0.11/24"])
-        t_calc = time.perf_counter() - t0
-        manager.set_desired(ruleset)
-        manager.apply_updates()
-        t_agent = time.perf_counter() - t0
-        text = ruleset.render()
-        listing = run_nft(None, "-j", "list", "table", "inet", "podnet")
+        # Rounds alternate the agent and `nft -f` so that machine noise falls on both; medians.
+        for _ in range(REPS_FROM_EMPTY):
+            manager = FilterManager()
+            t0 = time.perf_counter()
+            ruleset = compute_filter("bench", eps, pols, ["172.31.0.11/24"])
+            calc.append(time.perf_counter() - t0)
+            manager.set_desired(ruleset)
+            manager.apply_updates()
+            agent.append(time.perf_counter() - t0)
+            text = ruleset.render()
+            listing = run_nft(None, "-j", "list", "table", "inet", "podnet")
+            run_nft(None, "delete", "table", "inet", "podnet")
+            with tempfile.NamedTemporaryFile("w", suffix=".nft", delete=False) as f:
+                f.write(text)
+            try:
+                t1 = time.perf_counter()
+                subprocess.run(["nft", "-f", f.name], check=True)
+                text_s.append(time.perf_counter() - t1)
+                subprocess.run(["nft", "delete", "table", "inet", "podnet"], check=True)
+            finally:
+                os.unlink(f.name)
         size = {"rules": text.count("\n"), "chains": len(ruleset.chains), "sets": len(ruleset.sets)}
-        run_nft(None, "delete", "table", "inet", "podnet")
-        with tempfile.NamedTemporaryFile("w", suffix=".nft", delete=False) as f:
-            f.write(text)
         # nft's listing names maps before the chains their verdicts jump to; loading needs them after.
         order = {"metainfo": 0, "table": 1, "set": 2, "chain": 3, "map": 4, "rule": 5}
         doc = json.loads(listing)
@@ -163,18 +179,14 @@ def _from_empty(netns: str, policies: int, endpoints: int) -> dict:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as g:
             json.dump(doc, g)
         try:
-            t1 = time.perf_counter()
-            subprocess.run(["nft", "-f", f.name], check=True)
-            t_text = time.perf_counter() - t1
-            subprocess.run(["nft", "delete", "table", "inet", "podnet"], check=True)
             t2 = time.perf_counter()
             subprocess.run(["nft", "-j", "-f", g.name], check=True)
             t_json = time.perf_counter() - t2
         finally:
-            os.unlink(f.name)
             os.unlink(g.name)
             subprocess.run(["nft", "delete", "table", "inet", "podnet"], capture_output=True)
-    return {"size": size, "agent_s": round(t_agent, 3), "of_which_calculation_s": round(t_calc, 3),
+    t_agent, t_calc, t_text = statistics.median(agent), statistics.median(calc), statistics.median(text_s)
+    return {"size": size, "reps": REPS_FROM_EMPTY, "agent_s": round(t_agent, 3), "of_which_calculation_s": round(t_calc, 3),
             "nft_text_s": round(t_text, 3), "nft_json_s": round(t_json, 3),
             "agent_vs_nft_text": ratio(t_agent, t_text), "json_vs_text": ratio(t_json, t_text)}
 

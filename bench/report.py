@@ -287,7 +287,8 @@ def _summary_rows(b: dict) -> list[str]:
                     f"{a['p50']:.1f} / {a['p99']:.1f} ms | {floor['p50']:.1f} ms (one libnftables transaction), "
                     f"{c['nft_floor']['p50']:.1f} ms (`nft -f`), p50 | | p99 <= 100 ms | "
                     f"{_met(ok['change_p99_ms<=100'])} |")
-        rows.append(f"| 1000 policies x 200 endpoints from empty ({f['size']['rules']} rules) | seconds | "
+        rows.append(f"| 1000 policies x 200 endpoints from empty ({f['size']['rules']} rules) | "
+                    f"median of {f.get('reps', 1)}, seconds | "
                     f"{f['agent_s']:.3f} s (calculation {f['of_which_calculation_s']:.3f} s) | {f['nft_text_s']:.3f} s "
                     f"(`nft -f` of the same text) | {_x(f['agent_vs_nft_text'])} | <= 1.5x | "
                     f"{_met(ok['from_empty<=1.5x_nft'])} |")

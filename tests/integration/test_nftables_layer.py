@@ -96,6 +96,34 @@ def test_a_refused_transaction_changes_nothing_and_says_why(two_netns):
     assert "fresh" not in _binary(ns, "list", "tables").stdout
 
 
+def test_a_transaction_of_megabytes_runs_in_a_fresh_nft_process_as_one_transaction(two_netns, monkeypatch):
+    ns = two_netns[0]
+    started = []
+    real_run = subprocess.run
+
+    def spy(argv, *a, **kw):
+        started.append(argv)
+        return real_run(argv, *a, **kw)
+
+    monkeypatch.setattr(nftables.subprocess, "run", spy)
+    rules = "".join(f"add rule inet big c ip saddr 10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256} drop\n"
+                    for i in range(nftables.BINARY_ABOVE // 40))
+    assert len(rules) > nftables.BINARY_ABOVE
+    with entered(ns):
+        nftables.run("add table inet big\nadd chain inet big c\n" + rules)
+        assert started and started[-1][-2:] == ["-f", "-"]  # the binary, fed on stdin
+        count = nftables.run(None, "list", "chain", "inet", "big", "c").count(" drop")
+        assert count == nftables.BINARY_ABOVE // 40
+        with pytest.raises(nftables.NftError) as e:  # refused whole, and worded as the library's
+            nftables.run("add table inet other\n" + rules + "add rule inet big c jump nowhere\n")
+        assert e.value.detail.startswith("line ") and "nowhere" in str(e.value)
+        assert "other" not in nftables.run(None, "list", "tables")
+        started.clear()
+        nftables.run("add table inet small\n")
+        assert not started  # below the size: the library in this process
+    _binary(ns, "delete", "table", "inet", "big")
+
+
 def test_output_is_what_the_binary_prints(two_netns):
     ns = two_netns[0]
     with entered(ns):
