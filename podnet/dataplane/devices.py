@@ -9,7 +9,9 @@ from typing import Callable, Iterable
 
 from pyroute2 import IPRoute
 
+from podnet.calc import vxlan_device as judged
 from podnet.calc.state import VxlanDevice
+from podnet.calc.vxlan_device import DeviceSeen
 from podnet.dataplane import rtnl, vxlan
 from podnet.dataplane.manager import ApplyError, DeltaTracker, KernelEvent, Manager
 
@@ -90,7 +92,7 @@ class DeviceManager(Manager):
         self._set_index(name, link["index"])
         want = self.tracker.desired_get(name)
         if (want is not None and _link_matches(link, want, self.links.index(want.parent))
-                and self._addresses(link["index"]) == _wanted_addresses(want)):
+                and self._addresses(link["index"]) == judged.wanted_addresses(want)):
             return want
         return RECHECK
 
@@ -183,19 +185,16 @@ class DeviceManager(Manager):
         return False
 
 
-def _wanted_addresses(want: VxlanDevice) -> set[tuple[str, int]]:
-    """The tunnel address as a host route, the only address a device should hold (see vxlan)."""
-    if not want.address:
-        return set()
-    a = ipaddress.ip_address(want.address)
-    return {(str(a), a.max_prefixlen)}
-
-
 def _link_matches(link: dict, want: VxlanDevice, parent_index: int | None) -> bool:
     """Whether a link notification shows the device as wanted (addresses aside: their own
     notifications tell about them)."""
+    return not judged.mismatches(seen_from_rtnl(link, ":" in want.local_ip), want, parent_index, read_all=True)
+
+
+def seen_from_rtnl(link: dict, local6: bool) -> DeviceSeen:
+    """A device as the kernel layer's link codec decoded it (rtnl.parse_link)."""
     info = link.get("vxlan") or {}
-    local = info.get("local6") if ":" in want.local_ip else info.get("local")
-    return (link.get("kind") == "vxlan" and info.get("vni") == want.vni and local == want.local_ip
-            and info.get("port") == want.port and not info.get("learning") and info.get("parent") == parent_index
-            and link.get("address") == want.mac and link.get("mtu") == want.mtu and link.get("up"))
+    return DeviceSeen(link.get("kind"), vni=info.get("vni"), port=info.get("port"),
+                      local=info.get("local6") if local6 else info.get("local"), parent=info.get("parent"),
+                      learning=bool(info.get("learning")), mac=link.get("address"), mtu=link.get("mtu"),
+                      up=bool(link.get("up")))

@@ -15,7 +15,9 @@ import socket
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error
 
+from podnet.calc import vxlan_device as judged
 from podnet.calc.state import VxlanDevice
+from podnet.calc.vxlan_device import DeviceSeen
 from podnet.dataplane import rtnl
 from podnet.errors import PodnetError
 
@@ -34,24 +36,15 @@ def _info_data(link) -> dict:
     return {k: v for k, v in data["attrs"]} if data else {}
 
 
-def _mismatches(link, want: VxlanDevice, parent_index: int) -> list[tuple[str, object, object]]:
-    """(what, have, should) of every identity field of the existing device that differs."""
+def seen_from_pyroute2(link, local6: bool) -> DeviceSeen:
+    """A device as pyroute2 read it (its addresses aside)."""
     data = _info_data(link)
     if not data:
-        return [("kind", "not vxlan", "vxlan")]
-    local_attr = "IFLA_VXLAN_LOCAL6" if ":" in want.local_ip else "IFLA_VXLAN_LOCAL"
-    checks = [
-        ("VNI", data.get("IFLA_VXLAN_ID"), want.vni),
-        ("local IP", data.get(local_attr), want.local_ip),
-        ("parent", data.get("IFLA_VXLAN_LINK"), parent_index),
-        ("port", data.get("IFLA_VXLAN_PORT"), want.port),
-        ("learning", data.get("IFLA_VXLAN_LEARNING"), 0),
-        ("MAC", link.get_attr("IFLA_ADDRESS"), want.mac),
-    ]
-    return [(name, have, should) for name, have, should in checks if have != should]
-
-
-_IN_PLACE = {"local IP", "parent"}  # what the kernel changes on a live device (RTM_NEWLINK)
+        return DeviceSeen(kind="not vxlan")
+    return DeviceSeen("vxlan", vni=data.get("IFLA_VXLAN_ID"), port=data.get("IFLA_VXLAN_PORT"),
+                      local=data.get("IFLA_VXLAN_LOCAL6" if local6 else "IFLA_VXLAN_LOCAL"),
+                      parent=data.get("IFLA_VXLAN_LINK"), learning=bool(data.get("IFLA_VXLAN_LEARNING")),
+                      mac=link.get_attr("IFLA_ADDRESS"), mtu=link.get_attr("IFLA_MTU"), up=bool(link["flags"] & 1))
 
 
 def _typed(e: Pyroute2Error, what: str) -> rtnl.NetlinkError:
@@ -76,9 +69,12 @@ def converge(ipr: IPRoute, want: VxlanDevice, sock: rtnl.RtnlSocket | None = Non
     existing = ipr.link_lookup(ifname=want.name)
     action = "kept"
     if existing:
-        diffs = _mismatches(ipr.link("get", index=existing[0])[0], want, parent)
-        if diffs and {d[0] for d in diffs} <= _IN_PLACE and sock is not None:
-            why = ", ".join(f"its {n} is {h}, not {s}" for n, h, s in diffs)
+        seen = seen_from_pyroute2(ipr.link("get", index=existing[0])[0], ":" in want.local_ip)
+        # MTU and state are set below, on a device kept or made: what decides here is its identity.
+        diffs = [m for m in judged.mismatches(seen, want, parent, read_all=True)
+                 if m.repair in (judged.RECREATE, judged.IN_PLACE)]
+        if diffs and not judged.must_recreate(diffs) and sock is not None:
+            why = ", ".join(m.text for m in diffs)
             try:
                 sock.check([rtnl.vxlan_change_msg(existing[0], want.local_ip, parent)], f"change {want.name}")
                 log.info("changed %s in place: %s", want.name, why)
@@ -87,7 +83,7 @@ def converge(ipr: IPRoute, want: VxlanDevice, sock: rtnl.RtnlSocket | None = Non
             except rtnl.NetlinkError as e:  # an older kernel: make it again
                 log.warning("cannot change %s in place (%s); recreating it", want.name, e)
         if diffs:
-            why = ", ".join(f"its {n} is {h}, not {s}" for n, h, s in diffs)
+            why = ", ".join(m.text for m in diffs)
             log.warning("recreating %s: %s", want.name, why)
             ipr.link("del", index=existing[0])
             existing = []

@@ -19,9 +19,10 @@ from podnet.calc.attachment import NODE, RECREATE, Problem, judge_attachment
 from podnet.calc.config import VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6
 from podnet.calc.offload import decide_tx_checksum
 from podnet.calc.state import FdbEntry, Neighbour, Route
+from podnet.calc.vxlan_device import mismatches as device_mismatches
 from podnet.observe.facts import ClusterFacts, KernelFacts, NodeFacts, attachment_of
-from podnet.observe.trace import (blocking_rules, desired_for, guess_router, in_netns, nft_delete_cmd, route_for,
-                                  sysctl_cmd)
+from podnet.observe.trace import (blocking_rules, desired_for, guess_router, in_netns, nft_delete_cmd, parent_index,
+                                  route_for, sysctl_cmd, wanted_device)
 
 ERROR, WARNING, NOTE = "error", "warning", "note"
 _ORDER = {ERROR: 0, WARNING: 1, NOTE: 2}
@@ -88,17 +89,11 @@ def check_vxlan_device(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
         out.append(Finding(ERROR, "underlay", n.name, f"no interface holds the node address {n.ip} "
                            "(calico issue 6920: unable to find parent interface)",
                            f"restart the podnet agent on {n.name}: it registers the address it finds"))
-    link = k.links.get(dev)
-    if link is None or link.vxlan is None:
+    found = _device_findings(facts, n, 4, f"{dev} is down")
+    if found is None:
         return out + [Finding(ERROR, "vxlan-device", n.name, f"{dev} does not exist",
                               f"start the podnet agent on {n.name}: it creates {dev}")]
-    if not link.up:
-        out.append(Finding(ERROR, "vxlan-device", n.name, f"{dev} is down",
-                           in_netns(n.netns, f"ip link set {dev} up")))
-    if link.vxlan.local and n.ip and link.vxlan.local != n.ip:
-        out.append(Finding(ERROR, "vxlan-device", n.name,
-                           f"{dev} sends from {link.vxlan.local}, the node record says {n.ip}",
-                           f"restart the podnet agent on {n.name} (it recreates {dev})"))
+    link = k.links[dev]
     others = {(o.kernel.links[dev].vxlan.vni, o.kernel.links[dev].vxlan.port)
               for o in facts.nodes.values() if o is not n and o.kernel and dev in o.kernel.links
               and o.kernel.links[dev].vxlan}
@@ -107,20 +102,43 @@ def check_vxlan_device(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
         out.append(Finding(ERROR, "vxlan-device", n.name,
                            f"{dev} uses VNI {link.vxlan.vni} port {link.vxlan.port}; other nodes use {theirs}",
                            "run every node's agent with the same --vni and --vxlan-port"))
-    return out + _device_drift(n, dev, link)
+    return out + found
 
 
-def _device_drift(n: NodeFacts, dev: str, link) -> list[Finding]:
-    """A VXLAN device that differs from the agent's configuration, or learns MACs."""
-    out, cfg = [], n.config
-    if (link.vxlan.vni, link.vxlan.port) != (cfg.vni, cfg.port):
+def _device_findings(facts: ClusterFacts, n: NodeFacts, version: int, down: str) -> list[Finding] | None:
+    """What calc/vxlan_device finds wrong with n's device of `version`, as findings; None when it does
+    not exist. Its MTU is check_mtu's: judged against the underlay, not only the configuration."""
+    k, dev = n.kernel, n.device(version)
+    seen = k.vxlan_seen(dev, version)
+    if seen is None or seen.kind != "vxlan":
+        return None
+    differs = {m.what: m for m in device_mismatches(seen, wanted_device(facts, n, version), parent_index(k, n))}
+    link, out = k.links[dev], []
+    restart = f"restart the podnet agent on {n.name} (it recreates {dev})"
+    if "state" in differs:
+        out.append(Finding(ERROR, "vxlan-device", n.name, down, in_netns(n.netns, f"ip link set {dev} up")))
+    if "local IP" in differs:
+        sends = (link.vxlan.local6 or link.vxlan.local) if version == 6 else link.vxlan.local
+        out.append(Finding(ERROR, "vxlan-device", n.name,
+                           f"{dev} sends from {sends}, the node record says {n.underlay_ip(version)}", restart))
+    if "parent" in differs:
+        parent = k.link_by_index(link.vxlan.parent)
+        out.append(Finding(ERROR, "vxlan-device", n.name,
+                           f"{dev} sends through {parent.name if parent else link.vxlan.parent}, the node's "
+                           f"interface is {n.interface}", restart))
+    if "VNI" in differs or "port" in differs:
+        cfg = n.config
         out.append(Finding(WARNING, "vxlan-device", n.name,
                            f"{dev} has VNI {link.vxlan.vni} port {link.vxlan.port}; the agent configuration says "
-                           f"VNI {cfg.vni} port {cfg.port}",
-                           f"restart the podnet agent on {n.name} (it recreates {dev})"))
-    if link.vxlan.learning:
+                           f"VNI {cfg.vni} port {cfg.port}", restart))
+    if "learning" in differs:
         out.append(Finding(WARNING, "vxlan-device", n.name, f"{dev} learns MACs from received packets",
                            f"restart the podnet agent on {n.name} (it recreates {dev} with nolearning)"))
+    if "MAC" in differs:
+        m = differs["MAC"]
+        out.append(Finding(ERROR, "vxlan-device", n.name,
+                           f"{dev} has MAC {m.have}, the node record's VTEP MAC is {m.should}: the other nodes' "
+                           f"neighbour entries name {m.should}, so packets to {n.name}'s pods are not taken", restart))
     return out
 
 
@@ -130,25 +148,19 @@ def has_ipv6(facts: ClusterFacts, n: NodeFacts) -> bool:
 
 
 def check_vxlan6_device(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
-    """vxlan-v6.calico on a node with an IPv6 underlay: it exists, is up, sends from the node's IPv6 address."""
+    """vxlan-v6.calico on a node with an IPv6 underlay: as check_vxlan_device judges vxlan.calico."""
     if not has_ipv6(facts, n):
         return []
     k, dev, out = n.kernel, n.config.device6, []
     if n.ip6 and not any(a.ip == n.ip6 for a in k.addresses):
         out.append(Finding(ERROR, "underlay", n.name, f"no interface holds the node's IPv6 address {n.ip6}",
                            f"restart the podnet agent on {n.name}: it registers the address it finds"))
-    link = k.links.get(dev)
-    if link is None or link.vxlan is None:
+    found = _device_findings(facts, n, 6, f"{dev} is down (which also removed its IPv6 routes, NDP entries "
+                                          "and tunnel address)")
+    if found is None:
         return out + [Finding(ERROR, "vxlan-device", n.name, f"{dev} does not exist although {n.name} has the IPv6 "
                               f"underlay address {n.ip6}", f"start the podnet agent on {n.name}: it creates {dev}")]
-    if not link.up:
-        out.append(Finding(ERROR, "vxlan-device", n.name, f"{dev} is down (which also removed its IPv6 routes, "
-                           "NDP entries and tunnel address)", in_netns(n.netns, f"ip link set {dev} up")))
-    if link.vxlan.local6 != n.ip6:
-        out.append(Finding(ERROR, "vxlan-device", n.name,
-                           f"{dev} sends from {link.vxlan.local6 or link.vxlan.local}, the node record says {n.ip6}",
-                           f"restart the podnet agent on {n.name} (it recreates {dev})"))
-    return out + _device_drift(n, dev, link)
+    return out + found
 
 
 def check_mtu(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:

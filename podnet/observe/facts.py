@@ -26,6 +26,7 @@ from typing import Iterable, Mapping
 
 from podnet.calc.attachment import AddressSeen, Attachment, AttachmentSeen, LinkSeen, RouteSeen
 from podnet.calc.config import VxlanConfig, effective_config
+from podnet.calc.vxlan_device import DeviceSeen
 from podnet.dataplane import csum_selftest, ethtool, nftables, rtnl, sysctl
 from podnet import netns as _netns
 from podnet.errors import PodnetError
@@ -196,6 +197,20 @@ class KernelFacts:
 
     def addresses_of(self, ifname: str, version: int | None = None) -> list[Address]:
         return [a for a in self.addresses if a.ifname == ifname and (version is None or a.version == version)]
+
+    def vxlan_seen(self, ifname: str, version: int) -> DeviceSeen | None:
+        """The VXLAN device `ifname` of IP `version` as calc/vxlan_device judges it; None: no such link."""
+        link = self.links.get(ifname)
+        if link is None:
+            return None
+        vx = link.vxlan
+        if vx is None:
+            return DeviceSeen(link.kind or "not vxlan")
+        addrs = frozenset((a.ip, a.prefixlen) for a in self.addresses_of(ifname, version)
+                          if not ipaddress.ip_address(a.ip).is_link_local)
+        return DeviceSeen("vxlan", vni=vx.vni, port=vx.port, local=vx.local6 if version == 6 else vx.local,
+                          parent=vx.parent, learning=vx.learning, mac=link.mac, mtu=link.mtu, up=link.up,
+                          addresses=addrs)
 
     def lookup(self, ip: str) -> RouteFact | None:
         """The route the kernel picks for `ip` in the main table: longest prefix, then lowest metric."""

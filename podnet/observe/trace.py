@@ -29,7 +29,8 @@ from podnet.calc import compute_desired
 from podnet.calc.attachment import RECREATE, judge_host_end, judge_pod_end
 from podnet.calc.policy import TABLE as POLICY_TABLE
 from podnet.calc.config import VXLAN_OVERHEAD_V4, VXLAN_OVERHEAD_V6
-from podnet.calc.state import DesiredState, Route
+from podnet.calc.state import DesiredState, Route, VxlanDevice
+from podnet.calc.vxlan_device import mismatches as device_mismatches
 from podnet.dataplane.pod import GATEWAY_V4, GATEWAY_V6
 from podnet.errors import PodnetError
 from podnet.model import Node, vtep_mac
@@ -274,6 +275,22 @@ def desired_for(facts: ClusterFacts, n: NodeFacts) -> DesiredState:
                   tunnel_address6=o.tunnel_ip6) for o in facts.nodes.values()]
     local = next(x for x in nodes if x.name == n.name)
     return compute_desired(local, nodes, facts.affinities, n.config, None, facts.pools, facts.borrowed)
+
+
+def wanted_device(facts: ClusterFacts, n: NodeFacts, version: int) -> VxlanDevice:
+    """The VXLAN device of `version` that n's agent makes (desired_for); when it would make none (no
+    tunnel address yet, say), what its configuration and node record say, MAC, MTU and address unjudged."""
+    desired = desired_for(facts, n)
+    device = desired.device if version == 4 else desired.device6
+    if device is not None:
+        return device
+    return VxlanDevice(n.device(version), n.config.vni, n.config.port, n.underlay_ip(version) or "",
+                       n.interface or "", None, None, None)
+
+
+def parent_index(k: KernelFacts, n: NodeFacts) -> int | None:
+    link = k.links.get(n.interface) if n.interface else None
+    return link.index if link else None
 
 
 def route_for(routes, ip: str) -> Route | None:
@@ -551,26 +568,35 @@ class _Tracer:
         if k is None:
             return _unknown("vxlan-device", n.name, title, n.unreadable, explain)
         cfg, ip, tunnel = self.cfg, self._ip(n), self._tunnel(n)
-        link = k.links.get(self.dev)
         want = (f"{self.dev} UP, vxlan id {cfg.vni} local {ip} dev {n.interface} dstport {cfg.port} nolearning, "
                 f"holding {tunnel}/{fam.host_len}")
-        if link is None or link.vxlan is None:
+        seen = k.vxlan_seen(self.dev, fam.version)
+        if seen is None or seen.kind != "vxlan":
             return Hop("vxlan-device", n.name, title, BROKEN, f"no VXLAN device {self.dev} on {n.name}", explain, want,
                        f"restart the podnet agent on {n.name}: it creates {self.dev}")
-        found = _vxlan_text(link, k)
-        if not link.up:
+        found = _vxlan_text(k.links[self.dev], k)
+        differs = {m.what: m for m in device_mismatches(seen, wanted_device(self.facts, n, fam.version),
+                                                        parent_index(k, n))}
+        if "state" in differs:
             return Hop("vxlan-device", n.name, title, BROKEN, found, explain, want,
                        in_netns(n.netns, f"ip link set {self.dev} up"))
-        parent = k.links.get(n.interface) if n.interface else None
-        local = link.vxlan.local6 if self.v6 else link.vxlan.local
-        if local != ip or (parent and link.vxlan.parent != parent.index):
+        if "local IP" in differs or "parent" in differs:
             return Hop("vxlan-device", n.name, title, BROKEN, found, explain, want,
                        f"restart the podnet agent on {n.name}: it recreates {self.dev} with the node's address",
                        f"the outer source must be {n.name}'s underlay address {ip}")
-        if link.vxlan.learning:
+        if "VNI" in differs or "port" in differs:
+            return Hop("vxlan-device", n.name, title, WARNING, found, explain, want,
+                       f"restart the podnet agent on {n.name} (it recreates {self.dev})",
+                       "the other nodes' devices, made from the same configuration, take only its VNI and port")
+        if "learning" in differs:
             return Hop("vxlan-device", n.name, title, WARNING, found, explain, want,
                        f"restart the podnet agent on {n.name} (it recreates the device with nolearning)",
                        "learning lets the device add FDB entries from received packets; podnet programs them all")
+        if "MAC" in differs:
+            return Hop("vxlan-device", n.name, title, WARNING, found, explain, want,
+                       f"restart the podnet agent on {n.name} (it recreates {self.dev})",
+                       f"the other nodes' neighbour entries name {n.name}'s VTEP MAC {differs['MAC'].should}, "
+                       f"not {differs['MAC'].have}: packets back to {n.name} are not taken")
         if self.v6 and tunnel and not any(x.ip == tunnel for x in k.addresses_of(self.dev)):
             # IPv6 drops a device's addresses when it goes down; the agent puts the tunnel address back.
             return Hop("vxlan-device", n.name, title, WARNING, found, explain, want,

@@ -5,6 +5,7 @@ them (pod-a and pod-c on node-1, pod-b on node-2); each test breaks one thing
 and checks the hop or finding that names it, what it expected and the fix.
 """
 
+import dataclasses
 import ipaddress
 import json
 import socket
@@ -480,6 +481,13 @@ def test_doctor_routes_missing_and_stale():
      "vxlan-port", ERROR, "ip netns exec lab-node-1 nft delete rule ip filter INPUT handle 9"),
     (lambda f: node(f, "node-1").links.pop("vxlan.calico"),
      "vxlan-device", ERROR, "start the podnet agent on node-1: it creates vxlan.calico"),
+    # What calc/vxlan_device judges, as the agent does: learning, MAC, parent.
+    (lambda f: _device(f, vxlan=VxlanInfo(4096, 4789, "172.31.0.11", 2, True)),
+     "vxlan-device", WARNING, "restart the podnet agent on node-1 (it recreates vxlan.calico with nolearning)"),
+    (lambda f: _device(f, mac="66:00:00:00:00:01"),
+     "vxlan-device", ERROR, "restart the podnet agent on node-1 (it recreates vxlan.calico)"),
+    (lambda f: _device(f, vxlan=VxlanInfo(4096, 4789, "172.31.0.11", 1, False)),
+     "vxlan-device", ERROR, "restart the podnet agent on node-1 (it recreates vxlan.calico)"),
 ])
 def test_doctor_checks(mutate, check, severity, fix):
     f = cluster()
@@ -491,6 +499,21 @@ def test_doctor_checks(mutate, check, severity, fix):
     assert not report.ok
     text = format_report(report)
     assert f"fix: {mine[0].fix}" in text and mine[0].problem in text
+
+
+def _device(f, **changes):
+    links = node(f, "node-1").links
+    links["vxlan.calico"] = dataclasses.replace(links["vxlan.calico"], **changes)
+
+
+def test_trace_and_doctor_judge_the_device_alike():
+    f = cluster()
+    _device(f, mac="66:00:00:00:00:01")
+    hop = next(h for h in trace(f, "pod-a", "pod-b").hops if h.id == "vxlan-device")
+    assert hop.status == WARNING and "66:00:00:00:00:01" in hop.hint and vtep_mac("node-1") in hop.hint
+    assert [x.problem for x in diagnose(f).findings if x.check == "vxlan-device"] == [
+        f"vxlan.calico has MAC 66:00:00:00:00:01, the node record's VTEP MAC is {vtep_mac('node-1')}: the other "
+        "nodes' neighbour entries name " + vtep_mac("node-1") + ", so packets to node-1's pods are not taken"]
 
 
 def _offload_status(on: bool, source: str, reason: str) -> dict:
