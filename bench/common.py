@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from podnet.dataplane import rtnl, topology  # noqa: E402
+from podnet.dataplane import ownership, rtnl, topology  # noqa: E402
 
 PREFIX = "pnb-"
 
@@ -186,7 +186,7 @@ def decode_event(kind: int, payload: bytes) -> tuple[str, str, tuple] | None:
     """
     if kind in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE):
         r = rtnl.parse_route(payload)
-        if r["proto"] != rtnl.RTPROT_PODNET:
+        if not ownership.route(r["proto"], r["table"]):
             return None
         return ("new" if kind == rtnl.RTM_NEWROUTE else "del"), "route", (r["dst"], r["gateway"])
     if kind in (rtnl.RTM_NEWNEIGH, rtnl.RTM_DELNEIGH):
@@ -325,7 +325,7 @@ def kernel_entries(sock: rtnl.RtnlSocket, ifindex: int | None, family: int = soc
     routes = set()
     for _, payload in sock.dump(rtnl.route_dump_msg(family, proto=rtnl.RTPROT_PODNET)):
         r = rtnl.parse_route(payload)
-        if r["proto"] == rtnl.RTPROT_PODNET and r["table"] == rtnl.RT_TABLE_MAIN and r["type"] != rtnl.RTN_BLACKHOLE:
+        if ownership.route(r["proto"], r["table"]) and r["type"] != rtnl.RTN_BLACKHOLE:
             routes.add((r["dst"], r["gateway"], r["oif"], r["onlink"]))
     neigh, fdb = set(), set()
     if ifindex:

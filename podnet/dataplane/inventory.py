@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from podnet.dataplane import rtnl
+from podnet.dataplane import ownership, rtnl
 from podnet.model.endpoint import HOST_VETH_PREFIX
 
 
@@ -61,7 +61,7 @@ def withdraw(sock: rtnl.RtnlSocket, devices: tuple[str, ...], host_veths: list[s
     for family in (socket.AF_INET, socket.AF_INET6):
         for _, payload in sock.dump(rtnl.route_dump_msg(family, proto=rtnl.RTPROT_PODNET)):
             route = rtnl.parse_route(payload)
-            if route["proto"] != rtnl.RTPROT_PODNET or route["table"] != rtnl.RT_TABLE_MAIN:
+            if not ownership.route(route["proto"], route["table"]):
                 continue
             msg = rtnl.route_msg(rtnl.RTM_DELROUTE, route["dst"], gateway=route["gateway"], oif=route["oif"],
                                  rtype=route["type"])

@@ -11,7 +11,7 @@ import socket
 from typing import Callable
 
 from podnet.calc.state import FdbEntry, Neighbour
-from podnet.dataplane import rtnl
+from podnet.dataplane import ownership, rtnl
 from podnet.dataplane.manager import ApplyError, DeltaTracker, KernelEvent, Manager
 
 _SET = rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE
@@ -50,7 +50,7 @@ class NeighbourManager(Manager):
                     self._believe_neighbour(rtnl.parse_neigh(payload), dev, True, neighbours)
             for _, payload in self.sock.dump(rtnl.neigh_dump_msg(rtnl.AF_BRIDGE, ifindex)):
                 n = rtnl.parse_neigh(payload)
-                if n["ifindex"] == ifindex and n["dst"] and n["lladdr"] and n["state"] & rtnl.NUD_PERMANENT:
+                if ownership.fdb(n["ifindex"] == ifindex, bool(n["state"] & rtnl.NUD_PERMANENT), n["lladdr"], n["dst"]):
                     key = (dev, n["lladdr"])
                     fdb[key] = _with(fdb.get(key), FdbEntry(n["lladdr"], n["dst"], dev))
         self.neighbours.replace_believed(neighbours)
@@ -60,7 +60,7 @@ class NeighbourManager(Manager):
         if not n["dst"]:
             return
         key = (dev, n["dst"])
-        if new and n["lladdr"] and n["state"] & rtnl.NUD_PERMANENT:
+        if new and ownership.neighbour(True, bool(n["state"] & rtnl.NUD_PERMANENT), n["lladdr"], n["dst"]):
             value = Neighbour(n["dst"], n["lladdr"], dev)
         elif new and key in self.neighbours.desired:
             value = NOT_PERMANENT  # e.g. resolved by the kernel: make it ours again
@@ -94,7 +94,7 @@ class NeighbourManager(Manager):
         key = (dev, n["lladdr"])
         entry = FdbEntry(n["lladdr"], n["dst"], dev)
         have = self.fdb.believed_get(key)
-        if ev.new and n["state"] & rtnl.NUD_PERMANENT:
+        if ev.new and ownership.fdb(True, bool(n["state"] & rtnl.NUD_PERMANENT), n["lladdr"], n["dst"]):
             # A new destination for a MAC we hold: an append or a replace, the event does not say;
             # believe both, so the extra one is deleted if it is there (a no-op if it is not).
             self.fdb.believed_set(key, _with(have if have != entry else None, entry))

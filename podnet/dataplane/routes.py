@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 
 from podnet.calc.state import Route
-from podnet.dataplane import rtnl
+from podnet.dataplane import ownership, rtnl
 from podnet.dataplane.devices import Links
 from podnet.dataplane.manager import ApplyError, DeltaTracker, KernelEvent, Manager
 
@@ -19,7 +19,7 @@ CHUNK = 2000  # entries per netlink request batch
 
 def owned(r: dict) -> bool:
     """Whether a decoded route (rtnl.parse_route) is one of podnet's."""
-    return r["proto"] == rtnl.RTPROT_PODNET and r["table"] == rtnl.RT_TABLE_MAIN
+    return ownership.route(r["proto"], r["table"])
 
 
 def route_of(r: dict, links: Links) -> Route:

@@ -313,15 +313,13 @@ def check_ipv6_forward(facts: ClusterFacts, n: NodeFacts) -> list[Finding]:
 
 
 def kernel_entries(k: KernelFacts, device: str | tuple[str, ...]) -> tuple[set, set, set]:
-    """The routes (proto 80), neighbours and FDB entries of `device` (or devices), as calc value objects.
-
-    Multicast neighbours (the IPv6 stack's own, NOARP) are no VTEPs and left out."""
+    """The routes, neighbours and FDB entries of podnet's (on `device`, or devices) as calc value objects:
+    those the agent owns (dataplane/ownership.py), so doctor calls stale only what the agent would delete."""
     devices = (device,) if isinstance(device, str) else tuple(device)
     routes = {Route(r.dst, blackhole=True) if r.type == "blackhole" else Route(r.dst, r.gateway, r.dev, r.onlink)
-              for r in k.routes if r.proto == 80}
-    neighbours = {Neighbour(x.ip, x.mac, x.dev) for x in k.neighbours
-                  if x.dev in devices and x.mac and not ipaddress.ip_address(x.ip).is_multicast}
-    fdb = {FdbEntry(f.mac, f.dst, f.dev) for f in k.fdb if f.dev in devices and f.dst}
+              for r in k.routes if r.podnets}
+    neighbours = {Neighbour(x.ip, x.mac, x.dev) for x in k.neighbours if x.podnets(devices)}
+    fdb = {FdbEntry(f.mac, f.dst, f.dev) for f in k.fdb if f.podnets(devices)}
     return routes, neighbours, fdb
 
 

@@ -27,7 +27,7 @@ from typing import Iterable, Mapping
 from podnet.calc.attachment import AddressSeen, Attachment, AttachmentSeen, LinkSeen, RouteSeen
 from podnet.calc.config import VxlanConfig, effective_config
 from podnet.calc.vxlan_device import DeviceSeen
-from podnet.dataplane import csum_selftest, ethtool, nftables, rtnl, sysctl
+from podnet.dataplane import csum_selftest, ethtool, nftables, ownership, rtnl, sysctl
 from podnet import netns as _netns
 from podnet.errors import PodnetError
 
@@ -103,6 +103,11 @@ class RouteFact:
     proto: int = 0
     metric: int = 0
 
+    @property
+    def podnets(self) -> bool:
+        """One of podnet's routes (dataplane/ownership.py; facts hold the main table only)."""
+        return ownership.route(self.proto)
+
     def __str__(self) -> str:
         """As `ip route` prints it."""
         net = ipaddress.ip_network(self.dst)
@@ -137,6 +142,10 @@ class NeighFact:
     dev: str
     state: str  # PERMANENT, REACHABLE, FAILED, ...
 
+    def podnets(self, devices) -> bool:
+        """One of podnet's neighbours when `devices` are podnet's VXLAN devices (dataplane/ownership.py)."""
+        return ownership.neighbour(self.dev in devices, self.state == "PERMANENT", self.mac, self.ip)
+
     def __str__(self) -> str:
         mac = f" lladdr {self.mac}" if self.mac else ""
         return f"{self.ip} dev {self.dev}{mac} {self.state}"
@@ -148,6 +157,10 @@ class FdbFact:
     dst: str | None
     dev: str
     permanent: bool
+
+    def podnets(self, devices) -> bool:
+        """One of podnet's FDB entries when `devices` are podnet's VXLAN devices (dataplane/ownership.py)."""
+        return ownership.fdb(self.dev in devices, self.permanent, self.mac, self.dst)
 
     def __str__(self) -> str:
         dst = f" dst {self.dst}" if self.dst else ""

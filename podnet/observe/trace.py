@@ -37,7 +37,6 @@ from podnet.model import Node, vtep_mac
 from podnet.observe.facts import Address, ClusterFacts, KernelFacts, Link, NodeFacts, PodFacts, attachment_of
 
 OK, BROKEN, WARNING, UNKNOWN = "ok", "broken", "warning", "unknown"
-RTPROT_PODNET = 80
 
 
 @dataclass(frozen=True)
