@@ -25,7 +25,7 @@ from typing import Callable
 from podnet.cni import protocol as p
 from podnet.cni import requestlog
 from podnet.cni.protocol import CniError, Request
-from podnet.dataplane import pod, rtnl
+from podnet.dataplane import conntrack, pod, rtnl
 from podnet import netns as ns
 from podnet.netns import NamespaceError, NamespaceNotFound
 from podnet.cni import wire
@@ -506,10 +506,18 @@ def delete(ctx: NodeContext, req: Request) -> None:
     or another sandbox's, also when no record exists (a DEL after a failed ADD). The addresses go
     by the attachment's own IPAM handle."""
     ep = ctx.resources.endpoint_of(ctx.node, req.container_id, req.ifname)
+    handle = ipam_handle(req.container_id, req.ifname)
     if ep is not None:
         # req.netns_fd is None when the sandbox is already gone: then only the host side is cleaned.
         pod.detach(ctx.host, ep.host_interface, ep.owner_mark, ep.mac, req.netns_fd, req.ifname)
-    ctx.ipam.release_handle(ipam_handle(req.container_id, req.ifname))
+    # The pod is gone from the wire; its flows' conntrack entries go before its addresses can be
+    # another pod's (dataplane/conntrack.py). Never a reason for DEL to fail.
+    try:
+        addresses = [ip.split("/")[0] for ip in ep.ips] if ep is not None else ctx.ipam.ips_by_handle(handle)
+        conntrack.forget(addresses)
+    except Exception as e:  # noqa: BLE001 - logged: they time out (UDP in minutes, TCP in days)
+        log.warning("CNI DEL %s: its conntrack entries stay until they time out: %s", req.container_id, e)
+    ctx.ipam.release_handle(handle)
     if ep is not None:
         ctx.resources.delete_endpoint(ctx.node, ep.key_name, ep.revision)
 

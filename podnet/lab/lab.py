@@ -475,10 +475,11 @@ class Lab:
         return proc.returncode, parsed, out + proc.stderr.decode()
 
     def add_pod(self, node: str, pod: str, namespace: str = "default", labels: dict | None = None,
-                ports: tuple = (), wait_filter: bool = False) -> dict:
+                ports: tuple = (), wait_filter: bool = False, ips: list[str] | None = None) -> dict:
         """Attach a pod by CNI ADD. With `labels` (or `ports`) the pod's v1 Pod record (and its
         Namespace's, if missing) is written first, as kube-controllers would have synced it before
-        the runtime calls the plugin; `wait_filter` waits until the node's filter table has it."""
+        the runtime calls the plugin; `wait_filter` waits until the node's filter table has it.
+        `ips`: the addresses to ask IPAM for (the CNI `ips` capability), instead of any free one."""
         if any(p["name"] == pod and p.get("namespace", "default") == namespace for p in self.state["pods"]):
             raise LabError(f"lab {self.name} already has a pod {namespace}/{pod}")
         ns = self.pod_netns(pod) if namespace == "default" else f"{self.prefix}pod-{namespace}-{pod}"
@@ -494,7 +495,8 @@ class Lab:
                  "ports": [f"{p.name}={p.port}/{p.protocol}" for p in ports]}
         self.state["pods"].append(entry)
         self._save()
-        code, result, raw = self.cni(node, "ADD", container_id, f"/run/netns/{ns}", pod, namespace)
+        config = {**self.network_config(), "runtimeConfig": {"ips": list(ips)}} if ips else None
+        code, result, raw = self.cni(node, "ADD", container_id, f"/run/netns/{ns}", pod, namespace, config=config)
         if code != 0:
             if labels is not None or ports:  # a pod added by hand: leave nothing of it behind
                 self.delete_pod(pod, namespace)
