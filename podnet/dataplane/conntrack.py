@@ -8,105 +8,127 @@ deletes every entry whose original tuple (source or destination) or reply source
 addresses, in the node's network namespace, where the forward hook tracked them, before the addresses
 go back to IPAM.
 
-The kernel filters the dumps by address (CTA_FILTER, Linux 5.8 and later), so the work is the kernel's
-pass over its table, not a decode of every entry here. Where it refuses such a filter (older kernels;
-this one for IPv6 tuples), the dump is of the address family only and matched here.
+Through the kernel layer's netlink socket (rtnl.RtnlSocket on NETLINK_NETFILTER, ctnetlink messages
+built here). With many entries the kernel filters each dump by address (CTA_FILTER, Linux 5.8 and
+later; where it refuses, as this one does for IPv6 tuples, the family's dump is matched here); with few,
+one dump of the family is matched here (MATCH_HERE_BELOW). A deletion echoes the entry's original tuple.
 """
 
 from __future__ import annotations
 
-import errno
-import logging
 import socket
+import struct
 from typing import Iterable
 
 from podnet.dataplane import rtnl
 
-log = logging.getLogger(__name__)
+NETLINK_NETFILTER = 12
+_CTNETLINK = 1 << 8  # NFNL_SUBSYS_CTNETLINK, in the message type's high byte
+IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 1, 2
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_FILTER = 1, 2, 25
+CTA_TUPLE_IP = 1
+CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
+CTA_FILTER_ORIG_FLAGS, CTA_FILTER_REPLY_FLAGS = 1, 2
+CTA_FILTER_FLAG_CTA_IP_SRC, CTA_FILTER_FLAG_CTA_IP_DST = 1 << 0, 1 << 1
+_NESTED = 0x8000  # NLA_F_NESTED
+_NFGENMSG = struct.Struct("=BBH")  # family, version (NFNETLINK_V0), resource id (big-endian, 0)
 
-_WHERE = (("tuple_orig", "saddr"), ("tuple_orig", "daddr"), ("tuple_reply", "saddr"))  # reply: e.g. a Service's DNAT
+# Which tuple names the address where: the pod as the sender, the pod as the receiver, and the pod as
+# the receiver behind a DNAT (a Service's address in the original tuple, the pod's in the reply).
+_WHERE = ((CTA_TUPLE_ORIG, "src"), (CTA_TUPLE_ORIG, "dst"), (CTA_TUPLE_REPLY, "src"))
+
+
+# Every dump walks the kernel's whole hash table (262,144 buckets: about 3 ms, however few entries it
+# holds). With few entries one dump of the family, matched here, beats three filtered walks per address;
+# with many, decoding them all here would cost more than the walks.
+MATCH_HERE_BELOW = 2000
 
 
 def forget(addresses: Iterable[str]) -> int:
     """Delete the conntrack entries to or from `addresses` (bare IPs) in the calling thread's network
     namespace; how many went. An entry that went meanwhile is no error. rtnl.NetlinkError (typed) when
-    the kernel refuses; when this kernel cannot track connections over netlink, the error of opening
-    the socket."""
-    from pyroute2 import Conntrack
-    from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error
-
-    addresses = [a for a in addresses if a]
-    if not addresses:
+    the kernel refuses; OSError when it cannot track connections over netlink."""
+    by_family: dict[int, set[bytes]] = {}
+    for ip in addresses:
+        if ip:
+            family, packed = rtnl._ip(ip)
+            by_family.setdefault(family, set()).add(packed)
+    if not by_family:
         return 0
-    try:
-        ct = Conntrack()
-    except OSError as e:  # nf_conntrack_netlink missing: nothing is tracked that could be asked about
-        raise rtnl.NetlinkError(e.errno or errno.EPROTONOSUPPORT, "open a conntrack netlink socket") from None
-    deleted = 0
-    try:
-        for ip in addresses:
-            family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-            seen: set[bytes] = set()
-            for direction, field in _WHERE:
-                for tuple_nla in _matching(ct, family, ip, direction, field):
-                    key = repr(tuple_nla).encode()
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                    try:
-                        _delete(ct, family, tuple_nla)
-                        deleted += 1
-                    except Pyroute2Error as e:
-                        if e.code != errno.ENOENT:  # ENOENT: it expired or went meanwhile
-                            raise rtnl.NetlinkError(e.code, f"delete the conntrack entries of {ip}") from None
-    except Pyroute2Error as e:
-        raise rtnl.NetlinkError(e.code, "read the conntrack table") from None
-    finally:
-        ct.close()
-    return deleted
+    count = _entries_tracked()
+    originals: dict[tuple[int, bytes], str] = {}
+    with rtnl.RtnlSocket(None, small=True, protocol=NETLINK_NETFILTER) as sock:
+        for family, wanted in by_family.items():
+            if count is not None and count < MATCH_HERE_BELOW:
+                for original in _matching(sock, family, wanted, filtered=False):
+                    originals[(family, original)] = ""
+            else:
+                for packed in wanted:
+                    for original in _matching(sock, family, {packed}, filtered=True):
+                        originals[(family, original)] = ""
+        if not originals:
+            return 0
+        msgs = [_ct_msg(IPCTNL_MSG_CT_DELETE, family, _attr(CTA_TUPLE_ORIG, o, nested=True)) for family, o in originals]
+        for err in sock.apply(msgs, lambda n: "delete a conntrack entry of a removed pod"):
+            if err is not None and not isinstance(err, rtnl.NotFound):  # NotFound: it expired meanwhile
+                raise err
+    return len(msgs)
 
 
-def _matching(ct, family: int, ip: str, direction: str, field: str) -> list:
-    """The original tuples (netlink attributes) of the entries whose `direction` tuple has `field` == ip."""
-    from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
-    from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error
-    from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_GET, NFCTAttrTuple, nfct_msg
-
-    want = NFCTAttrTuple(family=family, **{field: ip})
-    want.attrs()  # computes want.flags
-    flags = "CTA_FILTER_ORIG_FLAGS" if direction == "tuple_orig" else "CTA_FILTER_REPLY_FLAGS"
-    msg = nfct_msg.create_from(**{direction: want}, cta_filter={"attrs": [[flags, want.flags]]})
-    msg["nfgen_family"] = family
+def _entries_tracked() -> int | None:
+    """How many entries the calling thread's namespace tracks; None when it cannot be read."""
     try:
-        found = list(ct.request(msg, IPCTNL_MSG_CT_GET, msg_flags=NLM_F_REQUEST | NLM_F_DUMP))
-    except Pyroute2Error as e:
-        if e.code not in (errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-        msg = nfct_msg()
-        msg["nfgen_family"] = family  # the family's entries only, matched below
-        found = list(ct.request(msg, IPCTNL_MSG_CT_GET, msg_flags=NLM_F_REQUEST | NLM_F_DUMP))
-    attr = "CTA_TUPLE_ORIG" if direction == "tuple_orig" else "CTA_TUPLE_REPLY"
+        with open("/proc/sys/net/netfilter/nf_conntrack_count") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _matching(sock: rtnl.RtnlSocket, family: int, wanted: set[bytes], filtered: bool) -> list[bytes]:
+    """The original tuples (attribute payloads) of the entries that name an address of `wanted` where
+    _WHERE says. `filtered` (one address): three dumps the kernel filters; else one dump of the family."""
+    v6 = family == socket.AF_INET6
+    src, dst = (CTA_IP_V6_SRC, CTA_IP_V6_DST) if v6 else (CTA_IP_V4_SRC, CTA_IP_V4_DST)
+    dumps = []
+    if filtered:
+        (packed,) = wanted
+        for tuple_kind, side in _WHERE:
+            ip_attr, flag = (src, CTA_FILTER_FLAG_CTA_IP_SRC) if side == "src" else (dst, CTA_FILTER_FLAG_CTA_IP_DST)
+            filt = _attr(CTA_FILTER_ORIG_FLAGS if tuple_kind == CTA_TUPLE_ORIG else CTA_FILTER_REPLY_FLAGS,
+                         struct.pack("=I", flag))
+            tup = _attr(tuple_kind, _attr(CTA_TUPLE_IP, _attr(ip_attr, packed), nested=True), nested=True)
+            try:
+                dumps.append(sock.dump(_ct_dump(family, tup + _attr(CTA_FILTER, filt, nested=True))))
+            except (rtnl.Invalid, rtnl.Unsupported):
+                dumps = [sock.dump(_ct_dump(family))]  # the kernel will not filter: match everything here
+                break
+    else:
+        dumps.append(sock.dump(_ct_dump(family)))
     out = []
-    for m in found:
-        tuple_nla = m.get_attr(attr)
-        ips = tuple_nla.get_attr("CTA_TUPLE_IP") if tuple_nla is not None else None
-        names = ("CTA_IP_V6_SRC", "CTA_IP_V6_DST") if family == socket.AF_INET6 else ("CTA_IP_V4_SRC", "CTA_IP_V4_DST")
-        value = ips.get_attr(names[0] if field == "saddr" else names[1]) if ips is not None else None
-        if value is not None and _same(value, ip):
-            out.append(m.get_attr("CTA_TUPLE_ORIG"))
+    for found in dumps:
+        for _, payload in found:
+            attrs = rtnl.parse_attrs(payload, _NFGENMSG.size)
+            if CTA_TUPLE_ORIG in attrs and _names(attrs, wanted, src, dst):
+                out.append(attrs[CTA_TUPLE_ORIG])
     return out
 
 
-def _delete(ct, family: int, tuple_orig) -> None:
-    from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-    from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_DELETE, nfct_msg
+def _names(attrs: dict, wanted: set[bytes], src: int, dst: int) -> bool:
+    for tuple_kind, side in _WHERE:
+        tup = attrs.get(tuple_kind)
+        ips = rtnl.parse_attrs(tup, 0).get(CTA_TUPLE_IP) if tup is not None else None
+        if ips is not None and rtnl.parse_attrs(ips, 0).get(src if side == "src" else dst) in wanted:
+            return True
+    return False
 
-    msg = nfct_msg.create_from(tuple_orig=tuple_orig)
-    msg["nfgen_family"] = family
-    list(ct.request(msg, IPCTNL_MSG_CT_DELETE, msg_flags=NLM_F_REQUEST | NLM_F_ACK))
+
+def _attr(kind: int, data: bytes, nested: bool = False) -> bytes:
+    return rtnl._attr(kind | (_NESTED if nested else 0), data)
 
 
-def _same(a: str, b: str) -> bool:
-    import ipaddress
+def _ct_msg(kind: int, family: int, attrs: bytes) -> bytes:
+    return rtnl._msg(_CTNETLINK | kind, 0, _NFGENMSG.pack(family, 0, 0) + attrs)
 
-    return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+
+def _ct_dump(family: int, attrs: bytes = b"") -> bytes:
+    return rtnl.dump_msg(_CTNETLINK | IPCTNL_MSG_CT_GET, _NFGENMSG.pack(family, 0, 0), attrs)

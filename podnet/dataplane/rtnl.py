@@ -593,13 +593,15 @@ _FLAGS, _FLAGS_SEQ = struct.Struct("=H"), struct.Struct("=HI")  # a header's fla
 
 
 class RtnlSocket:
-    """One NETLINK_ROUTE socket, optionally in another namespace. Thread-safe."""
+    """One NETLINK_ROUTE socket, optionally in another namespace. Thread-safe. The same framing,
+    acknowledgements and dumps serve NETLINK_NETFILTER (`protocol`; dataplane/conntrack.py)."""
 
-    def __init__(self, netns: str | int | None = None, groups: int = 0, small: bool = False):
+    def __init__(self, netns: str | int | None = None, groups: int = 0, small: bool = False,
+                 protocol: int = socket.NETLINK_ROUTE):
         """`small`: for a socket that sends a few messages and is closed (a pod's, during a CNI
         ADD): default kernel buffers and a 64 KiB receive buffer, which are cheaper to set up."""
         self.netns = netns
-        self.sock = socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self.sock = socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         if not small:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
             try:  # root may exceed rmem_max; a big buffer keeps bulk acks and event bursts from overflowing
