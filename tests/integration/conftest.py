@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import uuid
 
 import pytest
@@ -27,6 +28,17 @@ def _need_root():
 
 def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:6]}"
+
+
+@contextlib.contextmanager
+def scratch_netns(prefix: str):
+    """An empty network namespace with a unique name, deleted when the block ends, also on failure."""
+    name = unique(prefix)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 @contextlib.contextmanager

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 from pyroute2 import Conntrack
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
 from podnet.dataplane import conntrack
 from podnet.netns import entered
-from tests.integration.conftest import unique
+from tests.integration.conftest import scratch_netns
 
 POD, OTHER, CLIENT, SERVICE = "10.244.0.9", "10.244.0.8", "10.1.1.1", "10.96.0.10"
 
 
 @pytest.fixture
 def netns():
-    name = unique("ct-")
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with scratch_netns("ct-") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def _add(ct, src, dst, sport, dport, reply_src=None):

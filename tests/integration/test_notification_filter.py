@@ -11,19 +11,15 @@ import pytest
 from podnet.dataplane import rtnl
 from podnet.model import vtep_mac
 from tests.integration import kernel
-from tests.integration.conftest import built_lab, unique
+from tests.integration.conftest import built_lab, scratch_netns
 from tests.integration.test_cluster import fdb_entries as _fdb_entries
 from tests.integration.witness import wait_for
 
 
 @pytest.fixture
 def netns():
-    name = unique("pnt-nf")
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with scratch_netns("pnt-nf") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _drain(sock: rtnl.RtnlSocket) -> list[tuple[int, int]]:

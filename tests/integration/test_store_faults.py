@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from podnet.observe.facts import read_agent_health
-from tests.integration.conftest import built_lab
+from tests.integration.conftest import built_lab, scratch_netns
 from tests.integration.traffic import Pinger
 from tests.integration.witness import footprint, wait_for
 
@@ -81,14 +81,8 @@ def cross_node_ping(lab) -> Pinger:
     return Pinger(a["netns"], b["ip"])
 
 
-@contextlib.contextmanager
 def spare_netns():
-    name = f"hardening-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return scratch_netns("hardening-")
 
 
 def add_fails_cleanly(lab, words: str) -> None:
