@@ -51,21 +51,19 @@ def forget(addresses: Iterable[str]) -> int:
     by_family: dict[int, set[bytes]] = {}
     for ip in addresses:
         if ip:
-            family, packed = rtnl._ip(ip)
+            family, packed = rtnl.packed_address(ip)
             by_family.setdefault(family, set()).add(packed)
     if not by_family:
         return 0
     count = _entries_tracked()
-    originals: dict[tuple[int, bytes], str] = {}
+    originals: set[tuple[int, bytes]] = set()  # (family, original tuple): an entry may match twice
     with rtnl.RtnlSocket(None, small=True, protocol=NETLINK_NETFILTER) as sock:
         for family, wanted in by_family.items():
             if count is not None and count < MATCH_HERE_BELOW:
-                for original in _matching(sock, family, wanted, filtered=False):
-                    originals[(family, original)] = ""
+                originals.update((family, o) for o in _matching(sock, family, wanted, filtered=False))
             else:
                 for packed in wanted:
-                    for original in _matching(sock, family, {packed}, filtered=True):
-                        originals[(family, original)] = ""
+                    originals.update((family, o) for o in _matching(sock, family, {packed}, filtered=True))
         if not originals:
             return 0
         msgs = [_ct_msg(IPCTNL_MSG_CT_DELETE, family, _attr(CTA_TUPLE_ORIG, o, nested=True)) for family, o in originals]
@@ -123,11 +121,11 @@ def _names(attrs: dict, wanted: set[bytes], src: int, dst: int) -> bool:
 
 
 def _attr(kind: int, data: bytes, nested: bool = False) -> bytes:
-    return rtnl._attr(kind | (_NESTED if nested else 0), data)
+    return rtnl.attr(kind | (_NESTED if nested else 0), data)
 
 
 def _ct_msg(kind: int, family: int, attrs: bytes) -> bytes:
-    return rtnl._msg(_CTNETLINK | kind, 0, _NFGENMSG.pack(family, 0, 0) + attrs)
+    return rtnl.request_msg(_CTNETLINK | kind, 0, _NFGENMSG.pack(family, 0, 0) + attrs)
 
 
 def _ct_dump(family: int, attrs: bytes = b"") -> bytes:

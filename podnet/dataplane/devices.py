@@ -11,7 +11,6 @@ from pyroute2 import IPRoute
 
 from podnet.calc import vxlan_device as judged
 from podnet.calc.state import VxlanDevice
-from podnet.calc.vxlan_device import DeviceSeen
 from podnet.dataplane import rtnl, vxlan
 from podnet.dataplane.manager import ApplyError, DeltaTracker, KernelEvent, Manager
 
@@ -191,10 +190,10 @@ def _link_matches(link: dict, want: VxlanDevice, parent_index: int | None) -> bo
     return not judged.mismatches(seen_from_rtnl(link, ":" in want.local_ip), want, parent_index, read_all=True)
 
 
-def seen_from_rtnl(link: dict, local6: bool) -> DeviceSeen:
+def seen_from_rtnl(link: dict, local6: bool) -> judged.DeviceSeen:
     """A device as the kernel layer's link codec decoded it (rtnl.parse_link)."""
     info = link.get("vxlan") or {}
-    return DeviceSeen(link.get("kind"), vni=info.get("vni"), port=info.get("port"),
+    return judged.DeviceSeen(link.get("kind"), vni=info.get("vni"), port=info.get("port"),
                       local=info.get("local6") if local6 else info.get("local"), parent=info.get("parent"),
                       learning=bool(info.get("learning")), mac=link.get("address"), mtu=link.get("mtu"),
                       up=bool(link.get("up")))

@@ -350,6 +350,10 @@ def veth_msg(name: str, mac: str, mtu: int, peer_name: str, peer_netns_fd: int, 
     return _msg(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
 
 
+# The encoders, by public names, for the other netlink family this layer serves (dataplane/conntrack.py).
+attr, request_msg, packed_address = _attr, _msg, _ip
+
+
 def dump_msg(kind: int, fixed: bytes, attrs: bytes = b"") -> bytes:
     return _HDR.pack(_HDR.size + len(fixed) + len(attrs), kind, NLM_F_REQUEST | NLM_F_DUMP, 0, 0) + fixed + attrs
 

@@ -17,7 +17,6 @@ from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error
 
 from podnet.calc import vxlan_device as judged
 from podnet.calc.state import VxlanDevice
-from podnet.calc.vxlan_device import DeviceSeen
 from podnet.dataplane import rtnl
 from podnet.errors import PodnetError
 
@@ -36,12 +35,12 @@ def _info_data(link) -> dict:
     return {k: v for k, v in data["attrs"]} if data else {}
 
 
-def seen_from_pyroute2(link, local6: bool) -> DeviceSeen:
+def seen_from_pyroute2(link, local6: bool) -> judged.DeviceSeen:
     """A device as pyroute2 read it (its addresses aside)."""
     data = _info_data(link)
     if not data:
-        return DeviceSeen(kind="not vxlan")
-    return DeviceSeen("vxlan", vni=data.get("IFLA_VXLAN_ID"), port=data.get("IFLA_VXLAN_PORT"),
+        return judged.DeviceSeen(kind="not vxlan")
+    return judged.DeviceSeen("vxlan", vni=data.get("IFLA_VXLAN_ID"), port=data.get("IFLA_VXLAN_PORT"),
                       local=data.get("IFLA_VXLAN_LOCAL6" if local6 else "IFLA_VXLAN_LOCAL"),
                       parent=data.get("IFLA_VXLAN_LINK"), learning=bool(data.get("IFLA_VXLAN_LEARNING")),
                       mac=link.get_attr("IFLA_ADDRESS"), mtu=link.get_attr("IFLA_MTU"), up=bool(link["flags"] & 1))
@@ -108,7 +107,7 @@ def converge(ipr: IPRoute, want: VxlanDevice, sock: rtnl.RtnlSocket | None = Non
         link = ipr.link("get", index=index)[0]
         if link.get_attr("IFLA_MTU") != want.mtu:
             ipr.link("set", index=index, mtu=want.mtu)
-        _ensure_only_address(ipr, index, want.address)
+        _ensure_only_address(ipr, index, judged.wanted_addresses(want))
         if not link["flags"] & 1:
             ipr.link("set", index=index, state="up")
         return index, action
@@ -116,24 +115,21 @@ def converge(ipr: IPRoute, want: VxlanDevice, sock: rtnl.RtnlSocket | None = Non
         raise DeviceError(f"cannot set up {want.name}: {_typed(e, want.name)}") from None
 
 
-def _ensure_only_address(ipr: IPRoute, index: int, address: str | None) -> None:
-    """The tunnel address as a host route is the only address; IPv6 link-local stays."""
-    want = None
-    if address:
-        a = ipaddress.ip_address(address)
-        want = (str(a), a.max_prefixlen)
+def _ensure_only_address(ipr: IPRoute, index: int, want: frozenset[tuple[str, int]]) -> None:
+    """The device holds exactly `want` (judged.wanted_addresses: the tunnel address as a host route);
+    IPv6 link-local stays."""
     have = set()
     for msg in ipr.get_addr(index=index):
         addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
         plen = msg["prefixlen"]
         if msg["family"] == socket.AF_INET6 and ipaddress.ip_address(addr).is_link_local:
             continue
-        if (addr, plen) != want:
+        if (addr, plen) not in want:
             ipr.addr("del", index=index, address=addr, prefixlen=plen)
         else:
             have.add((addr, plen))
-    if want and want not in have:
-        ipr.addr("add", index=index, address=want[0], prefixlen=want[1])
+    for addr, plen in want - have:
+        ipr.addr("add", index=index, address=addr, prefixlen=plen)
 
 
 def delete_device(ipr: IPRoute, name: str) -> bool:
